@@ -1,0 +1,3 @@
+from racebench.cli import main
+
+main()

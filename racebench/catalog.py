@@ -1,0 +1,63 @@
+"""What `racebench list` shows, read from the registry."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class, strategies_for
+from racebench.stores.base import StrategySpec
+from racebench.workloads import WORKLOAD_TYPES
+
+
+def catalog_tables() -> list[Table]:
+    workloads = Table(title="workloads", header_style="bold")
+    for header in ("type", "what it does", "anomalies checked"):
+        workloads.add_column(header)
+    for name, cls in WORKLOAD_TYPES.items():
+        workloads.add_row(name, (cls.__doc__ or "").strip(), ", ".join(cls.anomaly_names))
+
+    backends = Table(title="backends", header_style="bold")
+    for header in ("backend", "what it is", "default url", "strategies"):
+        backends.add_column(header)
+    for name in STORES:
+        cls = store_class(name)
+        backends.add_row(
+            name,
+            cls.description,
+            cls.default_url or "(a temporary file)",
+            ", ".join(strategies_for(name)),
+        )
+
+    strategies = Table(title="strategies", header_style="bold")
+    for header in (
+        "strategy",
+        "backends",
+        "workloads",
+        "what it does",
+        "prevents",
+        "does not prevent",
+    ):
+        strategies.add_column(header)
+    # Backends that offer a strategy with the same claim share one row; a strategy whose
+    # guarantees differ by server (repeatable_read) gets a row per variant.
+    rows: dict[tuple[str, StrategySpec], list[str]] = {}
+    for backend in STORES:
+        for name, spec in strategies_for(backend).items():
+            rows.setdefault((name, spec), []).append(backend)
+    for (name, spec), backends_of in rows.items():
+        strategies.add_row(
+            name,
+            ", ".join(backends_of),
+            ", ".join(sorted(spec.supports)),
+            spec.description,
+            spec.prevents,
+            spec.allows or "-",
+        )
+
+    locks = Table(title="lock services (guard.strategy: lock)", header_style="bold")
+    for header in ("service", "what it is", "lease", "failure mode"):
+        locks.add_column(header)
+    for name in LOCK_SERVICES:
+        cls = lock_class(name)
+        locks.add_row(name, cls.description, "yes" if cls.lease else "no", cls.failure_mode)
+    return [workloads, backends, strategies, locks]

@@ -1,0 +1,322 @@
+"""The racebench command line: parse, call the library, render, return an exit code."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from racebench import __version__
+from racebench.errors import ExitStatus, RacebenchError
+from racebench.redact import redact_text
+
+# Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
+stdout = Console(width=None if sys.stdout.isatty() else 200)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+class _Context:
+    debug = False
+
+
+def _fail(error: BaseException, debug: bool) -> int:
+    """Print one line for a user error (a traceback only with --debug); return the exit code."""
+    if debug:
+        stderr.print(redact_text(traceback.format_exc()), markup=False, highlight=False)
+    if isinstance(error, RacebenchError):
+        message, status = str(error), error.exit_status
+    else:
+        message, status = f"internal error: {type(error).__name__}: {error}", ExitStatus.USAGE
+        if not debug:
+            message += " (run with --debug for the traceback)"
+    stderr.print(f"racebench: {redact_text(message)}", markup=False, highlight=False)
+    return int(status)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="racebench")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Fire real concurrent clients at real servers, verify the invariants, and table
+    throughput, latency and anomalies per concurrency-control strategy.
+
+    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed
+    (compare: a regression); 2 bad usage, scenario or result file; 3 a backend could not be
+    reached; 130 interrupted.
+    """
+    ctx.obj = _Context()
+    ctx.obj.debug = debug
+
+
+def _overrides(
+    clients: int | None, operations: int | None, duration: str | None, trials: int | None
+) -> dict[str, Any]:
+    values = {"clients": clients, "operations": operations, "duration": duration, "trials": trials}
+    overrides = {k: v for k, v in values.items() if v is not None}
+    if duration is not None and operations is None:
+        overrides["operations"] = None  # --duration alone: run until the deadline
+    return overrides
+
+
+def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
+    from racebench.scenario import expand, load_raw
+
+    loaded = []
+    for path in paths:
+        raw = load_raw(path)
+        specs = expand(dict(raw), str(path), overrides)
+        loaded.append((path, raw, specs))
+    return loaded
+
+
+@cli.command()
+@click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), help="Result JSON path (one scenario only)."
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Where result files go when --output is not given.",
+)
+@click.option(
+    "--history", type=click.Path(path_type=Path), help="Write every operation as JSON lines."
+)
+@click.option("--clients", type=click.IntRange(min=1), help="Override clients.")
+@click.option(
+    "--operations", type=click.IntRange(min=1), help="Override the total operation count."
+)
+@click.option(
+    "--duration",
+    help="Override the duration (e.g. 10s); without --operations it alone stops the run.",
+)
+@click.option("--trials", type=click.IntRange(min=1), help="Override trials per run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.pass_obj
+def run(
+    obj: _Context,
+    scenarios: tuple[Path, ...],
+    output: Path | None,
+    results_dir: Path,
+    history: Path | None,
+    clients: int | None,
+    operations: int | None,
+    duration: str | None,
+    trials: int | None,
+    quiet: bool,
+) -> None:
+    """Run scenario files and print the results table."""
+    from racebench.engine import run_files
+    from racebench.render import progress_display, results_table
+
+    try:
+        if output is not None and len(scenarios) > 1:
+            raise RacebenchError(
+                "--output takes one scenario; omit it to write one file per scenario"
+            )
+        loaded = _load_all(scenarios, _overrides(clients, operations, duration, trials))
+        with progress_display(stderr, not quiet) as progress:
+            outcomes = run_files(
+                loaded, output=output, results_dir=results_dir, history=history, progress=progress
+            )
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    runs = [r for o in outcomes for r in o.runs]
+    if runs:
+        stdout.print(results_table(runs))
+    for outcome in outcomes:
+        stderr.print(
+            f"result: {outcome.result_path}" + (" (partial)" if outcome.interrupted else ""),
+            highlight=False,
+        )
+    for r in runs:
+        for failure in r["expectation_failures"]:
+            stderr.print(
+                f"expectation failed: {r['label']}: {failure}", markup=False, highlight=False
+            )
+    if any(o.interrupted for o in outcomes):
+        sys.exit(ExitStatus.INTERRUPTED)
+    sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+
+
+@cli.command()
+@click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_obj
+def validate(obj: _Context, scenarios: tuple[Path, ...]) -> None:
+    """Check scenario files without running them; print the runs each expands into."""
+    try:
+        loaded = _load_all(scenarios, {})
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    for path, _, specs in loaded:
+        stdout.print(f"{path}: ok, {len(specs)} run(s)", highlight=False)
+        for spec in specs:
+            stdout.print(f"  {spec.label}", markup=False, highlight=False)
+
+
+@cli.command(name="list")
+def list_command() -> None:
+    """List workloads, backends, strategies and lock services, and which combine."""
+    from racebench.catalog import catalog_tables
+
+    for table in catalog_tables():
+        stdout.print(table)
+
+
+@cli.command()
+@click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_obj
+def doctor(obj: _Context, scenarios: tuple[Path, ...]) -> None:
+    """Check that every server the scenarios need is reachable (without scenarios: the
+    default URL of every backend and lock service); print versions or what is wrong."""
+    from rich.table import Table
+
+    from racebench.doctor import check_servers
+
+    try:
+        checks = check_servers(list(scenarios))
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    table = Table(header_style="bold")
+    for header in ("kind", "name", "url", "status", "version / problem"):
+        table.add_column(header)
+    for c in checks:
+        status = "[green]ok[/]" if c.ok else "[bold red]UNREACHABLE[/]"
+        table.add_row(c.kind, c.name, escape(c.url), status, escape(c.detail))
+    stdout.print(table)
+    failed = [c for c in checks if not c.ok]
+    for c in failed:
+        stderr.print(f"racebench: {c.detail}", markup=False, highlight=False)
+    sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Write a report to --output atomically, or to stdout as plain text."""
+    from racebench.results import write_text_atomically
+
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_text_atomically(output, text)
+        stderr.print(f"written: {output}", markup=False, highlight=False)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "html", "json"]),
+    default="markdown",
+    show_default=True,
+    help="markdown tables, one self-contained HTML page with plots, or a JSON summary.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
+@click.pass_obj
+def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | None) -> None:
+    """Report result files: tables per workload (and plots, in html)."""
+    from racebench.report import render_report
+
+    try:
+        text = render_report(list(results), fmt)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    _emit(text, output)
+
+
+class _Percent(click.ParamType):
+    """ "10%" or "10" -> 0.10."""
+
+    name = "percent"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            fraction = float(str(value).strip().rstrip("%")) / 100
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage like 10%", param, ctx)
+        if fraction < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return fraction
+
+
+@cli.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option(
+    "--max-slowdown",
+    type=_Percent(),
+    default="10%",
+    show_default=True,
+    help="Allowed throughput drop or p99 rise, beyond noise.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json", "benchmark-json"]),
+    default="text",
+    show_default=True,
+    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
+@click.pass_obj
+def compare(
+    obj: _Context,
+    baseline: Path,
+    candidate: Path,
+    max_slowdown: float,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression.
+
+    A regression: slower than --max-slowdown beyond noise (Mann-Whitney U over the trials of
+    both sides), or an anomaly in a run that was safe in the baseline.
+    """
+    from racebench.compare import compare_results
+    from racebench.compare_render import render_comparison
+
+    try:
+        comparison = compare_results(baseline, candidate, max_slowdown)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    for warning in comparison.warnings:
+        stderr.print(f"warning: {warning}", markup=False, highlight=False)
+    _emit(render_comparison(comparison, fmt), output)
+    for label, reason in comparison.regressions:
+        stderr.print(f"regression: {label}: {reason}", markup=False, highlight=False)
+    sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
+
+
+def main() -> None:
+    """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    debug = "--debug" in sys.argv[1:]
+    try:
+        status = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        stderr.print("racebench: interrupted")
+        sys.exit(ExitStatus.INTERRUPTED)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(ExitStatus.USAGE)
+    except KeyboardInterrupt:
+        stderr.print("racebench: interrupted")
+        sys.exit(ExitStatus.INTERRUPTED)
+    except Exception as error:  # the last line of defence: one line, no traceback
+        sys.exit(_fail(error, debug))
+    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
+
+
+if __name__ == "__main__":
+    main()

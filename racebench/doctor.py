@@ -1,0 +1,105 @@
+"""`racebench doctor`: can every server a scenario needs be reached, and which version is it?
+
+Each store and lock service is asked the same question a run asks first (`check_reachable`),
+without creating anything; the answer is its version, or exactly what is wrong (refused,
+authentication failed, database missing).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from racebench.errors import RacebenchError
+from racebench.redact import redact_text
+
+
+class _Reachable(Protocol):
+    def check_reachable(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """One store or lock service: where it is, and its version or what is wrong."""
+
+    kind: str  # "store" or "lock"
+    name: str  # backend or lock service
+    url: str  # redacted
+    ok: bool
+    detail: str
+
+
+def _namespace() -> str:
+    return f"racebench_doctor_{secrets.token_hex(4)}"
+
+
+# (kind, name, url, what to check); None: an embedded store on a temporary file, no server.
+Target = tuple[str, str, str, _Reachable | None]
+EMBEDDED = "embedded, no server needed"
+
+
+def _from_scenarios(paths: list[Path]) -> Iterator[Target]:
+    from racebench.engine import make_lock_service, make_store
+    from racebench.registry import store_class
+    from racebench.scenario import load
+
+    for path in paths:
+        for spec in load(path):
+            backend = spec.scenario.store.backend
+            cls = store_class(backend)
+            if cls.default_url is None and spec.scenario.store.url is None:
+                yield "store", backend, "", None  # making it would create the temporary file
+                continue
+            store = make_store(spec, _namespace())
+            yield "store", backend, store.url or "", store
+            lock = make_lock_service(spec, store.namespace, store)
+            if lock is not None:
+                yield "lock", lock.service, lock.server_url() or "", lock
+
+
+def _defaults() -> Iterator[Target]:
+    from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class
+    from racebench.scenario import LockConfig, expand_env
+
+    for backend in STORES:
+        cls = store_class(backend)
+        if cls.default_url is None:
+            yield "store", backend, "", None
+            continue
+        url = expand_env(cls.default_url, "default", "store.url")
+        yield "store", backend, url, cls(url, _namespace())
+    for service in LOCK_SERVICES:
+        lock = lock_class(service)(LockConfig(service=service), _namespace(), None)
+        yield "lock", service, lock.server_url() or "", lock
+
+
+def _check(target: _Reachable | None) -> tuple[bool, str]:
+    if target is None:
+        return True, EMBEDDED
+    try:
+        facts = target.check_reachable()
+    except RacebenchError as error:
+        return False, str(error)
+    except Exception as error:  # a driver failure we did not foresee: still one line
+        return False, f"{type(error).__name__}: {error}".splitlines()[0]
+    return True, " ".join(v for k, v in facts.items() if k != "server") or facts.get("server", "")
+
+
+def check_servers(paths: list[Path]) -> list[ServerCheck]:
+    """Check every store and lock service the scenarios need (every matrix cell), once each.
+
+    Without scenarios: the default URL of every registered backend and lock service.
+    """
+    targets = _from_scenarios(paths) if paths else _defaults()
+    seen: set[tuple[str, str, str]] = set()
+    checks = []
+    for kind, name, url, target in targets:
+        if (kind, name, url) in seen:
+            continue
+        seen.add((kind, name, url))
+        ok, detail = _check(target)
+        checks.append(ServerCheck(kind, name, redact_text(url), ok, redact_text(detail)))
+    return checks

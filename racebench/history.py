@@ -1,0 +1,188 @@
+"""The history of a run: one fixed-size record per operation, like Jepsen's invoke/complete.
+
+Clients write records into a memory-mapped file of their own, so recording an operation costs
+one `pack_into` and no syscall or lock; records also survive a client killed mid-run. The
+parent reads all files into numpy arrays for the checkers and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+
+class Outcome(IntEnum):
+    """How one logical operation ended. Jepsen: OK is ok; UNKNOWN is info; the rest are fail."""
+
+    OK = 0  # acknowledged: the write happened
+    REJECTED = 1  # the business rule said no (out of stock, insufficient funds)
+    CONFLICT = 2  # gave up after the allowed retries of a conflict (serialization, CAS)
+    ERROR = 3  # a definite failure: nothing was written
+    UNKNOWN = 4  # a timeout or lost connection mid-write: it may or may not have happened
+    STALE = 5  # a fenced access carried an outdated token and the store refused it
+    LOCK_TIMEOUT = 6  # the lock was not granted within the acquire timeout
+
+
+OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
+
+# start_ns, end_ns, cs_start_ns, cs_end_ns, token, outcome, retries, error index
+RECORD = struct.Struct("<qqqqqBxHi")
+RECORD_DTYPE = np.dtype(
+    [
+        ("start", "<i8"),
+        ("end", "<i8"),
+        ("cs_start", "<i8"),
+        ("cs_end", "<i8"),
+        ("token", "<i8"),
+        ("outcome", "u1"),
+        ("pad", "u1"),
+        ("retries", "<u2"),
+        ("error", "<i4"),
+    ]
+)
+assert RECORD_DTYPE.itemsize == RECORD.size
+_SEGMENT_RECORDS = 65536
+
+
+class Recorder:
+    """A client's memory-mapped history file, grown by segments.
+
+    The client's loop packs records straight into `buffer` (RECORD.pack_into at a running
+    offset) and calls `grow()` when the offset reaches `capacity_bytes`: a method call per
+    record costs as much as the packing itself, which racebench measures in its own figures.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "w+b")  # noqa: SIM115 - lives as long as the client
+        self.capacity_bytes = 0
+        self.buffer: mmap.mmap | None = None
+        self.grow()
+
+    def grow(self) -> mmap.mmap:
+        """Extend the file by one segment; return the new mapping (the old one is closed)."""
+        self.capacity_bytes += _SEGMENT_RECORDS * RECORD.size
+        self._file.truncate(self.capacity_bytes)
+        if self.buffer is not None:
+            self.buffer.close()
+        self.buffer = mmap.mmap(self._file.fileno(), self.capacity_bytes)
+        return self.buffer
+
+    def close(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+            self.buffer = None
+        self._file.close()
+
+
+def append_record(path: Path, index: int, start: int, end: int) -> None:
+    """Write record `index` of a dead client's file: an operation with an unknown outcome."""
+    with open(path, "r+b") as out:
+        out.seek(index * RECORD.size)
+        out.write(RECORD.pack(start, end, 0, 0, 0, Outcome.UNKNOWN, 0, -1))
+
+
+@dataclass
+class RunHistory:
+    """All operations of one run (one trial), as columns; `client` and `seq` identify each."""
+
+    records: np.ndarray  # RECORD_DTYPE
+    client: np.ndarray  # int32, which client ran it
+    seq: np.ndarray  # int64, the client's operation number
+    errors: list[str]  # error messages, indexed by records["error"]
+
+    @classmethod
+    def load(cls, files: list[tuple[Path, int, list[str]]]) -> RunHistory:
+        """Read (file, valid record count, error messages) of each client, in client order."""
+        parts, clients, seqs, errors = [], [], [], []
+        for client_id, (path, count, client_errors) in enumerate(files):
+            data = np.fromfile(path, dtype=RECORD_DTYPE, count=count) if count else None
+            if data is None or not len(data):
+                continue
+            data = data.copy()
+            has_error = data["error"] >= 0
+            client_errors = list(client_errors)
+            if has_error.any():
+                # A client killed mid-run leaves records but not its message table.
+                missing = int(data["error"].max()) + 1 - len(client_errors)
+                client_errors += ["(message lost with its client)"] * max(0, missing)
+            data["error"][has_error] += len(errors)
+            errors.extend(client_errors)
+            parts.append(data)
+            clients.append(np.full(len(data), client_id, dtype=np.int32))
+            seqs.append(np.arange(len(data), dtype=np.int64))
+        if not parts:
+            empty = np.zeros(0, dtype=RECORD_DTYPE)
+            return cls(empty, np.zeros(0, np.int32), np.zeros(0, np.int64), [])
+        return cls(np.concatenate(parts), np.concatenate(clients), np.concatenate(seqs), errors)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def count(self, outcome: Outcome) -> int:
+        return int(np.count_nonzero(self.records["outcome"] == outcome))
+
+    def outcome_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.records["outcome"], minlength=len(Outcome))
+        return {OUTCOME_NAMES[o]: int(counts[o]) for o in Outcome}
+
+    def acknowledged_ops(self) -> list[tuple[int, int]]:
+        ok = self.records["outcome"] == Outcome.OK
+        return list(zip(self.client[ok].tolist(), self.seq[ok].tolist(), strict=True))
+
+    def critical_sections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(client, start, end) of every critical section that was entered."""
+        entered = self.records["cs_start"] > 0
+        return (
+            self.client[entered],
+            self.records["cs_start"][entered],
+            self.records["cs_end"][entered],
+        )
+
+    def error_messages(self, limit: int = 5) -> dict[str, int]:
+        """The most frequent error messages with their counts."""
+        idx = self.records["error"]
+        idx = idx[idx >= 0]
+        if not len(idx):
+            return {}
+        values, counts = np.unique(idx, return_counts=True)
+        tally: dict[str, int] = {}
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            tally[self.errors[v]] = tally.get(self.errors[v], 0) + c
+        return dict(sorted(tally.items(), key=lambda kv: -kv[1])[:limit])
+
+    def iter_json(self, base: dict[str, object], kind: str, t0_ns: int) -> Iterator[str]:
+        """JSON lines, one per operation, ordered by start; times are relative to `t0_ns`."""
+        order = np.argsort(self.records["start"], kind="stable")
+        for i in order.tolist():
+            r = self.records[i]
+            line: dict[str, object] = {
+                **base,
+                "client": int(self.client[i]),
+                "seq": int(self.seq[i]),
+                "kind": kind,
+                "start_ns": int(r["start"]) - t0_ns,
+                "end_ns": int(r["end"]) - t0_ns,
+                "outcome": OUTCOME_NAMES[Outcome(int(r["outcome"]))],
+                "retries": int(r["retries"]),
+            }
+            if r["cs_start"]:
+                line["cs_start_ns"] = int(r["cs_start"]) - t0_ns
+                line["cs_end_ns"] = int(r["cs_end"]) - t0_ns
+            if r["token"]:
+                line["token"] = int(r["token"])
+            if r["error"] >= 0:
+                line["error"] = self.errors[int(r["error"])]
+            yield json.dumps(line)
+
+    def write_json_lines(self, out: IO[str], base: dict[str, object], kind: str, t0: int) -> None:
+        for line in self.iter_json(base, kind, t0):
+            out.write(line)
+            out.write("\n")

@@ -1,0 +1,100 @@
+"""The one place where stores, lock services and strategies are registered.
+
+Modules are named by import path and loaded on first use, so `racebench --help` and a sqlite
+run never import a server's driver. Adding a store or a lock service is one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from racebench.errors import ScenarioError
+from racebench.faults import validate_faults
+from racebench.guards import GENERIC_STRATEGIES
+from racebench.stores.base import StrategySpec
+
+if TYPE_CHECKING:
+    from racebench.locks.base import LockService
+    from racebench.scenario import RunSpec
+    from racebench.stores.base import Store
+
+STORES: dict[str, str] = {
+    "sqlite": "racebench.stores.sqlite:SqliteStore",
+    "postgres": "racebench.stores.postgres:PostgresStore",
+    "mysql": "racebench.stores.mysql:MysqlStore",
+    "redis": "racebench.stores.redis:RedisStore",
+    "zookeeper": "racebench.stores.zookeeper:ZookeeperStore",
+}
+
+LOCK_SERVICES: dict[str, str] = {
+    "file_lock": "racebench.locks.file_lock:FileLock",
+    "advisory": "racebench.locks.sql_locks:AdvisoryLock",
+    "get_lock": "racebench.locks.sql_locks:GetLock",
+    "redis_lock": "racebench.locks.redis_lock:RedisLock",
+    "redlock": "racebench.locks.redlock:Redlock",
+    "zookeeper_lock": "racebench.locks.zookeeper_lock:ZookeeperLock",
+}
+
+
+def _load(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def store_class(backend: str) -> type[Store]:
+    return _load(STORES[backend])
+
+
+def lock_class(service: str) -> type[LockService]:
+    return _load(LOCK_SERVICES[service])
+
+
+def strategies_for(backend: str) -> dict[str, StrategySpec]:
+    """Every strategy a backend offers: the generic ones first, then its native ones."""
+    return {**GENERIC_STRATEGIES, **store_class(backend).strategies}
+
+
+def validate_run(spec: RunSpec, context: str = "") -> None:
+    """Refuse combinations that cannot run, naming the key: checked before anything runs."""
+    s = spec.scenario
+    src = spec.source
+
+    def fail(field: str, problem: str) -> ScenarioError:
+        return ScenarioError(src, field, problem + context)
+
+    if s.store.backend not in STORES:
+        raise fail(
+            "store.backend", f"unknown backend {s.store.backend!r} (known: {', '.join(STORES)})"
+        )
+    strategies = strategies_for(s.store.backend)
+    if s.guard.strategy not in strategies:
+        raise fail(
+            "guard.strategy",
+            f"unknown strategy {s.guard.strategy!r} for backend {s.store.backend}"
+            f" (known: {', '.join(strategies)})",
+        )
+    if s.workload.type not in strategies[s.guard.strategy].supports:
+        raise fail(
+            "guard.strategy",
+            f"strategy {s.guard.strategy!r} does not apply to the {s.workload.type} workload"
+            f" (it supports: {', '.join(sorted(strategies[s.guard.strategy].supports))})",
+        )
+    if s.guard.strategy == "lock":
+        if s.guard.lock is None:
+            raise fail("guard.lock", "strategy 'lock' needs guard.lock with a service")
+        if s.guard.lock.service not in LOCK_SERVICES:
+            raise fail(
+                "guard.lock.service",
+                f"unknown lock service {s.guard.lock.service!r}"
+                f" (known: {', '.join(LOCK_SERVICES)})",
+            )
+    elif s.guard.fencing:
+        raise fail(
+            "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
+        )
+    validate_faults(spec, fail)
+    if s.operations is not None and s.operations < s.clients:
+        raise fail("operations", f"{s.operations} is fewer than clients ({s.clients})")
+    if s.duration is not None and s.warmup >= s.duration:
+        raise fail("warmup", f"{s.warmup:g}s must be shorter than duration ({s.duration:g}s)")

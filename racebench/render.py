@@ -1,0 +1,139 @@
+"""Terminal output: the progress display while running and the results table at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from racebench.runner import ProgressCallback
+from racebench.scenario import RunSpec
+from racebench.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
+
+ANOMALY_TITLES = {
+    "lost_updates": "lost\nupdates",
+    "oversold_units": "oversold",
+    "overdrafts": "over-\ndrafts",
+    "overdrawn_amount": "over-\ndrawn",
+    "lost_withdrawals": "lost\nwithdr.",
+    "mutual_exclusion_violations": "ME\nviol.",
+}
+VERDICT_STYLES = {
+    SAFE: "bold green",
+    ANOMALIES: "bold yellow",
+    UNEXPECTED: "bold red",
+    NOT_REPRODUCED: "dim",
+}
+
+
+def strategy_label(run: dict[str, Any]) -> str:
+    label = run["strategy"]
+    if run.get("lock_service"):
+        label += f":{run['lock_service']}"
+    if run.get("fencing"):
+        label += "+fencing"
+    return label
+
+
+def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
+    """One row per run: figures, anomaly counts and the verdict."""
+    names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
+    names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
+    fenced = any(r.get("lock") for r in runs)
+    faulted = any(r.get("faults") for r in runs)
+    table = Table(title=title, header_style="bold")
+    for header in ("workload", "backend", "strategy", "clients"):
+        table.add_column(header)
+    for header in ("ops/s", "p50\nms", "p99\nms", "retries", "errors"):
+        table.add_column(header, justify="right")
+    for name in names:
+        table.add_column(ANOMALY_TITLES.get(name, name), justify="right")
+    if fenced:
+        table.add_column("fenced", justify="right")
+    if faulted:
+        table.add_column("faults")
+    table.add_column("verdict")
+    for run in runs:
+        ops = run["operations"]
+        cells = [
+            run["workload"],
+            run["backend"],
+            strategy_label(run),
+            str(run["clients"]),
+            f"{run['throughput_ops_s']:,.0f}",
+            f"{run['latency_ms']['p50']:.2f}",
+            f"{run['latency_ms']['p99']:.2f}",
+            str(ops["retries"]),
+            str(ops["errors"] + ops["unknown"] + ops["conflicts"] + ops["lock_timeouts"]),
+        ]
+        for name in names:
+            count = run["anomalies"].get(name)
+            cells.append("-" if count is None else (f"[red]{count}[/]" if count else "0"))
+        if fenced:
+            lock = run.get("lock") or {}
+            cells.append(str(lock.get("stale_writes_rejected", "-")))
+        if faulted:
+            cells.append(fault_summary(run.get("faults") or []))
+        verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
+        if not run.get("passed", True):
+            verdict += " ✗"
+        cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{verdict}[/]")
+        table.add_row(*cells)
+    return table
+
+
+def fault_summary(faults: list[dict[str, Any]]) -> str:
+    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
+    parts = []
+    for f in faults:
+        text = f"{f['kind']} c{f['client']}"
+        if f["end_ms"] - f["start_ms"] >= 1:
+            text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
+        if "unavailable_ms" in f:
+            text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
+        if f["note"].startswith(("failed", "emulated")):
+            text += f" [{f['note'].split(':')[0]}]"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
+@contextmanager
+def progress_display(console: Console, enabled: bool) -> Iterator[Any]:
+    """Yield a factory of per-trial progress callbacks (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:>8.0f} ops"),
+        TextColumn("{task.fields[rate]:>9} ops/s"),
+        TextColumn("{task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+    def factory(spec: RunSpec, trial: int) -> ProgressCallback:
+        s = spec.scenario
+        description = spec.label + (f" #{trial + 1}" if s.trials > 1 else "")
+        task = progress.add_task(escape(description), total=s.operations, rate="-", errors=0)
+        started: list[float] = []
+
+        def update(done: int, errors: int) -> None:
+            now = progress.get_time()
+            if not started:
+                started.append(now)
+            elapsed = now - started[0]
+            rate = f"{done / elapsed:,.0f}" if elapsed > 0.2 else "-"
+            progress.update(task, completed=done, rate=rate, errors=errors)
+
+        return update
+
+    with progress:
+        yield factory

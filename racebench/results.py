@@ -1,0 +1,129 @@
+"""The versioned result document (`racebench.result/1`): build, write atomically, read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from racebench import __version__
+from racebench.errors import ResultFileError
+from racebench.redact import redact
+
+SCHEMA = "racebench.result/1"
+_DRIVERS = ("psycopg", "PyMySQL", "redis", "hiredis", "kazoo")
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+
+
+def driver_versions() -> dict[str, str]:
+    versions = {}
+    for name in _DRIVERS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the racebench checkout, when it runs from one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def scenario_hash(raw: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_document(
+    *,
+    source: str,
+    raw: dict[str, Any],
+    runs: list[dict[str, Any]],
+    started_at: dt.datetime,
+    partial: bool,
+    servers: dict[str, Any],
+) -> dict[str, Any]:
+    """The whole result document; passwords are redacted from everything in it."""
+    document = {
+        "schema": SCHEMA,
+        "racebench_version": __version__,
+        "git_commit": git_commit(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "partial": partial,
+        "host": host_info(),
+        "environment": {"drivers": driver_versions(), "servers": servers},
+        "scenario": {"source": source, "hash": scenario_hash(raw), "resolved": raw},
+        "runs": runs,
+    }
+    return redact(document)
+
+
+def write_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+    write_text_atomically(path, json.dumps(document, indent=2, default=str) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write text to a temp file beside `path`, fsync it, then rename over `path`.
+
+    A reader (or a CI step) never sees a half-written file, even if racebench is killed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_path(results_dir: Path, name: str, started_at: dt.datetime) -> Path:
+    stamp = started_at.strftime("%Y%m%d-%H%M%S")
+    return results_dir / f"{name}-{stamp}.json"
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Read a result file, refusing anything that is not a racebench.result/1 document."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ResultFileError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ResultFileError(f"{path}: not a JSON file: {exc}") from None
+    schema = document.get("schema") if isinstance(document, dict) else None
+    if schema != SCHEMA:
+        raise ResultFileError(f"{path}: schema is {schema!r}, this racebench reads {SCHEMA!r}")
+    if not isinstance(document.get("runs"), list):
+        raise ResultFileError(f"{path}: runs: missing or not a list")
+    return document

@@ -1,0 +1,301 @@
+"""Scenario files: strict validation, `${VAR}` expansion, and matrix expansion into runs."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from racebench.durations import parse_duration
+from racebench.errors import ScenarioError
+from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreConfig(_Strict):
+    """Where the data lives."""
+
+    backend: str = "sqlite"
+    url: str | None = None
+    proxy: bool = False  # route faulted clients through racebench's TCP proxy
+
+
+FAULT_KINDS = (
+    "pause_client",
+    "kill_client",
+    "kill_session",
+    "lose_lock_state",
+    "expire_early",
+    "clock_skew",
+    "latency",
+    "partition",
+    "reset",
+    "server_pause",
+)
+
+
+class FaultConfig(_Strict):
+    """One fault the nemesis injects during a run."""
+
+    kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    at: float | None = None  # seconds into the run
+    when: Literal["holding", "acquiring"] | None = None
+    client: int = Field(default=0, ge=0)
+    target: Literal["store", "lock"] = "lock"
+    duration_ms: float | None = Field(default=None, gt=0)
+    instances: int = Field(default=1, ge=1)
+    delay_ms: float = Field(default=0.0, ge=0)
+    jitter_ms: float = Field(default=0.0, ge=0)
+    skew_ms: float = 0.0
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _parse_at(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> FaultConfig:
+        if self.at is not None and self.when is not None:
+            raise ValueError("give either `at` or `when`, not both")
+        if self.at is None and self.when is None:
+            self.at = 0.0
+        return self
+
+
+class LockConfig(_Strict):
+    """The lock service that guards the read-then-write when `guard.strategy` is `lock`."""
+
+    service: str
+    url: str | None = None
+    urls: list[str] | None = None
+    proxy: bool = False
+    ttl_ms: float = Field(default=10_000, gt=0)
+    acquire_timeout_ms: float = Field(default=10_000, gt=0)
+    retry_delay_ms: float = Field(default=1.0, ge=0)
+    # zookeeper_lock: the session a holder's lock lives with (the server clamps it to 2-20
+    # times its tickTime).
+    session_timeout_ms: float = Field(default=10_000, gt=0)
+
+
+class GuardConfig(_Strict):
+    """How each logical operation is guarded."""
+
+    strategy: str = "none"
+    retries: int = Field(default=100, ge=0, le=65535)  # a record keeps 16 bits of it
+    backoff_ms: float = Field(default=1.0, ge=0)
+    max_backoff_ms: float = Field(default=50.0, ge=0)
+    lock: LockConfig | None = None
+    fencing: bool = False
+
+
+class Expectation(_Strict):
+    """What a run must show to pass; `auto` trusts each strategy's own safety claim."""
+
+    anomalies: Literal["auto", "none", "present", "any"] = "auto"
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    min_throughput_ops_s: float | None = Field(default=None, ge=0)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    # The verdicts a run may end with, e.g. [ANOMALIES, safe] for a matrix over fencing.
+    verdict: list[Literal["safe", "ANOMALIES", "UNEXPECTED", "race not reproduced"]] | None = None
+
+
+Workload = Annotated[StockWorkload | WithdrawWorkload | LikesWorkload, Field(discriminator="type")]
+
+
+class Scenario(_Strict):
+    """One fully resolved run configuration (a matrix cell)."""
+
+    name: str
+    description: str | None = None
+    workload: Workload
+    store: StoreConfig = StoreConfig()
+    guard: GuardConfig = GuardConfig()
+    clients: int = Field(default=4, ge=1, le=1024)
+    operations: int | None = Field(default=None, ge=1)
+    duration: float | None = Field(default=None, gt=0)
+    warmup: float = Field(default=0.0, ge=0)
+    race_window_ms: float = Field(default=0.0, ge=0, le=60_000)
+    trials: int = Field(default=1, ge=1, le=1000)
+    expect: Expectation = Expectation()
+    faults: list[FaultConfig] = []
+
+    @field_validator("duration", "warmup", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _default_stop(self) -> Scenario:
+        if self.operations is None and self.duration is None:
+            self.operations = 1000
+        return self
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a scenario: a matrix cell, with the values that made it."""
+
+    label: str
+    params: dict[str, Any]
+    scenario: Scenario
+    source: str
+
+
+def expand_env(value: Any, source: str, path: str = "") -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a YAML value."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ScenarioError(source, path or None, f"environment variable {name} is not set")
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            k: expand_env(v, source, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_env(v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """Read a scenario file into a dict, refusing what is not a YAML mapping."""
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(source, None, f"cannot read file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(source, None, f"malformed YAML: {where}{problem}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(source, None, "a scenario must be a YAML mapping of keys to values")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c`; a number indexes an existing list item (`faults.0.instances`)."""
+    keys = dotted.split(".")
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise KeyError(dotted)
+            child = node[int(key)]
+        else:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+        if not isinstance(child, dict | list):
+            raise KeyError(dotted)
+        node = child
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise KeyError(dotted)
+        node[int(last)] = copy.deepcopy(value)
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+def _format_param(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in ("backend", "service", "strategy"):
+            if key in value:
+                return str(value[key])
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _pydantic_error(source: str, error: ValidationError, context: str) -> ScenarioError:
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    # Discriminated unions put the tag in the path (workload.stock.initial): drop it.
+    if len(loc) >= 2 and loc[0] == "workload" and loc[1] in {"stock", "withdraw", "likes"}:
+        loc.pop(1)
+    field = ".".join(loc) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag")
+        message = f"unknown workload type {tag!r} (known: stock, withdraw, likes)"
+    elif first["type"] == "union_tag_not_found":
+        message = "type is missing (known: stock, withdraw, likes)"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    return ScenarioError(source, field, message + context)
+
+
+def expand(
+    raw: dict[str, Any], source: str, overrides: dict[str, Any] | None = None
+) -> list[RunSpec]:
+    """Validate a scenario and expand its matrix into runs (in the order listed).
+
+    `overrides` (from command-line flags) win over both the file and the matrix.
+    """
+    from racebench.registry import validate_run
+
+    raw = expand_env(raw, source)
+    matrix = raw.pop("matrix", None) or {}
+    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
+        raise ScenarioError(source, "matrix", "must map key paths to non-empty lists of values")
+    for key, value in (overrides or {}).items():
+        matrix.pop(key, None)
+        _set_path(raw, key, value)
+    runs: list[RunSpec] = []
+    keys = list(matrix)
+    for combination in itertools.product(*(matrix[k] for k in keys)):
+        cell = copy.deepcopy(raw)
+        params = dict(zip(keys, combination, strict=True))
+        for key, value in params.items():
+            try:
+                _set_path(cell, key, value)
+            except KeyError:
+                raise ScenarioError(source, f"matrix.{key}", "not a key path") from None
+        context = (
+            " (in matrix cell "
+            + ", ".join(f"{k}={_format_param(v)}" for k, v in params.items())
+            + ")"
+            if params
+            else ""
+        )
+        try:
+            scenario = Scenario.model_validate(cell)
+        except ValidationError as exc:
+            raise _pydantic_error(source, exc, context) from None
+        label = scenario.name
+        if params:
+            label += "[" + ",".join(f"{k}={_format_param(v)}" for k, v in params.items()) + "]"
+        spec = RunSpec(label=label, params=params, scenario=scenario, source=source)
+        validate_run(spec, context)
+        runs.append(spec)
+    return runs
+
+
+def load(path: Path, overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Read, validate and expand one scenario file."""
+    return expand(load_raw(path), str(path), overrides)

@@ -1,0 +1,206 @@
+"""The narrow interface every store implements.
+
+A store owns racebench's namespaced state on one server kind: it creates and seeds it, reads
+the final state, and drops it. In each client process it opens a `StoreClient` that offers the
+unguarded primitives of both state shapes (used by `none`, by `lock` and by `crdt`) and runs
+the store's native strategies.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from racebench.history import Outcome
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan, Plan
+
+
+class StaleToken(Exception):
+    """A fenced access carried a token older than the newest the resource has seen."""
+
+
+class Conflict(Exception):
+    """A retryable conflict: a failed compare-and-set, a serialization failure, a deadlock."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class UnknownOutcome(Exception):
+    """The operation may or may not have taken effect (a timeout, a connection lost mid-write)."""
+
+
+ALL_WORKLOADS = frozenset({"stock", "withdraw", "likes"})
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A concurrency-control strategy as a store offers it, with the claim racebench checks.
+
+    `safe_for` lists the workload types for which the strategy claims no anomaly can happen;
+    the checker compares that claim with what the run showed. `supports` lists the workload
+    types it can run at all.
+    """
+
+    description: str
+    prevents: str
+    allows: str = ""
+    safe_for: frozenset[str] = ALL_WORKLOADS
+    supports: frozenset[str] = ALL_WORKLOADS
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One operation's outcome; a strategy that holds a lock reports its critical section."""
+
+    outcome: Outcome
+    retries: int = 0
+    cs_start: int = 0
+    cs_end: int = 0
+    token: int = 0
+
+
+# Shared results for the common cases, so the hot loop does not build one per operation.
+OK_STEP = StepResult(Outcome.OK)
+REJECTED_STEP = StepResult(Outcome.REJECTED)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """What a client needs besides the connection: the race window and the retry policy."""
+
+    race_window_s: float
+    retries: int
+    backoff_s: float
+    max_backoff_s: float
+    client_id: int
+    clients: int
+
+
+class Backoff:
+    """Exponential backoff with full jitter, so retrying clients do not collide in lockstep."""
+
+    def __init__(self, base_s: float, cap_s: float) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+
+    def sleep(self, attempt: int) -> None:
+        if self.base_s > 0:
+            time.sleep(random.uniform(0, min(self.cap_s, self.base_s * (2**attempt))))
+
+
+class StoreClient(ABC):
+    """One client's connection to the store, opened inside the client process."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.backoff = Backoff(options.backoff_s, options.max_backoff_s)
+        # Retries per conflict code (e.g. 40001, 1213), shipped to the parent at the end.
+        self.retry_codes: Counter[str] = Counter()
+
+    def pause(self) -> None:
+        """The race window between a read and the write that depends on it."""
+        if self.options.race_window_s:
+            time.sleep(self.options.race_window_s)
+
+    # Unguarded primitives. With a token they are fenced: the read registers the token, the
+    # write is accepted only while it is still the newest; either raises StaleToken.
+    @abstractmethod
+    def read_counter(self, token: int | None = None) -> int: ...
+
+    @abstractmethod
+    def write_counter(self, value: int, token: int | None = None) -> None: ...
+
+    @abstractmethod
+    def read_balance(self, token: int | None = None) -> int: ...
+
+    @abstractmethod
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None: ...
+
+    # The coordination-free G-counter: one slot per client, written only by its owner.
+    @abstractmethod
+    def read_slot(self) -> int: ...
+
+    @abstractmethod
+    def write_slot(self, value: int) -> None: ...
+
+    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        """Run one counter operation under a store-native strategy."""
+        raise NotImplementedError(strategy)
+
+    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        """Run one withdrawal under a store-native strategy."""
+        raise NotImplementedError(strategy)
+
+    def retrying(self, attempt_once: Callable[[], Outcome]) -> StepResult:
+        """Call `attempt_once()` until it returns an outcome, retrying Conflicts with backoff."""
+        for attempt in range(self.options.retries + 1):
+            try:
+                outcome = attempt_once()
+                if attempt == 0:
+                    return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
+                return StepResult(outcome, attempt)
+            except Conflict as conflict:
+                self.retry_codes[conflict.code] += 1
+                self.on_conflict()
+                if attempt < self.options.retries:
+                    self.backoff.sleep(attempt)
+        return StepResult(Outcome.CONFLICT, self.options.retries)
+
+    def on_conflict(self) -> None:
+        """Undo what a failed attempt left open (a transaction); a no-op by default."""
+
+    def classify(self, exc: BaseException) -> Outcome:
+        """ERROR for a definite failure, UNKNOWN when the write may have happened."""
+        return Outcome.UNKNOWN if isinstance(exc, UnknownOutcome) else Outcome.ERROR
+
+    def recover(self) -> None:
+        """Called after an operation failed with an exception; reconnect if needed."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+class Store(ABC):
+    """One server kind. Created in the parent; `connect` runs in each client process."""
+
+    backend: ClassVar[str]
+    description: ClassVar[str]
+    default_url: ClassVar[str | None]
+    extra: ClassVar[str | None] = None  # the pip extra that installs its driver
+    strategies: ClassVar[dict[str, StrategySpec]]
+    networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
+
+    def __init__(self, url: str | None, namespace: str) -> None:
+        self.url = url
+        self.namespace = namespace
+
+    @abstractmethod
+    def check_reachable(self) -> dict[str, str]:
+        """Connect once; return server facts (version). Raise BackendUnavailable if not."""
+
+    @abstractmethod
+    def setup(self, plan: Plan, clients: int) -> None:
+        """Create racebench's own namespaced state and seed it."""
+
+    @abstractmethod
+    def read_final(self, plan: Plan) -> FinalState:
+        """The state after the run: counter value (the sum of slots for crdt), or ledger rows."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Remove everything setup created; must succeed after a failed or interrupted run."""
+
+    @abstractmethod
+    def leftovers(self) -> list[str]:
+        """Names of racebench's objects (any namespace) still present on the server."""
+
+    @abstractmethod
+    def connect(self, options: ClientOptions) -> StoreClient:
+        """Open one client's connection (in the client process)."""

@@ -1,0 +1,352 @@
+"""Redis: one single-threaded server, with Lua scripts and WATCH/MULTI/EXEC.
+
+Keys live under `racebench:{namespace}:`. The counter is a string key (so INCRBY applies),
+the G-counter a hash with one field per client, and the withdraw ledger a list of
+`amount:client:seq` entries whose sum is the balance. Redis runs each command and each Lua
+script alone, so a script that reads, checks and writes is atomic; the races come from a read
+and a write sent as separate commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from racebench.errors import BackendUnavailable
+from racebench.history import Outcome
+from racebench.redact import redact_text
+from racebench.stores.base import (
+    OK_STEP,
+    REJECTED_STEP,
+    ClientOptions,
+    Conflict,
+    StaleToken,
+    StepResult,
+    Store,
+    StoreClient,
+    StrategySpec,
+)
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+
+if TYPE_CHECKING:
+    import redis
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+# INCRBY only when the result stays at or above the floor: check and write in one script.
+COUNTER_ADD_WITH_FLOOR = """
+local value = tonumber(redis.call('GET', KEYS[1]) or '0')
+if value + tonumber(ARGV[1]) < tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Append a withdrawal only when the ledger's sum covers it.
+LEDGER_WITHDRAW = """
+local balance = 0
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  balance = balance + tonumber(string.match(entry, '^(-?%d+)'))
+end
+if balance < tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Fenced read: register the token unless a newer one was seen, then read (nil: stale).
+FENCED_GET = """
+if tonumber(ARGV[1]) < tonumber(redis.call('GET', KEYS[1]) or '0') then return false end
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[2])
+"""
+
+FENCED_LRANGE = """
+if tonumber(ARGV[1]) < tonumber(redis.call('GET', KEYS[1]) or '0') then return false end
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+# Fenced writes: accepted only while the token is still the newest registered (0: stale).
+FENCED_SET = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+FENCED_RPUSH = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def connect_options(timeout_s: float = 10.0) -> dict[str, Any]:
+    """How every racebench Redis connection is opened (store, locks, bare benchmark)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # No automatic resend: a retried INCRBY or RPUSH after a lost reply could apply twice,
+    # and racebench must see each failure to record an unknown outcome.
+    return {
+        "socket_connect_timeout": min(timeout_s, 2.0),
+        "socket_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+def open_redis(url: str, timeout_s: float = 10.0) -> redis.Redis:
+    import redis
+
+    return redis.Redis.from_url(url, **connect_options(timeout_s))
+
+
+def server_facts(url: str, what: str) -> dict[str, str]:
+    """Ping one Redis server; its version and run id, or BackendUnavailable naming `what`."""
+    import redis
+
+    client = open_redis(url, timeout_s=2.0)
+    try:
+        info = client.info("server")
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailable(
+            redact_text(f"{what}: cannot reach Redis at {url}: {message}")
+        ) from None
+    finally:
+        client.close()
+    return {"server": "redis", "version": str(info["redis_version"]), "run_id": info["run_id"]}
+
+
+def scan_keys(client: redis.Redis, pattern: str) -> list[str]:
+    return sorted(key.decode() for key in client.scan_iter(match=pattern, count=1000))
+
+
+def delete_matching(client: redis.Redis, pattern: str) -> None:
+    if keys := list(client.scan_iter(match=pattern, count=1000)):
+        client.delete(*keys)
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The keys of one namespace; `fence` holds the newest fencing token of the resource."""
+
+    counter: str
+    slots: str
+    ledger: str
+    fence: str
+
+    @classmethod
+    def of(cls, namespace: str) -> RedisKeys:
+        prefix = f"racebench:{namespace}:"
+        return cls(prefix + "counter", prefix + "slots", prefix + "ledger", prefix + "fence")
+
+
+def _entry(amount: int, client: int, seq: int) -> str:
+    return f"{amount}:{client}:{seq}"
+
+
+def _parse_entry(raw: bytes) -> LedgerRow:
+    amount, client, seq = raw.split(b":")
+    return LedgerRow(int(amount), int(client), int(seq))
+
+
+class RedisClient(StoreClient):
+    """One client's redis-py connection, with its Lua scripts registered.
+
+    A connection lost or timed out mid-command makes the operation's outcome unknown (the
+    server may have applied it); redis-py reconnects on the next command.
+    """
+
+    def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
+        super().__init__(options)
+        self.redis = open_redis(url)
+        self.keys = RedisKeys.of(namespace)
+        self.slot_field = str(options.client_id)
+        register = self.redis.register_script
+        self.add_with_floor = register(COUNTER_ADD_WITH_FLOOR)
+        self.withdraw = register(LEDGER_WITHDRAW)
+        self.fenced_get = register(FENCED_GET)
+        self.fenced_lrange = register(FENCED_LRANGE)
+        self.fenced_set = register(FENCED_SET)
+        self.fenced_rpush = register(FENCED_RPUSH)
+
+    def read_counter(self, token: int | None = None) -> int:
+        if token is None:
+            return int(self.redis.get(self.keys.counter))
+        value = self.fenced_get(keys=[self.keys.fence, self.keys.counter], args=[token])
+        if value is None:
+            raise StaleToken
+        return int(value)
+
+    def write_counter(self, value: int, token: int | None = None) -> None:
+        if token is None:
+            self.redis.set(self.keys.counter, value)
+        elif not self.fenced_set(keys=[self.keys.fence, self.keys.counter], args=[token, value]):
+            raise StaleToken
+
+    def read_balance(self, token: int | None = None) -> int:
+        if token is None:
+            entries = self.redis.lrange(self.keys.ledger, 0, -1)
+        else:
+            entries = self.fenced_lrange(keys=[self.keys.fence, self.keys.ledger], args=[token])
+            if entries is None:
+                raise StaleToken
+        return sum(int(entry.split(b":", 1)[0]) for entry in entries)
+
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
+        entry = _entry(amount, self.options.client_id, seq)
+        if token is None:
+            self.redis.rpush(self.keys.ledger, entry)
+        elif not self.fenced_rpush(keys=[self.keys.fence, self.keys.ledger], args=[token, entry]):
+            raise StaleToken
+
+    def read_slot(self) -> int:
+        return int(self.redis.hget(self.keys.slots, self.slot_field))
+
+    def write_slot(self, value: int) -> None:
+        self.redis.hset(self.keys.slots, self.slot_field, value)
+
+    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        if strategy == "atomic":
+            if plan.floor is None:
+                self.redis.incrby(self.keys.counter, plan.delta)
+                return OK_STEP
+            done = self.add_with_floor(keys=[self.keys.counter], args=[plan.delta, plan.floor])
+            return OK_STEP if done else REJECTED_STEP
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._counter_watch(plan))
+        return super().counter_step(strategy, plan)
+
+    def _counter_watch(self, plan: CounterPlan) -> Outcome:
+        import redis
+
+        # Leaving the `with` block resets the pipeline, which UNWATCHes on every path.
+        with self.redis.pipeline() as pipe:
+            pipe.watch(self.keys.counter)
+            value = int(pipe.get(self.keys.counter))
+            self.pause()
+            if plan.floor is not None and value + plan.delta < plan.floor:
+                return Outcome.REJECTED
+            pipe.multi()
+            pipe.set(self.keys.counter, value + plan.delta)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise Conflict("watch") from None
+        return Outcome.OK
+
+    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        if strategy == "atomic":
+            entry = _entry(-plan.amount, self.options.client_id, seq)
+            done = self.withdraw(keys=[self.keys.ledger], args=[plan.amount, entry])
+            return OK_STEP if done else REJECTED_STEP
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._ledger_watch(plan, seq))
+        return super().ledger_step(strategy, plan, seq)
+
+    def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
+        import redis
+
+        # WATCH on the ledger list itself: any append between our read and EXEC aborts it,
+        # so the balance we checked is the balance we append to.
+        with self.redis.pipeline() as pipe:
+            pipe.watch(self.keys.ledger)
+            entries = pipe.lrange(self.keys.ledger, 0, -1)
+            balance = sum(int(entry.split(b":", 1)[0]) for entry in entries)
+            self.pause()
+            if balance < plan.amount:
+                return Outcome.REJECTED
+            pipe.multi()
+            pipe.rpush(self.keys.ledger, _entry(-plan.amount, self.options.client_id, seq))
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise Conflict("watch") from None
+        return Outcome.OK
+
+    def classify(self, exc: BaseException) -> Outcome:
+        import redis
+
+        # A lost connection or a timeout may hide a write the server applied.
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            return Outcome.UNKNOWN
+        return super().classify(exc)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class RedisStore(Store):
+    """Redis: `atomic` as one command or Lua script, `optimistic` as WATCH/MULTI/EXEC."""
+
+    backend = "redis"
+    description = "Redis via redis-py + hiredis; keys under racebench:{run}:"
+    default_url = "${RACEBENCH_REDIS_URL:-" + DEFAULT_URL + "}"
+    extra = "redis"
+    strategies = {
+        "atomic": StrategySpec(
+            "one server-side step: INCRBY for likes; a Lua script that checks the floor (stock)"
+            " or the ledger's sum (withdraw) and writes",
+            prevents="lost update, oversell, overdraft (Redis runs a script alone, start to end)",
+        ),
+        "optimistic": StrategySpec(
+            "WATCH the key (the counter, or the ledger list), read, MULTI/write/EXEC; EXEC "
+            "aborts if the key changed since WATCH, and the operation is retried",
+            prevents="lost update, oversell, overdraft",
+        ),
+    }
+
+    def __init__(self, url: str | None, namespace: str) -> None:
+        super().__init__(url, namespace)
+        self.keys = RedisKeys.of(namespace)
+
+    @property
+    def redis_url(self) -> str:
+        # Read at each use: a proxy fault rewrites `url` in the client's process.
+        return self.url or DEFAULT_URL
+
+    def check_reachable(self) -> dict[str, str]:
+        facts = server_facts(self.redis_url, "redis store")
+        return {"server": facts["server"], "version": facts["version"]}
+
+    def setup(self, plan: Plan, clients: int) -> None:
+        client = open_redis(self.redis_url)
+        try:
+            pipe = client.pipeline(transaction=True)
+            pipe.set(self.keys.fence, 0)
+            if isinstance(plan, CounterPlan):
+                pipe.set(self.keys.counter, plan.initial)
+                pipe.hset(self.keys.slots, mapping={str(i): 0 for i in range(clients)})
+            else:
+                pipe.rpush(self.keys.ledger, _entry(plan.deposit, -1, 0))
+            pipe.execute()
+        finally:
+            client.close()
+
+    def read_final(self, plan: Plan) -> FinalState:
+        client = open_redis(self.redis_url)
+        try:
+            if isinstance(plan, CounterPlan):
+                value = int(client.get(self.keys.counter))
+                slots = sum(int(v) for v in client.hvals(self.keys.slots))
+                return FinalState(value=value, slots_total=slots)
+            rows = [_parse_entry(raw) for raw in client.lrange(self.keys.ledger, 0, -1)]
+            return FinalState(rows=rows)
+        finally:
+            client.close()
+
+    def teardown(self) -> None:
+        client = open_redis(self.redis_url)
+        try:
+            delete_matching(client, f"racebench:{self.namespace}:*")
+        finally:
+            client.close()
+
+    def leftovers(self) -> list[str]:
+        client = open_redis(self.redis_url)
+        try:
+            return scan_keys(client, "racebench:*")
+        finally:
+            client.close()
+
+    def connect(self, options: ClientOptions) -> StoreClient:
+        return RedisClient(self.redis_url, self.namespace, options)

@@ -1,0 +1,477 @@
+"""What the PostgreSQL and MySQL/MariaDB stores share: tables, statements and strategies.
+
+Both drivers (psycopg 3, PyMySQL) take `%s` placeholders, so one set of statements serves both
+servers; a subclass supplies the connection, the transaction start, the error codes and its
+native lock (`advisory` or `get_lock`). Clients run in autocommit: every statement outside an
+explicit transaction is its own transaction, which is what the `none` race needs.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from racebench.errors import BackendUnavailable
+from racebench.history import Outcome
+from racebench.stores.base import (
+    ClientOptions,
+    Conflict,
+    StaleToken,
+    StepResult,
+    Store,
+    StoreClient,
+    StrategySpec,
+)
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+
+# How long a client waits for a row lock or a native lock before the operation is recorded as
+# a lock timeout: long enough for any sane contention, short enough never to look like a hang.
+LOCK_WAIT_S = 30
+CONNECT_TIMEOUT_S = 5
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+ISOLATION_LEVELS = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+COUNTERS = frozenset({"stock", "likes"})
+
+
+class LockWaitTimeout(Exception):
+    """A row or native lock was not granted within LOCK_WAIT_S."""
+
+
+def table_names(namespace: str) -> dict[str, str]:
+    return {
+        "counter": f"{namespace}_counter",
+        "slots": f"{namespace}_slots",
+        "account": f"{namespace}_account",
+        "operations": f"{namespace}_operations",
+    }
+
+
+def common_strategies() -> dict[str, StrategySpec]:
+    """The strategies both servers offer with the same guarantee; isolation levels differ."""
+    return {
+        "atomic": StrategySpec(
+            "one conditional statement: UPDATE ... SET units = units - 1 WHERE units >= 1; "
+            "for withdraw INSERT ... SELECT ... WHERE (SELECT SUM(amount) ...) >= amount",
+            prevents="lost update and oversell on counters (the UPDATE re-checks its WHERE on "
+            "the latest row version under the row lock)",
+            allows="overdraft on withdraw: the guarded INSERT reads the sum from a statement "
+            "snapshot, so under READ COMMITTED two concurrent withdrawals can both pass",
+            safe_for=COUNTERS,
+        ),
+        "optimistic": StrategySpec(
+            "read value and version, UPDATE ... WHERE version = the one read, retried on a "
+            "miss (withdraw: the account row's version guards the whole ledger)",
+            prevents="lost update, oversell, overdraft (costs retries under contention)",
+        ),
+        "for_update": StrategySpec(
+            "SELECT ... FOR UPDATE, then the write, in one READ COMMITTED transaction "
+            "(withdraw: lock the account row, the aggregate root)",
+            prevents="lost update, oversell, overdraft (the row lock serialises the clients)",
+        ),
+    }
+
+
+class SqlClient(StoreClient):
+    """One client's connection; the statements and strategies shared by both servers."""
+
+    conflict_codes: ClassVar[frozenset[str]]
+    lock_wait_codes: ClassVar[frozenset[str]] = frozenset()
+    native_lock: ClassVar[str]
+    from_dual: ClassVar[str] = ""  # MySQL needs FROM DUAL for a SELECT with WHERE and no table
+
+    def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
+        super().__init__(options)
+        self.url = url
+        self.namespace = namespace
+        t = table_names(namespace)
+        self.counter, self.slots = t["counter"], t["slots"]
+        self.account, self.operations = t["account"], t["operations"]
+        ops = self.operations
+        self.sql_balance = f"SELECT COALESCE(SUM(amount), 0) FROM {ops}"
+        self.sql_insert = f"INSERT INTO {ops} (amount, client, seq) VALUES (%s, %s, %s)"
+        self.sql_guarded_insert = (
+            f"INSERT INTO {ops} (amount, client, seq) SELECT %s, %s, %s{self.from_dual} "
+            f"WHERE ({self.sql_balance}) >= %s"
+        )
+        self._cs = [0, 0]
+        # True once a reconnect failed: the next operation cannot have reached the server.
+        self._dead = False
+        self._open()
+
+    # -- what a server module supplies --------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None:
+        """Open `self.conn` and `self.cur` (autocommit) and set `self.driver_error`."""
+
+    @abstractmethod
+    def _error_code(self, exc: BaseException) -> str | None: ...
+
+    @abstractmethod
+    def _connection_lost(self, exc: BaseException) -> bool: ...
+
+    @abstractmethod
+    def _begin(self, level: str) -> None:
+        """Start a transaction at isolation `level` (e.g. 'READ COMMITTED')."""
+
+    @abstractmethod
+    def _native_locked(self, body: Callable[[], Outcome]) -> Outcome:
+        """Run `body` holding the server's native lock; set self._cs around it."""
+
+    # -- statements ---------------------------------------------------------------------
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Execute one statement; retryable server errors become Conflict(code)."""
+        try:
+            self.cur.execute(sql, params)
+        except self.driver_error as exc:
+            code = self._error_code(exc)
+            if code in self.conflict_codes:
+                raise Conflict(code) from exc
+            if code in self.lock_wait_codes:
+                raise LockWaitTimeout(code) from exc
+            raise
+        return self.cur
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._run(sql, params).fetchone()[0]
+
+    def _transaction(self, level: str, body: Callable[[], Outcome]) -> Outcome:
+        """`body` inside one transaction at `level`; rolled back on any failure."""
+        self._begin(level)
+        try:
+            outcome = body()
+            self._run("COMMIT")  # PostgreSQL SERIALIZABLE may refuse here with 40001
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        return outcome
+
+    def _rollback_quietly(self) -> None:
+        with suppress(self.driver_error):  # the connection is gone; recover() reconnects
+            self.cur.execute("ROLLBACK")
+
+    # -- fenced and unguarded primitives -------------------------------------------------
+    def _register(self, table: str, token: int) -> None:
+        cur = self._run(
+            f"UPDATE {table} SET fence = %s WHERE id = 1 AND fence <= %s", (token, token)
+        )
+        if cur.rowcount == 0:
+            raise StaleToken
+
+    def read_counter(self, token: int | None = None) -> int:
+        if token is not None:
+            self._register(self.counter, token)
+        return self._scalar(f"SELECT value FROM {self.counter} WHERE id = 1")
+
+    def write_counter(self, value: int, token: int | None = None) -> None:
+        if token is None:
+            self._run(f"UPDATE {self.counter} SET value = %s WHERE id = 1", (value,))
+            return
+        cur = self._run(
+            f"UPDATE {self.counter} SET value = %s WHERE id = 1 AND fence = %s", (value, token)
+        )
+        if cur.rowcount == 0:
+            raise StaleToken
+
+    def read_balance(self, token: int | None = None) -> int:
+        if token is not None:
+            self._register(self.account, token)
+        return int(self._scalar(self.sql_balance))
+
+    def _insert(self, amount: int, seq: int) -> None:
+        self._run(self.sql_insert, (amount, self.options.client_id, seq))
+
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
+        if token is None:
+            self._insert(amount, seq)
+            return
+
+        # The row lock on the account keeps a newer holder from registering its token between
+        # the check and the insert; it is released at commit, with the entry visible.
+        def fenced() -> Outcome:
+            fence = self._scalar(f"SELECT fence FROM {self.account} WHERE id = 1 FOR UPDATE")
+            if fence != token:
+                raise StaleToken
+            self._insert(amount, seq)
+            return Outcome.OK
+
+        self._transaction("READ COMMITTED", fenced)
+
+    def read_slot(self) -> int:
+        return self._scalar(
+            f"SELECT value FROM {self.slots} WHERE client = %s", (self.options.client_id,)
+        )
+
+    def write_slot(self, value: int) -> None:
+        self._run(
+            f"UPDATE {self.slots} SET value = %s WHERE client = %s",
+            (value, self.options.client_id),
+        )
+
+    # -- strategies ---------------------------------------------------------------------
+    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        if strategy == "atomic":
+            return self.retrying(lambda: self._counter_atomic(plan))
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._counter_cas(plan))
+        if strategy == "for_update":
+            return self._critical(
+                lambda: self._transaction("READ COMMITTED", lambda: self._counter_locked(plan))
+            )
+        if strategy == self.native_lock:
+            return self._critical(lambda: self._native_locked(lambda: self._counter_rw(plan)))
+        if strategy in ISOLATION_LEVELS:
+            level = ISOLATION_LEVELS[strategy]
+            return self.retrying(lambda: self._transaction(level, lambda: self._counter_rw(plan)))
+        return super().counter_step(strategy, plan)
+
+    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        if strategy == "atomic":
+            return self.retrying(lambda: self._ledger_atomic(plan, seq))
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._ledger_cas(plan, seq))
+        if strategy == "for_update":
+            return self._critical(
+                lambda: self._transaction("READ COMMITTED", lambda: self._ledger_locked(plan, seq))
+            )
+        if strategy == self.native_lock:
+            return self._critical(lambda: self._native_locked(lambda: self._ledger_rw(plan, seq)))
+        if strategy in ISOLATION_LEVELS:
+            level = ISOLATION_LEVELS[strategy]
+            return self.retrying(
+                lambda: self._transaction(level, lambda: self._ledger_rw(plan, seq))
+            )
+        return super().ledger_step(strategy, plan, seq)
+
+    def _critical(self, attempt: Callable[[], Outcome]) -> StepResult:
+        """Retry `attempt` and report the critical section of the attempt that finished."""
+
+        def once() -> Outcome:
+            self._cs = [0, 0]
+            return attempt()
+
+        try:
+            result = self.retrying(once)
+        except LockWaitTimeout:
+            return StepResult(Outcome.LOCK_TIMEOUT)
+        if self._cs[1]:
+            return replace(result, cs_start=self._cs[0], cs_end=self._cs[1])
+        return result
+
+    def _apply(self, plan: CounterPlan, value: int) -> Outcome:
+        if plan.floor is not None and value + plan.delta < plan.floor:
+            return Outcome.REJECTED
+        self.write_counter(value + plan.delta)
+        return Outcome.OK
+
+    def _counter_rw(self, plan: CounterPlan) -> Outcome:
+        """The plain read-then-write; safe only as far as the surrounding guard makes it."""
+        value = self.read_counter()
+        self.pause()
+        return self._apply(plan, value)
+
+    def _counter_locked(self, plan: CounterPlan) -> Outcome:
+        value = self._scalar(f"SELECT value FROM {self.counter} WHERE id = 1 FOR UPDATE")
+        self._cs[0] = time.monotonic_ns()
+        self.pause()
+        outcome = self._apply(plan, value)
+        # Taken before COMMIT releases the row lock, so a recorded section never outlasts it.
+        self._cs[1] = time.monotonic_ns()
+        return outcome
+
+    def _counter_atomic(self, plan: CounterPlan) -> Outcome:
+        if plan.floor is None:
+            sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1"
+            cur = self._run(sql, (plan.delta,))
+        else:
+            sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1 AND value + %s >= %s"
+            cur = self._run(sql, (plan.delta, plan.delta, plan.floor))
+        return Outcome.OK if cur.rowcount else Outcome.REJECTED
+
+    def _counter_cas(self, plan: CounterPlan) -> Outcome:
+        value, version = self._run(
+            f"SELECT value, version FROM {self.counter} WHERE id = 1"
+        ).fetchone()
+        self.pause()
+        if plan.floor is not None and value + plan.delta < plan.floor:
+            return Outcome.REJECTED
+        cur = self._run(
+            f"UPDATE {self.counter} SET value = %s, version = version + 1 "
+            "WHERE id = 1 AND version = %s",
+            (value + plan.delta, version),
+        )
+        if cur.rowcount == 0:
+            raise Conflict("version_changed")
+        return Outcome.OK
+
+    def _ledger_rw(self, plan: LedgerPlan, seq: int) -> Outcome:
+        balance = self.read_balance()
+        self.pause()
+        if balance < plan.amount:
+            return Outcome.REJECTED
+        self._insert(-plan.amount, seq)
+        return Outcome.OK
+
+    def _ledger_locked(self, plan: LedgerPlan, seq: int) -> Outcome:
+        # Lock the aggregate root: every withdrawal takes this row lock first, so the sum read
+        # next (a fresh READ COMMITTED snapshot) includes every earlier holder's entry.
+        self._run(f"SELECT id FROM {self.account} WHERE id = 1 FOR UPDATE")
+        self._cs[0] = time.monotonic_ns()
+        outcome = self._ledger_rw(plan, seq)
+        self._cs[1] = time.monotonic_ns()
+        return outcome
+
+    def _ledger_atomic(self, plan: LedgerPlan, seq: int) -> Outcome:
+        cur = self._run(
+            self.sql_guarded_insert, (-plan.amount, self.options.client_id, seq, plan.amount)
+        )
+        return Outcome.OK if cur.rowcount else Outcome.REJECTED
+
+    def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
+        # Version and sum from one statement, hence one snapshot: a withdrawal committed after
+        # it bumps the version and the compare-and-set below misses.
+        version, balance = self._run(
+            f"SELECT version, ({self.sql_balance}) FROM {self.account} WHERE id = 1"
+        ).fetchone()
+        self.pause()
+        if balance < plan.amount:
+            return Outcome.REJECTED
+
+        def commit_if_unchanged() -> Outcome:
+            cur = self._run(
+                f"UPDATE {self.account} SET version = version + 1 WHERE id = 1 AND version = %s",
+                (version,),
+            )
+            if cur.rowcount == 0:
+                raise Conflict("version_changed")
+            self._insert(-plan.amount, seq)
+            return Outcome.OK
+
+        return self._transaction("READ COMMITTED", commit_if_unchanged)
+
+    # -- failures -----------------------------------------------------------------------
+    def classify(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, LockWaitTimeout):
+            return Outcome.LOCK_TIMEOUT
+        if self._dead:
+            return Outcome.ERROR  # nothing was sent: the connection was already gone
+        if self._connection_lost(exc):
+            return Outcome.UNKNOWN  # the write may have committed before the answer was lost
+        return super().classify(exc)
+
+    def recover(self) -> None:
+        if self._dead or self._broken():
+            with suppress(Exception):  # closing a dead connection may fail; it is replaced
+                self.close()
+            try:
+                self._open()
+                self._dead = False
+            except BackendUnavailable:
+                self._dead = True
+            return
+        self._rollback_quietly()
+
+    @abstractmethod
+    def _broken(self) -> bool: ...
+
+
+class SqlStore(Store):
+    """A server-backed SQL store: tables created, seeded and dropped through an admin session."""
+
+    id_column: ClassVar[str]  # the auto-numbered id of the ledger
+    table_options: ClassVar[str] = ""
+
+    def __init__(self, url: str | None, namespace: str) -> None:
+        super().__init__(url, namespace)
+        self.tables = table_names(namespace)
+
+    @abstractmethod
+    def _open_connection(self, url: str) -> Any:
+        """An autocommit connection (BackendUnavailable if none)."""
+
+    @abstractmethod
+    def _server_facts(self, url: str) -> dict[str, str]:
+        """Server kind and version (BackendUnavailable if unreachable)."""
+
+    def _url(self) -> str:
+        assert self.url is not None
+        return self.url
+
+    def check_reachable(self) -> dict[str, str]:
+        return self._server_facts(self._url())
+
+    @contextmanager
+    def _admin(self) -> Iterator[Any]:
+        """An autocommit cursor on a fresh connection (BackendUnavailable if none)."""
+        conn = self._open_connection(self._url())
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
+
+    @abstractmethod
+    def _list_tables_sql(self) -> str:
+        """A query with one %s (a LIKE pattern) listing this database's tables."""
+
+    def setup(self, plan: Plan, clients: int) -> None:
+        t, opts = self.tables, self.table_options
+        with self._admin() as cur:
+            if isinstance(plan, CounterPlan):
+                cur.execute(
+                    f"CREATE TABLE {t['counter']} (id INTEGER PRIMARY KEY, value BIGINT NOT NULL,"
+                    " version BIGINT NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)" + opts
+                )
+                cur.execute(
+                    f"INSERT INTO {t['counter']} (id, value) VALUES (1, %s)", (plan.initial,)
+                )
+                cur.execute(
+                    f"CREATE TABLE {t['slots']} (client INTEGER PRIMARY KEY,"
+                    " value BIGINT NOT NULL)" + opts
+                )
+                cur.executemany(
+                    f"INSERT INTO {t['slots']} (client, value) VALUES (%s, 0)",
+                    [(i,) for i in range(clients)],
+                )
+            else:
+                cur.execute(
+                    f"CREATE TABLE {t['account']} (id INTEGER PRIMARY KEY,"
+                    " version BIGINT NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)" + opts
+                )
+                cur.execute(f"INSERT INTO {t['account']} (id) VALUES (1)")
+                cur.execute(
+                    f"CREATE TABLE {t['operations']} ({self.id_column},"
+                    " amount BIGINT NOT NULL, client INTEGER NOT NULL, seq BIGINT NOT NULL)" + opts
+                )
+                cur.execute(
+                    f"INSERT INTO {t['operations']} (amount, client, seq) VALUES (%s, -1, 0)",
+                    (plan.deposit,),
+                )
+
+    def read_final(self, plan: Plan) -> FinalState:
+        t = self.tables
+        with self._admin() as cur:
+            if isinstance(plan, CounterPlan):
+                cur.execute(f"SELECT value FROM {t['counter']} WHERE id = 1")
+                value = cur.fetchone()[0]
+                cur.execute(f"SELECT COALESCE(SUM(value), 0) FROM {t['slots']}")
+                return FinalState(value=int(value), slots_total=int(cur.fetchone()[0]))
+            cur.execute(f"SELECT amount, client, seq FROM {t['operations']} ORDER BY id")
+            return FinalState(rows=[LedgerRow(*row) for row in cur.fetchall()])
+
+    def teardown(self) -> None:
+        with self._admin() as cur:
+            cur.execute("DROP TABLE IF EXISTS " + ", ".join(self.tables.values()))
+
+    def leftovers(self) -> list[str]:
+        with self._admin() as cur:
+            cur.execute(self._list_tables_sql(), ("racebench\\_%",))
+            return sorted(name for (name,) in cur.fetchall())

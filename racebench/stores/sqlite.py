@@ -1,0 +1,365 @@
+"""SQLite: the embedded default, one database file shared by all client processes.
+
+SQLite serialises writers on the whole database, so its races come from the gap between a
+read and a later write in another statement or a deferred transaction. WAL mode lets readers
+run beside the single writer; `timeout` is the busy handler's wait for the write lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from racebench.errors import BackendUnavailable
+from racebench.history import Outcome
+from racebench.stores.base import (
+    OK_STEP,
+    REJECTED_STEP,
+    ClientOptions,
+    Conflict,
+    StaleToken,
+    StepResult,
+    Store,
+    StoreClient,
+    StrategySpec,
+)
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _tables(namespace: str) -> dict[str, str]:
+    return {
+        "counter": f"{namespace}_counter",
+        "slots": f"{namespace}_slots",
+        "account": f"{namespace}_account",
+        "operations": f"{namespace}_operations",
+    }
+
+
+def _open(path: str) -> sqlite3.Connection:
+    # isolation_level=None: autocommit; transactions only where a strategy says BEGIN.
+    conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SqliteClient(StoreClient):
+    def __init__(self, path: str, namespace: str, options: ClientOptions) -> None:
+        super().__init__(options)
+        self.conn = _open(path)
+        t = _tables(namespace)
+        self.counter, self.slots = t["counter"], t["slots"]
+        self.account, self.operations = t["account"], t["operations"]
+        # Built once: the atomic statements are the whole operation, so their cost shows.
+        self.atomic_counter_sql = (
+            f"UPDATE {self.counter} SET value = value + ? "
+            "WHERE id = 1 AND (? IS NULL OR value + ? >= ?)"
+        )
+        self.atomic_ledger_sql = (
+            f"INSERT INTO {self.operations} (amount, client, seq) SELECT ?, ?, ? "
+            f"WHERE (SELECT COALESCE(SUM(amount), 0) FROM {self.operations}) >= ?"
+        )
+
+    def _register(self, table: str, token: int) -> None:
+        cur = self.conn.execute(
+            f"UPDATE {table} SET fence = ? WHERE id = 1 AND fence <= ?", (token, token)
+        )
+        if cur.rowcount == 0:
+            raise StaleToken
+
+    def read_counter(self, token: int | None = None) -> int:
+        if token is not None:
+            self._register(self.counter, token)
+        return self.conn.execute(f"SELECT value FROM {self.counter} WHERE id = 1").fetchone()[0]
+
+    def write_counter(self, value: int, token: int | None = None) -> None:
+        if token is None:
+            self.conn.execute(f"UPDATE {self.counter} SET value = ? WHERE id = 1", (value,))
+            return
+        cur = self.conn.execute(
+            f"UPDATE {self.counter} SET value = ? WHERE id = 1 AND fence = ?", (value, token)
+        )
+        if cur.rowcount == 0:
+            raise StaleToken
+
+    def read_balance(self, token: int | None = None) -> int:
+        if token is not None:
+            self._register(self.account, token)
+        return self._balance()
+
+    def _balance(self) -> int:
+        return self.conn.execute(
+            f"SELECT COALESCE(SUM(amount), 0) FROM {self.operations}"
+        ).fetchone()[0]
+
+    def _insert(self, amount: int, seq: int) -> None:
+        self.conn.execute(
+            f"INSERT INTO {self.operations} (amount, client, seq) VALUES (?, ?, ?)",
+            (amount, self.options.client_id, seq),
+        )
+
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
+        if token is None:
+            self._insert(amount, seq)
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.conn.execute(
+                f"UPDATE {self.account} SET fence = fence WHERE id = 1 AND fence = ?", (token,)
+            )
+            if cur.rowcount == 0:
+                raise StaleToken
+            self._insert(amount, seq)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def read_slot(self) -> int:
+        return self.conn.execute(
+            f"SELECT value FROM {self.slots} WHERE client = ?", (self.options.client_id,)
+        ).fetchone()[0]
+
+    def write_slot(self, value: int) -> None:
+        self.conn.execute(
+            f"UPDATE {self.slots} SET value = ? WHERE client = ?", (value, self.options.client_id)
+        )
+
+    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        if strategy == "atomic":
+            cur = self.conn.execute(
+                self.atomic_counter_sql, (plan.delta, plan.floor, plan.delta, plan.floor)
+            )
+            return OK_STEP if cur.rowcount else REJECTED_STEP
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._counter_cas(plan))
+        if strategy == "exclusive":
+            return StepResult(self._counter_exclusive(plan))
+        return super().counter_step(strategy, plan)
+
+    def _counter_cas(self, plan: CounterPlan) -> Outcome:
+        value, version = self.conn.execute(
+            f"SELECT value, version FROM {self.counter} WHERE id = 1"
+        ).fetchone()
+        self.pause()
+        if plan.floor is not None and value + plan.delta < plan.floor:
+            return Outcome.REJECTED
+        cur = self.conn.execute(
+            f"UPDATE {self.counter} SET value = ?, version = version + 1 "
+            "WHERE id = 1 AND version = ?",
+            (value + plan.delta, version),
+        )
+        if cur.rowcount == 0:
+            raise Conflict("version_changed")
+        return Outcome.OK
+
+    def _counter_exclusive(self, plan: CounterPlan) -> Outcome:
+        # BEGIN IMMEDIATE takes the database's write lock before the read.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = self.read_counter()
+            self.pause()
+            if plan.floor is not None and value + plan.delta < plan.floor:
+                outcome = Outcome.REJECTED
+            else:
+                self.write_counter(value + plan.delta)
+                outcome = Outcome.OK
+            self.conn.execute("COMMIT")
+            return outcome
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        if strategy == "atomic":
+            cur = self.conn.execute(
+                self.atomic_ledger_sql, (-plan.amount, self.options.client_id, seq, plan.amount)
+            )
+            return OK_STEP if cur.rowcount else REJECTED_STEP
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._ledger_cas(plan, seq))
+        if strategy == "exclusive":
+            return StepResult(self._ledger_exclusive(plan, seq))
+        return super().ledger_step(strategy, plan, seq)
+
+    def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
+        # The account row's version stands for the whole ledger (the aggregate root).
+        version = self.conn.execute(f"SELECT version FROM {self.account} WHERE id = 1").fetchone()[
+            0
+        ]
+        balance = self._balance()
+        self.pause()
+        if balance < plan.amount:
+            return Outcome.REJECTED
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.conn.execute(
+                f"UPDATE {self.account} SET version = version + 1 WHERE id = 1 AND version = ?",
+                (version,),
+            )
+            if cur.rowcount == 0:
+                raise Conflict("version_changed")
+            self._insert(-plan.amount, seq)
+            self.conn.execute("COMMIT")
+            return Outcome.OK
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _ledger_exclusive(self, plan: LedgerPlan, seq: int) -> Outcome:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            balance = self._balance()
+            self.pause()
+            outcome = Outcome.REJECTED
+            if balance >= plan.amount:
+                self._insert(-plan.amount, seq)
+                outcome = Outcome.OK
+            self.conn.execute("COMMIT")
+            return outcome
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def recover(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+    description = "embedded SQLite file shared by all clients (no server; WAL mode)"
+    default_url = None
+    networked = False
+    strategies = {
+        "atomic": StrategySpec(
+            "one conditional statement: UPDATE ... SET units = units - 1 WHERE units >= 1, "
+            "or INSERT ... SELECT ... WHERE balance >= amount",
+            prevents="lost update, oversell, overdraft (SQLite runs each statement under its "
+            "database write lock)",
+        ),
+        "optimistic": StrategySpec(
+            "read value and version, write WHERE version = the one read; retry on conflict",
+            prevents="lost update, overdraft (the account row's version guards the ledger)",
+        ),
+        "exclusive": StrategySpec(
+            "BEGIN IMMEDIATE around the read and the write (the database write lock)",
+            prevents="lost update, overdraft",
+        ),
+    }
+
+    def __init__(self, url: str | None, namespace: str) -> None:
+        super().__init__(url, namespace)
+        # Without a URL the database is a fresh temporary file, made in setup() and removed
+        # with its directory in teardown().
+        self._temp_dir: str | None = None
+        self.path = url.removeprefix("sqlite:///").removeprefix("sqlite://") if url else ""
+        self.tables = _tables(namespace)
+
+    def check_reachable(self) -> dict[str, str]:
+        if not self.path:
+            return {"server": "sqlite", "version": sqlite3.sqlite_version}
+        parent = Path(self.path).resolve().parent
+        if not parent.is_dir():
+            raise BackendUnavailable(f"sqlite: directory {parent} does not exist")
+        try:
+            conn = _open(self.path)
+            version = conn.execute("SELECT sqlite_version()").fetchone()[0]
+            conn.close()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"sqlite: cannot open {self.path}: {exc}") from None
+        return {"server": "sqlite", "version": version}
+
+    def setup(self, plan: Plan, clients: int) -> None:
+        if not self.path:
+            self._temp_dir = tempfile.mkdtemp(prefix="racebench-sqlite-")
+            self.path = os.path.join(self._temp_dir, "racebench.db")
+        t = self.tables
+        conn = _open(self.path)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            if isinstance(plan, CounterPlan):
+                conn.execute(
+                    f"CREATE TABLE {t['counter']} (id INTEGER PRIMARY KEY, value INTEGER NOT NULL,"
+                    " version INTEGER NOT NULL DEFAULT 0, fence INTEGER NOT NULL DEFAULT 0)"
+                )
+                conn.execute(
+                    f"INSERT INTO {t['counter']} (id, value) VALUES (1, ?)", (plan.initial,)
+                )
+                conn.execute(
+                    f"CREATE TABLE {t['slots']} "
+                    "(client INTEGER PRIMARY KEY, value INTEGER NOT NULL)"
+                )
+                conn.executemany(
+                    f"INSERT INTO {t['slots']} VALUES (?, 0)", [(i,) for i in range(clients)]
+                )
+            else:
+                conn.execute(
+                    f"CREATE TABLE {t['account']} (id INTEGER PRIMARY KEY,"
+                    " version INTEGER NOT NULL DEFAULT 0, fence INTEGER NOT NULL DEFAULT 0)"
+                )
+                conn.execute(f"INSERT INTO {t['account']} (id) VALUES (1)")
+                conn.execute(
+                    f"CREATE TABLE {t['operations']} (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                    " amount INTEGER NOT NULL, client INTEGER NOT NULL, seq INTEGER NOT NULL)"
+                )
+                conn.execute(
+                    f"INSERT INTO {t['operations']} (amount, client, seq) VALUES (?, -1, 0)",
+                    (plan.deposit,),
+                )
+        finally:
+            conn.close()
+
+    def read_final(self, plan: Plan) -> FinalState:
+        t = self.tables
+        conn = _open(self.path)
+        try:
+            if isinstance(plan, CounterPlan):
+                value = conn.execute(f"SELECT value FROM {t['counter']} WHERE id = 1").fetchone()[0]
+                slots = conn.execute(f"SELECT COALESCE(SUM(value), 0) FROM {t['slots']}").fetchone()
+                return FinalState(value=value, slots_total=slots[0])
+            rows = conn.execute(
+                f"SELECT amount, client, seq FROM {t['operations']} ORDER BY id"
+            ).fetchall()
+            return FinalState(rows=[LedgerRow(*row) for row in rows])
+        finally:
+            conn.close()
+
+    def teardown(self) -> None:
+        if self._temp_dir is not None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(self.path + suffix).unlink(missing_ok=True)
+            os.rmdir(self._temp_dir)
+            self._temp_dir = None
+            self.path = ""
+            return
+        if not self.path or not Path(self.path).exists():
+            return
+        conn = _open(self.path)
+        try:
+            for table in self.tables.values():
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+        finally:
+            conn.close()
+
+    def leftovers(self) -> list[str]:
+        if not self.path or not Path(self.path).exists():
+            return []
+        conn = _open(self.path)
+        try:
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'racebench\\_%'"
+                " ESCAPE '\\'"
+            ).fetchall()
+            return [name for (name,) in rows]
+        finally:
+            conn.close()
+
+    def connect(self, options: ClientOptions) -> StoreClient:
+        return SqliteClient(self.path, self.namespace, options)

@@ -1,0 +1,362 @@
+"""ZooKeeper via kazoo: znodes with versions, compare-and-set and multi-op transactions.
+
+Znodes live under `/racebench/{namespace}`. ZooKeeper has no server-side arithmetic, so its
+only native guard is the version every znode carries: `set(path, data, version=v)` succeeds
+only if nobody wrote since the read of version v. The withdraw ledger is a parent whose
+sequential children are the entries; the `account` znode's version stands for the whole
+ledger, and a withdrawal commits as one transaction that bumps it and creates the entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from racebench.errors import BackendUnavailable
+from racebench.history import Outcome
+from racebench.redact import redact_text
+from racebench.stores.base import (
+    ClientOptions,
+    Conflict,
+    StaleToken,
+    StepResult,
+    Store,
+    StoreClient,
+    StrategySpec,
+)
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kazoo.client import KazooClient, TransactionRequest
+
+DEFAULT_HOSTS = "127.0.0.1:2181"
+ROOT = "/racebench"
+SESSION_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 3.0
+
+# kazoo logs its reconnect attempts; without a handler Python would print them to stderr.
+_log = logging.getLogger("racebench.zookeeper")
+_log.addHandler(logging.NullHandler())
+
+
+def open_kazoo(
+    hosts: str,
+    what: str,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    session_timeout_s: float = SESSION_TIMEOUT_S,
+) -> KazooClient:
+    """A started kazoo client, or BackendUnavailable naming `what` and the hosts.
+
+    The server clamps the session timeout to between 2 and 20 times its tickTime.
+    """
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=hosts, timeout=session_timeout_s, logger=_log)
+    try:
+        client.start(timeout=connect_timeout_s)
+    except Exception as exc:
+        client.close()
+        reason = str(exc) or type(exc).__name__
+        raise BackendUnavailable(
+            redact_text(f"{what}: cannot reach ZooKeeper at {hosts}: {reason}")
+        ) from None
+    return client
+
+
+def close_kazoo(client: KazooClient) -> None:
+    client.stop()
+    client.close()
+
+
+def server_version(client: KazooClient) -> str:
+    """The server's version, from `srvr` (kazoo's server_version() needs `envi`)."""
+    from kazoo.exceptions import KazooException
+
+    try:
+        first = client.command(b"srvr").splitlines()[0]
+    except (OSError, KazooException, IndexError):
+        return "unknown"  # the server does not allow `srvr` (4lw.commands.whitelist)
+    return first.removeprefix("Zookeeper version: ").split(",")[0]
+
+
+def server_facts(hosts: str, who: str) -> dict[str, str]:
+    """Connect once (BackendUnavailable if not possible) and return the server's version."""
+    client = open_kazoo(hosts, who)
+    try:
+        return {"server": "zookeeper", "version": server_version(client)}
+    finally:
+        close_kazoo(client)
+
+
+def remove_namespace(client: KazooClient, path: str) -> None:
+    """Delete `path` recursively, then its parents up to /racebench while they are empty."""
+    from kazoo.exceptions import NoNodeError, NotEmptyError
+
+    with contextlib.suppress(NoNodeError):
+        client.delete(path, recursive=True)
+    parent = path.rsplit("/", 1)[0]
+    while parent.startswith(ROOT):
+        try:
+            client.delete(parent)
+        except (NoNodeError, NotEmptyError):
+            return
+        parent = parent.rsplit("/", 1)[0]
+
+
+def _entry(amount: int, client: int, seq: int) -> bytes:
+    return f"{amount}:{client}:{seq}".encode()
+
+
+def _parse_entry(raw: bytes) -> LedgerRow:
+    amount, client, seq = raw.split(b":")
+    return LedgerRow(int(amount), int(client), int(seq))
+
+
+class ZookeeperPaths:
+    """The znodes of one namespace; `fence` holds the newest fencing token of the resource."""
+
+    def __init__(self, namespace: str) -> None:
+        self.root = f"{ROOT}/{namespace}"
+        self.counter = f"{self.root}/counter"
+        self.fence = f"{self.root}/fence"
+        self.slots = f"{self.root}/slots"
+        self.account = f"{self.root}/account"
+        self.ledger = f"{self.root}/ledger"
+        self.entry = f"{self.ledger}/entry-"
+
+
+class ZookeeperClient(StoreClient):
+    """One client's kazoo session.
+
+    A connection lost mid-request makes the operation's outcome unknown (the request may have
+    been applied); kazoo reconnects in the background, and once the session has expired every
+    request fails with SessionExpiredError until a new session is established.
+    """
+
+    def __init__(self, hosts: str, namespace: str, options: ClientOptions) -> None:
+        super().__init__(options)
+        self.zk = open_kazoo(hosts, "zookeeper store")
+        self.paths = ZookeeperPaths(namespace)
+        self.slot = f"{self.paths.slots}/{options.client_id}"
+
+    def _register(self, token: int) -> None:
+        from kazoo.exceptions import BadVersionError
+
+        while True:
+            data, stat = self.zk.get(self.paths.fence)
+            newest = int(data)
+            if token < newest:
+                raise StaleToken
+            if token == newest:
+                return
+            try:
+                self.zk.set(self.paths.fence, str(token).encode(), version=stat.version)
+                return
+            except BadVersionError:
+                continue  # another holder registered in between: compare with its token
+
+    def _fenced_commit(self, token: int, add_write: Callable[[TransactionRequest], None]) -> None:
+        """Commit a write together with a check that the fence still holds `token`."""
+        from kazoo.exceptions import BadVersionError, RolledBackError
+
+        data, stat = self.zk.get(self.paths.fence)
+        if int(data) != token:
+            raise StaleToken
+        tx = self.zk.transaction()
+        tx.check(self.paths.fence, stat.version)
+        add_write(tx)
+        results = tx.commit()
+        # Registration only ever raises the fence, so a moved fence means a newer token.
+        if isinstance(results[0], BadVersionError):
+            raise StaleToken
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+                raise result
+
+    def read_counter(self, token: int | None = None) -> int:
+        if token is not None:
+            self._register(token)
+        return int(self.zk.get(self.paths.counter)[0])
+
+    def write_counter(self, value: int, token: int | None = None) -> None:
+        data = str(value).encode()
+        if token is None:
+            self.zk.set(self.paths.counter, data)
+        else:
+            self._fenced_commit(token, lambda tx: tx.set_data(self.paths.counter, data))
+
+    def _balance(self) -> int:
+        children = self.zk.get_children(self.paths.ledger)
+        # Send every get before waiting on any: one round trip's latency, not one per entry.
+        pending = [self.zk.get_async(f"{self.paths.ledger}/{child}") for child in children]
+        return sum(int(p.get()[0].split(b":", 1)[0]) for p in pending)
+
+    def read_balance(self, token: int | None = None) -> int:
+        if token is not None:
+            self._register(token)
+        return self._balance()
+
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
+        data = _entry(amount, self.options.client_id, seq)
+        if token is None:
+            self.zk.create(self.paths.entry, data, sequence=True)
+        else:
+            self._fenced_commit(token, lambda tx: tx.create(self.paths.entry, data, sequence=True))
+
+    def read_slot(self) -> int:
+        return int(self.zk.get(self.slot)[0])
+
+    def write_slot(self, value: int) -> None:
+        self.zk.set(self.slot, str(value).encode())
+
+    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._counter_cas(plan))
+        return super().counter_step(strategy, plan)
+
+    def _counter_cas(self, plan: CounterPlan) -> Outcome:
+        from kazoo.exceptions import BadVersionError
+
+        data, stat = self.zk.get(self.paths.counter)
+        value = int(data)
+        self.pause()
+        if plan.floor is not None and value + plan.delta < plan.floor:
+            return Outcome.REJECTED
+        try:
+            self.zk.set(self.paths.counter, str(value + plan.delta).encode(), stat.version)
+        except BadVersionError:
+            raise Conflict("bad_version") from None
+        return Outcome.OK
+
+    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        if strategy == "optimistic":
+            return self.retrying(lambda: self._ledger_cas(plan, seq))
+        return super().ledger_step(strategy, plan, seq)
+
+    def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
+        from kazoo.exceptions import BadVersionError
+
+        # The version is read before the entries: a session's reads are in order, so the
+        # entries seen include every withdrawal committed up to that version.
+        version = self.zk.exists(self.paths.account).version
+        balance = self._balance()
+        self.pause()
+        if balance < plan.amount:
+            return Outcome.REJECTED
+        tx = self.zk.transaction()
+        tx.set_data(self.paths.account, b"", version)
+        entry = _entry(-plan.amount, self.options.client_id, seq)
+        tx.create(self.paths.entry, entry, sequence=True)
+        results = tx.commit()
+        if isinstance(results[0], BadVersionError):
+            raise Conflict("bad_version")
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return Outcome.OK
+
+    def classify(self, exc: BaseException) -> Outcome:
+        from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
+
+        # The request may have reached the server before the connection or session went.
+        if isinstance(exc, ConnectionLoss | SessionExpiredError | OperationTimeoutError):
+            return Outcome.UNKNOWN
+        return super().classify(exc)
+
+    def close(self) -> None:
+        close_kazoo(self.zk)
+
+
+class ZookeeperStore(Store):
+    """ZooKeeper: versioned znodes; `optimistic` is its native guard, there is no `atomic`."""
+
+    backend = "zookeeper"
+    description = "ZooKeeper via kazoo; znodes under /racebench/{run}"
+    default_url = "${RACEBENCH_ZOOKEEPER_HOSTS:-" + DEFAULT_HOSTS + "}"
+    extra = "zookeeper"
+    strategies = {
+        "optimistic": StrategySpec(
+            "read the znode and its version, set(..., version=v); for the ledger, a "
+            "transaction that sets the account znode at the version read and creates the "
+            "entry; retried on BadVersion",
+            prevents="lost update, oversell, overdraft",
+        ),
+    }
+
+    def __init__(self, url: str | None, namespace: str) -> None:
+        super().__init__(url, namespace)
+        self.paths = ZookeeperPaths(namespace)
+
+    @property
+    def hosts(self) -> str:
+        # Read at each use: a proxy fault rewrites `url` in the client's process.
+        return self.url or DEFAULT_HOSTS
+
+    def _open(self) -> KazooClient:
+        return open_kazoo(self.hosts, "zookeeper store")
+
+    def check_reachable(self) -> dict[str, str]:
+        return server_facts(self.hosts, "zookeeper store")
+
+    def setup(self, plan: Plan, clients: int) -> None:
+        p = self.paths
+        client = self._open()
+        try:
+            client.ensure_path(ROOT)
+            tx = client.transaction()
+            tx.create(p.root)
+            tx.create(p.fence, b"0")
+            if isinstance(plan, CounterPlan):
+                tx.create(p.counter, str(plan.initial).encode())
+                tx.create(p.slots)
+                for i in range(clients):
+                    tx.create(f"{p.slots}/{i}", b"0")
+            else:
+                tx.create(p.account)
+                tx.create(p.ledger)
+                tx.create(p.entry, _entry(plan.deposit, -1, 0), sequence=True)
+            for result in tx.commit():
+                if isinstance(result, Exception):
+                    raise result
+        finally:
+            close_kazoo(client)
+
+    def read_final(self, plan: Plan) -> FinalState:
+        p = self.paths
+        client = self._open()
+        try:
+            if isinstance(plan, CounterPlan):
+                value = int(client.get(p.counter)[0])
+                slots = client.get_children(p.slots)
+                total = sum(int(client.get(f"{p.slots}/{s}")[0]) for s in slots)
+                return FinalState(value=value, slots_total=total)
+            # Sequence suffixes are zero-padded, so name order is insertion order.
+            names = sorted(client.get_children(p.ledger))
+            rows = [_parse_entry(client.get(f"{p.ledger}/{n}")[0]) for n in names]
+            return FinalState(rows=rows)
+        finally:
+            close_kazoo(client)
+
+    def teardown(self) -> None:
+        client = self._open()
+        try:
+            remove_namespace(client, self.paths.root)
+        finally:
+            close_kazoo(client)
+
+    def leftovers(self) -> list[str]:
+        from kazoo.exceptions import NoNodeError
+
+        client = self._open()
+        try:
+            return sorted(f"{ROOT}/{child}" for child in client.get_children(ROOT))
+        except NoNodeError:
+            return []
+        finally:
+            close_kazoo(client)
+
+    def connect(self, options: ClientOptions) -> StoreClient:
+        return ZookeeperClient(self.hosts, self.namespace, options)

@@ -1,0 +1,271 @@
+"""From a trial's history and final state to figures, anomalies and the run's verdict.
+
+The verdict compares what happened with what the strategy claims: a strategy that claims
+safety and showed an anomaly is UNEXPECTED; an unguarded run that happened not to race is
+"race not reproduced", never "safe".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from racebench.history import Outcome, RunHistory
+from racebench.locks.base import LockService
+from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
+from racebench.runner import RunnerResult
+from racebench.scenario import RunSpec
+from racebench.stores.base import StrategySpec
+from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
+
+SAFE = "safe"
+ANOMALIES = "ANOMALIES"
+UNEXPECTED = "UNEXPECTED"
+NOT_REPRODUCED = "race not reproduced"
+ME_VIOLATIONS = "mutual_exclusion_violations"
+
+
+@dataclass
+class TrialAnalysis:
+    trial: int
+    interrupted: bool
+    duration_s: float
+    throughput_ops_s: float
+    latency_ms: dict[str, float]
+    operations: dict[str, int]
+    retries_by_code: dict[str, int]
+    invariants: list[Invariant]
+    anomalies: dict[str, int]
+    claims_data_safety: bool
+    claims_exclusion: bool
+    lock: dict[str, Any] | None
+    errors_sample: dict[str, int]
+    timeline: dict[str, Any] | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+
+_TIMELINE_SECTIONS = 5000
+
+
+def _timeline(history: RunHistory, t0_ns: int) -> dict[str, Any] | None:
+    """Critical sections per client and the overlaps between them, in ms from the start.
+
+    Capped to the first sections of the run, which is where a fault's effect is looked for.
+    """
+    clients, starts, ends = history.critical_sections()
+    if not len(starts):
+        return None
+    order = np.argsort(starts, kind="stable")[:_TIMELINE_SECTIONS]
+    c, s, e = clients[order], starts[order], ends[order]
+    overlaps = []
+    for i in range(len(s)):
+        j = i + 1
+        while j < len(s) and s[j] < e[i] and len(overlaps) < _TIMELINE_SECTIONS:
+            overlaps.append(
+                [round((s[j] - t0_ns) / 1e6, 3), round((min(e[i], e[j]) - t0_ns) / 1e6, 3)]
+            )
+            j += 1
+    to_ms = lambda v: np.round((v - t0_ns) / 1e6, 3).tolist()  # noqa: E731
+    return {
+        "critical_sections": [list(x) for x in zip(c.tolist(), to_ms(s), to_ms(e), strict=True)],
+        "violations": overlaps,
+        "truncated": len(starts) > _TIMELINE_SECTIONS,
+    }
+
+
+def _claims(
+    spec: RunSpec, strategy: StrategySpec, lock_service: LockService | None
+) -> tuple[bool, bool]:
+    """(claims no data anomaly, claims mutual exclusion) for this run's configuration."""
+    s = spec.scenario
+    safe = s.workload.type in strategy.safe_for
+    exclusion = False
+    if lock_service is not None:
+        exclusion = lock_service.claims_exclusion(s.race_window_ms, s.faults)
+        # A lease shorter than the critical section, or a fault that ends the lock behind
+        # its holder's back, breaks exclusion; fencing keeps the data.
+        safe = safe and (exclusion or s.guard.fencing)
+    return safe, exclusion
+
+
+def _lock_metrics(history: RunHistory, clients: int) -> dict[str, Any]:
+    r = history.records
+    entered = r["cs_start"] > 0
+    acquire = new_histogram()
+    record_durations(acquire, (r["cs_start"] - r["start"])[entered])
+    hold = new_histogram()
+    record_durations(hold, (r["cs_end"] - r["cs_start"])[entered])
+    per_client = np.bincount(history.client[entered], minlength=clients)
+    acq, held = latency_summary(acquire), latency_summary(hold)
+    return {
+        "acquisitions": int(entered.sum()),
+        "acquire_ms": {"p50": acq["p50"], "p99": acq["p99"], "max": acq["max"]},
+        "hold_ms": {"p50": held["p50"], "p99": held["p99"], "max": held["max"]},
+        "acquire_timeouts": history.count(Outcome.LOCK_TIMEOUT),
+        "stale_writes_rejected": history.count(Outcome.STALE),
+        "fairness": share_range(per_client, clients),
+    }
+
+
+def analyze_trial(
+    spec: RunSpec,
+    strategy: StrategySpec,
+    lock_service: LockService | None,
+    final: FinalState,
+    history: RunHistory,
+    result: RunnerResult,
+    trial: int,
+) -> tuple[TrialAnalysis, HdrHistogram]:
+    s = spec.scenario
+    if s.guard.strategy == "crdt":
+        final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
+    check = s.workload.check(final, history)
+    anomalies = dict(check.anomalies)
+    _, cs_start, cs_end = history.critical_sections()
+    if len(cs_start) or lock_service is not None:
+        anomalies[ME_VIOLATIONS] = count_overlapping_pairs(cs_start, cs_end)
+
+    r = history.records
+    measured_from = result.t0_ns + int(s.warmup * 1e9)
+    measured = r["start"] >= measured_from
+    histogram = new_histogram()
+    record_durations(histogram, (r["end"] - r["start"])[measured])
+    last_end = int(r["end"].max()) if len(r) else result.t0_ns
+    window_s = max(1e-9, (last_end - measured_from) / 1e9)
+    counts = history.outcome_counts()
+    operations = {
+        "attempted": len(history),
+        "ok": counts["ok"],
+        "rejected": counts["rejected"],
+        "conflicts": counts["conflict"],
+        "errors": counts["error"],
+        "unknown": counts["unknown"],
+        "stale": counts["stale"],
+        "lock_timeouts": counts["lock_timeout"],
+        "retries": int(r["retries"].sum()),
+    }
+    claims_safe, claims_exclusion = _claims(spec, strategy, lock_service)
+    analysis = TrialAnalysis(
+        trial=trial,
+        interrupted=result.interrupted,
+        duration_s=round((last_end - result.t0_ns) / 1e9, 4),
+        throughput_ops_s=round(int(measured.sum()) / window_s, 2),
+        latency_ms=latency_summary(histogram),
+        operations=operations,
+        retries_by_code=dict(result.retry_codes),
+        invariants=check.invariants,
+        anomalies=anomalies,
+        claims_data_safety=claims_safe,
+        claims_exclusion=claims_exclusion,
+        lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
+        errors_sample=history.error_messages(),
+        timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+    )
+    return analysis, histogram
+
+
+def decide_verdict(
+    anomalies: dict[str, int], claims_data_safety: bool, claims_exclusion: bool
+) -> str:
+    violations = anomalies.get(ME_VIOLATIONS, 0)
+    data = sum(v for k, v in anomalies.items() if k != ME_VIOLATIONS)
+    if (claims_data_safety and data) or (claims_exclusion and violations):
+        return UNEXPECTED
+    if claims_data_safety:
+        return SAFE
+    return ANOMALIES if data or violations else NOT_REPRODUCED
+
+
+def _expectation_failures(run: dict[str, Any], spec: RunSpec) -> list[str]:
+    e = spec.scenario.expect
+    failures = []
+    seen = sum(run["anomalies"].values())
+    if e.anomalies == "auto" and run["verdict"] == UNEXPECTED:
+        failures.append("a strategy that claims safety showed anomalies")
+    elif e.anomalies == "none" and seen:
+        failures.append(f"expected no anomaly, saw {seen}")
+    elif e.anomalies == "present" and not seen:
+        failures.append("expected anomalies, saw none (race not reproduced)")
+    ops = run["operations"]
+    if e.max_error_rate is not None and ops["attempted"]:
+        rate = ops["errors"] / ops["attempted"]
+        if rate > e.max_error_rate:
+            failures.append(f"error rate {rate:.1%} above {e.max_error_rate:.1%}")
+    if e.min_throughput_ops_s is not None and run["throughput_ops_s"] < e.min_throughput_ops_s:
+        failures.append(
+            f"throughput {run['throughput_ops_s']:.0f} ops/s below {e.min_throughput_ops_s:.0f}"
+        )
+    if e.max_p99_ms is not None and run["latency_ms"]["p99"] > e.max_p99_ms:
+        failures.append(f"p99 {run['latency_ms']['p99']:.2f} ms above {e.max_p99_ms} ms")
+    if e.verdict is not None and run["verdict"] not in e.verdict:
+        failures.append(f"verdict {run['verdict']}, expected one of: {', '.join(e.verdict)}")
+    return failures
+
+
+def summarize_run(
+    spec: RunSpec, trials: list[TrialAnalysis], histograms: list[HdrHistogram]
+) -> dict[str, Any]:
+    """One run's entry in the result file, over all its trials."""
+    s = spec.scenario
+    merged = new_histogram()
+    for histogram in histograms:
+        merged.add(histogram)
+    operations = {k: sum(t.operations[k] for t in trials) for k in trials[0].operations}
+    anomalies = {k: sum(t.anomalies.get(k, 0) for t in trials) for k in trials[0].anomalies}
+    retries_by_code: dict[str, int] = {}
+    for t in trials:
+        for code, n in t.retries_by_code.items():
+            retries_by_code[code] = retries_by_code.get(code, 0) + n
+    invariants = []
+    for i, first in enumerate(trials[0].invariants):
+        broken = next((t.invariants[i] for t in trials if not t.invariants[i].holds), None)
+        chosen = broken or trials[-1].invariants[i]
+        invariants.append({"name": first.name, "holds": broken is None, "detail": chosen.detail})
+    throughput = spread([t.throughput_ops_s for t in trials])
+    lock = s.guard.lock
+    run: dict[str, Any] = {
+        "label": spec.label,
+        "params": spec.params,
+        "workload": s.workload.type,
+        "backend": s.store.backend,
+        "strategy": s.guard.strategy,
+        "lock_service": lock.service if s.guard.strategy == "lock" and lock else None,
+        "fencing": s.guard.fencing,
+        "clients": s.clients,
+        "race_window_ms": s.race_window_ms,
+        "trials_count": len(trials),
+        "interrupted": any(t.interrupted for t in trials),
+        "operations": operations,
+        "retries_by_code": retries_by_code,
+        "duration_s": float(np.median([t.duration_s for t in trials])),
+        "throughput_ops_s": throughput["median"],
+        "throughput_spread": throughput,
+        "latency_ms": latency_summary(merged),
+        "invariants": invariants,
+        "anomalies": anomalies,
+        "claims_safety": trials[0].claims_data_safety,
+        "lock": trials[-1].lock,
+        "errors_sample": trials[-1].errors_sample,
+        "faults": trials[-1].faults,
+        "timeline": trials[-1].timeline,
+        "trials": [
+            {
+                "trial": t.trial,
+                "duration_s": t.duration_s,
+                "throughput_ops_s": t.throughput_ops_s,
+                "latency_ms": t.latency_ms,
+                "operations": t.operations,
+                "anomalies": t.anomalies,
+            }
+            for t in trials
+        ],
+    }
+    run["verdict"] = decide_verdict(
+        anomalies, trials[0].claims_data_safety, trials[0].claims_exclusion
+    )
+    run["expectation_failures"] = _expectation_failures(run, spec)
+    run["passed"] = not run["expectation_failures"]
+    return run

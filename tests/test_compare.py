@@ -1,0 +1,169 @@
+"""`racebench compare` on real SQLite runs: an injected slowdown and a new anomaly fail the
+gate, two runs of the same code pass, unusable input is exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from racebench.compare import ALPHA, compare_results, noise_p_value, smallest_p
+from tests.conftest import run_cli
+
+# One label ("gate"), five trials: the fewest for which Mann-Whitney U can reach p < 0.05 on
+# both sides with some margin (4 vs 4 gives at best 0.029, 5 vs 5 gives 0.008).
+GATE = {
+    "name": "gate",
+    "workload": {"type": "stock", "initial": 1000, "quantity": 1},
+    "store": {"backend": "sqlite"},
+    "guard": {"strategy": "exclusive"},
+    "clients": 2,
+    "operations": 60,
+    "race_window_ms": 1,
+    "trials": 5,
+}
+
+
+def _run(directory: Path, name: str, **changes) -> Path:
+    scenario = {**GATE, **changes}
+    source = directory / f"{name}.yaml"
+    source.write_text(yaml.safe_dump(scenario, sort_keys=False))
+    out = directory / f"{name}.json"
+    result = run_cli("run", str(source), "-q", "-o", str(out), timeout=120)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real result files: a baseline, the same code again, a slower one, an unsafe one."""
+    d = tmp_path_factory.mktemp("compare")
+    return {
+        "baseline": _run(d, "baseline"),
+        "same": _run(d, "same"),
+        # The injected regression: every sale now holds the write lock 5x longer.
+        "slower": _run(d, "slower", race_window_ms=5),
+        # The injected correctness regression: the guard is gone under the same label.
+        "unsafe": _run(d, "unsafe", guard={"strategy": "none"}, trials=1),
+    }
+
+
+def test_same_code_passes(results: dict[str, Path]) -> None:
+    # Timings on this kind of machine differ by up to 2x between sessions; the gate's job
+    # here is to not cry wolf, so the allowed slowdown is set for such a runner.
+    result = run_cli(
+        "compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "50%"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "result: passed, no regression" in result.stdout
+    assert "Mann-Whitney U" in result.stdout
+    assert "REGRESSION" not in result.stdout
+
+
+def test_injected_slowdown_fails(results: dict[str, Path]) -> None:
+    result = run_cli("compare", str(results["baseline"]), str(results["slower"]))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "regression: gate: throughput -" in result.stderr
+    assert "slower (p=0.008)" in result.stdout
+    # The setup changed under the same label: said, not hidden.
+    assert "gate: settings differ: race_window_ms 1.0 -> 5.0" in result.stderr
+    comparison = compare_results(results["baseline"], results["slower"], 0.10)
+    change = comparison.runs[0].throughput
+    assert change.worse_by > 0.5 and change.p_value is not None and change.p_value < ALPHA
+
+
+def test_new_anomaly_fails_whatever_the_speed(results: dict[str, Path]) -> None:
+    # Unguarded is faster; the allowed slowdown is huge: a correctness regression still fails.
+    result = run_cli(
+        "compare", str(results["baseline"]), str(results["unsafe"]), "--max-slowdown", "1000%"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "regression: gate: correctness: safe in the baseline, now lost_updates=" in result.stderr
+    # 5 vs 1 trials: the speed is not judged, and the output says why.
+    assert "undecided (5 vs 1 trials)" in result.stdout
+    assert "too few trials to separate speed from noise" in result.stderr
+
+
+def test_markdown_and_json_formats(results: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "summary.md"
+    args = (str(results["baseline"]), str(results["slower"]))
+    result = run_cli("compare", *args, "--format", "markdown", "--output", str(out))
+    assert result.returncode == 1
+    text = out.read_text()
+    assert text.startswith("## racebench compare: ❌ regression")
+    assert "| gate |" in text and "REGRESSION" in text
+    document = json.loads(run_cli("compare", *args, "--format", "json").stdout)
+    assert document["schema"] == "racebench.compare/1" and document["passed"] is False
+    assert document["runs"][0]["throughput"]["verdict"] == "slower"
+    assert len(document["runs"][0]["throughput"]["candidate_trials"]) == 5
+
+
+def test_benchmark_json_is_what_trackers_read(results: dict[str, Path]) -> None:
+    result = run_cli(
+        "compare", str(results["baseline"]), str(results["same"]), "--format", "benchmark-json"
+    )
+    entries = json.loads(result.stdout)
+    assert [e["name"] for e in entries] == ["gate"]
+    entry = entries[0]
+    assert set(entry) == {"name", "unit", "value", "range", "extra"}
+    assert entry["unit"] == "ops/s" and entry["value"] > 0 and entry["range"].startswith("± ")
+
+
+def test_different_setup_warns(results: dict[str, Path], tmp_path: Path) -> None:
+    document = json.loads(results["same"].read_text())
+    document["host"]["cpu_count"] = 64
+    document["environment"]["servers"]["sqlite"]["store"]["version"] = "9.9.9"
+    document["racebench_version"] = "9.0.0"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(document))
+    result = run_cli("compare", str(results["baseline"]), str(other), "--max-slowdown", "50%")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning: different CPU count" in result.stderr and "candidate 64" in result.stderr
+    assert "different sqlite (store) server version" in result.stderr
+    assert "different racebench version: baseline 0.1.0, candidate 9.0.0" in result.stderr
+
+
+def _write(path: Path, content: str) -> Path:
+    path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        ("{broken", "not a JSON file"),
+        ('{"schema": "racebench.result/2", "runs": []}', "this racebench reads"),
+        ('["a", "list"]', "schema is None"),
+        ('{"schema": "racebench.result/1", "runs": []}', "no run label in common"),
+    ],
+)
+def test_unusable_input_is_exit_2_and_one_line(
+    results: dict[str, Path], tmp_path: Path, candidate: str, message: str
+) -> None:
+    bad = _write(tmp_path / "candidate.json", candidate)
+    result = run_cli("compare", str(results["baseline"]), str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("racebench: "), result.stderr
+    assert message in lines[0]
+
+
+def test_missing_file_and_bad_threshold_are_exit_2(results: dict[str, Path]) -> None:
+    missing = run_cli("compare", str(results["baseline"]), "/nonexistent/result.json")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    bad = run_cli("compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "x")
+    assert bad.returncode == 2 and "not a percentage" in bad.stderr
+
+
+def test_noise_test_needs_enough_trials() -> None:
+    assert smallest_p(1, 1) == 1.0
+    assert smallest_p(3, 3) == pytest.approx(0.1)  # 3 vs 3 can never reach p < 0.05
+    assert smallest_p(5, 5) == pytest.approx(2 / 252)
+    assert noise_p_value([100.0], [50.0]) is None
+    assert noise_p_value([100.0, 101, 99], [50.0, 51, 49]) is None
+    assert noise_p_value([100.0, 101, 99, 102, 98], [50.0, 51, 49, 52, 48]) < ALPHA
+    overlapping = noise_p_value([100.0, 60, 99, 70, 98], [65.0, 101, 69, 97, 61])
+    assert overlapping is not None and overlapping > ALPHA
+    assert noise_p_value([5.0] * 5, [5.0] * 5) == 1.0

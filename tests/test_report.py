@@ -1,0 +1,180 @@
+"""`racebench report` over the golden result file (a real SQLite run committed as JSON).
+
+tests/golden/contention.json was made by `racebench run tests/golden/contention.yaml`; to
+refresh the expected outputs after a deliberate change of the report:
+`racebench report tests/golden/contention.json > tests/golden/contention.md`.
+tests/golden/gc-pause.json was made by `racebench run scenarios/faults/gc-pause.yaml` (Redis),
+its timelines then cut to the sections shown around the fault (and marked truncated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from racebench.plots import FAULT_COLOR, SECTION_COLOR, VIOLATION_COLOR, timeline_window
+from racebench.report import render_report
+from tests.conftest import REPO, run_cli
+
+GOLDEN = REPO / "tests" / "golden"
+RESULT = GOLDEN / "contention.json"
+FAULTED = GOLDEN / "gc-pause.json"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # Chromium refuses to run as root without it
+    "--disable-gpu",
+    # The network is closed here; without these Chromium waits on connections that never come.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
+
+
+def test_markdown_matches_golden() -> None:
+    result = run_cli("report", str(RESULT), cwd=GOLDEN)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (GOLDEN / "contention.md").read_text()
+
+
+def test_markdown_has_one_table_per_workload_with_verdicts() -> None:
+    text = render_report([RESULT], "markdown")
+    assert text.count("### ") == 1  # one workload: stock
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "sqlite" in line]
+    assert len(rows) == 12
+    none_8 = next(r for r in rows if r.startswith("| none | sqlite | 8 |"))
+    assert none_8.endswith("| ANOMALIES |")
+    assert sum(r.endswith("| safe |") for r in rows) == 9
+
+
+def test_json_summary_is_normalized() -> None:
+    summary = json.loads(render_report([RESULT], "json"))
+    assert summary["schema"] == "racebench.report/1"
+    assert summary["sources"][0]["servers"] == {"sqlite (store)": "3.40.1"}
+    runs = summary["runs"]
+    assert len(runs) == 12
+    none_8 = next(r for r in runs if r["strategy"] == "none" and r["clients"] == 8)
+    assert none_8["trials"] == 2 and len(none_8["throughput_ops_s"]["trials"]) == 2
+    assert none_8["anomaly_total"] == none_8["anomalies"]["lost_updates"] > 0
+    lo, mid, hi = (none_8["throughput_ops_s"][k] for k in ("min", "median", "max"))
+    assert lo <= mid <= hi
+
+
+def test_html_is_self_contained_with_plots(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = run_cli("report", str(RESULT), "--format", "html", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    page = out.read_text()
+    assert page.count("<svg") == 3  # contention curves, anomalies, latency distribution
+    assert "<script" not in page and "<link" not in page
+    # The only URLs are XML namespaces inside the SVGs: nothing to fetch.
+    assert not re.search(r'(src|href)="https?:', page)
+    assert "throughput against clients" in page and "anomalies per strategy" in page
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
+
+
+def test_html_timeline_draws_sections_faults_and_violations() -> None:
+    document = json.loads(FAULTED.read_text())
+    page = render_report([FAULTED], "html")
+    assert page.count("<svg") == 3 + 2  # the workload's plots, then one timeline per run
+    timelines = re.findall(r'<figure class="timeline">(.*?)</figure>', page, re.S)
+    assert len(timelines) == 2
+    for svg, run in zip(timelines, document["runs"], strict=True):
+        lo, hi, _ = timeline_window(run)
+        fault = run["faults"][0]
+        assert lo == max(0.0, fault["start_ms"] - 100) and hi == fault["end_ms"] + 300
+        shown = [s for s in run["timeline"]["critical_sections"] if s[2] >= lo and s[1] <= hi]
+        overlaps = [v for v in run["timeline"]["violations"] if v[1] >= lo and v[0] <= hi]
+        assert len(overlaps) > 10  # the paused client overlapped the others, fenced or not
+        # One path per bar, plus the legend's swatch of each colour.
+        assert svg.count(f"fill: {SECTION_COLOR}") == len(shown) + 1
+        assert svg.count(f"fill: {VIOLATION_COLOR}") == len(overlaps) + 1
+        assert svg.count(f"fill: {FAULT_COLOR}; opacity: 0.25") == 1  # the shaded pause
+        assert "pause_client c0: SIGSTOP for 400 ms" in svg
+        assert f"{run['label']}: {run['verdict']}" in svg
+    assert "100 ms before the first fault to 300 ms after the last one ends" in page
+    assert page.count("Only the first") == 2  # the golden's timelines were cut
+
+
+def test_timeline_without_faults_shows_the_start_of_the_run() -> None:
+    run = {"faults": [], "timeline": {"critical_sections": [[0, 5.0, 9.0], [1, 9.5, 2400.0]]}}
+    assert timeline_window(run)[:2] == (0.0, 1000.0)
+    run["timeline"]["critical_sections"] = [[0, 5.0, 9.0], [1, 9.5, 250.0]]
+    assert timeline_window(run)[:2] == (0.0, 250.0)  # a short run is shown whole
+
+
+def test_report_imports_nothing_heavy_until_needed() -> None:
+    code = (
+        "import sys, racebench.cli, racebench.report, racebench.compare;"
+        "heavy = {'matplotlib', 'scipy'} & set(sys.modules); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json at all", "not a JSON file"),
+        ('{"schema": "racebench.result/9", "runs": []}', "schema is 'racebench.result/9'"),
+        ('{"schema": "racebench.result/1", "runs": [{"label": "x"}]}', "runs[0]: missing"),
+    ],
+)
+def test_unusable_result_is_exit_2_and_one_line(tmp_path: Path, content: str, message: str):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = run_cli("report", str(bad))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and str(bad) in result.stderr
+
+
+def _chromium() -> str:
+    """The chromium binary; under CI=true its absence fails the test instead of skipping."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        reason = "chromium not installed (apt-get install chromium; scripts/install-servers.sh)"
+        if os.environ.get("CI", "").lower() in {"true", "1"}:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return binary
+
+
+@pytest.mark.chromium
+def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+    from PIL import Image, ImageStat
+
+    chromium = _chromium()
+    page = tmp_path / "report.html"
+    page.write_text(render_report([RESULT], "html"))
+    base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(
+        [*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # Drawn plots: the SVGs are in the rendered DOM with their lines, markers and bars.
+    assert dom.stdout.count("<svg") == 3
+    assert len(re.findall(r"<path\b", dom.stdout)) > 50
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*base, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 2400)
+    # The plots start below the table: that band must hold drawn ink, not a blank page.
+    plots = image.crop((0, 500, 1280, 1700))
+    dark = sum(plots.histogram()[:200])
+    assert dark > 20_000, f"only {dark} non-white pixels where the plots should be"
+    assert ImageStat.Stat(plots).stddev[0] > 20

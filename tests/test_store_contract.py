@@ -1,0 +1,95 @@
+"""One contract every store passes, against its real server.
+
+The unguarded strategy must show its anomaly under a race window; every strategy that claims
+safety for a workload must show none, with its invariants holding; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from racebench.registry import STORES, store_class, strategies_for
+from tests.conftest import BACKEND_FIXTURES, run_scenario_data
+
+WORKLOADS = {
+    "stock": {"type": "stock", "initial": 1000},
+    "withdraw": {"type": "withdraw", "deposit": 50, "amount": 10},
+    "likes": {"type": "likes", "initial": 0},
+}
+RACE_ANOMALY = {"stock": "lost_updates", "withdraw": "overdrafts", "likes": "lost_updates"}
+
+
+def _scenario(store: dict, workload: str, strategy: str, **extra) -> dict:
+    return {
+        "name": f"contract-{store['backend']}-{workload}-{strategy}",
+        "workload": WORKLOADS[workload],
+        "store": store,
+        "guard": {"strategy": strategy, **extra.pop("guard", {})},
+        "clients": 4,
+        "operations": 40,
+        "race_window_ms": 5,
+        **extra,
+    }
+
+
+def _safe_cases() -> list:
+    cases = []
+    for backend in BACKEND_FIXTURES:
+        if backend not in STORES:
+            continue
+        for name, spec in strategies_for(backend).items():
+            for workload in WORKLOADS:
+                if name in ("none", "lock") or workload not in spec.supports:
+                    continue
+                if workload in spec.safe_for:
+                    cases.append(
+                        pytest.param(backend, name, workload, id=f"{backend}-{name}-{workload}")
+                    )
+    return cases
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("backend", list(BACKEND_FIXTURES))
+def test_unguarded_strategy_shows_the_race(store_for, backend: str, workload: str) -> None:
+    store = store_for(backend)
+    [run] = run_scenario_data(_scenario(store, workload, "none"))
+    assert run["anomalies"][RACE_ANOMALY[workload]] > 0, run
+    assert run["verdict"] == "ANOMALIES"
+    assert not run["claims_safety"]
+
+
+@pytest.mark.parametrize(("backend", "strategy", "workload"), _safe_cases())
+def test_safe_strategy_shows_no_anomaly(
+    store_for, backend: str, strategy: str, workload: str
+) -> None:
+    store = store_for(backend)
+    [run] = run_scenario_data(_scenario(store, workload, strategy))
+    assert sum(run["anomalies"].values()) == 0, run["anomalies"]
+    assert all(inv["holds"] for inv in run["invariants"]), run["invariants"]
+    assert run["verdict"] == "safe"
+    assert run["operations"]["ok"] > 0
+    assert run["operations"]["errors"] == 0, run["errors_sample"]
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("backend", list(BACKEND_FIXTURES))
+def test_file_lock_guards_the_store(store_for, backend: str, workload: str) -> None:
+    store = store_for(backend)
+    guard = {"lock": {"service": "file_lock"}}
+    [run] = run_scenario_data(_scenario(store, workload, "lock", guard=guard))
+    assert sum(run["anomalies"].values()) == 0, run["anomalies"]
+    assert run["anomalies"]["mutual_exclusion_violations"] == 0
+    assert run["lock"]["acquisitions"] == run["operations"]["attempted"]
+    assert run["verdict"] == "safe"
+
+
+@pytest.mark.parametrize("backend", list(BACKEND_FIXTURES))
+def test_runs_leave_nothing_behind(store_for, backend: str, tmp_path) -> None:
+    store = store_for(backend)
+    if backend == "sqlite":  # a named file, which outlives the runs, instead of a temporary one
+        store["url"] = str(tmp_path / "contract.db")
+    probe = store_class(backend)(store.get("url"), "racebench_probe")
+    before = set(probe.leftovers())
+    for workload in WORKLOADS:
+        run_scenario_data(_scenario(store, workload, "none", operations=8))
+    assert set(probe.leftovers()) <= before
