@@ -3,7 +3,8 @@
 Every fault is recorded on the same monotonic clock as the operations and critical sections,
 so the result can say what the clients did while it lasted. Faults fire one after another in
 the order listed, each when its trigger comes: `at` a time into the run, or `when` the chosen
-client is `holding` its lock (inside its critical section) or `acquiring` it.
+client (or, with `client: any`, whichever client comes first) is `holding` its lock (inside
+its critical section) or `acquiring` it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,18 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
     service = s.guard.lock.service if s.guard.strategy == "lock" and s.guard.lock else None
     for i, fault in enumerate(s.faults):
         field = f"faults[{i}]"
-        if fault.client >= s.clients:
+        if fault.client == "any":
+            if fault.when is None:
+                raise fail(
+                    f"{field}.client", "client: any picks the client by its state: it needs `when`"
+                )
+            if fault.kind in PROXY_FAULTS:
+                raise fail(
+                    f"{field}.client",
+                    f"{fault.kind} needs a numbered client: its proxy is set up before the "
+                    "clients start",
+                )
+        elif fault.client >= s.clients:
             raise fail(
                 f"{field}.client", f"client {fault.client} does not exist ({s.clients} clients)"
             )
@@ -196,16 +208,20 @@ class FaultNemesis:
         elif sig == signal.SIGCONT:
             self._paused.discard(pid)
 
-    def _wait_trigger(self, fault: FaultConfig) -> bool:
+    def _wait_trigger(self, fault: FaultConfig) -> int | None:
+        """Wait for the fault's trigger; the client it hits, or None when the run ended first."""
         if fault.at is not None:
             delay = self._t0 / 1e9 + fault.at - time.monotonic()
-            return not self._stopping.wait(max(0.0, delay))
+            fired = not self._stopping.wait(max(0.0, delay))
+            return int(fault.client) if fired else None
         watched = self._probe.holding if fault.when == "holding" else self._probe.acquiring
+        candidates = range(len(watched)) if fault.client == "any" else [int(fault.client)]
         while not self._stopping.is_set():
-            if watched[fault.client]:
-                return True
+            for client in candidates:
+                if watched[client]:
+                    return client
             time.sleep(_POLL_S)
-        return False
+        return None
 
     def _hold(self, fault: FaultConfig) -> None:
         if fault.duration_ms:
@@ -213,17 +229,18 @@ class FaultNemesis:
 
     def _run(self) -> None:
         for fault in self.faults:
-            if not self._wait_trigger(fault):
+            client = self._wait_trigger(fault)
+            if client is None:
                 return
             start = time.monotonic_ns()
             try:
-                note = self._fire(fault)
+                note = self._fire(fault, client)
             except Exception as exc:  # a fault that failed is reported, never fatal to the run
                 note = f"failed: {type(exc).__name__}: {exc}"
             self.events.append(
                 {
                     "kind": fault.kind,
-                    "client": fault.client,
+                    "client": client,
                     "target": fault.target,
                     "start_ns": start,
                     "end_ns": time.monotonic_ns(),
@@ -231,8 +248,8 @@ class FaultNemesis:
                 }
             )
 
-    def _fire(self, fault: FaultConfig) -> str:
-        pid = self._pids[fault.client]
+    def _fire(self, fault: FaultConfig, client: int) -> str:
+        pid = self._pids[client]
         kind = fault.kind
         if kind == "pause_client":
             self._signal(pid, signal.SIGSTOP)
@@ -240,13 +257,13 @@ class FaultNemesis:
             self._signal(pid, signal.SIGCONT)
             return f"SIGSTOP for {fault.duration_ms:g} ms"
         if kind == "kill_client":
-            holding = bool(self._probe.holding[fault.client])
+            holding = bool(self._probe.holding[client])
             self._signal(pid, signal.SIGKILL)
             return "SIGKILL" + (" inside its critical section" if holding else "")
         service = self.lock_service
         if kind == "kill_session":
             assert service is not None
-            return service.kill_session(self._probe.session[fault.client])
+            return service.kill_session(self._probe.session[client])
         if kind == "lose_lock_state":
             assert service is not None
             return service.lose_state(fault.instances)
@@ -258,7 +275,7 @@ class FaultNemesis:
             note = service.pause_server(fault.duration_ms or 0)
             self._hold(fault)
             return note
-        proxy = self.routes.proxy_for(fault.target, fault.client)
+        proxy = self.routes.proxy_for(fault.target, client)
         if kind == "latency":
             proxy.set_latency(fault.delay_ms, fault.jitter_ms)
             self._hold(fault)

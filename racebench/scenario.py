@@ -53,7 +53,8 @@ class FaultConfig(_Strict):
     kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
     at: float | None = None  # seconds into the run
     when: Literal["holding", "acquiring"] | None = None
-    client: int = Field(default=0, ge=0)
+    # "any": whichever client is first seen in the `when` state (the nemesis picks the holder).
+    client: int | Literal["any"] = 0
     target: Literal["store", "lock"] = "lock"
     duration_ms: float | None = Field(default=None, gt=0)
     instances: int = Field(default=1, ge=1)
@@ -65,6 +66,15 @@ class FaultConfig(_Strict):
     @classmethod
     def _parse_at(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _client_number_or_any(cls, value: Any) -> Any:
+        # One message instead of one per member of the union.
+        is_number = isinstance(value, int) and not isinstance(value, bool)
+        if value == "any" or (is_number and value >= 0):
+            return value
+        raise ValueError(f"expected a client number (0 or more) or any, got {value!r}")
 
     @model_validator(mode="after")
     def _one_trigger(self) -> FaultConfig:

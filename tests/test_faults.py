@@ -123,6 +123,8 @@ def _fault(run: dict) -> dict:
 
 
 HOLDING = {"when": "holding", "client": 0}
+# Whichever client holds the lock first: the fault fires early even on an unfair lock.
+ANY_HOLDER = {"when": "holding", "client": "any"}
 # redis_lock is unfair: a client that releases re-acquires before the waiters' backoff ends.
 # Short retries let client 0 get the lock early, so a fault waiting for it fires early.
 FAIRER = {"retry_delay_ms": 0.1}
@@ -185,12 +187,12 @@ def test_a_killed_holder_keeps_the_resource_unavailable(
 ) -> None:
     lock: dict = {"service": service}
     if service == "redis_lock":
-        lock.update(url=redis_url, ttl_ms=500, **FAIRER)
+        lock.update(url=redis_url, ttl_ms=500)
     elif service == "advisory":
         lock["url"] = request.getfixturevalue("postgres_url")
     else:
         lock.update(url=request.getfixturevalue("zookeeper_hosts"), session_timeout_ms=4000)
-    kill = {"kind": "kill_client", **HOLDING}
+    kill = {"kind": "kill_client", **ANY_HOLDER}
     duration = "9s" if service == "zookeeper_lock" else "2s"
     run = _run({"backend": "redis", "url": redis_url}, lock, [kill], duration=duration)
     fault = _fault(run)
@@ -224,8 +226,8 @@ def test_killed_sql_session_frees_the_lock_while_the_holder_writes_on(
 
 
 def test_client_kill_on_redis_costs_a_reconnect_not_the_lock(redis_url: str) -> None:
-    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 1000, **FAIRER}
-    kill = {"kind": "kill_session", **HOLDING}
+    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 1000}
+    kill = {"kind": "kill_session", **ANY_HOLDER}
     run = _run({"backend": "redis", "url": redis_url}, lock, [kill])
     fault = _fault(run)
     assert fault["note"].startswith("CLIENT KILL ID ") and ": 1 killed" in fault["note"]
@@ -239,10 +241,10 @@ def test_client_kill_on_redis_costs_a_reconnect_not_the_lock(redis_url: str) -> 
 
 @pytest.mark.parametrize("kind", ["lose_lock_state", "expire_early"])
 def test_redis_lock_forgetting_or_expiring_early_lets_two_in(redis_url: str, kind: str) -> None:
-    # Fired while client 0 holds the lock, so there is a grant to lose (at a fixed time the
+    # Fired while a client holds the lock, so there is a grant to lose (at a fixed time the
     # lock can be free, between one release and the next grant, on a busy host).
-    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000, **FAIRER}
-    run = _run({"backend": "redis", "url": redis_url}, lock, [{"kind": kind, **HOLDING}])
+    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000}
+    run = _run({"backend": "redis", "url": redis_url}, lock, [{"kind": kind, **ANY_HOLDER}])
     assert _fault(run)["note"].startswith("emulated: ")
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"
@@ -257,6 +259,8 @@ def _kept(run: dict) -> int:
 
 def test_redlock_survives_losing_one_instance_of_three_not_two(redlock_urls: list[str]) -> None:
     one, two = _file_runs("redlock-lose-instances.yaml", duration="1.5s")
+    # client: any fires at the first grant, long before the end: the others are still trying.
+    assert _fault(one)["start_ms"] < 500 and _fault(two)["start_ms"] < 500
     assert "on 1 of 3 servers" in _fault(one)["note"]
     # Granted by all three, the holder keeps a majority: nobody else can win one. Granted by
     # a bare majority (a busy host splits the servers between contenders), it may not.
@@ -364,3 +368,60 @@ def test_a_fault_the_lock_cannot_suffer_is_refused_naming_the_field(write_scenar
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "faults[1].kind" in line and "file_lock cannot suffer expire_early" in line
+
+
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        ({"kind": "kill_client", "client": "any"}, "client: any picks the client by its state"),
+        ({"kind": "kill_client", "client": -1}, "expected a client number (0 or more) or any"),
+        ({"kind": "kill_client", "client": 3}, "client 3 does not exist (2 clients)"),
+    ],
+)
+def test_a_fault_client_that_cannot_be_picked_is_refused(
+    write_scenario, fault: dict, problem: str
+) -> None:
+    path = write_scenario(
+        {
+            "workload": {"type": "stock"},
+            "guard": {"strategy": "lock", "lock": {"service": "file_lock"}},
+            "clients": 2,
+            "faults": [fault],
+        }
+    )
+    done = run_cli("run", str(path))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "faults" in line and ".client: " in line and problem in line, line
+
+
+def test_a_proxy_fault_needs_a_numbered_client(write_scenario, redis_url: str) -> None:
+    path = write_scenario(
+        {
+            "workload": {"type": "stock"},
+            "store": {"backend": "redis", "url": redis_url, "proxy": True},
+            "guard": {"strategy": "lock", "lock": {"service": "redis_lock", "url": redis_url}},
+            "faults": [{"kind": "reset", "target": "store", **ANY_HOLDER}],
+        }
+    )
+    done = run_cli("validate", str(path))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "faults[0].client" in line and "reset needs a numbered client" in line, line
+
+
+def test_any_client_hits_whichever_holds_the_lock_first() -> None:
+    # file_lock is fair enough that any client may be first; the fault names the one it hit,
+    # and that client's critical section is the one stretched by the pause.
+    lock = {"service": "file_lock"}
+    pause = {"kind": "pause_client", **ANY_HOLDER, "duration_ms": 300}
+    run = _run({"backend": "sqlite"}, lock, [pause], duration="1s", race_window_ms=5)
+    fault = _fault(run)
+    assert fault["start_ms"] < 300, fault
+    # The client it names was inside its critical section when the pause began.
+    sections = run["timeline"]["critical_sections"]
+    assert any(
+        client == fault["client"] and start <= fault["start_ms"] and end >= fault["end_ms"]
+        for client, start, end in sections
+    ), (fault, sections[:5])
+    assert run["verdict"] == "safe"
