@@ -126,7 +126,8 @@ HOLDING = {"when": "holding", "client": 0}
 # Whichever client holds the lock first: the fault fires early even on an unfair lock.
 ANY_HOLDER = {"when": "holding", "client": "any"}
 # redis_lock is unfair: a client that releases re-acquires before the waiters' backoff ends.
-# Short retries let client 0 get the lock early, so a fault waiting for it fires early.
+# Short retries let client 0 get the lock early, so a fault waiting for it fires early, and
+# let the others notice a lock lost behind the holder's back while it is still inside.
 FAIRER = {"retry_delay_ms": 0.1}
 
 
@@ -243,8 +244,11 @@ def test_client_kill_on_redis_costs_a_reconnect_not_the_lock(redis_url: str) -> 
 def test_redis_lock_forgetting_or_expiring_early_lets_two_in(redis_url: str, kind: str) -> None:
     # Fired while a client holds the lock, so there is a grant to lose (at a fixed time the
     # lock can be free, between one release and the next grant, on a busy host).
-    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000}
-    run = _run({"backend": "redis", "url": redis_url}, lock, [{"kind": kind, **ANY_HOLDER}])
+    # Short polls and a 100 ms section: the others see the lost grant while the holder is
+    # still inside, even on a loaded host.
+    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000, **FAIRER}
+    fault = {"kind": kind, **ANY_HOLDER}
+    run = _run({"backend": "redis", "url": redis_url}, lock, [fault], race_window_ms=100)
     assert _fault(run)["note"].startswith("emulated: ")
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"
