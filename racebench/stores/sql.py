@@ -23,9 +23,9 @@ from racebench.stores.base import (
     StaleToken,
     StepResult,
     Store,
-    StoreClient,
     StrategySpec,
 )
+from racebench.stores.sql_statements import SqlStatements, table_names
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
 
 # How long a client waits for a row lock or a native lock before the operation is recorded as
@@ -44,15 +44,6 @@ COUNTERS = frozenset({"stock", "likes"})
 
 class LockWaitTimeout(Exception):
     """A row or native lock was not granted within LOCK_WAIT_S."""
-
-
-def table_names(namespace: str) -> dict[str, str]:
-    return {
-        "counter": f"{namespace}_counter",
-        "slots": f"{namespace}_slots",
-        "account": f"{namespace}_account",
-        "operations": f"{namespace}_operations",
-    }
 
 
 def common_strategies() -> dict[str, StrategySpec]:
@@ -80,7 +71,7 @@ def common_strategies() -> dict[str, StrategySpec]:
     }
 
 
-class SqlClient(StoreClient):
+class SqlClient(SqlStatements):
     """One client's connection; the statements and strategies shared by both servers."""
 
     conflict_codes: ClassVar[frozenset[str]]
@@ -92,14 +83,10 @@ class SqlClient(StoreClient):
         super().__init__(options)
         self.url = url
         self.namespace = namespace
-        t = table_names(namespace)
-        self.counter, self.slots = t["counter"], t["slots"]
-        self.account, self.operations = t["account"], t["operations"]
-        ops = self.operations
-        self.sql_balance = f"SELECT COALESCE(SUM(amount), 0) FROM {ops}"
-        self.sql_insert = f"INSERT INTO {ops} (amount, client, seq) VALUES (%s, %s, %s)"
+        self._prepare_statements(namespace)
         self.sql_guarded_insert = (
-            f"INSERT INTO {ops} (amount, client, seq) SELECT %s, %s, %s{self.from_dual} "
+            f"INSERT INTO {self.operations} (amount, client, seq) "
+            f"SELECT %s, %s, %s{self.from_dual} "
             f"WHERE ({self.sql_balance}) >= %s"
         )
         self._cs = [0, 0]
@@ -140,9 +127,6 @@ class SqlClient(StoreClient):
             raise
         return self.cur
 
-    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self._run(sql, params).fetchone()[0]
-
     def _transaction(self, level: str, body: Callable[[], Outcome]) -> Outcome:
         """`body` inside one transaction at `level`; rolled back on any failure."""
         self._begin(level)
@@ -158,37 +142,7 @@ class SqlClient(StoreClient):
         with suppress(self.driver_error):  # the connection is gone; recover() reconnects
             self.cur.execute("ROLLBACK")
 
-    # -- fenced and unguarded primitives -------------------------------------------------
-    def _register(self, table: str, token: int) -> None:
-        cur = self._run(
-            f"UPDATE {table} SET fence = %s WHERE id = 1 AND fence <= %s", (token, token)
-        )
-        if cur.rowcount == 0:
-            raise StaleToken
-
-    def read_counter(self, token: int | None = None) -> int:
-        if token is not None:
-            self._register(self.counter, token)
-        return self._scalar(f"SELECT value FROM {self.counter} WHERE id = 1")
-
-    def write_counter(self, value: int, token: int | None = None) -> None:
-        if token is None:
-            self._run(f"UPDATE {self.counter} SET value = %s WHERE id = 1", (value,))
-            return
-        cur = self._run(
-            f"UPDATE {self.counter} SET value = %s WHERE id = 1 AND fence = %s", (value, token)
-        )
-        if cur.rowcount == 0:
-            raise StaleToken
-
-    def read_balance(self, token: int | None = None) -> int:
-        if token is not None:
-            self._register(self.account, token)
-        return int(self._scalar(self.sql_balance))
-
-    def _insert(self, amount: int, seq: int) -> None:
-        self._run(self.sql_insert, (amount, self.options.client_id, seq))
-
+    # -- fenced append (the other primitives: SqlStatements) ---------------------------
     def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
         if token is None:
             self._insert(amount, seq)
@@ -204,17 +158,6 @@ class SqlClient(StoreClient):
             return Outcome.OK
 
         self._transaction("READ COMMITTED", fenced)
-
-    def read_slot(self) -> int:
-        return self._scalar(
-            f"SELECT value FROM {self.slots} WHERE client = %s", (self.options.client_id,)
-        )
-
-    def write_slot(self, value: int) -> None:
-        self._run(
-            f"UPDATE {self.slots} SET value = %s WHERE client = %s",
-            (value, self.options.client_id),
-        )
 
     # -- strategies ---------------------------------------------------------------------
     def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
@@ -296,22 +239,6 @@ class SqlClient(StoreClient):
             cur = self._run(sql, (plan.delta, plan.delta, plan.floor))
         return Outcome.OK if cur.rowcount else Outcome.REJECTED
 
-    def _counter_cas(self, plan: CounterPlan) -> Outcome:
-        value, version = self._run(
-            f"SELECT value, version FROM {self.counter} WHERE id = 1"
-        ).fetchone()
-        self.pause()
-        if plan.floor is not None and value + plan.delta < plan.floor:
-            return Outcome.REJECTED
-        cur = self._run(
-            f"UPDATE {self.counter} SET value = %s, version = version + 1 "
-            "WHERE id = 1 AND version = %s",
-            (value + plan.delta, version),
-        )
-        if cur.rowcount == 0:
-            raise Conflict("version_changed")
-        return Outcome.OK
-
     def _ledger_rw(self, plan: LedgerPlan, seq: int) -> Outcome:
         balance = self.read_balance()
         self.pause()
@@ -346,11 +273,7 @@ class SqlClient(StoreClient):
             return Outcome.REJECTED
 
         def commit_if_unchanged() -> Outcome:
-            cur = self._run(
-                f"UPDATE {self.account} SET version = version + 1 WHERE id = 1 AND version = %s",
-                (version,),
-            )
-            if cur.rowcount == 0:
+            if self._run(self.sql_account_cas, (version,)).rowcount == 0:
                 raise Conflict("version_changed")
             self._insert(-plan.amount, seq)
             return Outcome.OK

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
@@ -25,18 +26,10 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
+from racebench.stores.sql_statements import SqlStatements, table_names
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
 
 _BUSY_TIMEOUT_S = 30.0
-
-
-def _tables(namespace: str) -> dict[str, str]:
-    return {
-        "counter": f"{namespace}_counter",
-        "slots": f"{namespace}_slots",
-        "account": f"{namespace}_account",
-        "operations": f"{namespace}_operations",
-    }
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -46,13 +39,13 @@ def _open(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteClient(StoreClient):
+class SqliteClient(SqlStatements):
+    placeholder = "?"
+
     def __init__(self, path: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
         self.conn = _open(path)
-        t = _tables(namespace)
-        self.counter, self.slots = t["counter"], t["slots"]
-        self.account, self.operations = t["account"], t["operations"]
+        self._prepare_statements(namespace)
         # Built once: the atomic statements are the whole operation, so their cost shows.
         self.atomic_counter_sql = (
             f"UPDATE {self.counter} SET value = value + ? "
@@ -60,46 +53,11 @@ class SqliteClient(StoreClient):
         )
         self.atomic_ledger_sql = (
             f"INSERT INTO {self.operations} (amount, client, seq) SELECT ?, ?, ? "
-            f"WHERE (SELECT COALESCE(SUM(amount), 0) FROM {self.operations}) >= ?"
+            f"WHERE ({self.sql_balance}) >= ?"
         )
 
-    def _register(self, table: str, token: int) -> None:
-        cur = self.conn.execute(
-            f"UPDATE {table} SET fence = ? WHERE id = 1 AND fence <= ?", (token, token)
-        )
-        if cur.rowcount == 0:
-            raise StaleToken
-
-    def read_counter(self, token: int | None = None) -> int:
-        if token is not None:
-            self._register(self.counter, token)
-        return self.conn.execute(f"SELECT value FROM {self.counter} WHERE id = 1").fetchone()[0]
-
-    def write_counter(self, value: int, token: int | None = None) -> None:
-        if token is None:
-            self.conn.execute(f"UPDATE {self.counter} SET value = ? WHERE id = 1", (value,))
-            return
-        cur = self.conn.execute(
-            f"UPDATE {self.counter} SET value = ? WHERE id = 1 AND fence = ?", (value, token)
-        )
-        if cur.rowcount == 0:
-            raise StaleToken
-
-    def read_balance(self, token: int | None = None) -> int:
-        if token is not None:
-            self._register(self.account, token)
-        return self._balance()
-
-    def _balance(self) -> int:
-        return self.conn.execute(
-            f"SELECT COALESCE(SUM(amount), 0) FROM {self.operations}"
-        ).fetchone()[0]
-
-    def _insert(self, amount: int, seq: int) -> None:
-        self.conn.execute(
-            f"INSERT INTO {self.operations} (amount, client, seq) VALUES (?, ?, ?)",
-            (amount, self.options.client_id, seq),
-        )
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
 
     def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
         if token is None:
@@ -118,16 +76,6 @@ class SqliteClient(StoreClient):
             self.conn.execute("ROLLBACK")
             raise
 
-    def read_slot(self) -> int:
-        return self.conn.execute(
-            f"SELECT value FROM {self.slots} WHERE client = ?", (self.options.client_id,)
-        ).fetchone()[0]
-
-    def write_slot(self, value: int) -> None:
-        self.conn.execute(
-            f"UPDATE {self.slots} SET value = ? WHERE client = ?", (value, self.options.client_id)
-        )
-
     def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
         if strategy == "atomic":
             cur = self.conn.execute(
@@ -139,22 +87,6 @@ class SqliteClient(StoreClient):
         if strategy == "exclusive":
             return StepResult(self._counter_exclusive(plan))
         return super().counter_step(strategy, plan)
-
-    def _counter_cas(self, plan: CounterPlan) -> Outcome:
-        value, version = self.conn.execute(
-            f"SELECT value, version FROM {self.counter} WHERE id = 1"
-        ).fetchone()
-        self.pause()
-        if plan.floor is not None and value + plan.delta < plan.floor:
-            return Outcome.REJECTED
-        cur = self.conn.execute(
-            f"UPDATE {self.counter} SET value = ?, version = version + 1 "
-            "WHERE id = 1 AND version = ?",
-            (value + plan.delta, version),
-        )
-        if cur.rowcount == 0:
-            raise Conflict("version_changed")
-        return Outcome.OK
 
     def _counter_exclusive(self, plan: CounterPlan) -> Outcome:
         # BEGIN IMMEDIATE takes the database's write lock before the read.
@@ -187,20 +119,14 @@ class SqliteClient(StoreClient):
 
     def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
         # The account row's version stands for the whole ledger (the aggregate root).
-        version = self.conn.execute(f"SELECT version FROM {self.account} WHERE id = 1").fetchone()[
-            0
-        ]
-        balance = self._balance()
+        version = self._scalar(f"SELECT version FROM {self.account} WHERE id = 1")
+        balance = self.read_balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            cur = self.conn.execute(
-                f"UPDATE {self.account} SET version = version + 1 WHERE id = 1 AND version = ?",
-                (version,),
-            )
-            if cur.rowcount == 0:
+            if self._run(self.sql_account_cas, (version,)).rowcount == 0:
                 raise Conflict("version_changed")
             self._insert(-plan.amount, seq)
             self.conn.execute("COMMIT")
@@ -212,7 +138,7 @@ class SqliteClient(StoreClient):
     def _ledger_exclusive(self, plan: LedgerPlan, seq: int) -> Outcome:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            balance = self._balance()
+            balance = self.read_balance()
             self.pause()
             outcome = Outcome.REJECTED
             if balance >= plan.amount:
@@ -260,7 +186,7 @@ class SqliteStore(Store):
         # with its directory in teardown().
         self._temp_dir: str | None = None
         self.path = url.removeprefix("sqlite:///").removeprefix("sqlite://") if url else ""
-        self.tables = _tables(namespace)
+        self.tables = table_names(namespace)
 
     def check_reachable(self) -> dict[str, str]:
         if not self.path:
