@@ -33,8 +33,11 @@ class Outcome(IntEnum):
 
 OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
 
-# start_ns, end_ns, cs_start_ns, cs_end_ns, token, outcome, retries, error index
-RECORD = struct.Struct("<qqqqqBxHi")
+# start_ns, end_ns, cs_start_ns, cs_end_ns, token, outcome, retries, error index, and
+# intended_ns: when the operation was due (the open loop's schedule; = start_ns in a closed
+# loop), from which latency is measured so that a stalled server is not hidden by clients
+# that simply stopped sending (coordinated omission).
+RECORD = struct.Struct("<qqqqqBxHiq")
 RECORD_DTYPE = np.dtype(
     [
         ("start", "<i8"),
@@ -46,14 +49,17 @@ RECORD_DTYPE = np.dtype(
         ("pad", "u1"),
         ("retries", "<u2"),
         ("error", "<i4"),
+        ("intended", "<i8"),
     ]
 )
 assert RECORD_DTYPE.itemsize == RECORD.size
 _SEGMENT_RECORDS = 65536
+# The first segment is small, so that thousands of clients of one worker map little memory.
+_FIRST_SEGMENT_RECORDS = 1024
 
 
 class Recorder:
-    """A client's memory-mapped history file, grown by segments.
+    """A client's memory-mapped history file, grown by segments (doubling up to 64 Ki).
 
     The client's loop packs records straight into `buffer` (RECORD.pack_into at a running
     offset) and calls `grow()` when the offset reaches `capacity_bytes`: a method call per
@@ -68,7 +74,9 @@ class Recorder:
 
     def grow(self) -> mmap.mmap:
         """Extend the file by one segment; return the new mapping (the old one is closed)."""
-        self.capacity_bytes += _SEGMENT_RECORDS * RECORD.size
+        records = self.capacity_bytes // RECORD.size
+        step = min(_SEGMENT_RECORDS, max(_FIRST_SEGMENT_RECORDS, records))
+        self.capacity_bytes += step * RECORD.size
         self._file.truncate(self.capacity_bytes)
         if self.buffer is not None:
             self.buffer.close()
@@ -86,7 +94,7 @@ def append_record(path: Path, index: int, start: int, end: int) -> None:
     """Write record `index` of a dead client's file: an operation with an unknown outcome."""
     with open(path, "r+b") as out:
         out.seek(index * RECORD.size)
-        out.write(RECORD.pack(start, end, 0, 0, 0, Outcome.UNKNOWN, 0, -1))
+        out.write(RECORD.pack(start, end, 0, 0, 0, Outcome.UNKNOWN, 0, -1, start))
 
 
 @dataclass

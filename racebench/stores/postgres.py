@@ -179,6 +179,24 @@ class PostgresStore(SqlStore):
         ),
     }
 
+    def connection_limit(self) -> tuple[str, int] | None:
+        conn = open_connection(self._url())
+        try:
+            # PostgreSQL 16 also keeps reserved_connections for pg_use_reserved_connections.
+            total, reserved, in_use = conn.execute(
+                "SELECT current_setting('max_connections')::int,"
+                " current_setting('superuser_reserved_connections')::int"
+                " + coalesce(current_setting('reserved_connections', true)::int, 0),"
+                " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            ).fetchone()
+        finally:
+            conn.close()
+        # The admin connection that asked is closed now: it does not count against the run.
+        return (
+            "max_connections less superuser_reserved_connections",
+            total - reserved - (in_use - 1),
+        )
+
     def _open_connection(self, url: str) -> Any:
         return open_connection(url)
 
