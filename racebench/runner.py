@@ -174,7 +174,7 @@ def run_clients(
     procs = [
         ctx.Process(
             target=worker_process_main,
-            args=(spec, control),
+            args=(spec, control, os.getpid()),
             name=f"racebench-worker-{spec.worker}",
             daemon=True,
         )

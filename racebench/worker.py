@@ -300,13 +300,11 @@ class _Worker:
 
     async def run(self, clients: dict[int, OpenedClient], parent: int) -> None:
         loop = asyncio.get_running_loop()
+        watcher = asyncio.ensure_future(self.watch_parent(parent))
         self.control.ready(self.spec.worker)
         self.deadline = await loop.run_in_executor(None, self.control.wait_start)
         t0 = time.monotonic_ns()
-        helpers = [
-            asyncio.ensure_future(self.sample_lag()),
-            asyncio.ensure_future(self.watch_parent(parent)),
-        ]
+        helpers = [asyncio.ensure_future(self.sample_lag()), watcher]
         rate = self.spec.rate
         if rate is None:
             loops = [self._run_one(loop, self.slots[c], clients[c]) for c in self.spec.clients]
@@ -364,11 +362,12 @@ def run_worker(spec: WorkerSpec, control: WorkerControl) -> WorkerOutput:
     asyncio.set_event_loop(loop)
     worker = _Worker(spec, control)
     output = WorkerOutput(spec.worker)
+    parent = os.getppid()
     try:
         clients = loop.run_until_complete(_open_all(spec, control))
         cpu0, wall0 = time.process_time(), time.monotonic()
         try:
-            loop.run_until_complete(worker.run(clients, os.getppid()))
+            loop.run_until_complete(worker.run(clients, parent))
         finally:
             output.cpu_s = time.process_time() - cpu0
             output.wall_s = time.monotonic() - wall0
@@ -389,9 +388,11 @@ def run_worker(spec: WorkerSpec, control: WorkerControl) -> WorkerOutput:
     return output
 
 
-def worker_process_main(spec: WorkerSpec, control: WorkerControl) -> None:
+def worker_process_main(spec: WorkerSpec, control: WorkerControl, parent: int) -> None:
     """Entry point of a forked worker process: run the worker, leave its output in a file."""
     die_with_parent()
+    if os.getppid() != parent:  # the parent died between the fork and the prctl
+        os._exit(1)
     # The parent owns Ctrl-C: it tells workers to stop through the control's stop flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -307,7 +307,7 @@ class ZookeeperStore(Store):
 
         client = open_kazoo(self.hosts, "zookeeper store")
         try:
-            conf = client.command(b"conf").decode()
+            conf = str(client.command(b"conf"))
         except (OSError, KazooException):
             return None  # `conf` is not in 4lw.commands.whitelist: no check
         finally:
