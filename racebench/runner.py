@@ -82,6 +82,7 @@ class RunnerResult:
     workers: int = 1
     # Each finished worker's output (a killed worker leaves none), for the load figures.
     outputs: list[WorkerOutput] = field(default_factory=list)
+    ready_s: float = 0.0  # from the first fork until every client was connected
 
     def loop_lag(self) -> HdrHistogram:
         """Event-loop lag over every worker: histograms merged, never percentiles averaged."""
@@ -180,10 +181,11 @@ def run_clients(
         )
         for spec in specs
     ]
+    started = time.monotonic_ns()
     for proc in procs:
         proc.start()
     interrupted = False
-    t0 = time.monotonic_ns()
+    t0 = started
     try:
         _wait_ready(procs, control, workdir)
         t0 = time.monotonic_ns()
@@ -211,7 +213,9 @@ def run_clients(
     if progress is not None:
         progress(sum(control.done), sum(control.errors))
     _record_lost_operations(specs, procs, control, workdir)
-    return _collect(specs, workdir, clients, control, t0, interrupted)
+    result = _collect(specs, workdir, clients, control, t0, interrupted)
+    result.ready_s = (t0 - started) / 1e9
+    return result
 
 
 def _record_lost_operations(

@@ -198,6 +198,8 @@ def load_figures(result: RunnerResult, rate: float | None) -> dict[str, Any]:
         reasons.append(f"event-loop lag p99 {lag['p99']:.1f} ms")
     figures: dict[str, Any] = {
         "workers": result.workers,
+        "ready_s": round(result.ready_s, 3),
+        "worker_max_rss_mb": [round(o.max_rss_mb, 1) for o in result.outputs],
         "worker_cpu_share": shares,
         "loop_lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
         "client_bound": bool(reasons),

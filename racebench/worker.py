@@ -83,6 +83,7 @@ class WorkerOutput:
     lag_histogram: bytes = b""  # HDR histogram (µs) of event-loop lag, encoded
     late: int = 0
     dropped: int = 0
+    max_rss_mb: float = 0.0
     records: dict[int, np.ndarray] | None = None
 
     @property
@@ -179,6 +180,8 @@ class _Worker:
         self.lag = new_histogram()
         self.late = 0
         self.dropped = 0
+        # The worker's CPU time and wall time between the start and the end of the run.
+        self.cpu0 = self.cpu_s = self.wall_s = 0.0
 
     def _record(self, slot: _ClientSlot, intended: int, start: int, result: OpResult) -> None:
         end = time.monotonic_ns()
@@ -304,6 +307,7 @@ class _Worker:
         self.control.ready(self.spec.worker)
         self.deadline = await loop.run_in_executor(None, self.control.wait_start)
         t0 = time.monotonic_ns()
+        self.cpu0 = time.process_time()
         helpers = [asyncio.ensure_future(self.sample_lag()), watcher]
         rate = self.spec.rate
         if rate is None:
@@ -316,6 +320,8 @@ class _Worker:
             await asyncio.gather(*loops)
         finally:
             self.stop = True
+            self.cpu_s = time.process_time() - self.cpu0
+            self.wall_s = (time.monotonic_ns() - t0) / 1e9
             for helper in helpers:
                 helper.cancel()
 
@@ -365,12 +371,10 @@ def run_worker(spec: WorkerSpec, control: WorkerControl) -> WorkerOutput:
     parent = os.getppid()
     try:
         clients = loop.run_until_complete(_open_all(spec, control))
-        cpu0, wall0 = time.process_time(), time.monotonic()
         try:
             loop.run_until_complete(worker.run(clients, parent))
         finally:
-            output.cpu_s = time.process_time() - cpu0
-            output.wall_s = time.monotonic() - wall0
+            output.cpu_s, output.wall_s = worker.cpu_s, worker.wall_s
             output.retry_codes = loop.run_until_complete(_close_all(clients))
     finally:
         loop.close()
@@ -380,6 +384,7 @@ def run_worker(spec: WorkerSpec, control: WorkerControl) -> WorkerOutput:
         output.errors[client] = list(slot.messages)
     output.lag_histogram = worker.lag.encode()
     output.late, output.dropped = worker.late, worker.dropped
+    output.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if spec.return_records:
         output.records = {
             c: np.fromfile(spec.workdir / f"client-{c}.bin", RECORD_DTYPE, count=n)

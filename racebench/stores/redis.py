@@ -302,9 +302,8 @@ class AsyncRedisClient(AsyncStoreClient):
         self.unwatch = encode("UNWATCH")
 
     async def connect(self) -> None:
+        # Scripts are loaded on the first NOSCRIPT, not here: 8,000 clients connect faster.
         await self.conn.connect()
-        for text in self.scripts.values():
-            await self.conn.call(self.encode("SCRIPT", "LOAD", text))
 
     async def read_counter(self) -> int:
         return int(await self.conn.call(self.get_counter))

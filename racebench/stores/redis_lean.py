@@ -18,6 +18,7 @@ applied the write); the next operation reconnects.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 from collections import deque
@@ -39,6 +40,7 @@ def encode(*args: bytes | str | int) -> bytes:
     return b"".join(parts)
 
 
+@functools.cache
 def script_sha(script: str) -> bytes:
     return hashlib.sha1(script.encode()).hexdigest().encode()
 
@@ -87,14 +89,20 @@ class RespProtocol(asyncio.Protocol):
             self._transport.close()
 
 
+@functools.cache
+def _parse_url(url: str) -> dict[str, Any]:
+    """redis-py's URL rules (parsed once per URL: thousands of clients share one)."""
+    from redis.connection import parse_url
+
+    return parse_url(url)
+
+
 class LeanRedis:
     """One connection: `call` a pre-encoded command and get its reply (errors raised)."""
 
     def __init__(self, url: str) -> None:
-        from redis.connection import parse_url
-
         self.url = url
-        self.params = parse_url(url)
+        self.params = _parse_url(url)
         self.protocol: RespProtocol | None = None
 
     async def connect(self) -> None:
