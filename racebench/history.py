@@ -108,28 +108,36 @@ class RunHistory:
 
     @classmethod
     def load(cls, files: list[tuple[Path, int, list[str]]]) -> RunHistory:
-        """Read (file, valid record count, error messages) of each client, in client order."""
-        parts, clients, seqs, errors = [], [], [], []
+        """Read (file, valid record count, error messages) of each client, in client order.
+
+        Records are read straight into one preallocated array: the parent holds each
+        operation once (1M operations: ~56 MB of records, plus client and seq columns).
+        """
+        total = sum(count for _, count, _ in files)
+        records = np.empty(total, dtype=RECORD_DTYPE)
+        clients = np.empty(total, dtype=np.int32)
+        seqs = np.empty(total, dtype=np.int64)
+        errors: list[str] = []
+        filled = 0
         for client_id, (path, count, client_errors) in enumerate(files):
-            data = np.fromfile(path, dtype=RECORD_DTYPE, count=count) if count else None
-            if data is None or not len(data):
+            if not count:
                 continue
-            data = data.copy()
-            has_error = data["error"] >= 0
+            with open(path, "rb") as source:
+                read = source.readinto(records[filled : filled + count].view(np.uint8))
+            n = read // RECORD.size
+            part = records[filled : filled + n]
+            has_error = part["error"] >= 0
             client_errors = list(client_errors)
             if has_error.any():
                 # A client killed mid-run leaves records but not its message table.
-                missing = int(data["error"].max()) + 1 - len(client_errors)
+                missing = int(part["error"].max()) + 1 - len(client_errors)
                 client_errors += ["(message lost with its client)"] * max(0, missing)
-            data["error"][has_error] += len(errors)
+                part["error"][has_error] += len(errors)
             errors.extend(client_errors)
-            parts.append(data)
-            clients.append(np.full(len(data), client_id, dtype=np.int32))
-            seqs.append(np.arange(len(data), dtype=np.int64))
-        if not parts:
-            empty = np.zeros(0, dtype=RECORD_DTYPE)
-            return cls(empty, np.zeros(0, np.int32), np.zeros(0, np.int64), [])
-        return cls(np.concatenate(parts), np.concatenate(clients), np.concatenate(seqs), errors)
+            clients[filled : filled + n] = client_id
+            seqs[filled : filled + n] = np.arange(n, dtype=np.int64)
+            filled += n
+        return cls(records[:filled], clients[:filled], seqs[:filled], errors)
 
     def __len__(self) -> int:
         return len(self.records)
