@@ -15,7 +15,9 @@ def client_model(cls: type[Store], strategies: list[str]) -> str:
     threaded = [s for s in strategies if s not in cls.async_strategies]
     parts = []
     if on_loop:
-        parts.append(f"asyncio, {cls.async_driver}: {', '.join(on_loop)}")
+        threshold = cls.async_from_clients_per_worker
+        when = f" (from {threshold} clients per worker)" if threshold > 1 else ""
+        parts.append(f"asyncio, {cls.async_driver}{when}: {', '.join(on_loop)}")
     if threaded:
         what = ", ".join(threaded) if on_loop else "all strategies"
         parts.append(f"a thread per client (blocking driver): {what}")

@@ -68,9 +68,11 @@ def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockServic
     return lock_class(guard.lock.service)(guard.lock, namespace, store.url)
 
 
-def execution_model(store_cls: type[Store], strategy: str) -> str:
+def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: int) -> str:
     """`asyncio` when the store runs this strategy on the worker's loop, else `thread`."""
-    return "asyncio" if strategy in store_cls.async_strategies else "thread"
+    on_loop = strategy in store_cls.async_strategies
+    many = clients_per_worker >= store_cls.async_from_clients_per_worker
+    return "asyncio" if on_loop and many else "thread"
 
 
 def effective_workers(scenario: Scenario) -> int:
@@ -89,6 +91,7 @@ class ClientFactory:
     store: Store
     lock_service: LockService | None
     proxy_urls: dict[tuple[str, int], str]
+    clients_per_worker: int = 1
 
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
         s = self.spec.scenario
@@ -108,7 +111,8 @@ class ClientFactory:
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
             lock_service.route_through(url)
         plan = s.workload.plan()
-        if execution_model(type(store), s.guard.strategy) == "asyncio":
+        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        if model == "asyncio":
             async_client = await store.async_connect(options)
 
             async def close_async() -> dict[str, int]:
@@ -185,15 +189,17 @@ def run_trial(
         progress = options.progress(spec, trial) if options.progress else None
         routes.start()
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
+        workers = effective_workers(s)
+        per_worker = -(-s.clients // workers)
         result: RunnerResult = run_clients(
-            ClientFactory(spec, store, lock_service, routes.client_urls()),
+            ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker),
             s.clients,
             s.operations,
             s.duration,
             workdir,
             progress,
             nemesis,
-            workers=effective_workers(s),
+            workers=workers,
             rate=rate,
         )
         final = store.read_final(plan)

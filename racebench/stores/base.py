@@ -248,6 +248,9 @@ class Store(ABC):
     # run the blocking client on a thread per client.
     async_strategies: ClassVar[frozenset[str]] = frozenset()
     async_driver: ClassVar[str] = ""  # what the asyncio path is built on, for `racebench list`
+    # Below this many clients per worker the blocking driver on threads is faster (a lean
+    # sync driver beats its own asyncio flavour per operation), above it the event loop is.
+    async_from_clients_per_worker: ClassVar[int] = 1
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
