@@ -262,10 +262,13 @@ def _async_step(plan: Plan, strategy: str, client: AsyncStoreClient):
 def build_async_operation(plan: Plan, strategy: str, client: AsyncStoreClient) -> AsyncOperation:
     """The async twin of `build_operation`, for a store client with an asyncio API."""
     step = _async_step(plan, strategy, client)
+    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, None)
 
     async def operation(seq: int) -> OpResult:
         try:
             r = await step(seq)
+            if r is OK_STEP:  # the common case, without building a tuple
+                return ok
             return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, None
         except Exception as exc:
             outcome = client.classify(exc)

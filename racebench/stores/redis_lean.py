@@ -26,6 +26,8 @@ from typing import Any
 
 import hiredis
 
+_REPLY_ERROR = hiredis.ReplyError
+
 
 class RedisReplyError(Exception):
     """Redis answered a command with an error reply (-ERR, -NOSCRIPT, -WRONGTYPE...)."""
@@ -78,8 +80,9 @@ class RespProtocol(asyncio.Protocol):
         if self.lost is not None or self._transport is None:
             raise self.lost or ConnectionError("not connected to Redis")
         waiter: asyncio.Future[Any] = self._loop.create_future()
-        for _ in range(replies - 1):
-            self._waiters.append(self._loop.create_future())
+        if replies > 1:
+            for _ in range(replies - 1):
+                self._waiters.append(self._loop.create_future())
         self._waiters.append(waiter)
         self._transport.write(payload)
         return waiter
@@ -123,11 +126,13 @@ class LeanRedis:
             await self.call(encode("SELECT", p["db"]))
 
     async def call(self, payload: bytes, replies: int = 1) -> Any:
-        if self.protocol is None or self.protocol.lost is not None:
+        protocol = self.protocol
+        if protocol is None or protocol.lost is not None:
             await self.connect()
-        assert self.protocol is not None
-        reply = await self.protocol.send(payload, replies)
-        if type(reply) is hiredis.ReplyError:
+            protocol = self.protocol
+            assert protocol is not None
+        reply = await protocol.send(payload, replies)
+        if type(reply) is _REPLY_ERROR:
             raise RedisReplyError(str(reply))
         return reply
 
