@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -222,6 +223,35 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_cli_workers_and_rate_flags_drive_an_open_loop(tmp_path: Path, write_scenario) -> None:
+    path = write_scenario({**LIKES_NONE, "clients": 4, "race_window_ms": 0})
+    result = tmp_path / "r.json"
+    args = ["--workers", "2", "--rate", "2000/s", "--duration", "1s", "-q", "-o", str(result)]
+    done = run_cli("run", str(path), *args)
+    assert done.returncode == 0, done.stderr
+    assert "service" in done.stdout and "dropped" in done.stdout
+    [run] = json.loads(result.read_text())["runs"]
+    assert run["arrival"] == "2000/s constant" and run["workers"] == 2
+    assert 1000 <= run["operations"]["attempted"] <= 2100
+    assert run["service_time_ms"]["p99"] <= run["latency_ms"]["p99"]
+    assert set(run["load"]) >= {"worker_cpu_share", "loop_lag_ms", "client_bound", "open_loop"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"arrival": "poisson"}, "arrival: an arrival process needs an open loop"),
+        ({"rate": "fast"}, "rate: expected a rate such as 5000/s"),
+        ({"workers": 0}, "workers: expected a number of processes"),
+    ],
+)
+def test_bad_engine_settings_are_refused_with_one_line(write_scenario, changes, problem) -> None:
+    done = run_cli("run", str(write_scenario({**LIKES_NONE, **changes})))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert problem in line
 
 
 def test_list_says_how_each_backend_runs_its_clients() -> None:
