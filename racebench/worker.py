@@ -332,8 +332,12 @@ class _Worker:
         self.deadline = await loop.run_in_executor(None, self.control.wait_start)
         t0 = time.monotonic_ns()
         self.cpu0 = time.process_time()
-        helpers = [asyncio.ensure_future(self.sample_lag()), watcher]
         rate = self.spec.rate
+        helpers = [watcher]
+        # Loop lag measures racebench only when clients run on the loop; blocking clients'
+        # threads would show the GIL they hold, which their own CPU share already tells.
+        if rate is not None or any(c.blocking_operation is None for c in clients.values()):
+            helpers.append(asyncio.ensure_future(self.sample_lag()))
         if rate is None:
             loops = [self._run_one(loop, self.slots[c], clients[c]) for c in self.spec.clients]
         else:
