@@ -122,6 +122,20 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Open loop: start operations at this rate (e.g. 5000/s) whatever the server does; "
     "latency then counts from each operation's intended start.",
 )
+@click.option(
+    "--cluster",
+    envvar="RACEBENCH_CLUSTER",
+    help="Run the workers on a Dask cluster: tcp://HOST:8786, tls://HOST:8786, or local:N "
+    "for a local cluster of N processes (needs racebench[cluster]).",
+)
+@click.option(
+    "--insecure-cluster",
+    is_flag=True,
+    help="Allow passwords to travel over a plain tcp:// cluster address that is not loopback.",
+)
+@click.option("--tls-ca-file", help="CA certificate for a tls:// cluster.")
+@click.option("--tls-cert", help="Client certificate for a tls:// cluster.")
+@click.option("--tls-key", help="Client key for a tls:// cluster.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def run(
@@ -136,9 +150,15 @@ def run(
     trials: int | None,
     workers: str | None,
     rate: str | None,
+    cluster: str | None,
+    insecure_cluster: bool,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     quiet: bool,
 ) -> None:
     """Run scenario files and print the results table."""
+    from racebench.cluster import ClusterOptions
     from racebench.engine import run_files
     from racebench.render import progress_display, results_table
 
@@ -152,7 +172,12 @@ def run(
         )
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_files(
-                loaded, output=output, results_dir=results_dir, history=history, progress=progress
+                loaded,
+                output=output,
+                results_dir=results_dir,
+                history=history,
+                progress=progress,
+                clusters=ClusterOptions(cluster, insecure_cluster, tls_ca_file, tls_cert, tls_key),
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))

@@ -82,6 +82,8 @@ class RunnerResult:
     workers: int = 1
     # Each finished worker's output (a killed worker leaves none), for the load figures.
     outputs: list[WorkerOutput] = field(default_factory=list)
+    # On a Dask cluster (racebench.cluster): where each worker ran, its clock, what was lost.
+    cluster: dict[str, Any] | None = None
 
     def loop_lag(self) -> HdrHistogram:
         """Event-loop lag over every worker: histograms merged, never percentiles averaged."""
