@@ -116,23 +116,19 @@ def check_transport(address: str, urls: list[str], insecure: bool, source: str) 
         )
 
 
-def _skew_ns() -> int:
-    """This Dask worker's test skew (see SKEW_VARIABLE), 0 outside tests."""
-    spec = os.environ.get(SKEW_VARIABLE)
-    if not spec:
-        return 0
-    from distributed import get_worker
-
-    name = str(get_worker().name)
-    for item in spec.split(","):
+def _skew_ns(worker_name: object) -> int:
+    """The test skew of the Dask worker called `worker_name` (see SKEW_VARIABLE), 0 outside
+    tests."""
+    for item in os.environ.get(SKEW_VARIABLE, "").split(","):
         key, _, value = item.partition("=")
-        if key == name:
+        if key and key == str(worker_name):
             return int(value)
     return 0
 
 
-def _remote_clock() -> int:
-    return time.monotonic_ns() + _skew_ns()
+def _remote_clock(dask_worker: Any) -> int:
+    """A Dask worker's monotonic clock (Client.run passes the worker as `dask_worker`)."""
+    return time.monotonic_ns() + _skew_ns(dask_worker.name)
 
 
 class ClusterSession:
@@ -245,7 +241,9 @@ class _TaskControl:
         self.counts: dict[int, int] = dict.fromkeys(spec.clients, 0)
         self.sent: dict[int, int] = dict.fromkeys(spec.clients, 0)
         self.errors = 0
-        self.skew_ns = _skew_ns()
+        from distributed import get_worker
+
+        self.skew_ns = _skew_ns(get_worker().name)
         self._stop = False
         self._shipping = threading.Event()
         self._records = names.queue("records")

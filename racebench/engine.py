@@ -257,6 +257,8 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
 
     Stops after the trial that Ctrl-C interrupted; runs finished before then are kept.
     """
+    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+        cluster_address(spec, options.clusters)
     for spec in specs:
         trials: list[TrialAnalysis] = []
         histograms: list[HdrHistogram] = []
