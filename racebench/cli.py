@@ -225,28 +225,39 @@ def list_command() -> None:
 
 @cli.command()
 @click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--cluster",
+    envvar="RACEBENCH_CLUSTER",
+    help="Also check from every worker of this Dask cluster (tcp://, tls:// or local:N).",
+)
 @click.pass_obj
-def doctor(obj: _Context, scenarios: tuple[Path, ...]) -> None:
+def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> None:
     """Check that every server the scenarios need is reachable (without scenarios: the
     default URL of every backend and lock service); print versions or what is wrong."""
     from rich.table import Table
 
+    from racebench.cluster import ClusterOptions
     from racebench.doctor import check_servers
 
+    clusters = ClusterOptions(cluster)
     try:
-        checks = check_servers(list(scenarios))
+        session = clusters.session(cluster) if cluster else None
+        checks = check_servers(list(scenarios), session)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
+    finally:
+        clusters.close()
     table = Table(header_style="bold")
-    for header in ("kind", "name", "url", "status", "version / problem"):
+    for header in ("kind", "name", "url", "from", "status", "version / problem"):
         table.add_column(header)
     for c in checks:
         status = "[green]ok[/]" if c.ok else "[bold red]UNREACHABLE[/]"
-        table.add_row(c.kind, c.name, escape(c.url), status, escape(c.detail))
+        table.add_row(c.kind, c.name, escape(c.url), escape(c.where), status, escape(c.detail))
     stdout.print(table)
     failed = [c for c in checks if not c.ok]
     for c in failed:
-        stderr.print(f"racebench: {c.detail}", markup=False, highlight=False)
+        where = "" if c.where == "here" else f" (from {c.where})"
+        stderr.print(f"racebench: {c.detail}{where}", markup=False, highlight=False)
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 

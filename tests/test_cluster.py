@@ -189,3 +189,22 @@ def test_faults_on_a_cluster_are_refused_with_one_line(write_scenario) -> None:
     result = run_cli("run", str(path))
     assert result.returncode == 2, result.stderr
     assert "faults are not supported on a cluster" in result.stderr
+
+
+def test_doctor_checks_reachability_from_every_dask_worker(write_scenario, redis_url: str) -> None:
+    path = write_scenario(
+        {
+            "name": "reach",
+            "workload": {"type": "likes"},
+            "store": {"backend": "redis", "url": redis_url},
+            "matrix": {"store.url": [redis_url, "redis://127.0.0.1:1/0"]},
+        }
+    )
+    result = run_cli("doctor", str(path), "--cluster", "local:2")
+    assert result.returncode == 3, result.stderr
+    # The unreachable URL fails here and from each of the two workers; the good one is ok
+    # from all three places.
+    failures = result.stderr.strip().splitlines()
+    assert len(failures) == 3
+    assert sum("(from tcp://127.0.0.1:" in line for line in failures) == 2
+    assert result.stdout.count("tcp://127.0.0.1:") >= 4
