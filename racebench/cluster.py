@@ -146,6 +146,9 @@ class ClusterSession:
         self._local: Any = None
         # Dask must not re-run a task whose worker died: racebench decides what a loss means.
         dask.config.set({"distributed.scheduler.allowed-failures": 0})
+        # Dask's statistical profiler walks every thread's stack 100 times a second: in a
+        # worker that runs racebench's clients that is measurement overhead, not insight.
+        dask.config.set({"distributed.worker.profile.enabled": False})
         try:
             if address.startswith(LOCAL_PREFIX):
                 count = address[len(LOCAL_PREFIX) :]
