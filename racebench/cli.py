@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
