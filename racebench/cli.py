@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import traceback
@@ -212,6 +213,25 @@ def validate(obj: _Context, scenarios: tuple[Path, ...]) -> None:
         stdout.print(f"{path}: ok, {len(specs)} run(s)", highlight=False)
         for spec in specs:
             stdout.print(f"  {spec.label}", markup=False, highlight=False)
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "markdown"]),
+    default="json",
+    show_default=True,
+    help="json: the JSON Schema of a scenario file (for editors); markdown: the reference.",
+)
+def schema(fmt: str) -> None:
+    """Print the scenario file's JSON Schema, or the scenario reference generated from it."""
+    from racebench.schema import scenario_json_schema, scenario_reference_markdown
+
+    if fmt == "markdown":
+        click.echo(scenario_reference_markdown(), nl=False)
+    else:
+        click.echo(json.dumps(scenario_json_schema(), indent=2))
 
 
 @cli.command(name="list")
