@@ -181,6 +181,7 @@ class FaultNemesis:
         self.lock_service = lock_service
         self.routes = routes
         self.events: list[dict[str, Any]] = []
+        self._ended_ns = 0  # set by a fault whose end is a moment inside _fire (SIGCONT)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pids: list[int] = []
@@ -235,6 +236,7 @@ class FaultNemesis:
             if client is None:
                 return
             start = time.monotonic_ns()
+            self._ended_ns = 0
             try:
                 note = self._fire(fault, client)
             except Exception as exc:  # a fault that failed is reported, never fatal to the run
@@ -245,7 +247,7 @@ class FaultNemesis:
                     "client": client,
                     "target": fault.target,
                     "start_ns": start,
-                    "end_ns": time.monotonic_ns(),
+                    "end_ns": self._ended_ns or time.monotonic_ns(),
                     "note": note,
                 }
             )
@@ -256,6 +258,9 @@ class FaultNemesis:
         if kind == "pause_client":
             self._signal(pid, signal.SIGSTOP)
             self._hold(fault)
+            # The pause ends when SIGCONT is sent: a resumed client can finish its section
+            # before this thread (on a busy host) gets to record the end.
+            self._ended_ns = time.monotonic_ns()
             self._signal(pid, signal.SIGCONT)
             return f"SIGSTOP for {fault.duration_ms:g} ms"
         if kind == "kill_client":
