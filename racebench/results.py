@@ -121,6 +121,8 @@ def read_document(path: Path) -> dict[str, Any]:
         raise ResultFileError(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
         raise ResultFileError(f"{path}: not a JSON file: {exc}") from None
+    except RecursionError:
+        raise ResultFileError(f"{path}: not a result file: JSON nested too deeply") from None
     schema = document.get("schema") if isinstance(document, dict) else None
     if schema != SCHEMA:
         raise ResultFileError(f"{path}: schema is {schema!r}, this racebench reads {SCHEMA!r}")

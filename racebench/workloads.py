@@ -72,7 +72,7 @@ class Check:
 
 
 class _WorkloadModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StockWorkload(_WorkloadModel):
