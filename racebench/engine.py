@@ -14,13 +14,13 @@ from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
 
-from racebench.errors import RacebenchError
+from racebench.errors import BackendUnavailable, RacebenchError
 from racebench.faults import FaultNemesis, ProxyRoutes
 from racebench.guards import build_operation
 from racebench.history import RunHistory
 from racebench.locks.base import LockService
 from racebench.registry import lock_class, store_class, strategies_for
-from racebench.results import build_document, default_path, write_atomically
+from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, run_clients
 from racebench.scenario import RunSpec, expand_env
 from racebench.stores.base import ClientOptions, Store
@@ -93,6 +93,20 @@ def _open_client_factory(
     return open_client
 
 
+def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str, str]:
+    """The lock service's facts; a failure names the key its URL came from, not the store."""
+    try:
+        return lock_service.check_reachable()
+    except BackendUnavailable as error:
+        lock = spec.scenario.guard.lock
+        field = "store.url"
+        if lock is not None and (lock.url or lock.urls):
+            field = "guard.lock.url" if lock.url else "guard.lock.urls"
+        raise BackendUnavailable(
+            f"{spec.source}: {field}: lock service {lock_service.service}: {error}"
+        ) from None
+
+
 def run_trial(
     spec: RunSpec, trial: int, options: ExecutionOptions
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
@@ -103,7 +117,7 @@ def run_trial(
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
-        environment["lock"] = lock_service.check_reachable()
+        environment["lock"] = _check_lock_reachable(spec, lock_service)
     plan = s.workload.plan()
     workdir = Path(tempfile.mkdtemp(prefix="racebench-run-"))
     routes = ProxyRoutes(spec, store, lock_service)
@@ -236,6 +250,7 @@ class _AtomicText:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 
     def commit(self) -> None:

@@ -36,6 +36,10 @@ class ResultFileError(RacebenchError):
     """A result file cannot be read or compared (wrong schema, no matching runs)."""
 
 
+class OutputPathError(RacebenchError):
+    """An output path (-o, --history, --results-dir) cannot take racebench's files."""
+
+
 class BackendUnavailable(RacebenchError):
     """A server could not be reached, refused the credentials, or lacks the database."""
 

@@ -19,11 +19,15 @@ _PASSWORD_KEYS = r"(?:password|passwd|pass|pwd|sslpassword)"
 # of the authority (an unencoded `@` in a password must not leave its tail visible).
 _URL_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/?#]+(?=@)")
 # ?password=X / &pass=X in a URL query: the value ends at the next parameter.
-_QUERY_PASSWORD = re.compile(rf"(?P<head>[?&;]{_PASSWORD_KEYS}=)[^&;#\s'\"]*", re.IGNORECASE)
-# key=value DSNs (libpq) and keyword arguments: password=X, password = 'a b', password="x".
+# A value also ends at ": " (an error message going on after the URL); "a:b" stays masked.
+_QUERY_PASSWORD = re.compile(
+    rf"(?P<head>[?&;]{_PASSWORD_KEYS}=)[^&;#\s'\"]*?(?=[&;#\s'\"]|:\s|:$|$)", re.IGNORECASE
+)
+# key=value DSNs (libpq, ODBC-style `;`) and keyword arguments in tracebacks:
+# password=X, password = 'a b', password="x".
 _KEYWORD_PASSWORD = re.compile(
     rf"(?P<head>(?<![\w.?&;-]){_PASSWORD_KEYS}\s*=\s*)"
-    r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s'\",)&;]+)",
+    r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s'\";]+?(?=[\s'\";]|:\s|:$|$))",
     re.IGNORECASE,
 )
 # Mapping reprs and JSON text: 'password': 'X', "passwd": "X".

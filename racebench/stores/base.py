@@ -176,6 +176,10 @@ class Store(ABC):
     extra: ClassVar[str | None] = None  # the pip extra that installs its driver
     strategies: ClassVar[dict[str, StrategySpec]]
     networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
+    # The largest magnitude its counter and ledger values hold, checked at validation so an
+    # out-of-range number is refused before a run, not an overflow in every operation.
+    max_integer: ClassVar[int] = 2**63 - 1
+    integer_type: ClassVar[str] = "a signed 64-bit integer"
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
