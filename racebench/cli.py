@@ -341,9 +341,8 @@ def compare(
         stderr.print(f"warning: {redact_text(warning)}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
     for label, reason in comparison.regressions:
-        stderr.print(
-            f"regression: {redact_text(label)}: {redact_text(reason)}", markup=False, highlight=False
-        )
+        line = redact_text(f"regression: {label}: {reason}")
+        stderr.print(line, markup=False, highlight=False)
     sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
 
 

@@ -21,6 +21,7 @@ from racebench.verdict import UNEXPECTED
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"
 
+
 @dataclass
 class LoadedResult:
     """One result document and the path it was read from."""

@@ -110,7 +110,7 @@ def load_yaml(data: bytes) -> Any:
             f"not a UTF-8 text file (byte 0x{data[exc.start]:02x} at offset {exc.start})"
         ) from None
     try:
-        return yaml.load(text, Loader=_ScenarioLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_ScenarioLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
