@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from racebench.errors import printable
 from racebench.redact import redact_text
 
 # The value that names a mapping entry best, in order of preference.
@@ -79,8 +80,8 @@ def matrix_labels(matrix: dict[str, list[Any]]) -> dict[str, list[str]]:
 
 
 def run_label(name: str, parts: list[tuple[str, str]]) -> str:
-    """`name[k=v,...]`, with any password in it masked."""
-    label = name
+    """`name[k=v,...]`, with any password masked and control characters escaped."""
+    label = printable(name)
     if parts:
-        label += "[" + ",".join(f"{k}={v}" for k, v in parts) + "]"
+        label += "[" + ",".join(printable(f"{k}={v}") for k, v in parts) + "]"
     return redact_text(label)
