@@ -24,7 +24,10 @@ _MISSING = object()
 def format_scalar(value: Any) -> str:
     """A matrix value in a label: str() for scalars (True, 5, stock), compact JSON otherwise."""
     if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        except TypeError:  # keys of mixed types (YAML allows `1: x` beside `a: y`)
+            return json.dumps(value, separators=(",", ":"), default=str)
     return str(value)
 
 

@@ -259,7 +259,9 @@ def expand(
 
     raw = expand_env(raw, source)
     matrix = raw.pop("matrix", None) or {}
-    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
+    if not isinstance(matrix, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and v for k, v in matrix.items()
+    ):
         raise ScenarioError(source, "matrix", "must map key paths to non-empty lists of values")
     for key, value in (overrides or {}).items():
         matrix.pop(key, None)

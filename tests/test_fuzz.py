@@ -38,7 +38,10 @@ FUZZ = settings(
     deadline=None,  # the bound below is CPU time, which other processes cannot inflate
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-CLI = settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
+# A subprocess costs a second or two: the CLI checks get a twentieth of the examples.
+CLI = settings(
+    max_examples=max(2, EXAMPLES // 20), deadline=None, suppress_health_check=list(HealthCheck)
+)
 MAX_CPU_S = 1.0
 MAX_GROWTH_KB = 200 * 1024
 
@@ -55,11 +58,11 @@ scalars = (
     | st.text(max_size=20)
     | st.sampled_from(["${HOME}", "${RB_UNSET}", "10s", "any", "lock", "stock", "sqlite", ""])
 )
+# YAML keys need not be strings (`1: x`, `null: x`, `true: x`).
+keys = st.text(max_size=12) | st.integers() | st.booleans() | st.none()
 values = st.recursive(
     scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
     max_leaves=12,
 )
 
@@ -119,7 +122,7 @@ def mutated(draw: st.DrawFn, original: Any) -> Any:
         elif action == "delete":
             del parent[path[-1]]
         elif isinstance(parent, dict):
-            parent[draw(st.text(max_size=12))] = draw(values)
+            parent[draw(keys)] = draw(values)
         else:
             parent.insert(path[-1], draw(values))
     return document
