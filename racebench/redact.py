@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 MASK = "***"
-_PASSWORD_KEYS = r"(?:password|passwd|pass|pwd|sslpassword)"
+# password, passwd, pass, pwd, and any *password / *passwd (sslpassword, PGPASSWORD, db_password).
+_PASSWORD_KEYS = r"(?:[a-z_]*password|[a-z_]*passwd|pass|pwd)"
 
 # scheme://user:password@host -> scheme://user:***@host. The password runs to the last `@`
 # of the authority (an unencoded `@` in a password must not leave its tail visible).
@@ -26,7 +27,7 @@ _QUERY_PASSWORD = re.compile(
 # key=value DSNs (libpq, ODBC-style `;`) and keyword arguments in tracebacks:
 # password=X, password = 'a b', password="x".
 _KEYWORD_PASSWORD = re.compile(
-    rf"(?P<head>(?<![\w.?&;-]){_PASSWORD_KEYS}\s*=\s*)"
+    rf"(?P<head>(?<![\w.?&;]){_PASSWORD_KEYS}\s*=\s*)"
     r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s'\";]+?(?=[\s'\";]|:\s|:$|$))",
     re.IGNORECASE,
 )
@@ -35,7 +36,12 @@ _MAPPING_PASSWORD = re.compile(
     rf"(?P<head>(?P<q>['\"]){_PASSWORD_KEYS}(?P=q)\s*:\s*)(?P<vq>['\"])(?:(?!(?P=vq)).)*(?P=vq)",
     re.IGNORECASE,
 )
-_SECRET_KEYS = {"password", "passwd", "pass", "pwd", "sslpassword", "secret", "token"}
+_SECRET_KEYS = {"pass", "pwd", "secret", "token"}
+
+
+def _is_secret_key(key: object) -> bool:
+    name = str(key).lower()
+    return name in _SECRET_KEYS or name.endswith(("password", "passwd"))
 
 
 def redact_text(text: str) -> str:
@@ -53,7 +59,7 @@ def redact(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             (redact_text(k) if isinstance(k, str) else k): (
-                MASK if str(k).lower() in _SECRET_KEYS and v else redact(v)
+                MASK if _is_secret_key(k) and v else redact(v)
             )
             for k, v in value.items()
         }

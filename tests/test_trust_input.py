@@ -59,6 +59,7 @@ def _one_line(proc) -> str:
         f"host=127.0.0.1 password={SECRET} dbname=postgres",
         f"host=127.0.0.1 password = '{SECRET} with space' dbname=postgres",
         f"Server=db;Password={SECRET};Database=x",
+        f"PGPASSWORD={SECRET} psql --password={SECRET}",
         f"connect(host='h', password='{SECRET}', port=5432)",
         f"{{'user': 'u', 'password': '{SECRET}'}}",
         f'{{"url": "host=h password={SECRET}"}}',
