@@ -81,7 +81,10 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
 @cli.command()
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--output", "-o", type=click.Path(path_type=Path), help="Result JSON path (one scenario only)."
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Result JSON path (one scenario only); absent or a regular file, checked before the run.",
 )
 @click.option(
     "--results-dir",
