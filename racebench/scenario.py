@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from racebench.redact import redact_text
 from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
 from racebench.yaml_loader import YamlInputError, load_yaml
 
+# A matrix is a product: a few long lists in one file must not expand for hours.
+MAX_RUNS = 10_000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -266,6 +269,11 @@ def expand(
     for key, value in (overrides or {}).items():
         matrix.pop(key, None)
         _set_path(raw, key, value)
+    cells = math.prod(len(v) for v in matrix.values())
+    if cells > MAX_RUNS:
+        raise ScenarioError(
+            source, "matrix", f"expands to {cells:,} runs, more than {MAX_RUNS:,}: split it"
+        )
     runs: list[RunSpec] = []
     keys = list(matrix)
     parts = matrix_labels(matrix)

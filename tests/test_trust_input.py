@@ -399,6 +399,15 @@ def test_yaml_bombs_are_refused_fast_and_small(tmp_path: Path, text: str, proble
     assert elapsed < 1.0 and peak < 50e6
 
 
+def test_a_matrix_product_too_large_is_refused_at_once() -> None:
+    matrix = {"clients": list(range(1, 101)), "race_window_ms": list(range(100))}
+    matrix["guard.retries"] = list(range(100))
+    started = time.process_time()
+    with pytest.raises(ScenarioError, match="matrix: expands to 1,000,000 runs, more than"):
+        expand({"name": "m", "workload": {"type": "stock"}, "matrix": matrix}, "m.yaml")
+    assert time.process_time() - started < 1.0
+
+
 def test_billion_laughs_cli_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bomb.yaml"
     path.write_text(_billion_laughs())
