@@ -4,7 +4,8 @@ PyYAML's safe loader shares one object between an anchor and its aliases, so loa
 billion-laughs file is cheap; whatever walks the result afterwards (`${VAR}` expansion, the
 matrix copies, validation) visits every alias again and would take minutes and gigabytes.
 The composed node graph is therefore measured first, memoized per node, and a document
-that would expand beyond `MAX_EXPANDED_NODES` values is refused before it is constructed.
+that would expand beyond `MAX_EXPANDED_NODES` values (or nest deeper than `MAX_DEPTH`)
+is refused before it is constructed.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _children(node: Node) -> list[Node]:
 
 # LibYAML's parser when PyYAML was built with it: 10-100 times faster than the pure-Python
 # scanner, which needs seconds for a 100 kB string or a line of 3000 brackets.
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _ScenarioLoader(_BaseLoader):  # type: ignore[valid-type,misc]
@@ -125,7 +126,7 @@ def load_yaml(data: bytes) -> Any:
             f"not a UTF-8 text file (byte 0x{data[exc.start]:02x} at offset {exc.start})"
         ) from None
     try:
-        return yaml.load(text, Loader=_ScenarioLoader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=_ScenarioLoader)  # SafeConstructor: plain types only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
