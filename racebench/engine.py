@@ -102,9 +102,7 @@ def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str,
         field = "store.url"
         if lock is not None and (lock.url or lock.urls):
             field = "guard.lock.url" if lock.url else "guard.lock.urls"
-        raise BackendUnavailable(
-            f"{spec.source}: {field}: lock service {lock_service.service}: {error}"
-        ) from None
+        raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
 
 
 def run_trial(

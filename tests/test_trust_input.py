@@ -387,16 +387,18 @@ def _billion_laughs() -> str:
 def test_yaml_bombs_are_refused_fast_and_small(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "bomb.yaml"
     path.write_text(text)
-    tracemalloc.start()
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other processes on the machine do not count
+    with pytest.raises(ScenarioError, match=problem):
+        load_raw(path)
+    assert time.process_time() - started < 1.0
+    tracemalloc.start()  # a second pass for memory: tracing slows the parser down
     try:
         with pytest.raises(ScenarioError, match=problem):
             load_raw(path)
-        elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert elapsed < 1.0 and peak < 50e6
+    assert peak < 50e6
 
 
 def test_a_matrix_product_too_large_is_refused_at_once() -> None:
@@ -528,7 +530,7 @@ def test_bad_lock_url_is_reported_under_guard_lock_url(tmp_path: Path, write_sce
     proc = run_cli("run", str(path), "-o", str(tmp_path / "r.json"))  # progress on: no -q
     assert proc.returncode == 3
     line = _one_line(proc)
-    assert line.startswith(f"racebench: {path}: guard.lock.url: lock service redis_lock: ")
+    assert line.startswith(f"racebench: {path}: guard.lock.url: redis_lock: cannot reach Redis")
     assert not proc.stderr.startswith("\n")
 
 
