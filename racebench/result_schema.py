@@ -51,6 +51,14 @@ class Timeline(_ReadModel):
     truncated: bool = False
 
 
+class Load(_ReadModel):
+    """How hard the workers worked; a client-bound run's figures describe racebench."""
+
+    client_bound: bool = False
+    client_bound_reason: str = ""
+    open_loop: dict[str, Any] | None = None
+
+
 class RunEntry(_ReadModel):
     """One run as written by `verdict.summarize_run`; only what the readers use is required."""
 
@@ -74,6 +82,8 @@ class RunEntry(_ReadModel):
     faults: list[FaultEntry] = []
     timeline: Timeline | None = None
     lock: dict[str, Any] | None = None
+    load: Load | None = None
+    service_time_ms: Latency | None = None
 
 
 class Host(_ReadModel):

@@ -81,16 +81,16 @@ def test_redaction_keeps_the_rest_readable() -> None:
 
 
 def test_password_is_never_printed_or_stored(
-    tmp_path: Path, write_scenario, redis_url: str
+    tmp_path: Path, write_scenario, postgres_url: str
 ) -> None:
-    """A run whose store URL carries the password as a query parameter (Redis accepts any
-    password for the default nopass user), then doctor, report and compare on its result."""
-    url = f"{redis_url}?password={SECRET}"
+    """A run whose store URL carries the password as a query parameter (the test server
+    trusts local connections and ignores it), then doctor, report and compare on its result."""
+    url = f"{postgres_url}?password={SECRET}"
     path = write_scenario(
         {
             "name": "secret",
             "workload": {"type": "stock", "initial": 100},
-            "store": {"backend": "redis", "url": url},
+            "store": {"backend": "postgres", "url": url},
             "clients": 2,
             "operations": 20,
             "matrix": {"guard.strategy": ["atomic", "none"]},
@@ -114,7 +114,7 @@ def test_password_is_never_printed_or_stored(
     for output in outputs:
         assert SECRET not in output.read_text(), output
     stored = json.loads(result.read_text())["scenario"]["resolved"]["store"]["url"]
-    assert stored == f"{redis_url}?password=***"
+    assert stored == f"{postgres_url}?password=***"
 
 
 def test_reports_of_a_hand_made_result_are_redacted(tmp_path: Path) -> None:
