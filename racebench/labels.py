@@ -62,18 +62,19 @@ def value_parts(values: list[Any]) -> list[str]:
         if own is None:
             parts.append(format_scalar(value))
             continue
-        peers = [p for j, p in enumerate(leaves) if p is not None and mains[j] == mains[i]]
-        main_key = mains[i][0] if mains[i] else None
+        main = mains[i]
+        peers = [p for j, p in enumerate(leaves) if p is not None and mains[j] == main]
+        main_key = main[0] if main else None
         shown = [
             f"{path}={format_scalar(v)}"
             for path, v in own.items()
             if path != main_key and any(p.get(path, _MISSING) != v for p in peers)
         ]
-        if mains[i] is None:
+        if main is None:
             parts.append(f"({','.join(shown)})" if shown else format_scalar(value))
         else:
-            main = format_scalar(mains[i][1])
-            parts.append(f"{main}({','.join(shown)})" if shown else main)
+            text = format_scalar(main[1])
+            parts.append(f"{text}({','.join(shown)})" if shown else text)
     return parts
 
 
