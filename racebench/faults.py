@@ -34,6 +34,15 @@ NEEDS_DURATION = {"pause_client", "latency", "partition", "server_pause"}
 _POLL_S = 0.0005
 
 
+def faults_supported_by(service: str) -> set[str]:
+    """Every fault kind a run guarded by this lock service accepts: the client faults work on
+    any lock, the lock-server faults it declares, and proxy faults when it is networked."""
+    from racebench.registry import lock_class
+
+    cls = lock_class(service)
+    return CLIENT_FAULTS | set(cls.fault_kinds) | (PROXY_FAULTS if cls.networked else set())
+
+
 def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
     """Refuse, before anything runs, a fault this store, lock service or machine cannot do."""
     from racebench.registry import lock_class, store_class
@@ -77,10 +86,11 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
             if fault.target != "lock":
                 raise fail(f"{field}.target", f"{fault.kind} only applies to target: lock")
             if fault.kind not in lock_class(service).fault_kinds:
-                known = ", ".join(sorted(lock_class(service).fault_kinds)) or "none"
+                known = ", ".join(sorted(faults_supported_by(service)))
                 raise fail(
                     f"{field}.kind",
-                    f"lock service {service} cannot suffer {fault.kind} (it supports: {known})",
+                    f"lock service {service} cannot suffer {fault.kind} (faults it supports: "
+                    f"{known})",
                 )
         if fault.kind in PROXY_FAULTS:
             if fault.target == "store":
