@@ -298,6 +298,43 @@ def compare(
     sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
 
 
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="A matrix of probes by level, as text or markdown; json adds every probe's steps.",
+)
+@click.option(
+    "--level",
+    "levels",
+    multiple=True,
+    help="Probe only this isolation level (repeatable), e.g. 'repeatable read'.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
+@click.pass_obj
+def isolation(
+    obj: _Context, target: str, fmt: str, levels: tuple[str, ...], output: Path | None
+) -> None:
+    """Run Hermitage's isolation tests on TARGET: postgres, mysql, or a postgresql:// or
+    mysql:// URL. Prints which anomalies each isolation level prevents, how (abort, lock
+    wait, snapshot), the server version, and where that differs from the documentation and
+    from Hermitage's published table. Exit 0, or 1 if a probe could not decide.
+    """
+    from racebench.isolation import render, run_isolation
+
+    try:
+        matrix = run_isolation(target, levels=list(levels) or None)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    _emit(render(matrix, fmt), output)
+    undecided = any(c.status == "unknown" for c in matrix.cells.values())
+    sys.exit(ExitStatus.EXPECTATION_FAILED if undecided else ExitStatus.OK)
+
+
 def main() -> None:
     """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
