@@ -271,7 +271,7 @@ def g2(x: Script) -> Observation:
 
 
 def g2_two_edges(x: Script) -> Observation:
-    """Fekete et al.'s read-only anomaly: T3 sees T2's commit but not T1's earlier-serialised write."""
+    """Fekete et al.'s read-only anomaly: T3 sees T2's commit, not T1's write serialised before."""
     x.begin("T1")
     t1_read = x.run("T1", "select id, value from {t} order by id")
     x.begin("T2")

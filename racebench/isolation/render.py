@@ -70,7 +70,9 @@ def render_text(matrix: IsolationMatrix) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [_header(matrix), ""]
     for row in rows:
-        lines.append("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip())
+        lines.append(
+            "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        )
     lines += _difference_lines(matrix)
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,7 @@ the script's, never timing luck.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,10 +96,9 @@ class Session:
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
-        try:
+        # Closing a connection whose server went away: nothing left to do.
+        with contextlib.suppress(Exception):
             self.conn.close()
-        except Exception:  # closing a connection whose server went away: nothing to do
-            pass
 
 
 @dataclass
