@@ -89,7 +89,15 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Where result files go when --output is not given.",
 )
 @click.option(
-    "--history", type=click.Path(path_type=Path), help="Write every operation as JSON lines."
+    "--history", type=click.Path(path_type=Path), help="Write every operation to this file."
+)
+@click.option(
+    "--history-format",
+    type=click.Choice(["json", "jepsen"]),
+    default="json",
+    show_default=True,
+    help="json: one JSON line per operation; jepsen: Jepsen's EDN invoke/ok/fail/info "
+    "events, for Elle or Knossos.",
 )
 @click.option("--clients", type=click.IntRange(min=1), help="Override clients.")
 @click.option(
@@ -108,6 +116,7 @@ def run(
     output: Path | None,
     results_dir: Path,
     history: Path | None,
+    history_format: str,
     clients: int | None,
     operations: int | None,
     duration: str | None,
@@ -126,7 +135,12 @@ def run(
         loaded = _load_all(scenarios, _overrides(clients, operations, duration, trials))
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_files(
-                loaded, output=output, results_dir=results_dir, history=history, progress=progress
+                loaded,
+                output=output,
+                results_dir=results_dir,
+                history=history,
+                history_format=history_format,
+                progress=progress,
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
