@@ -234,6 +234,7 @@ def summarize_run(
         "strategy": s.guard.strategy,
         "lock_service": lock.service if s.guard.strategy == "lock" and lock else None,
         "fencing": s.guard.fencing,
+        "lease_renewal": bool(s.guard.strategy == "lock" and lock and lock.renew),
         "clients": s.clients,
         "race_window_ms": s.race_window_ms,
         "trials_count": len(trials),
