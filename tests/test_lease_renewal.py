@@ -80,6 +80,20 @@ def test_a_pause_stops_the_watchdog_too_and_only_fencing_saves_the_data(
     assert fenced["anomalies"]["lost_updates"] == 0 and fenced["verdict"] == "safe"
 
 
+def test_a_partition_keeps_the_renewals_from_redis_and_the_lease_lapses(
+    redis_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "partition.json"
+    scenario = REPO / "scenarios" / "faults" / "partition-renewal.yaml"
+    done = run_cli("run", str(scenario), "--output", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    plain, fenced = json.loads(out.read_text())["runs"]
+    assert plain["claims_safety"] is False
+    assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
+    assert fenced["lock"]["stale_writes_rejected"] > 0
+    assert fenced["anomalies"]["lost_updates"] == 0 and fenced["verdict"] == "safe"
+
+
 @pytest.mark.parametrize("service", ["redis_lock", "redlock"])
 def test_the_watchdog_renews_while_held_and_stops_at_release(
     redis_url: str, redlock_urls: list[str], service: str
