@@ -174,3 +174,26 @@ def test_cli_unknown_target_and_level_are_usage_errors(postgres_url):
     done = run_cli("isolation", postgres_url, "--level", "snapshot")
     assert done.returncode == 2
     assert "unknown level" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.mysql
+def test_mysql_user_without_process_privilege_is_told_what_to_grant(mysql_url):
+    import pymysql
+
+    from racebench.stores.mysql import connect_kwargs
+
+    admin = pymysql.connect(**connect_kwargs(mysql_url))
+    user = "racebench_iso_np"
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE USER IF NOT EXISTS '{user}'@'%'")
+            cur.execute(f"GRANT ALL ON {admin.db.decode()}.* TO '{user}'@'%'")
+        host_and_db = mysql_url.split("@", 1)[1]
+        done = run_cli("isolation", f"mysql://{user}@{host_and_db}")
+        assert done.returncode == 2
+        assert "needs the PROCESS privilege" in done.stderr
+        assert done.stderr.strip().count("\n") == 0
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        admin.close()

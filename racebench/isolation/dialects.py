@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from racebench.errors import BackendUnavailable, RacebenchError
 from racebench.isolation.sessions import ServerError, StatementResult
 from racebench.redact import redact_text
 
@@ -55,9 +56,16 @@ class PostgresDialect:
         return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
 
     def waiting_for_lock(self, monitor: Any, session_id: int) -> bool:
-        row = monitor.execute(
-            "SELECT cardinality(pg_blocking_pids(%s)) > 0", (session_id,)
-        ).fetchone()
+        import psycopg
+
+        try:
+            row = monitor.execute(
+                "SELECT cardinality(pg_blocking_pids(%s)) > 0", (session_id,)
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise BackendUnavailable(
+                f"postgres: lost the server: {_first_line(str(exc))}"
+            ) from None
         return bool(row[0])
 
     def execute(self, conn: Any, sql: str) -> StatementResult:
@@ -125,9 +133,19 @@ class MysqlDialect:
             return int(cur.fetchone()[0])
 
     def waiting_for_lock(self, monitor: Any, session_id: int) -> bool:
-        with monitor.cursor() as cur:
-            cur.execute("SHOW ENGINE INNODB STATUS")
-            status = cur.fetchone()[2]
+        import pymysql
+
+        try:
+            with monitor.cursor() as cur:
+                cur.execute("SHOW ENGINE INNODB STATUS")
+                status = cur.fetchone()[2]
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] == 1227:  # access denied: no PROCESS privilege
+                raise RacebenchError(
+                    "isolation: mysql: seeing lock waits needs the PROCESS privilege "
+                    "(SHOW ENGINE INNODB STATUS): GRANT PROCESS ON *.* TO the URL's user"
+                ) from None
+            raise BackendUnavailable(f"mysql: lost the server: {exc.args[-1]}") from None
         for block in status.split("---TRANSACTION")[1:]:
             match = _WAITING_TRX.search(block)
             if match and int(match.group(1)) == session_id:

@@ -196,6 +196,7 @@ def run_isolation(
     table = f"racebench_iso_{secrets.token_hex(4)}"
     try:
         server = dialect.server_info(monitor)
+        dialect.waiting_for_lock(monitor, 0)  # fails now, not mid-probe, without the privilege
         all_levels = dialect.levels(server)
         chosen = [lv for lv in all_levels if levels is None or lv.name in levels]
         if levels is not None and len(chosen) != len(levels):
