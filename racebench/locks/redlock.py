@@ -75,6 +75,8 @@ class RedlockClient(LockClient):
         retry_s: float,
         renew: bool = False,
     ) -> None:
+        import redis
+
         timeout_s = instance_timeout_s(ttl_ms)
         self.leases = [RedisLease(url, namespace, timeout_s) for url in urls]
         self.quorum = len(urls) // 2 + 1
@@ -84,6 +86,9 @@ class RedlockClient(LockClient):
         self.value: str | None = None
         # The watchdog's own connections: the leases' are busy in the holder's thread.
         self.renewals = [RedisLease(url, namespace, timeout_s) for url in urls] if renew else []
+        for lease in self.renewals:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                lease.prepare_renewals()  # a server down now is tried again at each renewal
         self.watchdog: LeaseWatchdog | None = None
 
     def _renew_all(self, value: str) -> bool:
