@@ -26,6 +26,7 @@ from racebench.guards import (
     open_blocking,
 )
 from racebench.history import RunHistory
+from racebench.history_edn import write_jepsen_edn
 from racebench.locks.base import LockService
 from racebench.registry import lock_class, store_class, strategies_for
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
@@ -42,6 +43,7 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 @dataclass
 class ExecutionOptions:
     history: IO[str] | None = None
+    history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
     clusters: ClusterOptions | None = None
 
@@ -259,7 +261,11 @@ def run_trial(
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
-            history.write_json_lines(options.history, base, s.workload.operation_kind, result.t0_ns)
+            kind = s.workload.operation_kind
+            if options.history_format == "jepsen":
+                write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
+            else:
+                history.write_json_lines(options.history, base, kind, result.t0_ns)
         strategy = strategies_for(s.store.backend)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial
@@ -317,6 +323,7 @@ def run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    history_format: str = "json",
     clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
@@ -333,6 +340,7 @@ def run_files(
             execution = Execution()
             options = ExecutionOptions(
                 history=history_out.stream if history_out else None,
+                history_format=history_format,
                 progress=progress,
                 clusters=clusters,
             )
