@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,36 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def unique_namespace(name: str) -> str:
+    """A namespace no other test, and no second copy of the suite, can be using."""
+    return f"racebench_{name}_{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def run_namespaces(monkeypatch) -> list[str]:
+    """The namespaces of the in-process runs this test makes (each run draws a random one).
+
+    A test that checks for leftovers looks for these alone: another suite, or another test's
+    run, may be creating and dropping its own objects on the same server meanwhile.
+    """
+    from racebench import engine
+
+    namespaces: list[str] = []
+    make_store = engine.make_store
+
+    def recording_make_store(spec, namespace: str):
+        namespaces.append(namespace)
+        return make_store(spec, namespace)
+
+    monkeypatch.setattr(engine, "make_store", recording_make_store)
+    return namespaces
+
+
+def named_after(namespaces: list[str], names: list[str]) -> list[str]:
+    """Those of `names` (a store's or lock service's leftovers) that belong to `namespaces`."""
+    return [name for name in names if any(namespace in name for namespace in namespaces)]
 
 
 @pytest.fixture

@@ -73,9 +73,9 @@ def _zookeeper_answers(port: int) -> bool:
     return _answers(port, b"ruok", b"imok")
 
 
-def _free_port(preferred: int | None = None) -> int:
-    if preferred is not None and not port_for.port_is_used(preferred, HOST):
-        return preferred
+def _free_port() -> int:
+    # Never the server's default port: a second copy of the suite would take a server we
+    # started on it for a long-lived one, and lose it when this session ends.
     return port_for.select_random()
 
 
@@ -275,7 +275,7 @@ def ensure_redis() -> str:
         return url
     if _redis_answers(6379):
         return f"redis://{HOST}:6379/0"
-    return start_redis(_free_port(6379))
+    return start_redis(_free_port())
 
 
 def start_redis(port: int) -> str:
@@ -296,6 +296,12 @@ def start_redis(port: int) -> str:
         timeout=20,
         expected_returncode=0,
     )
+
+
+@functools.cache
+def private_redis() -> str:
+    """A Redis server of our own, never one an environment variable or a default port names."""
+    return start_redis(_free_port())
 
 
 def ensure_redis_instances(n: int = 3) -> list[str]:
@@ -333,7 +339,7 @@ def ensure_zookeeper() -> str:
         return hosts
     if _zookeeper_answers(2181):
         return f"{HOST}:2181"
-    return start_zookeeper(_free_port(2181))
+    return start_zookeeper(_free_port())
 
 
 def start_zookeeper(port: int) -> str:
@@ -351,6 +357,9 @@ def start_zookeeper(port: int) -> str:
         f"tickTime=500\ndataDir={workdir / 'data'}\nclientPort={port}\n"
         f"clientPortAddress={HOST}\nadmin.enableServer=false\n"
         "4lw.commands.whitelist=ruok,srvr,stat\n"
+        # Every client connects from 127.0.0.1, and the default allows 60 per host: a fault
+        # test's clients, kazoo's retries and a second suite beside this one exceed that.
+        "maxClientCnxns=0\n"
     )
     command = [java, "-Xmx256m", "-cp", f"{jar}:/usr/share/java/slf4j-simple.jar"]
     command += ["org.apache.zookeeper.server.ZooKeeperServerMain", str(config)]
@@ -374,7 +383,14 @@ def stop_started() -> None:
             server.executor.stop()
         server.log.close()
         shutil.rmtree(server.workdir, ignore_errors=True)
-    for cached in (ensure_postgres, ensure_mysql, ensure_redis, _redis_instances, ensure_zookeeper):
+    for cached in (
+        ensure_postgres,
+        ensure_mysql,
+        ensure_redis,
+        private_redis,
+        _redis_instances,
+        ensure_zookeeper,
+    ):
         cached.cache_clear()
 
 
