@@ -51,6 +51,7 @@ class StartedServer:
 
 
 _started: list[StartedServer] = []
+_STARTER_PID = os.getpid()
 
 
 def _answers(port: int, request: bytes = b"", expect: bytes = b"") -> bool:
@@ -377,6 +378,10 @@ def start_zookeeper(port: int) -> str:
 
 def stop_started() -> None:
     """Stop every server this process started and remove its files; others are untouched."""
+    if os.getpid() != _STARTER_PID:
+        # A forked child inherits the list (and this atexit hook): the servers are not its
+        # to stop, and stopping them would pull them from under the tests still running.
+        return
     while _started:
         server = _started.pop()
         with contextlib.suppress(Exception):

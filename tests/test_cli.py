@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -143,6 +144,19 @@ def test_failed_expectation_exits_1(tmp_path: Path, write_scenario) -> None:
     assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["passed"] is False
 
 
+def _wait_for_tables(db: Path, deadline: float) -> None:
+    """Wait until the SQLite file `db` holds a table (the run has set up its store)."""
+    while time.monotonic() < deadline:
+        try:  # read-only: never create the file before the run does
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass  # not created yet, or locked by the run's setup
+        time.sleep(0.05)
+    raise AssertionError(f"no table in {db}: the run never set up its store")
+
+
 def test_interrupted_run_writes_partial_result_and_cleans_up(
     tmp_path: Path, write_scenario
 ) -> None:
@@ -166,7 +180,10 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    # Interrupt once the first run is under way: a fixed sleep can end, on a loaded host,
+    # before the run has even set up its table.
+    _wait_for_tables(db, deadline=time.monotonic() + 60)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
