@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -49,7 +50,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed
     (compare: a regression); 2 bad usage, scenario or result file; 3 a backend could not be
-    reached; 130 interrupted.
+    reached; 4 compare could not decide a run's speed; 130 interrupted.
     """
     ctx.obj = _Context()
     ctx.obj.debug = debug
@@ -100,6 +101,12 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Override the duration (e.g. 10s); without --operations it alone stops the run.",
 )
 @click.option("--trials", type=click.IntRange(min=1), help="Override trials per run.")
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path),
+    help="Also write JUnit XML here: one testcase per run, failures for UNEXPECTED, "
+    "inconclusive and failed expectations.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def run(
@@ -112,9 +119,14 @@ def run(
     operations: int | None,
     duration: str | None,
     trials: int | None,
+    junit: Path | None,
     quiet: bool,
 ) -> None:
-    """Run scenario files and print the results table."""
+    """Run scenario files and print the results table.
+
+    Live progress on a terminal; one plain line per finished trial when stderr is piped (CI
+    logs). With $GITHUB_STEP_SUMMARY set, a markdown table is appended to that file.
+    """
     from racebench.engine import run_files
     from racebench.render import progress_display, results_table
 
@@ -124,7 +136,7 @@ def run(
                 "--output takes one scenario; omit it to write one file per scenario"
             )
         loaded = _load_all(scenarios, _overrides(clients, operations, duration, trials))
-        with progress_display(stderr, not quiet) as progress:
+        with progress_display(stderr, not quiet, live=stderr.is_terminal) as progress:
             outcomes = run_files(
                 loaded, output=output, results_dir=results_dir, history=history, progress=progress
             )
@@ -133,6 +145,8 @@ def run(
     runs = [r for o in outcomes for r in o.runs]
     if runs:
         stdout.print(results_table(runs))
+    names = {str(path): specs[0].scenario.name for path, _, specs in loaded}
+    _write_ci_outputs(outcomes, names, junit)
     for outcome in outcomes:
         stderr.print(
             f"result: {outcome.result_path}" + (" (partial)" if outcome.interrupted else ""),
@@ -146,6 +160,29 @@ def run(
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
     sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+
+
+def _append_step_summary(markdown: str) -> None:
+    """Append to $GITHUB_STEP_SUMMARY when GitHub Actions set it (a no-op elsewhere)."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as out:
+            out.write(markdown)
+
+
+def _write_ci_outputs(outcomes: list[Any], names: dict[str, str], junit: Path | None) -> None:
+    """JUnit XML (--junit) and the GitHub step summary of a finished `run`; `names` maps
+    each scenario file to its scenario name (the testcases' classname)."""
+    from racebench.junit import runs_junit
+    from racebench.report import render_report
+    from racebench.results import write_text_atomically
+
+    if junit is not None:
+        files = [(names[o.source], o.runs) for o in outcomes]
+        write_text_atomically(junit, runs_junit(files))
+        stderr.print(f"junit: {junit}", markup=False, highlight=False)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        _append_step_summary(render_report([o.result_path for o in outcomes], "markdown"))
 
 
 @cli.command()
@@ -263,10 +300,16 @@ class _Percent(click.ParamType):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "markdown", "json", "benchmark-json"]),
+    type=click.Choice(["text", "markdown", "github", "json", "benchmark-json", "junit"]),
     default="text",
     show_default=True,
-    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list.",
+    help="github: markdown with verdict marks; benchmark-json: github-action-benchmark's "
+    "customBiggerIsBetter list; junit: one testcase per run.",
+)
+@click.option(
+    "--allow-undecided",
+    is_flag=True,
+    help="Exit 0 instead of 4 when a run's speed cannot be told from noise.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
@@ -276,26 +319,33 @@ def compare(
     candidate: Path,
     max_slowdown: float,
     fmt: str,
+    allow_undecided: bool,
     output: Path | None,
 ) -> None:
-    """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression.
+    """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression, 4 when a run's
+    speed is undecided.
 
-    A regression: slower than --max-slowdown beyond noise (Mann-Whitney U over the trials of
-    both sides), or an anomaly in a run that was safe in the baseline.
+    A regression: slower than --max-slowdown beyond noise (a block-bootstrap interval of the
+    ratio of medians, from within-run samples and trials; docs/gate.md), or an anomaly in a
+    run that was safe in the baseline. With $GITHUB_STEP_SUMMARY set, the github format is
+    appended to that file.
     """
     from racebench.compare import compare_results
     from racebench.compare_render import render_comparison
 
     try:
-        comparison = compare_results(baseline, candidate, max_slowdown)
+        comparison = compare_results(baseline, candidate, max_slowdown, allow_undecided)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     for warning in comparison.warnings:
         stderr.print(f"warning: {warning}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
+    _append_step_summary(render_comparison(comparison, "github"))
     for label, reason in comparison.regressions:
         stderr.print(f"regression: {label}: {reason}", markup=False, highlight=False)
-    sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
+    for label in comparison.undecided:
+        stderr.print(f"undecided: {label}: speed not decided", markup=False, highlight=False)
+    sys.exit(comparison.exit_status)
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,32 +42,114 @@ def strategy_label(run: dict[str, Any]) -> str:
     return label
 
 
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def short_params(params: dict[str, Any]) -> list[str]:
+    """Matrix values legibly, one per line: `fencing=true`, `lock=redis_lock ttl_ms=100`.
+
+    A key is shortened to its last part unless two keys share it; a mapping value is its
+    `key=value` pairs. `guard.strategy` is left out: the strategy column shows it.
+    """
+    keys = [k for k in params if k != "guard.strategy"]
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    lines = []
+    for key, short in zip(keys, last, strict=True):
+        name = short if last.count(short) == 1 else key
+        value = params[key]
+        if isinstance(value, dict):
+            text = " ".join(f"{k}={_scalar(v)}" for k, v in value.items())
+        else:
+            text = _scalar(value)
+        lines.append(f"{name}={text}")
+    return lines
+
+
+def _trial_counts(runs: list[dict[str, Any]]) -> set[int]:
+    return {len(r.get("trials") or []) or 1 for r in runs}
+
+
+def table_caption(runs: list[dict[str, Any]]) -> str | None:
+    """What the figures are when runs had several trials."""
+    counts = _trial_counts(runs)
+    if counts == {1}:
+        return None
+    n = f"{counts.pop()} trials" if len(counts) == 1 else "the trials of each run"
+    return (
+        f"ops/s and latency: medians over {n} (ops/s range min-max below); "
+        f"retries, errors and anomalies: totals over {n}"
+    )
+
+
+def _throughput_cell(run: dict[str, Any]) -> str:
+    cell = f"{run['throughput_ops_s']:,.0f}"
+    values = [t["throughput_ops_s"] for t in run.get("trials") or []]
+    if len(values) > 1:
+        cell += f"\n[dim]{min(values):,.0f}-{max(values):,.0f}[/]"
+    return cell
+
+
 def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
-    """One row per run: figures, anomaly counts and the verdict."""
+    """One row per run: figures, anomaly counts and the verdict.
+
+    What tells runs apart (strategy, matrix values, faults) and the verdict wrap (or fold a
+    long word) but are never cut; workload and backend move to the title when all runs
+    share them, so the table stays legible at 80 columns.
+    """
     names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
     names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
     fenced = any(r.get("lock") for r in runs)
     faulted = any(r.get("faults") for r in runs)
-    table = Table(title=title, header_style="bold")
-    for header in ("workload", "backend", "strategy", "clients"):
-        table.add_column(header)
-    for header in ("ops/s", "p50\nms", "p99\nms", "retries", "errors"):
-        table.add_column(header, justify="right")
+    shared = {k: runs[0][k] for k in ("workload", "backend") if len({r[k] for r in runs}) == 1}
+    params = [short_params(r.get("params") or {}) for r in runs]
+    counts = _trial_counts(runs)
+    if title is None and shared:
+        title = " on ".join(shared.values())
+    table = Table(
+        title=title,
+        caption=table_caption(runs),
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+
+    def text_column(header: str) -> None:
+        table.add_column(header, overflow="fold")
+
+    for key in ("workload", "backend"):
+        if key not in shared:
+            text_column(key)
+    text_column("strategy")
+    if any(params):
+        text_column("run")
+    table.add_column("cli-\nents", justify="right", no_wrap=True)
+    if len(counts) > 1:
+        table.add_column("trials", justify="right", no_wrap=True)
+    for header in ("ops/s", "p50\nms", "p99\nms", "re-\ntries", "err-\nors"):
+        table.add_column(header, justify="right", no_wrap=True)
     for name in names:
-        table.add_column(ANOMALY_TITLES.get(name, name), justify="right")
+        table.add_column(ANOMALY_TITLES.get(name, name), justify="right", overflow="fold")
     if fenced:
-        table.add_column("fenced", justify="right")
+        table.add_column("fen-\nced", justify="right", no_wrap=True)
     if faulted:
-        table.add_column("faults")
-    table.add_column("verdict")
-    for run in runs:
+        text_column("faults")
+    text_column("verdict")
+    for run, run_params in zip(runs, params, strict=True):
         ops = run["operations"]
-        cells = [
-            run["workload"],
-            run["backend"],
-            strategy_label(run),
-            str(run["clients"]),
-            f"{run['throughput_ops_s']:,.0f}",
+        cells = [run[k] for k in ("workload", "backend") if k not in shared]
+        cells.append(strategy_label(run))
+        if any(params):
+            cells.append(escape("\n".join(run_params)) or "-")
+        cells.append(str(run["clients"]))
+        if len(counts) > 1:
+            cells.append(str(len(run.get("trials") or []) or 1))
+        cells += [
+            _throughput_cell(run),
             f"{run['latency_ms']['p50']:.2f}",
             f"{run['latency_ms']['p99']:.2f}",
             str(ops["retries"]),
@@ -78,11 +162,11 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             lock = run.get("lock") or {}
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
-            cells.append(fault_summary(run.get("faults") or []))
+            cells.append(escape(fault_summary(run.get("faults") or [])))
         verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
         if not run.get("passed", True):
             verdict += " ✗"
-        cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{verdict}[/]")
+        cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{escape(verdict)}[/]")
         table.add_row(*cells)
     return table
 
@@ -103,10 +187,18 @@ def fault_summary(faults: list[dict[str, Any]]) -> str:
 
 
 @contextmanager
-def progress_display(console: Console, enabled: bool) -> Iterator[Any]:
-    """Yield a factory of per-trial progress callbacks (None when disabled)."""
+def progress_display(console: Console, enabled: bool, live: bool = True) -> Iterator[Any]:
+    """Yield a factory of per-trial progress callbacks (None when disabled).
+
+    `live`: a progress bar, for a terminal. Otherwise (CI logs, a file) one plain line per
+    finished trial, since a redrawn bar degrades into cut-off fragments there.
+    """
     if not enabled:
         yield None
+        return
+    if not live:
+        with _plain_progress(console) as factory:
+            yield factory
         return
     progress = Progress(
         TextColumn("{task.description}"),
@@ -137,3 +229,30 @@ def progress_display(console: Console, enabled: bool) -> Iterator[Any]:
 
     with progress:
         yield factory
+
+
+@contextmanager
+def _plain_progress(console: Console) -> Iterator[Any]:
+    """Progress as one plain line per finished trial: printed when the next trial starts,
+    and for the last one when the session ends."""
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            console.print(pending.pop(), markup=False, highlight=False, soft_wrap=True)
+
+    def factory(spec: RunSpec, trial: int) -> ProgressCallback:
+        flush()
+        name = spec.label + (f" trial {trial + 1}/{spec.scenario.trials}")
+        started = time.monotonic()
+
+        def update(done: int, errors: int) -> None:
+            elapsed = time.monotonic() - started
+            pending[:] = [f"done: {name}: {done:,} ops in {elapsed:.1f}s, {errors} errors"]
+
+        return update
+
+    try:
+        yield factory
+    finally:
+        flush()

@@ -17,6 +17,7 @@ from racebench.history import Outcome, RunHistory
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
 from racebench.runner import RunnerResult
+from racebench.samples import within_run_samples
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
 from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
@@ -45,6 +46,8 @@ class TrialAnalysis:
     errors_sample: dict[str, int]
     timeline: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
+    samples: dict[str, Any] = field(default_factory=dict)
+    sequence: int = 0  # position of this trial in the session's run order (interleaving)
 
 
 _TIMELINE_SECTIONS = 5000
@@ -163,6 +166,7 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        samples=within_run_samples(history, measured_from, histogram),
     )
     return analysis, histogram
 
@@ -236,6 +240,8 @@ def summarize_run(
         "fencing": s.guard.fencing,
         "clients": s.clients,
         "race_window_ms": s.race_window_ms,
+        # The matrix cell's resolved scenario after overrides: compare warns on any change.
+        "settings": s.model_dump(mode="json", exclude={"name", "description"}),
         "trials_count": len(trials),
         "interrupted": any(t.interrupted for t in trials),
         "operations": operations,
@@ -254,11 +260,13 @@ def summarize_run(
         "trials": [
             {
                 "trial": t.trial,
+                "sequence": t.sequence,
                 "duration_s": t.duration_s,
                 "throughput_ops_s": t.throughput_ops_s,
                 "latency_ms": t.latency_ms,
                 "operations": t.operations,
                 "anomalies": t.anomalies,
+                "samples": t.samples,
             }
             for t in trials
         ],
