@@ -144,7 +144,7 @@ def run(
         sys.exit(_fail(error, obj.debug))
     runs = [r for o in outcomes for r in o.runs]
     if runs:
-        stdout.print(results_table(runs))
+        stdout.print(results_table(runs, width=stdout.width))
     names = {str(path): specs[0].scenario.name for path, _, specs in loaded}
     _write_ci_outputs(outcomes, names, junit)
     for outcome in outcomes:

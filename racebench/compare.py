@@ -8,10 +8,11 @@ trial, so that one trial per side suffices, resampled by trial when there are se
 the interval of "how much worse" (throughput drop, p99 rise):
 
 - entirely above the allowed slowdown: `slower`, a regression;
-- entirely at or below it: `same within N%` (or `faster`, when the interval of "how much
+- entirely at or below it: `within N%` (or `faster`, when the interval of "how much
   better" is entirely above the same bar);
-- straddling it, or too few samples to build it: `undecided`. The gate never calls that a
-  pass: `racebench compare` exits 4 unless told `--allow-undecided`.
+- straddling it, or too few samples to build it: `undecided`. For throughput the gate never
+  calls that a pass: `racebench compare` exits 4 unless told `--allow-undecided`. An
+  undecided p99 is reported and warned about; a p99 decided slower is a regression.
 
 A run that was "safe" in the baseline and shows any anomaly in the candidate always fails.
 See docs/gate.md.
@@ -35,7 +36,7 @@ METHOD = (
     f"{CONFIDENCE:.0%} circular block bootstrap interval of the ratio of medians "
     "(within-run 100 ms buckets; trials resampled when there are several)"
 )
-FASTER, SLOWER, SAME, UNDECIDED = "faster", "slower", "same", "undecided"
+FASTER, SLOWER, WITHIN, UNDECIDED = "faster", "slower", "within", "undecided"
 # The fewest buckets in every trial of a side for a within-run interval, and the fewest
 # trials for an interval from per-trial figures alone (when a run was too short to bucket).
 MIN_BUCKETS = 10
@@ -110,8 +111,13 @@ class RunComparison:
 
     @property
     def speed_undecided(self) -> bool:
-        """No regression found, but the speed could not be shown to be within the bar."""
-        return not self.regressions and UNDECIDED in (self.throughput.verdict, self.p99.verdict)
+        """No regression found, but the throughput could not be shown to be within the bar.
+
+        Throughput is the speed the gate must decide. p99 is a tail alarm: decided slower,
+        it is a regression; undecided (the tail of a short run is mostly its few slowest
+        operations), it is reported and warned about but does not hold the gate.
+        """
+        return not self.regressions and self.throughput.verdict == UNDECIDED
 
 
 @dataclass
@@ -237,7 +243,7 @@ def compare_metric(
     elif -most_worse > max_slowdown:  # even the least improvement beats the same bar
         change.verdict = FASTER
     else:
-        change.verdict = f"{SAME} within {max_slowdown:.0%}"
+        change.verdict = f"{WITHIN} {max_slowdown:.0%}"  # no worse than the bar allows
     return change
 
 

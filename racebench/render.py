@@ -8,10 +8,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from racebench.runner import ProgressCallback
 from racebench.scenario import RunSpec
@@ -94,23 +96,41 @@ def _throughput_cell(run: dict[str, Any]) -> str:
     return cell
 
 
-def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
-    """One row per run: figures, anomaly counts and the verdict.
+def results_table(
+    runs: list[dict[str, Any]], title: str | None = None, width: int | None = None
+) -> Table:
+    """One row per run: figures, anomaly counts and the verdict, fitted to `width` columns.
 
-    What tells runs apart (strategy, matrix values, faults) and the verdict wrap (or fold a
-    long word) but are never cut; workload and backend move to the title when all runs
-    share them, so the table stays legible at 80 columns.
+    What tells runs apart (strategy, matrix values, faults) and the verdict wrap but are
+    never cut; workload and backend move to the title when all runs share them. When the
+    full table cannot fit `width` even wrapped, a compact one moves matrix values and faults
+    under the strategy and lists the anomalies of each run in one column.
     """
-    names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
-    names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
-    fenced = any(r.get("lock") for r in runs)
-    faulted = any(r.get("faults") for r in runs)
     shared = {k: runs[0][k] for k in ("workload", "backend") if len({r[k] for r in runs}) == 1}
-    params = [short_params(r.get("params") or {}) for r in runs]
-    counts = _trial_counts(runs)
     if title is None and shared:
         title = " on ".join(shared.values())
-    table = Table(
+    wide = _wide_table(runs, title, shared)
+    if width is None or _unbroken_width(wide) <= width:
+        return wide
+    return _compact_table(runs, title, shared)
+
+
+def _unbroken_width(table: Table) -> int:
+    """The narrowest the table can be with every cell wrapped only between words.
+
+    rich measures a column's minimum as 1 when it may fold, so a narrow console would cut
+    words instead of wrapping them; this is the width below which that happens.
+    """
+    widths = []
+    for column in table.columns:
+        texts = [str(column.header), *(str(cell) for cell in column.cells)]
+        words = [w for t in texts for w in Text.from_markup(t).plain.split()]
+        widths.append(max((cell_len(w) for w in words), default=1))
+    return sum(widths) + 3 * (len(widths) - 1)
+
+
+def _new_table(runs: list[dict[str, Any]], title: str | None) -> Table:
+    return Table(
         title=title,
         caption=table_caption(runs),
         header_style="bold",
@@ -118,31 +138,57 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
         pad_edge=False,
     )
 
-    def text_column(header: str) -> None:
-        table.add_column(header, overflow="fold")
 
+def _strategy_cell(run: dict[str, Any]) -> str:
+    # A space before "+fencing" lets a narrow column wrap there instead of mid-word.
+    return strategy_label(run).replace("+fencing", " +fencing")
+
+
+def _verdict_cell(run: dict[str, Any]) -> str:
+    verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
+    if not run.get("passed", True):
+        verdict += " ✗"
+    return f"[{VERDICT_STYLES.get(run['verdict'], '')}]{escape(verdict)}[/]"
+
+
+def _errors(run: dict[str, Any]) -> int:
+    ops = run["operations"]
+    return ops["errors"] + ops["unknown"] + ops["conflicts"] + ops["lock_timeouts"]
+
+
+def _anomaly_names(runs: list[dict[str, Any]]) -> list[str]:
+    names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
+    return names + sorted({n for r in runs for n in r["anomalies"]} - set(names))
+
+
+def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str, str]) -> Table:
+    names = _anomaly_names(runs)
+    fenced = any(r.get("lock") for r in runs)
+    faulted = any(r.get("faults") for r in runs)
+    params = [short_params(r.get("params") or {}) for r in runs]
+    counts = _trial_counts(runs)
+    table = _new_table(runs, title)
     for key in ("workload", "backend"):
         if key not in shared:
-            text_column(key)
-    text_column("strategy")
+            table.add_column(key)
+    table.add_column("strategy")
     if any(params):
-        text_column("run")
+        table.add_column("run")
     table.add_column("cli-\nents", justify="right", no_wrap=True)
     if len(counts) > 1:
         table.add_column("trials", justify="right", no_wrap=True)
     for header in ("ops/s", "p50\nms", "p99\nms", "re-\ntries", "err-\nors"):
         table.add_column(header, justify="right", no_wrap=True)
     for name in names:
-        table.add_column(ANOMALY_TITLES.get(name, name), justify="right", overflow="fold")
+        table.add_column(ANOMALY_TITLES.get(name, name), justify="right")
     if fenced:
         table.add_column("fen-\nced", justify="right", no_wrap=True)
     if faulted:
-        text_column("faults")
-    text_column("verdict")
+        table.add_column("faults")
+    table.add_column("verdict")
     for run, run_params in zip(runs, params, strict=True):
-        ops = run["operations"]
         cells = [run[k] for k in ("workload", "backend") if k not in shared]
-        cells.append(strategy_label(run))
+        cells.append(_strategy_cell(run))
         if any(params):
             cells.append(escape("\n".join(run_params)) or "-")
         cells.append(str(run["clients"]))
@@ -152,8 +198,8 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             _throughput_cell(run),
             f"{run['latency_ms']['p50']:.2f}",
             f"{run['latency_ms']['p99']:.2f}",
-            str(ops["retries"]),
-            str(ops["errors"] + ops["unknown"] + ops["conflicts"] + ops["lock_timeouts"]),
+            str(run["operations"]["retries"]),
+            str(_errors(run)),
         ]
         for name in names:
             count = run["anomalies"].get(name)
@@ -163,11 +209,43 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
             cells.append(escape(fault_summary(run.get("faults") or [])))
-        verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
-        if not run.get("passed", True):
-            verdict += " ✗"
-        cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{escape(verdict)}[/]")
+        cells.append(_verdict_cell(run))
         table.add_row(*cells)
+    return table
+
+
+def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str, str]) -> Table:
+    """Five columns: the run (strategy, then its matrix values, faults, clients), speed,
+    retries/errors, anomalies found (and fenced writes), verdict."""
+    table = _new_table(runs, title)
+    table.add_column("run")
+    table.add_column("ops/s", justify="right", no_wrap=True)
+    table.add_column("p99\nms", justify="right", no_wrap=True)
+    table.add_column("retries\n/errors", justify="right", no_wrap=True)
+    table.add_column("anomalies")
+    table.add_column("verdict")
+    for run in runs:
+        lines = [f"[bold]{escape(_strategy_cell(run))}[/]"]
+        lines += [run[k] for k in ("workload", "backend") if k not in shared]
+        lines += [escape(p) for p in short_params(run.get("params") or {})]
+        if run.get("faults"):
+            lines.append(escape(fault_summary(run["faults"])))
+        lines.append(f"{run['clients']} clients")
+        found = [
+            f"{ANOMALY_TITLES.get(name, name).replace(chr(10), ' ')} {count}"
+            for name, count in run["anomalies"].items()
+            if count
+        ]
+        if run.get("lock"):
+            found.append(f"fenced {run['lock'].get('stale_writes_rejected', 0)}")
+        table.add_row(
+            "\n".join(lines),
+            _throughput_cell(run),
+            f"{run['latency_ms']['p99']:.2f}",
+            f"{run['operations']['retries']}/{_errors(run)}",
+            "[red]" + escape("\n".join(found)) + "[/]" if found else "none",
+            _verdict_cell(run),
+        )
     return table
 
 
