@@ -83,8 +83,8 @@ def table_caption(runs: list[dict[str, Any]]) -> str | None:
         return None
     n = f"{counts.pop()} trials" if len(counts) == 1 else "the trials of each run"
     return (
-        f"ops/s and latency: medians over {n} (ops/s range min-max below); "
-        f"retries, errors and anomalies: totals over {n}"
+        f"ops/s: median over {n} (range min-max below); latency: percentiles of all "
+        f"{n}' operations together; retries, errors and anomalies: totals over {n}"
     )
 
 

@@ -243,6 +243,13 @@ def summarize_run(
         # The matrix cell's resolved scenario after overrides: compare warns on any change.
         "settings": s.model_dump(mode="json", exclude={"name", "description"}),
         "trials_count": len(trials),
+        # What each figure over several trials is, for readers of the file.
+        "aggregation": {
+            "throughput_ops_s": "median over trials (throughput_spread: min, max, values)",
+            "latency_ms": "percentiles of all trials' operations together",
+            "operations": "totals over trials",
+            "anomalies": "totals over trials",
+        },
         "interrupted": any(t.interrupted for t in trials),
         "operations": operations,
         "retries_by_code": retries_by_code,
