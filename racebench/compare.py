@@ -337,6 +337,28 @@ def setup_differences(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
     return warnings
 
 
+# Load average per CPU, beyond which two results are warned about as made on a machine that
+# was not equally busy: other processes then take a different share of the CPUs.
+_LOAD_PER_CPU_DIFFERENCE = 0.5
+
+
+def _median_load(result: LoadedResult) -> float | None:
+    loads = [t["host_load_1m"] for r in result.runs for t in r["trials"] if t.get("host_load_1m")]
+    return float(np.median(loads)) if loads else None
+
+
+def load_difference(base: LoadedResult, cand: LoadedResult) -> str | None:
+    """A warning when the machine was much busier during one result than the other."""
+    b, c = _median_load(base), _median_load(cand)
+    cpus = base.document.get("host", {}).get("cpu_count") or 1
+    if b is None or c is None or abs(b - c) / cpus <= _LOAD_PER_CPU_DIFFERENCE:
+        return None
+    return (
+        f"the machine was not equally busy: load average {b:.1f} (baseline) vs {c:.1f} "
+        f"(candidate) on {cpus} CPUs; a speed change may be the machine's"
+    )
+
+
 def runs_by_label(result: LoadedResult) -> dict[str, dict[str, Any]]:
     """The runs of a result keyed by label; a repeated label is an error (exit 2)."""
     runs: dict[str, dict[str, Any]] = {}
@@ -371,6 +393,9 @@ def compare_results(
     for document, name in ((base.document, "baseline"), (cand.document, "candidate")):
         if document.get("partial"):
             warnings.append(f"the {name} is a partial (interrupted) result")
+    busier = load_difference(base, cand)
+    if busier:
+        warnings.append(busier)
     for run in runs:
         if run.setting_changes:
             warnings.append(f"{run.label}: settings differ: {'; '.join(run.setting_changes)}")

@@ -7,6 +7,7 @@ safety and showed an anomaly is UNEXPECTED; an unguarded run that happened not t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class TrialAnalysis:
     faults: list[dict[str, Any]] = field(default_factory=list)
     samples: dict[str, Any] = field(default_factory=dict)
     sequence: int = 0  # position of this trial in the session's run order (interleaving)
+    host_load: float | None = None  # the machine's 1-minute load average as the trial ended
 
 
 _TIMELINE_SECTIONS = 5000
@@ -167,6 +169,7 @@ def analyze_trial(
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
         samples=within_run_samples(history, measured_from, histogram),
+        host_load=round(os.getloadavg()[0], 2),
     )
     return analysis, histogram
 
@@ -274,6 +277,7 @@ def summarize_run(
                 "operations": t.operations,
                 "anomalies": t.anomalies,
                 "samples": t.samples,
+                "host_load_1m": t.host_load,
             }
             for t in trials
         ],

@@ -220,3 +220,20 @@ def test_block_bootstrap_keeps_level_and_widens_for_autocorrelation() -> None:
     assert half.ratio == pytest.approx(0.5) and 0.45 < half.low <= 0.5 <= half.high < 0.55
     same = ratio_interval([series], [series[::-1]])
     assert same.low < 1 < same.high
+
+
+def test_a_busier_machine_is_warned_about(tmp_path: Path, timed: dict[str, Path]) -> None:
+    paths = []
+    for name, load in (("quiet", 0.2), ("busy", 9.0)):
+        document = json.loads(timed["baseline"].read_text())
+        document["host"]["cpu_count"] = 2
+        for trial in document["runs"][0]["trials"]:
+            trial["host_load_1m"] = load
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(document))
+    result = run_cli("compare", *map(str, paths))
+    assert (
+        "warning: the machine was not equally busy: load average 0.2 (baseline) vs 9.0 "
+        "(candidate) on 2 CPUs" in result.stderr
+    )
+    assert "not equally busy" not in run_cli("compare", str(paths[0]), str(paths[0])).stderr
