@@ -136,7 +136,9 @@ def run(
                 "--output takes one scenario; omit it to write one file per scenario"
             )
         loaded = _load_all(scenarios, _overrides(clients, operations, duration, trials))
-        with progress_display(stderr, not quiet, live=stderr.is_terminal) as progress:
+        # A live bar only when both streams are a terminal: in a CI log, plain lines.
+        live = stderr.is_terminal and sys.stdout.isatty()
+        with progress_display(stderr, not quiet, live=live) as progress:
             outcomes = run_files(
                 loaded, output=output, results_dir=results_dir, history=history, progress=progress
             )
