@@ -174,15 +174,15 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
     table.add_column("strategy")
     if any(params):
         table.add_column("run")
-    table.add_column("cli-\nents", justify="right", no_wrap=True)
+    table.add_column("clients", justify="right", no_wrap=True)
     if len(counts) > 1:
         table.add_column("trials", justify="right", no_wrap=True)
-    for header in ("ops/s", "p50\nms", "p99\nms", "re-\ntries", "err-\nors"):
+    for header in ("ops/s", "p50\nms", "p99\nms", "retries", "errors"):
         table.add_column(header, justify="right", no_wrap=True)
     for name in names:
         table.add_column(ANOMALY_TITLES.get(name, name), justify="right")
     if fenced:
-        table.add_column("fen-\nced", justify="right", no_wrap=True)
+        table.add_column("fenced", justify="right", no_wrap=True)
     if faulted:
         table.add_column("faults")
     table.add_column("verdict")

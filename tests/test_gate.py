@@ -194,11 +194,21 @@ def test_table_never_cuts_verdict_strategy_or_run(width: int) -> None:
     assert "ANOMALIES" in cells and "safe" in cells
 
 
-def test_piped_progress_is_one_plain_line_per_trial(tmp_path: Path) -> None:
+def test_piped_run_prints_plain_lines_and_fills_the_step_summary(tmp_path: Path) -> None:
     source = tmp_path / "s.yaml"
     source.write_text(yaml.safe_dump({**TIMED, "duration": None, "operations": 40, "trials": 2}))
-    result = run_cli("run", str(source), "-o", str(tmp_path / "r.json"))
+    summary = tmp_path / "summary.md"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("racebench")), "run", str(source), "-o", "r.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": str(summary)},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
+    assert summary.read_text().startswith("## racebench report")
+    assert "| optimistic | sqlite | 4 |" in summary.read_text()
     lines = [line for line in result.stderr.splitlines() if line.startswith("done: ")]
     assert [line.split(":")[1].strip() for line in lines] == ["timed trial 1/2", "timed trial 2/2"]
     assert all(" ops in " in line for line in lines)
