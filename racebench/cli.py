@@ -124,8 +124,9 @@ def run(
 ) -> None:
     """Run scenario files and print the results table.
 
-    Live progress on a terminal; one plain line per finished trial when stderr is piped (CI
-    logs). With $GITHUB_STEP_SUMMARY set, a markdown table is appended to that file.
+    The trials of a matrix's runs interleave (run 1 trial 1, run 2 trial 1, ...). Live
+    progress on a terminal; one plain line per finished trial when output is piped (CI
+    logs). With $GITHUB_STEP_SUMMARY set, a markdown report is appended to that file.
     """
     from racebench.engine import run_files
     from racebench.render import progress_display, results_table
