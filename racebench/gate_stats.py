@@ -15,8 +15,9 @@ side is drawn in two levels:
 
 The side's statistic is the median over its trials of the median of each trial's series.
 The interval of candidate/baseline is the percentile interval of the ratio of replicates.
-Resampling at both levels over-states the variance a little, which errs on the side of
-"undecided", never of a false verdict. The random generator is seeded: the same two files
+Resampling at both levels over-states the between-trial variance a little, which errs on
+the side of "undecided"; a short series of strongly correlated buckets errs the other way
+(docs/gate.md, Calibration). The random generator is seeded: the same two files
 always give the same decision.
 """
 
