@@ -130,9 +130,10 @@ def _unbroken_width(table: Table) -> int:
 
 
 def _new_table(runs: list[dict[str, Any]], title: str | None) -> Table:
+    captions = [c for c in (table_caption(runs), client_bound_caption(runs)) if c]
     return Table(
         title=title,
-        caption=table_caption(runs),
+        caption="\n".join(captions) or None,
         header_style="bold",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -165,6 +166,7 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
     names = _anomaly_names(runs)
     fenced = any(r.get("lock") for r in runs)
     faulted = any(r.get("faults") for r in runs)
+    open_loop = any(r.get("service_time_ms") for r in runs)
     params = [short_params(r.get("params") or {}) for r in runs]
     counts = _trial_counts(runs)
     table = _new_table(runs, title)
@@ -177,7 +179,13 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
     table.add_column("clients", justify="right", no_wrap=True)
     if len(counts) > 1:
         table.add_column("trials", justify="right", no_wrap=True)
-    for header in ("ops/s", "p50\nms", "p99\nms", "retries", "errors"):
+    for header in ("ops/s", "p50\nms", "p99\nms"):
+        table.add_column(header, justify="right", no_wrap=True)
+    if open_loop:
+        # Response time counts from the intended start; service time from the actual one.
+        for header in ("service\np99 ms", "late", "dropped"):
+            table.add_column(header, justify="right", no_wrap=True)
+    for header in ("retries", "errors"):
         table.add_column(header, justify="right", no_wrap=True)
     for name in names:
         table.add_column(ANOMALY_TITLES.get(name, name), justify="right")
@@ -198,6 +206,10 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
             _throughput_cell(run),
             f"{run['latency_ms']['p50']:.2f}",
             f"{run['latency_ms']['p99']:.2f}",
+        ]
+        if open_loop:
+            cells += _open_loop_cells(run)
+        cells += [
             str(run["operations"]["retries"]),
             str(_errors(run)),
         ]
@@ -231,6 +243,9 @@ def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[s
         if run.get("faults"):
             lines.append(escape(fault_summary(run["faults"])))
         lines.append(f"{run['clients']} clients")
+        if run.get("service_time_ms"):
+            service, late, dropped = _open_loop_cells(run)
+            lines.append(f"service p99 {service} ms, late {late}, dropped {dropped}")
         found = [
             f"{ANOMALY_TITLES.get(name, name).replace(chr(10), ' ')} {count}"
             for name, count in run["anomalies"].items()
@@ -247,6 +262,24 @@ def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[s
             _verdict_cell(run),
         )
     return table
+
+
+def _open_loop_cells(run: dict[str, Any]) -> list[str]:
+    service = run.get("service_time_ms")
+    figures = (run.get("load") or {}).get("open_loop")
+    if not service or not figures:
+        return ["-", "-", "-"]
+    return [f"{service['p99']:.2f}", str(figures["late"]), str(figures["dropped"])]
+
+
+def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
+    """One line per run whose workers were saturated: its figures describe racebench."""
+    lines = [
+        f"client-bound: {r['label']}: {r['load']['client_bound_reason']}"
+        for r in runs
+        if (r.get("load") or {}).get("client_bound")
+    ]
+    return "\n".join(lines) or None
 
 
 def fault_summary(faults: list[dict[str, Any]]) -> str:
@@ -275,8 +308,8 @@ def progress_display(console: Console, enabled: bool, live: bool = True) -> Iter
         yield None
         return
     if not live:
-        with _plain_progress(console) as factory:
-            yield factory
+        with _plain_progress(console) as plain_factory:
+            yield plain_factory
         return
     progress = Progress(
         TextColumn("{task.description}"),
