@@ -1,7 +1,7 @@
 """Compare a candidate result with a baseline: speed changes judged against noise, and
 correctness regressions, for gating CI.
 
-Runs are matched by label (labels are keys: a file that repeats one is refused). For
+Runs are matched by label (labels are keys: a file that repeats one is refused on load). For
 throughput and p99, the decision rests on a bootstrap confidence interval of the ratio of
 medians (racebench.gate_stats): from the within-run samples (per 100 ms bucket) of each
 trial, so that one trial per side suffices, resampled by trial when there are several. With
@@ -279,19 +279,6 @@ def describe_interval(change: MetricChange) -> str:
     return f"{CONFIDENCE:.0%} CI {low - 1:+.0%}..{high - 1:+.0%}"
 
 
-def runs_by_label(result: LoadedResult) -> dict[str, dict[str, Any]]:
-    """The runs of a result keyed by label; a repeated label is an error (exit 2)."""
-    runs: dict[str, dict[str, Any]] = {}
-    for run in result.runs:
-        if run["label"] in runs:
-            raise ResultFileError(
-                f"{result.path}: runs: label {run['label']!r} appears more than once; "
-                "labels are the keys compare matches runs by"
-            )
-        runs[run["label"]] = run
-    return runs
-
-
 def compare_results(
     baseline: Path, candidate: Path, max_slowdown: float, allow_undecided: bool = False
 ) -> Comparison:
@@ -300,7 +287,9 @@ def compare_results(
     Raises ResultFileError (exit 2) when a file is unusable or no label is in both.
     """
     base, cand = load_result(baseline), load_result(candidate)
-    base_runs, cand_runs = runs_by_label(base), runs_by_label(cand)
+    # Labels are keys: load_result refuses a file that repeats one (exit 2).
+    base_runs = {r["label"]: r for r in base.runs}
+    cand_runs = {r["label"]: r for r in cand.runs}
     shared = [label for label in base_runs if label in cand_runs]
     if not shared:
         raise ResultFileError(

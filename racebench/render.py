@@ -39,6 +39,8 @@ def strategy_label(run: dict[str, Any]) -> str:
     label = run["strategy"]
     if run.get("lock_service"):
         label += f":{run['lock_service']}"
+    if run.get("lease_renewal"):
+        label += "+renew"
     if run.get("fencing"):
         label += "+fencing"
     return label
@@ -130,10 +132,11 @@ def _unbroken_width(table: Table) -> int:
 
 
 def _new_table(runs: list[dict[str, Any]], title: str | None) -> Table:
+    # Every string from a scenario or result is escaped: rich would swallow `[emulated]`.
     captions = [c for c in (table_caption(runs), client_bound_caption(runs)) if c]
     return Table(
-        title=title,
-        caption="\n".join(captions) or None,
+        title=escape(title) if title else None,
+        caption=escape("\n".join(captions)) if captions else None,
         header_style="bold",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -149,7 +152,7 @@ def _verdict_cell(run: dict[str, Any]) -> str:
     verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
     if not run.get("passed", True):
         verdict += " ✗"
-    return f"[{VERDICT_STYLES.get(run['verdict'], '')}]{escape(verdict)}[/]"
+    return f"[{VERDICT_STYLES.get(run['verdict'], 'none')}]{escape(verdict)}[/]"
 
 
 def _errors(run: dict[str, Any]) -> int:
@@ -195,8 +198,8 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
         table.add_column("faults")
     table.add_column("verdict")
     for run, run_params in zip(runs, params, strict=True):
-        cells = [run[k] for k in ("workload", "backend") if k not in shared]
-        cells.append(_strategy_cell(run))
+        cells = [escape(str(run[k])) for k in ("workload", "backend") if k not in shared]
+        cells.append(escape(_strategy_cell(run)))
         if any(params):
             cells.append(escape("\n".join(run_params)) or "-")
         cells.append(str(run["clients"]))
@@ -238,7 +241,7 @@ def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[s
     table.add_column("verdict")
     for run in runs:
         lines = [f"[bold]{escape(_strategy_cell(run))}[/]"]
-        lines += [run[k] for k in ("workload", "backend") if k not in shared]
+        lines += [escape(str(run[k])) for k in ("workload", "backend") if k not in shared]
         lines += [escape(p) for p in short_params(run.get("params") or {})]
         if run.get("faults"):
             lines.append(escape(fault_summary(run["faults"])))
@@ -323,6 +326,11 @@ def progress_display(console: Console, enabled: bool, live: bool = True) -> Iter
     )
 
     def factory(spec: RunSpec, trial: int) -> ProgressCallback:
+        # Started with the first trial: an empty display would print a blank line before an
+        # error that stops the run at setup.
+        if not started_display:
+            started_display.append(True)
+            progress.start()
         s = spec.scenario
         description = spec.label + (f" #{trial + 1}" if s.trials > 1 else "")
         task = progress.add_task(escape(description), total=s.operations, rate="-", errors=0)
@@ -338,8 +346,12 @@ def progress_display(console: Console, enabled: bool, live: bool = True) -> Iter
 
         return update
 
-    with progress:
+    started_display: list[bool] = []
+    try:
         yield factory
+    finally:
+        if started_display:
+            progress.stop()
 
 
 @contextmanager

@@ -103,8 +103,8 @@ def test_repeated_labels_are_refused(tmp_path: Path, timed: dict[str, Path]) -> 
     result = run_cli("compare", str(doubled), str(timed["slower"]))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"racebench: {doubled}: runs: label 'timed' appears more than once; "
-        "labels are the keys compare matches runs by"
+        f"racebench: {doubled}: runs[0] and runs[1] share the label 'timed': runs are matched "
+        "by label, so this file cannot be reported or compared"
     )
 
 
