@@ -14,17 +14,19 @@ from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
 
+from racebench.custom.base import CustomClient, CustomRun, build_custom_operation
 from racebench.errors import RacebenchError
 from racebench.faults import FaultNemesis, ProxyRoutes
 from racebench.guards import build_operation
 from racebench.history import RunHistory
 from racebench.locks.base import LockService
-from racebench.registry import lock_class, store_class, strategies_for
+from racebench.registry import is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, run_clients
 from racebench.scenario import RunSpec, expand_env
-from racebench.stores.base import ClientOptions, Store
+from racebench.stores.base import ClientOptions, Store, StoreClient
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
+from racebench.workloads import FinalState
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -53,6 +55,16 @@ def make_store(spec: RunSpec, namespace: str) -> Store:
     return cls(url, namespace)
 
 
+def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | None:
+    """A user's own workload (template or plug-in) for this trial; None for a built-in one."""
+    workload = spec.scenario.workload
+    if not is_custom(workload):
+        return None
+    return workload.start(  # type: ignore[union-attr]
+        spec.scenario.store.backend, store.url, namespace, spec.source
+    )
+
+
 def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockService | None:
     guard = spec.scenario.guard
     if guard.strategy != "lock" or guard.lock is None:
@@ -61,10 +73,14 @@ def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockServic
 
 
 def _open_client_factory(
-    spec: RunSpec, store: Store, lock_service: LockService | None, routes: ProxyRoutes
+    spec: RunSpec,
+    store: Store,
+    lock_service: LockService | None,
+    routes: ProxyRoutes,
+    custom: CustomRun | None = None,
 ):
     s = spec.scenario
-    plan = s.workload.plan()
+    plan = None if custom else s.workload.plan()  # type: ignore[union-attr]
 
     def open_client(client_id: int, probe: Probe):
         options = ClientOptions(
@@ -76,11 +92,19 @@ def _open_client_factory(
             clients=s.clients,
         )
         routes.apply(client_id, store, lock_service)
-        client = store.connect(options)
-        lock_client = lock_service.connect(client_id) if lock_service else None
-        operation = build_operation(
-            plan, s.guard.strategy, client, lock_client, s.guard.fencing, probe
+        client: StoreClient | CustomClient = (
+            custom.connect(options) if custom is not None else store.connect(options)
         )
+        lock_client = lock_service.connect(client_id) if lock_service else None
+        if isinstance(client, CustomClient):
+            operation = build_custom_operation(
+                client, s.guard.strategy, lock_client, s.guard.fencing, probe
+            )
+        else:
+            assert plan is not None
+            operation = build_operation(
+                plan, s.guard.strategy, client, lock_client, s.guard.fencing, probe
+            )
 
         def close() -> dict[str, int]:
             if lock_client is not None:
@@ -104,18 +128,23 @@ def run_trial(
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = lock_service.check_reachable()
-    plan = s.workload.plan()
+    custom = start_custom(spec, store, namespace)
+    plan = None if custom else s.workload.plan()  # type: ignore[union-attr]
     workdir = Path(tempfile.mkdtemp(prefix="racebench-run-"))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
-        store.setup(plan, s.clients)
+        if custom is not None:
+            custom.setup()
+        else:
+            assert plan is not None
+            store.setup(plan, s.clients)
         if lock_service is not None:
             lock_service.setup()
         progress = options.progress(spec, trial) if options.progress else None
         routes.start()
         result: RunnerResult = run_clients(
-            _open_client_factory(spec, store, lock_service, routes),
+            _open_client_factory(spec, store, lock_service, routes, custom),
             s.clients,
             s.operations,
             s.duration,
@@ -123,14 +152,16 @@ def run_trial(
             progress,
             nemesis,
         )
-        final = store.read_final(plan)
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
+        # A custom workload checks its own state; a built-in one checks the store's.
+        check = custom.check(history) if custom is not None else None
+        final = store.read_final(plan) if plan is not None else FinalState()
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
             history.write_json_lines(options.history, base, s.workload.operation_kind, result.t0_ns)
-        strategy = strategies_for(s.store.backend)[s.guard.strategy]
+        strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
-            spec, strategy, lock_service, final, history, result, trial
+            spec, strategy, lock_service, final, history, result, trial, check
         )
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
@@ -138,7 +169,11 @@ def run_trial(
     finally:
         routes.stop()
         try:
-            store.teardown()
+            try:
+                if custom is not None:
+                    custom.teardown()
+            finally:
+                store.teardown()
         finally:
             if lock_service is not None:
                 lock_service.teardown()

@@ -55,6 +55,19 @@ def strategies_for(backend: str) -> dict[str, StrategySpec]:
     return {**GENERIC_STRATEGIES, **store_class(backend).strategies}
 
 
+def is_custom(workload: object) -> bool:
+    """A user's own workload (template or plug-in): it brings its state, operation and checks."""
+    return hasattr(workload, "start")
+
+
+def run_strategies(spec: RunSpec) -> dict[str, StrategySpec]:
+    """The strategies this run's workload can use on its backend."""
+    workload = spec.scenario.workload
+    if is_custom(workload):
+        return workload.strategies(spec.scenario.store.backend)  # type: ignore[union-attr]
+    return strategies_for(spec.scenario.store.backend)
+
+
 def validate_run(spec: RunSpec, context: str = "") -> None:
     """Refuse combinations that cannot run, naming the key: checked before anything runs."""
     s = spec.scenario
@@ -67,7 +80,13 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         raise fail(
             "store.backend", f"unknown backend {s.store.backend!r} (known: {', '.join(STORES)})"
         )
-    strategies = strategies_for(s.store.backend)
+    workload = s.workload
+    if is_custom(workload) and s.store.backend not in workload.backends:  # type: ignore[union-attr]
+        raise fail(
+            "store.backend",
+            f"the {workload.type} workload runs on: {', '.join(workload.backends)}",  # type: ignore[union-attr]
+        )
+    strategies = run_strategies(spec)
     if s.guard.strategy not in strategies:
         raise fail(
             "guard.strategy",
@@ -89,10 +108,15 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
                 f"unknown lock service {s.guard.lock.service!r}"
                 f" (known: {', '.join(LOCK_SERVICES)})",
             )
-    elif s.guard.fencing:
+    if s.guard.strategy != "lock" and s.guard.fencing:
         raise fail(
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )
+    if is_custom(workload) and (
+        problem := workload.validate_run(s.guard.fencing, s.guard.strategy)  # type: ignore[union-attr]
+    ):
+        field, _, message = problem.partition(": ")
+        raise fail(field, message)
     validate_faults(spec, fail)
     if s.operations is not None and s.operations < s.clients:
         raise fail("operations", f"{s.operations} is fewer than clients ({s.clients})")

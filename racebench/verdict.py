@@ -19,7 +19,7 @@ from racebench.metrics import latency_summary, new_histogram, record_durations, 
 from racebench.runner import RunnerResult
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
-from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
+from racebench.workloads import Check, FinalState, Invariant, count_overlapping_pairs
 
 SAFE = "safe"
 ANOMALIES = "ANOMALIES"
@@ -118,11 +118,14 @@ def analyze_trial(
     history: RunHistory,
     result: RunnerResult,
     trial: int,
+    check: Check | None = None,
 ) -> tuple[TrialAnalysis, HdrHistogram]:
+    """Figures and anomalies of one trial; `check` is a custom workload's own check."""
     s = spec.scenario
-    if s.guard.strategy == "crdt":
-        final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
-    check = s.workload.check(final, history)
+    if check is None:
+        if s.guard.strategy == "crdt":
+            final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
+        check = s.workload.check(final, history)  # type: ignore[union-attr]
     anomalies = dict(check.anomalies)
     _, cs_start, cs_end = history.critical_sections()
     if len(cs_start) or lock_service is not None:
