@@ -61,7 +61,7 @@ def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | Non
     if not is_custom(workload):
         return None
     return workload.start(  # type: ignore[union-attr]
-        spec.scenario.store.backend, store.url, namespace, spec.source
+        spec.scenario.store.backend, store.url, namespace, spec.source, spec.scenario.clients
     )
 
 

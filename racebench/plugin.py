@@ -3,7 +3,7 @@
 See docs/workloads-custom.md ("Python plug-ins") and racebench.custom.plugin for the protocol.
 """
 
-from racebench.custom.plugin import OperationContext
+from racebench.custom.plugin import OperationContext, RunContext
 from racebench.workloads import Check, Invariant
 
-__all__ = ["Check", "Invariant", "OperationContext"]
+__all__ = ["Check", "Invariant", "OperationContext", "RunContext"]

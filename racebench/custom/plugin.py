@@ -8,15 +8,17 @@ for postgres, mysql and sqlite; a `redis.Redis` client for redis)::
         backends = ("postgres", "sqlite")          # where it can run
 
         def __init__(self, options: dict) -> None: ...
-        def setup(self, conn, namespace: str) -> None: ...          # once, in the parent
+        def setup(self, conn, run: RunContext) -> None: ...         # once, in the parent
         def operation(self, conn, ctx: OperationContext) -> bool:   # per operation, per client
             ...                                     # False: rejected by the business rule
-        def check(self, conn, namespace: str, figures: dict[str, int]) -> Check: ...
-        def teardown(self, conn, namespace: str) -> None: ...      # drop what setup made
+        def check(self, conn, run: RunContext, figures: dict[str, int]) -> Check: ...
+        def teardown(self, conn, run: RunContext) -> None: ...     # drop what setup made
 
-`namespace` is unique to the trial (`racebench_<hex>`): name tables or keys after it and drop
-them in teardown. Plug-ins are found by import path, or by name under the
-`racebench.workloads` entry point of an installed package.
+`run.namespace` is unique to the trial (`racebench_<hex>`): name tables or keys after it and
+drop them in teardown. `figures` counts the operations by outcome (`ok`, `rejected`,
+`unknown`, `operations`). An exception in `operation` is recorded as an error outcome.
+Plug-ins are found by import path, or by name under the `racebench.workloads` entry point
+of an installed package.
 """
 
 from __future__ import annotations
@@ -46,7 +48,16 @@ ENTRY_POINT_GROUP = "racebench.workloads"
 REQUIRED_METHODS = ("setup", "operation", "check", "teardown")
 SQL_BACKENDS = ("postgres", "mysql", "sqlite")
 
-__all__ = ["Check", "Invariant", "OperationContext", "PluginWorkload"]
+__all__ = ["Check", "Invariant", "OperationContext", "PluginWorkload", "RunContext"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a plug-in knows about its trial: its namespace, the backend, how many clients."""
+
+    namespace: str
+    backend: str
+    clients: int
 
 
 @dataclass
@@ -56,6 +67,7 @@ class OperationContext:
     client: int
     seq: int
     namespace: str
+    backend: str
     token: int | None
     race_window_s: float
 
@@ -141,7 +153,9 @@ class PluginWorkload(BaseModel):
     def validate_run(self, fencing: bool, strategy: str) -> str | None:
         return None
 
-    def start(self, backend: str, url: str | None, namespace: str, source: str) -> PluginRun:
+    def start(
+        self, backend: str, url: str | None, namespace: str, source: str, clients: int
+    ) -> PluginRun:
         try:
             instance = self._cls(dict(self.options))
         except Exception as exc:
@@ -149,7 +163,7 @@ class PluginWorkload(BaseModel):
             raise ScenarioError(
                 source, "workload.options", f"plug-in {self.type!r} refused them: {reason}"
             ) from None
-        return PluginRun(instance, backend, url, namespace)
+        return PluginRun(instance, RunContext(namespace, backend, clients), url)
 
 
 def open_connection(backend: str, url: str) -> Any:
@@ -166,16 +180,15 @@ def open_connection(backend: str, url: str) -> Any:
 class PluginRun(CustomRun):
     """One trial of a plug-in workload."""
 
-    def __init__(self, plugin: Any, backend: str, url: str | None, namespace: str) -> None:
+    def __init__(self, plugin: Any, context: RunContext, url: str | None) -> None:
         self.plugin = plugin
-        self.backend = backend
-        self.namespace = namespace
-        self.url, self._temp_dir = resolve_url(backend, url)
+        self.context = context
+        self.url, self._temp_dir = resolve_url(context.backend, url)
 
     def _with_connection(self, method: str, *args: Any) -> Any:
-        conn = open_connection(self.backend, self.url)
+        conn = open_connection(self.context.backend, self.url)
         try:
-            return getattr(self.plugin, method)(conn, self.namespace, *args)
+            return getattr(self.plugin, method)(conn, self.context, *args)
         finally:
             conn.close()
 
@@ -205,11 +218,11 @@ class PluginClient(CustomClient):
     def __init__(self, run: PluginRun, options: ClientOptions) -> None:
         super().__init__(options)
         self.run = run
-        self.conn = open_connection(run.backend, run.url)
+        self.conn = open_connection(run.context.backend, run.url)
 
     def run_operation(self, seq: int, token: int | None) -> Outcome:
-        o = self.options
-        ctx = OperationContext(o.client_id, seq, self.run.namespace, token, o.race_window_s)
+        o, run = self.options, self.run.context
+        ctx = OperationContext(o.client_id, seq, run.namespace, run.backend, token, o.race_window_s)
         accepted = self.run.plugin.operation(self.conn, ctx)
         return Outcome.REJECTED if accepted is False else Outcome.OK
 

@@ -60,6 +60,8 @@ class RedisStep(_Strict):
     args: list[Arg] = []
     bind: str | None = Field(default=None, alias="as")
     when: str | None = None
+    # What a false `when` does: end the operation as rejected, or skip just this step.
+    otherwise: Literal["reject", "skip"] = "reject"
 
     @model_validator(mode="after")
     def _one_kind(self) -> RedisStep:
@@ -161,7 +163,9 @@ class RedisTemplateWorkload(_Strict):
             return "guard.fencing: the template must say where the token goes (=:token)"
         return None
 
-    def start(self, backend: str, url: str | None, namespace: str, source: str) -> RedisRun:
+    def start(
+        self, backend: str, url: str | None, namespace: str, source: str, clients: int
+    ) -> RedisRun:
         assert url is not None
         return RedisRun(self, url, namespace, source)
 
@@ -175,6 +179,7 @@ class _Compiled:
     keys: list[Arg | Expression]
     bind: str | None
     when: Expression | None
+    skip_when_false: bool
     pause_before: bool
 
 
@@ -215,6 +220,7 @@ class RedisRun(CustomRun):
                     self._compile(step.keys),
                     step.bind,
                     when,
+                    step.otherwise == "skip",
                     pause,
                 )
             )
@@ -312,6 +318,8 @@ class RedisTemplateClient(CustomClient):
         bound["token"] = token
         for step in self.run.steps:
             if step.when is not None and not step.when.evaluate(bound):
+                if step.skip_when_false:
+                    continue
                 return Outcome.REJECTED
             if step.pause_before:
                 self.pause()

@@ -65,6 +65,8 @@ class SqlStep(_Strict):
 
     sql: str
     when: str | None = None
+    # What a false `when` does: end the operation as rejected, or skip just this step.
+    otherwise: Literal["reject", "skip"] = "reject"
     # A write that changes no row: end the operation as rejected, or as stale (fencing).
     on_no_rows: Literal["rejected", "stale"] | None = None
 
@@ -168,7 +170,9 @@ class SqlTemplateWorkload(_Strict):
             return "guard.fencing: the template must say where the token goes (use :token)"
         return None
 
-    def start(self, backend: str, url: str | None, namespace: str, source: str) -> SqlTemplateRun:
+    def start(
+        self, backend: str, url: str | None, namespace: str, source: str, clients: int
+    ) -> SqlTemplateRun:
         return SqlTemplateRun(self, backend, url, namespace, source)
 
 
@@ -196,6 +200,7 @@ class _Compiled:
     sql: str
     names: tuple[str, ...]
     when: Expression | None = None
+    skip_when_false: bool = False
     on_no_rows: str | None = None
     pause_before: bool = False
 
@@ -226,7 +231,9 @@ class SqlTemplateRun(CustomRun):
             seen_read = seen_read or reads
             sql, names = compile_sql(step.sql)
             when = parse_expression(step.when) if step.when else None
-            self.steps.append(_Compiled(sql, names, when, step.on_no_rows, pause))
+            self.steps.append(
+                _Compiled(sql, names, when, step.otherwise == "skip", step.on_no_rows, pause)
+            )
         self.invariants = [(inv, *compile_sql(inv.sql)) for inv in workload.invariants]
         self.draws = parse_params(workload.params)
 
@@ -327,6 +334,8 @@ class SqlTemplateClient(CustomClient):
         bound["token"] = token
         for step in self.run.steps:
             if step.when is not None and not step.when.evaluate(bound):
+                if step.skip_when_false:
+                    continue
                 return Outcome.REJECTED
             if step.pause_before:
                 self.pause()
