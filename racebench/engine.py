@@ -207,7 +207,7 @@ class FileOutcome:
 
     source: str
     runs: list[dict[str, Any]]
-    result_path: Path
+    result_path: Path | None  # None: the caller asked for no result file (the Python API)
     interrupted: bool
 
 
@@ -215,7 +215,7 @@ def run_files(
     scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
     *,
     output: Path | None,
-    results_dir: Path,
+    results_dir: Path | None,
     history: Path | None,
     progress: ProgressFactory | None,
 ) -> list[FileOutcome]:
@@ -241,7 +241,9 @@ def run_files(
                 execution.interrupted = True
             except RacebenchError as error:
                 failure = error
-            target = output or default_path(results_dir, specs[0].scenario.name, started)
+            target = output
+            if target is None and results_dir is not None:
+                target = default_path(results_dir, specs[0].scenario.name, started)
             if failure is not None and not execution.runs:
                 raise failure
             document = build_document(
@@ -252,7 +254,8 @@ def run_files(
                 partial=execution.interrupted or failure is not None,
                 servers=execution.environment,
             )
-            write_atomically(target, document)
+            if target is not None:
+                write_atomically(target, document)
             if failure is not None:
                 raise failure
             outcomes.append(FileOutcome(str(path), execution.runs, target, execution.interrupted))

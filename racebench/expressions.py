@@ -64,6 +64,7 @@ def _describe(node: ast.AST) -> str:
         ast.Subscript: "a subscript",
         ast.Lambda: "a lambda",
         ast.IfExp: "a conditional expression",
+        ast.NamedExpr: "an assignment",
     }
     return kinds.get(type(node), f"{type(node).__name__}")
 

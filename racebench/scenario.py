@@ -30,6 +30,9 @@ from racebench.durations import parse_duration
 from racebench.errors import ScenarioError
 from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
 
+_TEMPLATE_PLACE = re.compile(
+    r"^(?:Value error, )?([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.*)$", re.S
+)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -279,6 +282,10 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         loc.pop(1)
     if loc == ["workload"] and isinstance(first.get("ctx", {}).get("error"), PluginError):
         loc.append("type")
+    elif loc == ["workload"] and (inner := _TEMPLATE_PLACE.match(first["msg"])):
+        # A template's own check names the place: operation[1].when: ... -> the field path.
+        loc.append(inner.group(1))
+        first = {**first, "msg": inner.group(2)}
     field = ".".join(loc) or None
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

@@ -214,11 +214,12 @@ class SqlTemplateRun(CustomRun):
         self.workload = workload
         self.dialect: SqlDialect = DIALECTS[backend]()
         self.source = source
-        self.tables: set[str] = set()
+        self.namespace = ns
+        self.table_names: set[str] = set()  # as written in {{table:x}}
         self.url, self._temp_dir = resolve_url(backend, url)
 
         def compile_sql(sql: str) -> tuple[str, tuple[str, ...]]:
-            text = namespaced(sql, "table", lambda name: f"{ns}_{name.lower()}", self.tables)
+            text = namespaced(sql, "table", self.table, self.table_names)
             return _to_driver(text, self.dialect.placeholder)
 
         self.setup_sql = [compile_sql(s) for s in workload.setup]
@@ -236,6 +237,10 @@ class SqlTemplateRun(CustomRun):
             )
         self.invariants = [(inv, *compile_sql(inv.sql)) for inv in workload.invariants]
         self.draws = parse_params(workload.params)
+
+    def table(self, name: str) -> str:
+        """The run's own name for the template's `{{table:name}}`."""
+        return f"{self.namespace}_{name.lower()}"
 
     @contextmanager
     def _admin(self) -> Iterator[Any]:
@@ -290,7 +295,9 @@ class SqlTemplateRun(CustomRun):
         return Check(invariants, anomalies)
 
     def _drop(self, cur: Any) -> None:
-        for sql in self.dialect.drop_statements(sorted(self.tables)):
+        # Only the namespaced names: a template's tables, never one it did not create.
+        tables = sorted({self.table(name) for name in self.table_names})
+        for sql in self.dialect.drop_statements(tables):
             cur.execute(sql)
 
     def teardown(self) -> None:
