@@ -92,6 +92,8 @@ def _open_client_factory(
             clients=s.clients,
         )
         routes.apply(client_id, store, lock_service)
+        if custom is not None and s.store.proxy and store.url is not None:
+            custom.route_through(store.url)  # this client's proxy, if a fault needs one
         client: StoreClient | CustomClient = (
             custom.connect(options) if custom is not None else store.connect(options)
         )

@@ -44,7 +44,7 @@ def test_run_a_file_writes_a_result_only_when_asked(tmp_path: Path) -> None:
 
 
 def test_a_bad_scenario_raises_the_same_error_the_cli_prints() -> None:
-    with pytest.raises(ScenarioError, match="workload.operation: required key is missing"):
+    with pytest.raises(ScenarioError, match=r"workload\.operation: required key is missing"):
         racebench.run({"workload": {"type": "sql", "invariants": [{"name": "x", "sql": "x"}]}})
 
 

@@ -4,6 +4,7 @@ under their fixes; bad templates and broken plug-ins are one line and exit 2."""
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,26 @@ def test_list_shows_plugins_and_their_package(checkout_plugin: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "racebench_checkout:Checkout" in result.stdout
     assert "racebench-checkout" in result.stdout
+
+
+def test_list_names_a_broken_registered_plugin_in_one_line(tmp_path: Path) -> None:
+    # An installed package is a *.dist-info on the path: this one registers a plug-in whose
+    # module fails at import.
+    dist = tmp_path / "brokenplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[racebench.workloads]\nbroken = brokenplug:Broken\n")
+    (tmp_path / "brokenplug.py").write_text("import no_such_module_here\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("racebench")), "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "racebench: plug-in 'broken' (entry point 'broken' of brokenplug) cannot be loaded: "
+        "ModuleNotFoundError: No module named 'no_such_module_here'"
+    ]
+    assert "BROKEN" in result.stdout

@@ -85,6 +85,12 @@ class CustomClient(ABC):
 class CustomRun(ABC):
     """One trial of a custom workload, in the parent: set up, connect clients, check, drop."""
 
+    url: str
+
+    def route_through(self, url: str) -> None:
+        """Connect this client process through a fault proxy (called after the fork)."""
+        self.url = url
+
     @abstractmethod
     def setup(self) -> None:
         """Create and seed the workload's (namespaced) state."""

@@ -252,7 +252,6 @@ class SqlTemplateRun(CustomRun):
 
     def setup(self) -> None:
         with self._admin() as cur:
-            self._drop(cur)
             for i, (sql, _) in enumerate(self.setup_sql):
                 self._admin_run(cur, sql, (), f"workload.setup[{i}]")
             for i, (_, sql, names) in enumerate(self.invariants):
