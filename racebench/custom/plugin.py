@@ -8,7 +8,7 @@ for postgres, mysql and sqlite; a `redis.Redis` client for redis)::
         backends = ("postgres", "sqlite")          # where it can run
 
         def __init__(self, options: dict) -> None: ...
-        def setup(self, conn, run: RunContext) -> None: ...         # once, in the parent
+        def setup(self, conn, run: RunContext) -> None: ...         # once, before the clients
         def operation(self, conn, ctx: OperationContext) -> bool:   # per operation, per client
             ...                                     # False: rejected by the business rule
         def check(self, conn, run: RunContext, figures: dict[str, int]) -> Check: ...
