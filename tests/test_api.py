@@ -51,9 +51,10 @@ def test_a_bad_scenario_raises_the_same_error_the_cli_prints() -> None:
 def test_the_racebench_fixture_in_a_projects_own_tests(pytester: pytest.Pytester) -> None:
     racy = {**SEATS, "store": {"backend": "sqlite"}}
     racy["workload"] = {**SEATS["workload"], "setup": SEATS["workload"]["setup"][:1]}
-    # Three seats and a 2 ms window: eight clients double-book on nearly every try.
+    # Three seats and a 20 ms window between the count and the insert: eight clients that
+    # start together double-book on any machine (rejected operations skip the window).
     racy["workload"]["params"] = {"seat": "random_int(1, 3)"}
-    racy["race_window_ms"] = 2
+    racy["race_window_ms"] = 20
     racy["name"] = "racy"
     pytester.makefile(".yaml", fixed=yaml.safe_dump({**SEATS, "store": {"backend": "sqlite"}}))
     pytester.makefile(".yaml", racy=yaml.safe_dump(racy))
