@@ -29,7 +29,7 @@ def test_run_a_mapping_returns_a_typed_result_and_prints_nothing(
     assert run.label == "seat-booking-unique"
     assert run.operations["attempted"] == 80
     assert run.invariants[0].name == "seat booked twice" and run.invariants[0].holds
-    assert result.anomalies == {"seat booked twice": 0}
+    assert result.anomalies == {"seat booked twice": 0, "acknowledged booking missing": 0}
     assert result.result_path is None and list(tmp_path.iterdir()) == []
     assert "seat-booking-unique: safe (80 operations" in result.explain()
 
