@@ -16,10 +16,10 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from racebench.engine import ProgressFactory, run_files
-from racebench.verdict import NOT_REPRODUCED, SAFE, UNEXPECTED
+if TYPE_CHECKING:
+    from racebench.engine import ProgressFactory
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class RunResult:
     @property
     def safe(self) -> bool:
         """The strategy claims safety and the run showed no anomaly (verdict `safe`)."""
+        from racebench.verdict import SAFE
+
         return self.verdict == SAFE
 
     @property
@@ -79,6 +81,8 @@ class RunResult:
 
     def explain(self) -> str:
         """A few lines saying what happened and why the verdict is what it is."""
+        from racebench.verdict import NOT_REPRODUCED, UNEXPECTED
+
         ops = self.operations
         lines = [
             f"{self.label}: {self.verdict} ({ops['attempted']} operations: {ops['ok']} ok, "
@@ -183,6 +187,8 @@ def run_paths(
     progress: ProgressFactory | None = None,
 ) -> list[Result]:
     """Run loaded scenarios in order; one Result per scenario (the CLI's `run`)."""
+    from racebench.engine import run_files  # the engine's imports wait until something runs
+
     outcomes = run_files(
         loaded, output=output, results_dir=results_dir, history=history, progress=progress
     )

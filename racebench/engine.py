@@ -14,7 +14,8 @@ from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
 
-from racebench.custom.base import CustomClient, CustomRun, build_custom_operation
+from racebench.custom.base import CustomClient, CustomRun
+from racebench.custom.operation import build_custom_operation
 from racebench.errors import RacebenchError
 from racebench.faults import FaultNemesis, ProxyRoutes
 from racebench.guards import build_operation

@@ -15,17 +15,11 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from racebench.guards import Operation, as_operation, locked_step
 from racebench.history import Outcome, RunHistory
 from racebench.stores.base import OK_STEP, ClientOptions, StepResult, StrategySpec
 from racebench.workloads import Check
-
-if TYPE_CHECKING:
-    from racebench.locks.base import LockClient
-    from racebench.runner import Probe
 
 
 def generic_strategies(workload_type: str, claims_safe: bool) -> dict[str, StrategySpec]:
@@ -117,34 +111,6 @@ def history_figures(history: RunHistory) -> dict[str, int]:
         "unknown": counts["unknown"],
         "operations": len(history),
     }
-
-
-def build_custom_operation(
-    client: CustomClient,
-    strategy: str,
-    lock: LockClient | None,
-    fencing: bool,
-    probe: Probe | None,
-) -> Operation:
-    """The loop body of one client of a custom workload, by strategy."""
-    step: Callable[[int], StepResult]
-    if strategy == "none":
-
-        def unguarded(seq: int) -> StepResult:
-            outcome = client.run_operation(seq, None)
-            return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
-
-        step = unguarded
-    elif strategy == "lock":
-        assert lock is not None
-        step = locked_step(client.run_operation, client.options.client_id, lock, fencing, probe)
-    else:
-
-        def native(seq: int) -> StepResult:
-            return client.step(strategy, seq)
-
-        step = native
-    return as_operation(step, client)
 
 
 def describe_rows(rows: list[tuple[Any, ...]], limit: int = 5) -> str:

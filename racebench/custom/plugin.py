@@ -27,7 +27,6 @@ import importlib
 import shutil
 import time
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
@@ -39,7 +38,7 @@ from racebench.custom.base import (
     history_figures,
     resolve_url,
 )
-from racebench.errors import ScenarioError
+from racebench.errors import RacebenchError, ScenarioError
 from racebench.history import Outcome, RunHistory
 from racebench.stores.base import ClientOptions, StrategySpec
 from racebench.workloads import Check, Invariant
@@ -83,6 +82,8 @@ class PluginError(ValueError):
 
 def _origin(name: str) -> tuple[str, str] | None:
     """(import path, where it came from) of an entry point named `name`, if installed."""
+    from importlib.metadata import entry_points  # only when a plug-in is asked for
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             dist = ep.dist.name if ep.dist is not None else "unknown package"
@@ -119,6 +120,8 @@ def load_plugin(name: str) -> tuple[type, str]:
 
 def installed_plugins() -> list[tuple[str, str, str]]:
     """(name, import path, package) of every workload registered under the entry point."""
+    from importlib.metadata import entry_points
+
     return [
         (ep.name, ep.value, ep.dist.name if ep.dist is not None else "?")
         for ep in entry_points(group=ENTRY_POINT_GROUP)
@@ -163,7 +166,7 @@ class PluginWorkload(BaseModel):
             raise ScenarioError(
                 source, "workload.options", f"plug-in {self.type!r} refused them: {reason}"
             ) from None
-        return PluginRun(instance, RunContext(namespace, backend, clients), url)
+        return PluginRun(self.type, instance, RunContext(namespace, backend, clients), url)
 
 
 def open_connection(backend: str, url: str) -> Any:
@@ -180,7 +183,8 @@ def open_connection(backend: str, url: str) -> Any:
 class PluginRun(CustomRun):
     """One trial of a plug-in workload."""
 
-    def __init__(self, plugin: Any, context: RunContext, url: str | None) -> None:
+    def __init__(self, name: str, plugin: Any, context: RunContext, url: str | None) -> None:
+        self.name = name
         self.plugin = plugin
         self.context = context
         self.url, self._temp_dir = resolve_url(context.backend, url)
@@ -189,6 +193,9 @@ class PluginRun(CustomRun):
         conn = open_connection(self.context.backend, self.url)
         try:
             return getattr(self.plugin, method)(conn, self.context, *args)
+        except Exception as exc:  # the plug-in's own failure: one line naming it
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise RacebenchError(f"plug-in {self.name!r}: {method}() failed: {reason}") from exc
         finally:
             conn.close()
 
@@ -201,8 +208,9 @@ class PluginRun(CustomRun):
     def check(self, history: RunHistory) -> Check:
         check = self._with_connection("check", history_figures(history))
         if not isinstance(check, Check):
-            raise ScenarioError(
-                self.plugin.__class__.__name__, "check", "must return racebench.plugin.Check"
+            raise RacebenchError(
+                f"plug-in {self.name!r}: check() returned {type(check).__name__},"
+                " not racebench.plugin.Check"
             )
         return check
 
