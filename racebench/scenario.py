@@ -31,7 +31,7 @@ from racebench.errors import ScenarioError
 from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
 
 _TEMPLATE_PLACE = re.compile(
-    r"^(?:Value error, )?([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.*)$", re.S
+    r"^(?:Value error, )?([a-z_]+(?:\[\d+\])*(?:\.[a-z_]+(?:\[\d+\])*)*): (.*)$", re.S
 )
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -231,3 +231,62 @@ def test_list_names_a_broken_registered_plugin_in_one_line(tmp_path: Path) -> No
         "ModuleNotFoundError: No module named 'no_such_module_here'"
     ]
     assert "BROKEN" in result.stdout
+
+
+def _seats(**workload: Any) -> dict[str, Any]:
+    data = example("seat-booking.yaml", {"backend": "sqlite"})
+    data["workload"].update(workload)
+    return data
+
+
+def _limiter(**workload: Any) -> dict[str, Any]:
+    data = example("rate-limiter.yaml", {"backend": "redis"})
+    data["workload"].update(workload)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "problem"),
+    [
+        (
+            _seats(setup=["CREATE TABLE {{tabel:bookings}} (seat INT)"]),
+            "workload.setup[0]",
+            "unknown placeholder {{tabel:bookings}}",
+        ),
+        (
+            _seats(params={"seat": "random_float(1, 2)"}),
+            "workload.params",
+            "unknown function",
+        ),
+        (_seats(params={"client": 3}), "workload.params", "'client' is always bound"),
+        (
+            _seats(operation=["INSERT INTO {{table:bookings}} VALUES (:seet, :client)"]),
+            "workload.operation[0]",
+            ":seet is not bound here",
+        ),
+        (
+            _limiter(operation=[{"command": ["SET", "{{key:hits}}", "=:hist + 1"]}]),
+            "workload.operation[0][2]",
+            ":hist is not bound here",
+        ),
+        (
+            _limiter(invariants=[{"name": "x", "command": ["GET", "k"], "holds": ":res > 1"}]),
+            "workload.invariants[0].holds",
+            ":res is not bound here",
+        ),
+        ({**_seats(), "store": {"backend": "redis"}}, "store.backend", "runs on: postgres"),
+        (
+            {**_seats(), "guard": {"strategy": "repeatable_read"}},
+            "guard.strategy",
+            "unknown strategy 'repeatable_read' for backend sqlite",
+        ),
+    ],
+)
+def test_template_mistakes_name_their_place(data: dict, field: str, problem: str) -> None:
+    from racebench.errors import ScenarioError
+    from racebench.scenario import expand
+
+    with pytest.raises(ScenarioError) as caught:
+        expand(data, "t.yaml")
+    assert caught.value.field == field, str(caught.value)
+    assert problem in caught.value.problem
