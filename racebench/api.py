@@ -153,9 +153,20 @@ def overrides_of(
     operations: int | None = None,
     duration: str | float | None = None,
     trials: int | None = None,
+    workers: int | str | None = None,
+    rate: str | float | None = None,
 ) -> dict[str, Any]:
     """Command-line style overrides: `duration` alone runs until the deadline."""
-    values = {"clients": clients, "operations": operations, "duration": duration, "trials": trials}
+    if isinstance(workers, str) and workers.isdigit():
+        workers = int(workers)
+    values = {
+        "clients": clients,
+        "operations": operations,
+        "duration": duration,
+        "trials": trials,
+        "workers": workers,
+        "rate": rate,
+    }
     overrides = {k: v for k, v in values.items() if v is not None}
     if duration is not None and operations is None:
         overrides["operations"] = None
@@ -210,6 +221,8 @@ def run(
     operations: int | None = None,
     duration: str | float | None = None,
     trials: int | None = None,
+    workers: int | str | None = None,
+    rate: str | float | None = None,
     output: str | Path | None = None,
     history: str | Path | None = None,
 ) -> Result:
@@ -218,7 +231,7 @@ def run(
     The keyword arguments override the scenario like the command-line flags do. A result
     file is written only when `output` is given; nothing is printed.
     """
-    loaded = load(scenario, overrides_of(clients, operations, duration, trials))
+    loaded = load(scenario, overrides_of(clients, operations, duration, trials, workers, rate))
     (result,) = run_paths(
         [loaded],
         output=Path(output) if output is not None else None,
