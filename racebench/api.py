@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from racebench.cluster import ClusterOptions
     from racebench.engine import ProgressFactory
 
 
@@ -196,12 +197,18 @@ def run_paths(
     results_dir: Path | None = None,
     history: Path | None = None,
     progress: ProgressFactory | None = None,
+    clusters: ClusterOptions | None = None,
 ) -> list[Result]:
     """Run loaded scenarios in order; one Result per scenario (the CLI's `run`)."""
     from racebench.engine import run_files  # the engine's imports wait until something runs
 
     outcomes = run_files(
-        loaded, output=output, results_dir=results_dir, history=history, progress=progress
+        loaded,
+        output=output,
+        results_dir=results_dir,
+        history=history,
+        progress=progress,
+        clusters=clusters,
     )
     return [
         Result(
