@@ -36,7 +36,9 @@ def _fail(error: BaseException, debug: bool) -> int:
         message, status = f"internal error: {type(error).__name__}: {error}", ExitStatus.USAGE
         if not debug:
             message += " (run with --debug for the traceback)"
-    stderr.print(f"racebench: {redact_text(message)}", markup=False, highlight=False)
+    # Exactly one line, whatever a driver's message holds.
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    stderr.print(f"racebench: {redact_text(one_line)}", markup=False, highlight=False)
     return int(status)
 
 
@@ -65,7 +67,10 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
 @cli.command()
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--output", "-o", type=click.Path(path_type=Path), help="Result JSON path (one scenario only)."
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Result JSON path (one scenario only); absent or a regular file, checked before the run.",
 )
 @click.option(
     "--results-dir",
@@ -144,6 +149,7 @@ def run(
         loaded = _load_all(
             scenarios, overrides_of(clients, operations, duration, trials, workers, rate)
         )
+        _check_run_outputs(output, results_dir, history)
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_paths(
                 loaded,
@@ -161,8 +167,11 @@ def run(
     for outcome in outcomes:
         stderr.print(
             f"result: {outcome.result_path}" + (" (partial)" if outcome.interrupted else ""),
+            markup=False,
             highlight=False,
         )
+    for warning in _warmup_warnings(loaded, runs):
+        stderr.print(f"warning: {warning}", markup=False, highlight=False)
     for r in runs:
         for failure in r["expectation_failures"]:
             stderr.print(
@@ -171,6 +180,33 @@ def run(
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
     sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+
+
+def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]:
+    """Runs that ended inside their warmup: nothing was measured, so 0 ops/s means nothing.
+
+    (A run with a duration is refused at validation when warmup >= duration; a run bounded
+    by operations only shows how long it took at the end.)
+    """
+    warmups = {spec.label: spec.scenario.warmup for _, _, specs in loaded for spec in specs}
+    return [
+        f"{r['label']}: the run took {r['duration_s']:g}s, within its warmup of "
+        f"{warmups[r['label']]:g}s: no operation was measured (lower warmup or add operations)"
+        for r in runs
+        if warmups.get(r["label"], 0) and r["duration_s"] <= warmups[r["label"]]
+    ]
+
+
+def _check_run_outputs(output: Path | None, results_dir: Path, history: Path | None) -> None:
+    """Every path a run writes, checked before anything runs: a run is not lost at the end."""
+    from racebench.results import check_output_dir, check_output_file
+
+    if output is not None:
+        check_output_file(output, "--output")
+    else:
+        check_output_dir(results_dir, "--results-dir")
+    if history is not None:
+        check_output_file(history, "--history")
 
 
 @cli.command()
@@ -183,7 +219,7 @@ def validate(obj: _Context, scenarios: tuple[Path, ...]) -> None:
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     for path, _, specs in loaded:
-        stdout.print(f"{path}: ok, {len(specs)} run(s)", highlight=False)
+        stdout.print(f"{path}: ok, {len(specs)} run(s)", markup=False, highlight=False)
         for spec in specs:
             stdout.print(f"  {spec.label}", markup=False, highlight=False)
 
@@ -261,9 +297,21 @@ def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> N
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 
+def _check_report_output(output: Path | None) -> None:
+    from racebench.results import check_output_file
+
+    if output is not None:
+        check_output_file(output, "--output")
+
+
 def _emit(text: str, output: Path | None) -> None:
-    """Write a report to --output atomically, or to stdout as plain text."""
+    """Write a report to --output atomically, or to stdout as plain text.
+
+    Result files are redacted when written, but a report may be given a hand-made one.
+    """
     from racebench.results import write_text_atomically
+
+    text = redact_text(text)
 
     if output is None:
         click.echo(text, nl=False)
@@ -289,6 +337,7 @@ def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | No
     from racebench.report import render_report
 
     try:
+        _check_report_output(output)
         text = render_report(list(results), fmt)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
@@ -349,14 +398,16 @@ def compare(
     from racebench.compare_render import render_comparison
 
     try:
+        _check_report_output(output)
         comparison = compare_results(baseline, candidate, max_slowdown)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     for warning in comparison.warnings:
-        stderr.print(f"warning: {warning}", markup=False, highlight=False)
+        stderr.print(f"warning: {redact_text(warning)}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
     for label, reason in comparison.regressions:
-        stderr.print(f"regression: {label}: {reason}", markup=False, highlight=False)
+        line = redact_text(f"regression: {label}: {reason}")
+        stderr.print(line, markup=False, highlight=False)
     sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
 
 

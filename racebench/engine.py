@@ -18,7 +18,7 @@ from hdrh.histogram import HdrHistogram
 from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
 from racebench.custom.base import CustomClient, CustomRun
 from racebench.custom.operation import build_custom_operation
-from racebench.errors import RacebenchError, ScenarioError
+from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
     OpenedClient,
@@ -30,7 +30,7 @@ from racebench.guards import (
 from racebench.history import RunHistory
 from racebench.locks.base import LockService
 from racebench.registry import is_custom, lock_class, run_strategies, store_class
-from racebench.results import build_document, default_path, write_atomically
+from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ClientOptions, Store
@@ -235,6 +235,18 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
     return address
 
 
+def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str, str]:
+    """The lock service's facts; a failure names the key its URL came from, not the store."""
+    try:
+        return lock_service.check_reachable()
+    except BackendUnavailable as error:
+        lock = spec.scenario.guard.lock
+        field = "store.url"
+        if lock is not None and (lock.url or lock.urls):
+            field = "guard.lock.url" if lock.url else "guard.lock.urls"
+        raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
+
+
 def run_trial(
     spec: RunSpec, trial: int, options: ExecutionOptions
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
@@ -245,7 +257,7 @@ def run_trial(
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
-        environment["lock"] = lock_service.check_reachable()
+        environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
     custom = start_custom(spec, store, namespace)
     plan = None if custom else s.workload.plan()  # type: ignore[union-attr]
@@ -422,6 +434,7 @@ class _AtomicText:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 
     def commit(self) -> None:

@@ -7,6 +7,7 @@ run never import a server's driver. Adding a store or a lock service is one line
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from racebench.errors import ScenarioError
@@ -68,6 +69,21 @@ def run_strategies(spec: RunSpec) -> dict[str, StrategySpec]:
     return strategies_for(spec.scenario.store.backend)
 
 
+def _validate_integer_range(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
+    """Refuse workload numbers the backend's integer columns or keys cannot hold."""
+    s = spec.scenario
+    cls = store_class(s.store.backend)
+    limit = f"{cls.integer_type} (at most {cls.max_integer})"
+    for name, value in s.workload.integer_fields().items():
+        if abs(value) > cls.max_integer:
+            raise fail(f"workload.{name}", f"{value} does not fit in {limit}")
+    if s.operations is not None and s.workload.largest_value(s.operations) > cls.max_integer:
+        raise fail(
+            "operations",
+            f"{s.operations} operations can take the stored value beyond {limit}",
+        )
+
+
 def validate_run(spec: RunSpec, context: str = "") -> None:
     """Refuse combinations that cannot run, naming the key: checked before anything runs."""
     s = spec.scenario
@@ -112,11 +128,13 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         raise fail(
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )
-    if is_custom(workload) and (
-        problem := workload.validate_run(s.guard.fencing, s.guard.strategy)  # type: ignore[union-attr]
-    ):
-        field, _, message = problem.partition(": ")
-        raise fail(field, message)
+    if is_custom(workload):
+        # A custom workload's numbers live in its own SQL or commands, not in racebench's.
+        if problem := workload.validate_run(s.guard.fencing, s.guard.strategy):  # type: ignore[union-attr]
+            field, _, message = problem.partition(": ")
+            raise fail(field, message)
+    else:
+        _validate_integer_range(spec, fail)
     validate_faults(spec, fail)
     if s.arrival != "constant" and s.rate is None:
         raise fail("arrival", "an arrival process needs an open loop: set rate (e.g. 5000/s)")
