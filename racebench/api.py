@@ -196,6 +196,7 @@ def run_paths(
     output: Path | None = None,
     results_dir: Path | None = None,
     history: Path | None = None,
+    history_format: str = "json",
     progress: ProgressFactory | None = None,
     clusters: ClusterOptions | None = None,
 ) -> list[Result]:
@@ -207,6 +208,7 @@ def run_paths(
         output=output,
         results_dir=results_dir,
         history=history,
+        history_format=history_format,
         progress=progress,
         clusters=clusters,
     )
@@ -232,16 +234,19 @@ def run(
     rate: str | float | None = None,
     output: str | Path | None = None,
     history: str | Path | None = None,
+    history_format: str = "json",
 ) -> Result:
     """Run one scenario (a YAML file or the same content as a dict) and return its result.
 
     The keyword arguments override the scenario like the command-line flags do. A result
-    file is written only when `output` is given; nothing is printed.
+    file is written only when `output` is given; `history` (JSON lines, or Jepsen EDN with
+    `history_format="jepsen"`) only when asked. Nothing is printed.
     """
     loaded = load(scenario, overrides_of(clients, operations, duration, trials, workers, rate))
     (result,) = run_paths(
         [loaded],
         output=Path(output) if output is not None else None,
         history=Path(history) if history is not None else None,
+        history_format=history_format,
     )
     return result

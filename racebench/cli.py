@@ -80,7 +80,15 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Where result files go when --output is not given.",
 )
 @click.option(
-    "--history", type=click.Path(path_type=Path), help="Write every operation as JSON lines."
+    "--history", type=click.Path(path_type=Path), help="Write every operation to this file."
+)
+@click.option(
+    "--history-format",
+    type=click.Choice(["json", "jepsen"]),
+    default="json",
+    show_default=True,
+    help="json: one JSON line per operation; jepsen: Jepsen's EDN invoke/ok/fail/info "
+    "events, for Elle or Knossos.",
 )
 @click.option("--clients", type=click.IntRange(min=1), help="Override clients.")
 @click.option(
@@ -123,6 +131,7 @@ def run(
     output: Path | None,
     results_dir: Path,
     history: Path | None,
+    history_format: str,
     clients: int | None,
     operations: int | None,
     duration: str | None,
@@ -156,6 +165,7 @@ def run(
                 output=output,
                 results_dir=results_dir,
                 history=history,
+                history_format=history_format,
                 progress=progress,
                 clusters=ClusterOptions(cluster, insecure_cluster, tls_ca_file, tls_cert, tls_key),
             )
@@ -409,6 +419,43 @@ def compare(
         line = redact_text(f"regression: {label}: {reason}")
         stderr.print(line, markup=False, highlight=False)
     sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="A matrix of probes by level, as text or markdown; json adds every probe's steps.",
+)
+@click.option(
+    "--level",
+    "levels",
+    multiple=True,
+    help="Probe only this isolation level (repeatable), e.g. 'repeatable read'.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
+@click.pass_obj
+def isolation(
+    obj: _Context, target: str, fmt: str, levels: tuple[str, ...], output: Path | None
+) -> None:
+    """Run Hermitage's isolation tests on TARGET: postgres, mysql, or a postgresql:// or
+    mysql:// URL. Prints which anomalies each isolation level prevents, how (abort, lock
+    wait, snapshot), the server version, and where that differs from the documentation and
+    from Hermitage's published table. Exit 0, or 1 if a probe could not decide.
+    """
+    from racebench.isolation import render, run_isolation
+
+    try:
+        matrix = run_isolation(target, levels=list(levels) or None)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    _emit(render(matrix, fmt), output)
+    undecided = any(c.status == "unknown" for c in matrix.cells.values())
+    sys.exit(ExitStatus.EXPECTATION_FAILED if undecided else ExitStatus.OK)
 
 
 def main() -> None:

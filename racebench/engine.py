@@ -28,6 +28,7 @@ from racebench.guards import (
     open_blocking,
 )
 from racebench.history import RunHistory
+from racebench.history_edn import write_jepsen_edn
 from racebench.locks.base import LockService
 from racebench.registry import is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
@@ -45,6 +46,7 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 @dataclass
 class ExecutionOptions:
     history: IO[str] | None = None
+    history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
     clusters: ClusterOptions | None = None
 
@@ -311,7 +313,11 @@ def run_trial(
         final = store.read_final(plan) if plan is not None else FinalState()
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
-            history.write_json_lines(options.history, base, s.workload.operation_kind, result.t0_ns)
+            kind = s.workload.operation_kind
+            if options.history_format == "jepsen":
+                write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
+            else:
+                history.write_json_lines(options.history, base, kind, result.t0_ns)
         strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial, check
@@ -373,6 +379,7 @@ def run_files(
     results_dir: Path | None,
     history: Path | None,
     progress: ProgressFactory | None,
+    history_format: str = "json",
     clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
@@ -389,6 +396,7 @@ def run_files(
             execution = Execution()
             options = ExecutionOptions(
                 history=history_out.stream if history_out else None,
+                history_format=history_format,
                 progress=progress,
                 clusters=clusters,
             )

@@ -124,7 +124,14 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
                 f"unknown lock service {s.guard.lock.service!r}"
                 f" (known: {', '.join(LOCK_SERVICES)})",
             )
-    if s.guard.strategy != "lock" and s.guard.fencing:
+        if s.guard.lock.renew and not lock_class(s.guard.lock.service).renewable:
+            raise fail(
+                "guard.lock.renew",
+                f"{s.guard.lock.service} has no lease to renew (renew applies to "
+                + ", ".join(n for n in LOCK_SERVICES if lock_class(n).renewable)
+                + ")",
+            )
+    elif s.guard.fencing:
         raise fail(
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )

@@ -35,6 +35,8 @@ def strategy_label(run: dict[str, Any]) -> str:
     label = run["strategy"]
     if run.get("lock_service"):
         label += f":{run['lock_service']}"
+    if run.get("lease_renewal"):
+        label += "+renew"
     if run.get("fencing"):
         label += "+fencing"
     return label

@@ -115,6 +115,11 @@ class LockConfig(_Strict):
     ttl_ms: float = Field(default=10_000, gt=0)
     acquire_timeout_ms: float = Field(default=10_000, gt=0)
     retry_delay_ms: float = Field(default=1.0, ge=0)
+    renew: bool = Field(
+        default=False,
+        description="redis_lock, redlock: a watchdog in the holder's process renews the lease "
+        "every ttl/3 while it is held",
+    )
     # zookeeper_lock: the session a holder's lock lives with (the server clamps it to 2-20
     # times its tickTime).
     session_timeout_ms: float = Field(default=10_000, gt=0)
