@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from racebench.render import strategy_label
+from racebench.labels import strategy_label
 from racebench.report import trial_values
 
 PERCENTILES = ("p50", "p90", "p99", "max")

@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from racebench.labels import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED, strategy_label
 from racebench.runner import ProgressCallback
 from racebench.scenario import RunSpec
-from racebench.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 
 ANOMALY_TITLES = {
     "lost_updates": "lost\nupdates",
@@ -29,15 +29,6 @@ VERDICT_STYLES = {
     UNEXPECTED: "bold red",
     NOT_REPRODUCED: "dim",
 }
-
-
-def strategy_label(run: dict[str, Any]) -> str:
-    label = run["strategy"]
-    if run.get("lock_service"):
-        label += f":{run['lock_service']}"
-    if run.get("fencing"):
-        label += "+fencing"
-    return label
 
 
 def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:

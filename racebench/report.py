@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.render import strategy_label
+from racebench.labels import UNEXPECTED, strategy_label
 from racebench.results import read_document
-from racebench.verdict import UNEXPECTED
 
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"

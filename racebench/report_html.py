@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 
+from racebench.labels import ANOMALIES, SAFE, UNEXPECTED
 from racebench.plots import timeline_figures, workload_figures
 from racebench.report import (
     LoadedResult,
@@ -13,7 +14,6 @@ from racebench.report import (
     setup_summary,
     table_rows,
 )
-from racebench.verdict import ANOMALIES, SAFE, UNEXPECTED
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }

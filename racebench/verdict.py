@@ -14,6 +14,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from racebench.history import Outcome, RunHistory
+from racebench.labels import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
 from racebench.runner import RunnerResult
@@ -21,10 +22,6 @@ from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
 from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
 
-SAFE = "safe"
-ANOMALIES = "ANOMALIES"
-UNEXPECTED = "UNEXPECTED"
-NOT_REPRODUCED = "race not reproduced"
 ME_VIOLATIONS = "mutual_exclusion_violations"
 
 
