@@ -60,3 +60,18 @@ def short_param(key: str, value: Any) -> str:
 def params_text(params: dict[str, Any] | None, leave_out: tuple[str, ...] = ()) -> str:
     """The matrix parameters of a run, short, in matrix order, minus the keys in `leave_out`."""
     return ", ".join(short_param(k, v) for k, v in (params or {}).items() if k not in leave_out)
+
+
+def fault_summary(faults: list[dict[str, Any]]) -> str:
+    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
+    parts = []
+    for f in faults:
+        text = f"{f['kind']} c{f['client']}"
+        if f["end_ms"] - f["start_ms"] >= 1:
+            text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
+        if "unavailable_ms" in f:
+            text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
+        if f["note"].startswith(("failed", "emulated")):
+            text += f" [{f['note'].split(':')[0]}]"
+        parts.append(text)
+    return "; ".join(parts) or "-"

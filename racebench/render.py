@@ -11,7 +11,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from racebench.labels import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED, strategy_label
+from racebench.labels import (
+    ANOMALIES,
+    NOT_REPRODUCED,
+    SAFE,
+    UNEXPECTED,
+    fault_summary,
+    strategy_label,
+)
 from racebench.runner import ProgressCallback
 from racebench.scenario import RunSpec
 
@@ -76,21 +83,6 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
         cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{verdict}[/]")
         table.add_row(*cells)
     return table
-
-
-def fault_summary(faults: list[dict[str, Any]]) -> str:
-    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
-    parts = []
-    for f in faults:
-        text = f"{f['kind']} c{f['client']}"
-        if f["end_ms"] - f["start_ms"] >= 1:
-            text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
-        if "unavailable_ms" in f:
-            text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
-        if f["note"].startswith(("failed", "emulated")):
-            text += f" [{f['note'].split(':')[0]}]"
-        parts.append(text)
-    return "; ".join(parts) or "-"
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from racebench.history import Outcome, RunHistory
+from racebench.history_sample import sample_history
 from racebench.labels import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
@@ -41,6 +42,7 @@ class TrialAnalysis:
     lock: dict[str, Any] | None
     errors_sample: dict[str, int]
     timeline: dict[str, Any] | None = None
+    history_sample: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -160,6 +162,7 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        history_sample=sample_history(history, result.t0_ns),
     )
     return analysis, histogram
 
@@ -248,6 +251,7 @@ def summarize_run(
         "errors_sample": trials[-1].errors_sample,
         "faults": trials[-1].faults,
         "timeline": trials[-1].timeline,
+        "history_sample": trials[-1].history_sample,
         "trials": [
             {
                 "trial": t.trial,
