@@ -263,10 +263,11 @@ class _Percent(click.ParamType):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "markdown", "json", "benchmark-json"]),
+    type=click.Choice(["text", "markdown", "json", "benchmark-json", "html"]),
     default="text",
     show_default=True,
-    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list.",
+    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list; html: a"
+    " self-contained page, before and after per run.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
