@@ -77,10 +77,14 @@ def _legend_height(entries: int) -> float:
     return 0.25 * rows + 0.3
 
 
-def new_figure(width: float, height: float, columns: int = 1) -> tuple[Any, list[Any]]:
+def new_figure(
+    width: float, height: float, columns: int = 1, constrained: bool = True
+) -> tuple[Any, list[Any]]:
+    """A figure with `columns` axes side by side; constrained layout unless the caller sets
+    fixed margins (a figure drawn per run saves the layout's second drawing pass)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     axes = figure.subplots(1, columns, squeeze=False)[0]
     return figure, list(axes)
 

@@ -215,15 +215,15 @@ def _run_section(source: str, run: dict[str, Any], several: bool, salt: str) -> 
     parts = [f'<h4 id="run-{_anchor(source + run["label"])}">{_e(title)}</h4>']
     figures = run_figures(run, salt)
     parts += [figure_html("run-plot", svg, caption) for caption, svg in figures]
+    if not figures:
+        parts.append(
+            '<p class="note">No operation sample in this result file (written by an'
+            " older racebench): no latency or throughput over time.</p>"
+        )
     parts += [
         figure_html("timeline", svg, caption)
         for caption, svg in timeline_figures([(source, run)], salt)
     ]
-    if len(parts) == 1:
-        parts.append(
-            '<p class="note">No operation sample in this result file (written by an'
-            " older racebench): no plots over time.</p>"
-        )
     return parts
 
 

@@ -43,11 +43,14 @@ def run_figure(run: dict[str, Any]) -> Any:
     Right: operations completed per second in each bucket, one line per outcome."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     sample = run["history_sample"]
     names = sample["outcomes"]
     faults = run.get("faults") or []
-    figure, (scatter, rate) = new_figure(10, 3.6, columns=2)
+    figure, (scatter, rate) = new_figure(10, 3.6, columns=2, constrained=False)
+    # Fixed margins: the labels of this figure have a known size, and there is one per run.
+    figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.25, wspace=0.22)
     for index, name in enumerate(names):
         points = [op for op in sample["ops"] if op[2] == index]
         if points:
@@ -80,6 +83,9 @@ def run_figure(run: dict[str, Any]) -> Any:
         axis.grid(alpha=0.3)
         axis.set_xlim(left=0)
     scatter.set_yscale("log")
+    # Plain numbers (5, 10, 200): a log axis's "4x10^1" minor labels collide on short spans.
+    scatter.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    scatter.yaxis.set_minor_formatter(NullFormatter())
     scatter.set_ylabel("latency (ms)")
     scatter.set_title("latency of each operation", fontsize="medium")
     rate.set_ylabel("ops/s")
@@ -97,7 +103,7 @@ def run_figure(run: dict[str, Any]) -> Any:
         handles.append(
             Line2D([], [], marker="|", linestyle="", color=VIOLATION_COLOR, label="ME violation")
         )
-    figure.legend(handles=handles, fontsize="small", loc="outside lower center", ncols=4)
+    figure.legend(handles=handles, fontsize="small", loc="lower center", ncols=4)
     return figure
 
 
