@@ -6,11 +6,17 @@ matrix values, gc-pause-sampled.json a lock, a fault and a fenced run.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
 from racebench.history_sample import MAX_SAMPLED_OPS, sample_history
@@ -26,6 +32,13 @@ SAMPLED = GOLDEN / "gc-pause-sampled.json"
 CONTENTION = GOLDEN / "contention.json"
 
 
+@pytest.fixture(scope="module")
+def page() -> str:
+    """The report over three result files, as a reader would open it (rendered once: the
+    plots of 28 runs take a while on a busy machine)."""
+    return render_report([SAMPLED, ISOLATION, CONTENTION], "html")
+
+
 def _section(page: str, scenario: str) -> str:
     start = page.index(f'<h2 id="scenario-{scenario}">')
     end = page.find("<h2 ", start + 1)
@@ -38,22 +51,21 @@ def _headers(section: str) -> list[str]:
     return [re.sub(r"<wbr>", "", h) for h in re.findall(r"<th>(.*?)</th>", head.group(1))]
 
 
-def test_mapping_matrix_values_get_short_names() -> None:
+def test_mapping_matrix_values_get_short_names(page: str) -> None:
     lock = {"service": "redis_lock", "ttl_ms": 10000}
     assert short_param("guard.lock", lock) == "lock=redis_lock(ttl_ms=10000)"
     params = {"store": {"backend": "postgres"}, "workload": {"type": "withdraw", "amount": 10}}
     assert params_text(params) == "store=postgres, workload=withdraw(amount=10)"
-    page = render_report([ISOLATION], "html")
+    isolation = _section(page, "isolation")
     # No dict repr or JSON object anywhere a reader looks: table, legends, titles.
-    text = re.sub(r"<svg.*?</svg>", "", page, flags=re.S)
-    legends = "".join(re.findall(r"<text[^>]*>([^<]*)</text>", page))
+    text = re.sub(r"<svg.*?</svg>", "", isolation, flags=re.S)
+    legends = "".join(re.findall(r"<text[^>]*>([^<]*)</text>", isolation))
     for shown in (text, legends):
         assert "{'" not in shown and '{"' not in shown and "&#x27;" not in shown
     assert "read_committed [store=postgres, workload=stock(initial=1000)]" in legends
 
 
-def test_one_section_per_scenario_with_the_columns_that_tell_runs_apart() -> None:
-    page = render_report([SAMPLED, ISOLATION, CONTENTION], "html")
+def test_one_section_per_scenario_with_the_columns_that_tell_runs_apart(page: str) -> None:
     assert re.findall(r'<h2 id="scenario-([^"]+)">', page) == [
         "gc-pause",
         "isolation",
@@ -76,16 +88,15 @@ def test_one_section_per_scenario_with_the_columns_that_tell_runs_apart() -> Non
     assert re.search(r'<dt class="v-unexpected">UNEXPECTED</dt><dd>a strategy that', page)
 
 
-def test_a_plot_with_one_point_per_series_is_not_drawn() -> None:
-    page = render_report([ISOLATION, CONTENTION], "html")
+def test_a_plot_with_one_point_per_series_is_not_drawn(page: str) -> None:
     assert "throughput against clients" not in _section(page, "isolation")
     assert "throughput against clients" in _section(page, "contention")  # 1, 4, 8 clients
 
 
-def test_each_run_gets_latency_and_throughput_over_time() -> None:
+def test_each_run_gets_latency_and_throughput_over_time(page: str) -> None:
     document = json.loads(SAMPLED.read_text())
-    page = render_report([SAMPLED], "html")
-    plots = re.findall(r'<figure class="run-plot">(.*?)</figure>', page, re.S)
+    section = _section(page, "gc-pause")
+    plots = re.findall(r'<figure class="run-plot">(.*?)</figure>', section, re.S)
     assert len(plots) == len(document["runs"]) == 2
     for svg, run in zip(plots, document["runs"], strict=True):
         sample = run["history_sample"]
@@ -93,11 +104,11 @@ def test_each_run_gets_latency_and_throughput_over_time() -> None:
         assert svg.count("<image") == 1  # the scatter of operations, as one raster
         assert f"fill: {FAULT_COLOR}; opacity: 0.25" in svg  # the pause, shaded
         assert f"stroke: {VIOLATION_COLOR}" in svg  # overlaps marked where they happened
-        assert f"{len(sample['ops']):,} of {sample['total_ops']:,} operations shown" in page
+        assert f"{len(sample['ops']):,} of {sample['total_ops']:,} operations shown" in section
     fenced = plots[1]
     assert "fenced (stale token)" in fenced and "fenced (stale token)" not in plots[0]
     # The timelines stay for lock runs.
-    assert page.count('<figure class="timeline">') == 2
+    assert section.count('<figure class="timeline">') == 2
 
 
 def _history(outcomes: np.ndarray) -> RunHistory:
@@ -170,3 +181,83 @@ def test_compare_html_shows_before_after_and_the_decision(tmp_path: Path) -> Non
     for run, row in zip(comparison.runs, rows, strict=True):
         assert decision_text(run.throughput) in row
         assert ("REGRESSION" in row) == bool(run.regressions)
+
+
+# --- In a real browser: headless Chromium at 1280x800, driven by Playwright -------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (the system's, no download); under CI=true its absence fails."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        binary = None
+    if binary is None:
+        reason = (
+            "chromium or playwright missing (scripts/install-servers.sh; pip install -e .[dev])"
+        )
+        if os.environ.get("CI", "").lower() in {"true", "1"}:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        # --no-sandbox: Chromium refuses to run as root without it.
+        chromium = playwright.chromium.launch(executable_path=binary, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def _open(browser: Any, path: Path) -> tuple[Any, list[str]]:
+    """The page at 1280x800, and every URL it requested besides itself."""
+    tab = browser.new_page(viewport={"width": 1280, "height": 800})
+    requests: list[str] = []
+    tab.on("request", lambda request: requests.append(request.url))
+    tab.goto(path.as_uri())
+    tab.wait_for_load_state("load")
+    return tab, [url for url in requests if url != path.as_uri()]
+
+
+def _ink(png: bytes) -> tuple[int, float]:
+    """(pixels darker than near-white, grey-level spread) of a screenshot."""
+    from PIL import Image, ImageStat
+
+    image = Image.open(io.BytesIO(png)).convert("L")
+    return sum(image.histogram()[:200]), ImageStat.Stat(image).stddev[0]
+
+
+def _check_in_browser(browser: Any, path: Path, figures: int) -> None:
+    tab, requests = _open(browser, path)
+    try:
+        assert requests == []  # no font, script, image or stylesheet fetched
+        scroll_width, inner_width = tab.evaluate(
+            "[document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert inner_width == 1280
+        assert scroll_width <= inner_width, f"page is {scroll_width} px wide"
+        drawn = tab.locator("figure svg")
+        assert drawn.count() == figures
+        for i in range(figures):
+            dark, spread = _ink(drawn.nth(i).screenshot())
+            assert dark > 2_000 and spread > 20, f"figure {i}: {dark} dark pixels"
+    finally:
+        tab.close()
+
+
+@pytest.mark.chromium
+def test_report_fits_1280_and_every_plot_has_ink(browser: Any, page: str, tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    path.write_text(page)
+    # gc-pause: anomalies, latency, 2 x (over time, timeline); isolation: anomalies, latency,
+    # 12 x over time; contention: against clients, anomalies, latency.
+    _check_in_browser(browser, path, figures=2 + 4 + 2 + 12 + 3)
+
+
+@pytest.mark.chromium
+def test_compare_page_fits_1280_and_has_ink(browser: Any, tmp_path: Path) -> None:
+    from racebench.compare import compare_results
+    from racebench.compare_html import render_compare_html
+
+    path = tmp_path / "compare.html"
+    path.write_text(render_compare_html(compare_results(ISOLATION, ISOLATION, 0.10)))
+    _check_in_browser(browser, path, figures=1)
