@@ -208,6 +208,17 @@ def by_scenario(results: list[LoadedResult]) -> dict[str, list[SourcedRun]]:
     return groups
 
 
+_NO_SAMPLE_NOTE = (
+    '<p class="note">No operation sample in this result file (written by an older'
+    " racebench): no latency or throughput over time.</p>"
+)
+
+
+def _has_plots_over_time(run: dict[str, Any]) -> bool:
+    timeline = run.get("timeline") or {}
+    return bool(run.get("history_sample") or timeline.get("critical_sections") or run.get("faults"))
+
+
 def _run_section(source: str, run: dict[str, Any], several: bool, salt: str) -> list[str]:
     params = params_text(run.get("params"))
     name = f"{run['label'].split('[')[0]}[{params}]" if params else run["label"]
@@ -216,10 +227,7 @@ def _run_section(source: str, run: dict[str, Any], several: bool, salt: str) -> 
     figures = run_figures(run, salt)
     parts += [figure_html("run-plot", svg, caption) for caption, svg in figures]
     if not figures:
-        parts.append(
-            '<p class="note">No operation sample in this result file (written by an'
-            " older racebench): no latency or throughput over time.</p>"
-        )
+        parts.append(_NO_SAMPLE_NOTE)
     parts += [
         figure_html("timeline", svg, caption)
         for caption, svg in timeline_figures([(source, run)], salt)
@@ -247,6 +255,9 @@ def render_html(results: list[LoadedResult]) -> str:
             for caption, svg in scenario_figures(sourced, names, f"s{index}")
         ]
         parts.append("<h3>Runs over time</h3>")
+        if not any(_has_plots_over_time(run) for _, run in sourced):
+            parts.append(_NO_SAMPLE_NOTE)
+            continue
         for i, (source, run) in enumerate(sourced):
             parts += _run_section(source, run, several, f"s{index}-r{i}")
     return (
