@@ -261,3 +261,13 @@ def test_compare_page_fits_1280_and_has_ink(browser: Any, tmp_path: Path) -> Non
     path = tmp_path / "compare.html"
     path.write_text(render_compare_html(compare_results(ISOLATION, ISOLATION, 0.10)))
     _check_in_browser(browser, path, figures=1)
+
+
+def test_compare_decision_shows_the_interval_when_compare_gives_one() -> None:
+    from racebench.compare import compare_results
+    from racebench.compare_html import decision_text
+
+    change = compare_results(CONTENTION, CONTENTION, 0.10).runs[0].throughput
+    assert decision_text(change).startswith(change.verdict)
+    change.interval = (-0.31, -0.12)  # type: ignore[attr-defined]
+    assert decision_text(change) == f"{change.verdict}, interval -31% to -12%"
