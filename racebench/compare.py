@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.labels import SAFE
+from racebench.naming import SAFE
 from racebench.report import LoadedResult, load_result, server_versions, trial_values
 
 ALPHA = 0.05

@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from racebench.labels import params_text, strategy_label
+from racebench.naming import params_text, strategy_label
 from racebench.report import trial_values
 
 PERCENTILES = ("p50", "p90", "p99", "max")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from racebench.labels import (
+from racebench.naming import (
     ANOMALIES,
     NOT_REPRODUCED,
     SAFE,

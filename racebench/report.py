@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.labels import UNEXPECTED, strategy_label
+from racebench.naming import UNEXPECTED, strategy_label
 from racebench.results import read_document
 
 FORMATS = ("markdown", "html", "json")

@@ -11,7 +11,7 @@ import html
 import re
 from typing import Any
 
-from racebench.labels import (
+from racebench.naming import (
     ANOMALIES,
     NOT_REPRODUCED,
     SAFE,

@@ -15,9 +15,9 @@ from hdrh.histogram import HdrHistogram
 
 from racebench.history import Outcome, RunHistory
 from racebench.history_sample import sample_history
-from racebench.labels import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
+from racebench.naming import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.runner import RunnerResult
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec

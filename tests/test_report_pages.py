@@ -20,7 +20,7 @@ import pytest
 
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
 from racebench.history_sample import MAX_SAMPLED_OPS, sample_history
-from racebench.labels import params_text, short_param
+from racebench.naming import params_text, short_param
 from racebench.plots import FAULT_COLOR, VIOLATION_COLOR
 from racebench.report import render_report
 from racebench.results import to_json
