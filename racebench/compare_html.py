@@ -25,8 +25,9 @@ def _figure(value: float, unit: str) -> str:
     return f"{value:,.0f}" if unit == "ops/s" else f"{value:.2f}"
 
 
-def change_interval(change: MetricChange) -> tuple[float, float] | None:
-    """The interval of the relative change that compare decided from, if it gives one."""
+def ratio_interval(change: MetricChange) -> tuple[float, float] | None:
+    """The confidence interval of the candidate/baseline ratio that compare decided from,
+    when its method gives one (a bootstrap does; a rank test on trials does not)."""
     interval = getattr(change, "interval", None)
     if interval is None:
         return None
@@ -35,16 +36,39 @@ def change_interval(change: MetricChange) -> tuple[float, float] | None:
 
 
 def decision_text(change: MetricChange) -> str:
-    """e.g. `slower (p=0.012)`, `undecided (1 vs 1 trials)`, `faster, interval +8% to +20%`."""
+    """e.g. `slower, interval -52% to -41%`, `same within noise (p=0.412)`, `undecided (1 vs
+    1 trials)`: compare's verdict and what it rests on."""
     text = change.verdict
-    interval = change_interval(change)
+    interval = ratio_interval(change)
+    p_value = getattr(change, "p_value", None)
     if interval is not None:
-        text += f", interval {interval[0]:+.0%} to {interval[1]:+.0%}"
-    elif change.p_value is not None:
-        text += f" (p={change.p_value:.3f})"
+        text += f", interval {interval[0] - 1:+.0%} to {interval[1] - 1:+.0%}"
+    elif p_value is not None:
+        text += f" (p={p_value:.3f})"
+    elif getattr(change, "reason", ""):
+        text += f" ({change.reason})"  # type: ignore[attr-defined]
     else:
         text += f" ({len(change.baseline_trials)} vs {len(change.candidate_trials)} trials)"
     return text
+
+
+def run_status(run: RunComparison) -> tuple[str, str]:
+    """(text, css class) of a run's result: regression, undecided speed, or ok."""
+    if run.regressions:
+        return "REGRESSION: " + "; ".join(run.regressions), "v-unexpected"
+    if getattr(run, "speed_undecided", False):
+        return "UNDECIDED speed", "v-anomalies"
+    return "ok", "v-safe"
+
+
+def headline(comparison: Comparison) -> str:
+    """The page's verdict: a regression, else undecided speed (never "passed"), else none."""
+    if comparison.failed:
+        return "REGRESSION"
+    if getattr(comparison, "undecided", None):
+        allowed = getattr(comparison, "allow_undecided", False)
+        return "UNDECIDED speed" + (" (allowed)" if allowed else "")
+    return "no regression"
 
 
 def _metric_cells(change: MetricChange) -> str:
@@ -61,8 +85,7 @@ def _verdict_cell(verdict: str) -> str:
 
 
 def _row(run: RunComparison) -> str:
-    status = "REGRESSION: " + "; ".join(run.regressions) if run.regressions else "ok"
-    css = "v-unexpected" if run.regressions else "v-safe"
+    status, css = run_status(run)
     verdicts = _verdict_cell(run.baseline_verdict)
     if run.candidate_verdict != run.baseline_verdict:
         verdicts += " → " + _verdict_cell(run.candidate_verdict)
@@ -112,9 +135,9 @@ def before_after_figure(runs: list[RunComparison], max_slowdown: float) -> Any:
                 y = row + offset
                 axis.scatter(_ratio(trials, base), [y] * len(trials), s=14, color=color, alpha=0.6)
                 axis.plot(_ratio([median] * 2, base), [y - 0.12, y + 0.12], color=color, lw=2)
-            interval = change_interval(change)
+            interval = ratio_interval(change)
             if interval is not None:
-                axis.plot([1 + interval[0], 1 + interval[1]], [row + 0.15] * 2, color="#222")
+                axis.plot(list(interval), [row + 0.15] * 2, color="#222")
             axis.annotate(
                 f"{describe_change(change)}, {change.verdict}",
                 (max(_ratio([base, change.candidate], base)), row),
@@ -146,8 +169,7 @@ def before_after_figure(runs: list[RunComparison], max_slowdown: float) -> Any:
 
 def render_compare_html(comparison: Comparison) -> str:
     """The whole comparison page: sources, decision, table and the before/after plot."""
-    status = "REGRESSION" if comparison.failed else "no regression"
-    parts = [f"<h1>racebench compare: {_e(status)}</h1>", '<ul class="setup">']
+    parts = [f"<h1>racebench compare: {_e(headline(comparison))}</h1>", '<ul class="setup">']
     for name, loaded in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
         document = loaded.document
         commit = (document.get("git_commit") or "no commit")[:10]
@@ -175,7 +197,8 @@ def render_compare_html(comparison: Comparison) -> str:
         caption = (
             "Before (grey) and after (blue) per run, relative to the baseline's median: dots"
             " are trials, bars the medians compared; the label is the change of the median"
-            " and compare's decision; dashed red: the allowed slowdown."
+            " and compare's decision; dashed red: the allowed slowdown; a black line: the"
+            " interval compare decided from, when it gives one."
         )
         parts.append(figure_html("plot", svg, caption))
     return (
