@@ -75,3 +75,13 @@ def fault_summary(faults: list[dict[str, Any]]) -> str:
             text += f" [{f['note'].split(':')[0]}]"
         parts.append(text)
     return "; ".join(parts) or "-"
+
+
+def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
+    """One line per run whose workers were saturated: its figures describe racebench."""
+    lines = [
+        f"client-bound: {r['label']}: {r['load']['client_bound_reason']}"
+        for r in runs
+        if (r.get("load") or {}).get("client_bound")
+    ]
+    return "\n".join(lines) or None
