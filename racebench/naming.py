@@ -26,10 +26,13 @@ _NAMING_KEYS = ("backend", "service", "type", "strategy", "kind")
 
 
 def strategy_label(run: dict[str, Any]) -> str:
-    """e.g. `lock:redis_lock+fencing`: the strategy, its lock service and fencing."""
+    """e.g. `lock:redis_lock+renew+fencing`: the strategy, its lock service, lease renewal
+    and fencing."""
     label = str(run["strategy"])
     if run.get("lock_service"):
         label += f":{run['lock_service']}"
+    if run.get("lease_renewal"):
+        label += "+renew"
     if run.get("fencing"):
         label += "+fencing"
     return label

@@ -24,6 +24,11 @@ OUTCOME_STYLES = {
 }
 
 
+def outcome_style(name: str) -> tuple[str, str]:
+    """(legend label, colour) of an outcome; one this racebench does not know is drawn grey."""
+    return OUTCOME_STYLES.get(name, (name, "#444444"))
+
+
 def _shade_faults(axis: Any, faults: list[dict[str, Any]]) -> None:
     for fault in faults:
         start, end = fault["start_ms"] / 1000, fault["end_ms"] / 1000
@@ -58,14 +63,14 @@ def run_figure(run: dict[str, Any]) -> Any:
                 [op[0] / 1000 for op in points],
                 [max(op[1], 1e-3) for op in points],
                 s=6,
-                color=OUTCOME_STYLES[name][1],
+                color=outcome_style(name)[1],
                 linewidths=0,
                 rasterized=True,  # thousands of points: an image inside the SVG, not paths
             )
     width_s = sample["bucket_ms"] / 1000
     for name, counts in sample["completions"].items():
         x = [(i + 0.5) * width_s for i in range(len(counts))]
-        rate.plot(x, [c / width_s for c in counts], color=OUTCOME_STYLES[name][1], linewidth=1.2)
+        rate.plot(x, [c / width_s for c in counts], color=outcome_style(name)[1], linewidth=1.2)
     anomalies = anomaly_times_ms(run)
     for axis in (scatter, rate):
         _shade_faults(axis, faults)
@@ -90,11 +95,9 @@ def run_figure(run: dict[str, Any]) -> Any:
     rate.set_ylabel("ops/s")
     rate.set_ylim(bottom=0)
     rate.set_title(f"throughput per outcome ({sample['bucket_ms']} ms buckets)", fontsize="medium")
-    seen = set(sample["completions"])
     handles: list[Any] = [
         Line2D([], [], marker="o", linestyle="-", color=color, label=label)
-        for name, (label, color) in OUTCOME_STYLES.items()
-        if name in seen
+        for label, color in map(outcome_style, sample["completions"])
     ]
     if faults:
         handles.append(Patch(color=FAULT_COLOR, alpha=0.4, label="fault"))

@@ -271,3 +271,16 @@ def test_compare_decision_shows_the_interval_when_compare_gives_one() -> None:
     assert decision_text(change).startswith(change.verdict)
     change.interval = (0.69, 0.88)  # type: ignore[attr-defined]  # of candidate/baseline
     assert decision_text(change) == f"{change.verdict}, interval -31% to -12%"
+
+
+def test_a_broken_history_sample_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    document = json.loads(SAMPLED.read_text())
+    document["runs"][1]["history_sample"]["ops"][3] = [12.5, "fast"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(document))
+    result = run_cli("report", str(bad), "--format", "html")
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert "runs[1].history_sample.ops[3]" in line, line
