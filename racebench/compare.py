@@ -30,8 +30,8 @@ import numpy as np
 from racebench.compare_warnings import load_difference, setting_changes, setup_differences
 from racebench.errors import ExitStatus, ResultFileError
 from racebench.gate_stats import CONFIDENCE, ratio_interval
+from racebench.naming import SAFE
 from racebench.report import LoadedResult, load_result, trial_values
-from racebench.verdict import SAFE
 
 METHOD = (
     f"{CONFIDENCE:.0%} circular block bootstrap interval of the ratio of medians "

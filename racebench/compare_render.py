@@ -19,7 +19,7 @@ from racebench.compare import (
 from racebench.gate_stats import CONFIDENCE
 from racebench.report import markdown_table
 
-FORMATS = ("text", "markdown", "github", "json", "benchmark-json", "junit")
+FORMATS = ("text", "markdown", "github", "json", "benchmark-json", "junit", "html")
 COMPARE_SCHEMA = "racebench.compare/1"
 
 
@@ -278,6 +278,11 @@ def render_benchmark_json(comparison: Comparison) -> str:
 
 def render_comparison(comparison: Comparison, fmt: str) -> str:
     """`comparison` as text in one of FORMATS."""
+    if fmt == "html":  # matplotlib is only imported for this format
+        from racebench.compare_html import render_compare_html
+
+        return render_compare_html(comparison)
+
     from racebench.junit import comparison_junit
 
     renderers = {

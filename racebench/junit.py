@@ -13,7 +13,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
-from racebench.verdict import UNEXPECTED
+from racebench.naming import UNEXPECTED
 
 if TYPE_CHECKING:
     from racebench.compare import Comparison
