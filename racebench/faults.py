@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from racebench.errors import BackendUnavailable
 from racebench.history import RunHistory
 from racebench.server_faults import SERVER_FAULTS, ServerFault, validate_servers
 from racebench.server_process import ServerProcess
@@ -221,8 +222,15 @@ class FaultNemesis:
         for proxy in self.routes.proxies.values():
             proxy.heal()
             proxy.clear_latency()
+        # Every server is started again even if one fails to (its error is raised after).
+        failures = []
         for server_fault in self._server_faults.values():
-            server_fault.undo()
+            try:
+                server_fault.undo()
+            except BackendUnavailable as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def _signal(self, pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):

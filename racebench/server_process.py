@@ -93,10 +93,20 @@ def _listener(port: int) -> psutil.Process | None:
     return None
 
 
-def _looks_retitled(cmdline: list[str]) -> bool:
-    # Servers that set their process title (Redis by default) overwrite argv with one
-    # string such as "redis-server 127.0.0.1:6390": running it again would start nothing.
-    return len(cmdline) == 1 and " " in cmdline[0]
+def _command_line(pid: int) -> list[str] | None:
+    """The process's argv, read from /proc; None when the process overwrote it with a title.
+
+    Servers that set their process title (Redis by default) write one string such as
+    "redis-server 127.0.0.1:6390" over their arguments, padded with NULs: running that
+    again would start nothing. psutil splits such a title at its spaces, so it cannot
+    tell; the raw bytes can: the arguments of an exec are NUL-separated.
+    """
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    if b"\0" not in raw.rstrip(b"\0") and b" " in raw:
+        return None
+    return [arg.decode(errors="surrogateescape") for arg in raw.split(b"\0")]
 
 
 @dataclass
@@ -130,12 +140,12 @@ class ServerProcess:
         try:
             with process.oneshot():
                 if config.start is None:
-                    server.command = process.cmdline()
+                    server.command = _command_line(process.pid) or []
                     server.cwd = process.cwd()
                     server.env = process.environ()
                 server.user, server.group = _identity(process)
                 server.log_path = _stdout_file(process)
-        except psutil.Error as exc:
+        except (psutil.Error, OSError) as exc:
             raise BackendUnavailable(
                 f"{field}: cannot read process {process.pid} ({type(exc).__name__}); "
                 "racebench needs the rights to signal and restart it (run as its user or root)"
@@ -148,9 +158,9 @@ class ServerProcess:
 
     def require_restartable(self) -> None:
         """Refuse, before the run, a server whose command line cannot start it again."""
-        if not self.explicit_start and _looks_retitled(self.command):
+        if not self.command:
             raise BackendUnavailable(
-                f"{self.field}: process {self.pid} rewrote its command line ({self.command[0]!r})"
+                f"{self.field}: process {self.pid} rewrote its command line (a process title)"
                 f", so racebench cannot start it again: give {self.field}.start (for Redis, "
                 "or start it with --set-proc-title no)"
             )
@@ -243,17 +253,17 @@ def _process_from(pid_file: Path, port: int, field: str) -> psutil.Process:
         process = None
     if process is None or not _alive(process):
         raise BackendUnavailable(f"{field}.pid_file: process {text} of {pid_file} is not running")
-    if not _listens_on(process, port):
-        raise BackendUnavailable(
-            f"{field}.pid_file: process {text} of {pid_file} does not listen on port {port} "
-            "(a stale pid file?); racebench signals only the server it names"
-        )
     try:
         os.kill(process.pid, 0)
     except PermissionError:
         raise BackendUnavailable(
             f"{field}: not allowed to signal process {text} (run racebench as its user or root)"
         ) from None
+    if not _listens_on(process, port):
+        raise BackendUnavailable(
+            f"{field}.pid_file: process {text} of {pid_file} does not listen on port {port} "
+            "(a stale pid file?); racebench signals only the server it names"
+        )
     return process
 
 

@@ -418,11 +418,11 @@ def _wait_until(
         time.sleep(0.1)
 
 
-def start_redis_cluster(count: int = 5) -> list[ManagedServer]:
+def start_redis_cluster(count: int = 5, keep_command_line: bool = True) -> list[ManagedServer]:
     """Start `count` independent, non-persistent Redis servers for Redlock, with pid files.
 
     `--set-proc-title no` keeps their command line as given, so racebench can start one
-    again after a kill without a `start` command.
+    again after a kill without a `start` command; without it Redis rewrites it.
     """
     redis_server = _binary("redis-server", "/usr/bin")
     if redis_server is None:
@@ -432,7 +432,9 @@ def start_redis_cluster(count: int = 5) -> list[ManagedServer]:
         port = _free_port()
         workdir = _workdir(f"redis-{port}")
         command = [redis_server, "--port", str(port), "--bind", HOST, "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(workdir), "--set-proc-title", "no"]
+        command += ["--appendonly", "no", "--dir", str(workdir)]
+        if keep_command_line:
+            command += ["--set-proc-title", "no"]
         servers.append(_spawn_managed(f"redis://{HOST}:{port}/0", command, workdir))
     for server in servers:
         port = int(server.url.rsplit(":", 1)[1].split("/")[0])
@@ -494,6 +496,13 @@ def _stop_managed(server: ManagedServer) -> None:
     """SIGKILL the process the pid file names now (these servers keep no state we need)."""
     with contextlib.suppress(OSError, ValueError):
         os.kill(int(server.pid_file.read_text()), signal.SIGKILL)
+
+
+def stop_managed_server(server: ManagedServer) -> None:
+    """Stop one server of start_redis_cluster / start_zookeeper_ensemble before the end."""
+    _managed.remove(server)
+    _stop_managed(server)
+    shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 def stop_started() -> None:

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from racebench.scenario import load_raw
+from tests import servers
 from tests.conftest import REPO, run_cli, run_scenario_data
 
 CLUSTER = REPO / "scenarios" / "cluster"
@@ -162,3 +163,41 @@ def test_a_pid_file_naming_another_process_is_refused_before_anything_is_signall
         out = tmp_path / "out.json"
         done = run_cli("run", str(write_scenario(scenario)), "--quiet", "--output", str(out))
         _one_line_error(done, 3, "guard.lock.servers[0].pid_file: ", needle)
+
+
+def test_a_retitled_server_is_refused_unless_its_start_command_is_given(
+    tmp_path: Path, write_scenario
+) -> None:
+    # Redis by default overwrites its command line with "redis-server 127.0.0.1:PORT".
+    [server] = servers.start_redis_cluster(1, keep_command_line=False)
+    try:
+        entry = server.entry()
+        lock = {"service": "redis_lock", "url": server.url, "servers": [entry]}
+        scenario = {
+            "name": "restart",
+            "workload": {"type": "stock", "initial": 1000},
+            "guard": {"strategy": "lock", "lock": lock},
+            "duration": "1s",
+            "faults": [{"kind": "restart_server", "at": "0.2s"}],
+        }
+        out = tmp_path / "out.json"
+        done = run_cli("run", str(write_scenario(scenario)), "--quiet", "--output", str(out))
+        _one_line_error(done, 3, "guard.lock.servers[0]: ", "rewrote its command line", ".start")
+        before = int(server.pid_file.read_text())
+        port = server.url.rsplit(":", 1)[1].split("/")[0]
+        entry["start"] = f"redis-server --port {port} --bind 127.0.0.1 --save '' --dir {tmp_path}"
+        [run] = run_scenario_data(scenario)
+        assert "started again as pid" in _fault(run)["note"], _fault(run)
+        after = int(server.pid_file.read_text())
+        assert after != before and _gone(before)
+        _running([entry])
+        assert psutil.Process(after).cmdline()[0].startswith("redis-server")  # `start` ran
+    finally:
+        servers.stop_managed_server(server)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
