@@ -220,19 +220,29 @@ class ServerProcess:
 
     def wait_listening(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait until a process listens on the server's port; record it in the pid file."""
+        import psutil
+
+        child = self.spawned[-1]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            process = _listener(self.port)
+            process = None
+            if child.poll() is None:
+                # Still running, so it is the server: a cheap look at its own sockets.
+                with contextlib.suppress(psutil.Error):
+                    own = psutil.Process(child.pid)
+                    process = own if _listens_on(own, self.port) else None
+            elif child.returncode == 0:
+                # It daemonized (its parent exited): find whoever listens, a slower scan.
+                process = _listener(self.port)
+            else:
+                raise BackendUnavailable(
+                    f"{self.field}: {self.command[0]} exited with {child.returncode}"
+                )
             if process is not None:
                 self.process = process
                 _write_pid(self.pid_file, process.pid)
                 return
-            for child in self.spawned:
-                if child.poll() not in (None, 0):  # a daemonizing parent exits with 0
-                    raise BackendUnavailable(
-                        f"{self.field}: {self.command[0]} exited with {child.returncode}"
-                    )
-            time.sleep(_POLL_S * 5)
+            time.sleep(_POLL_S)
         raise BackendUnavailable(f"{self.field}: nothing listens on port {self.port} after start")
 
 
