@@ -56,9 +56,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _overrides(
-    clients: int | None, operations: int | None, duration: str | None, trials: int | None
+    clients: int | None,
+    operations: int | None,
+    duration: str | None,
+    trials: int | None,
+    workers: str | None = None,
+    rate: str | None = None,
 ) -> dict[str, Any]:
-    values = {"clients": clients, "operations": operations, "duration": duration, "trials": trials}
+    values: dict[str, Any] = {
+        "clients": clients,
+        "operations": operations,
+        "duration": duration,
+        "trials": trials,
+        "rate": rate,
+        "workers": int(workers) if workers is not None and workers.isdigit() else workers,
+    }
     overrides = {k: v for k, v in values.items() if v is not None}
     if duration is not None and operations is None:
         overrides["operations"] = None  # --duration alone: run until the deadline
@@ -100,6 +112,16 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Override the duration (e.g. 10s); without --operations it alone stops the run.",
 )
 @click.option("--trials", type=click.IntRange(min=1), help="Override trials per run.")
+@click.option(
+    "--workers",
+    help="Worker processes the clients are spread over (default: one per CPU; `clients`: "
+    "one process per client).",
+)
+@click.option(
+    "--rate",
+    help="Open loop: start operations at this rate (e.g. 5000/s) whatever the server does; "
+    "latency then counts from each operation's intended start.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def run(
@@ -112,6 +134,8 @@ def run(
     operations: int | None,
     duration: str | None,
     trials: int | None,
+    workers: str | None,
+    rate: str | None,
     quiet: bool,
 ) -> None:
     """Run scenario files and print the results table."""
@@ -123,7 +147,9 @@ def run(
             raise RacebenchError(
                 "--output takes one scenario; omit it to write one file per scenario"
             )
-        loaded = _load_all(scenarios, _overrides(clients, operations, duration, trials))
+        loaded = _load_all(
+            scenarios, _overrides(clients, operations, duration, trials, workers, rate)
+        )
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_files(
                 loaded, output=output, results_dir=results_dir, history=history, progress=progress

@@ -85,7 +85,17 @@ def _check(target: _Reachable | None) -> tuple[bool, str]:
         return False, str(error)
     except Exception as error:  # a driver failure we did not foresee: still one line
         return False, f"{type(error).__name__}: {error}".splitlines()[0]
-    return True, " ".join(v for k, v in facts.items() if k != "server") or facts.get("server", "")
+    detail = " ".join(v for k, v in facts.items() if k != "server") or facts.get("server", "")
+    limit_of = getattr(target, "connection_limit", None)
+    if limit_of is not None:
+        try:
+            limit = limit_of()
+        except Exception as error:  # the limit is information: never fail doctor for it
+            limit = None
+            detail += f"; connection limit unknown ({type(error).__name__})"
+        if limit is not None:
+            detail += f"; {limit[1]} more connections allowed ({limit[0]})"
+    return True, detail
 
 
 def check_servers(paths: list[Path]) -> list[ServerCheck]:
