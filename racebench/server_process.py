@@ -218,6 +218,10 @@ class ServerProcess:
                 log.close()
         self.spawned.append(child)
 
+    def _last_log_line(self) -> str:
+        last = _last_words(self.log_path) if self.log_path else ""
+        return f" ({self.log_path}: {last})" if last else ""
+
     def wait_listening(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait until a process listens on the server's port; record it in the pid file."""
         import psutil
@@ -237,6 +241,7 @@ class ServerProcess:
             else:
                 raise BackendUnavailable(
                     f"{self.field}: {self.command[0]} exited with {child.returncode}"
+                    + self._last_log_line()
                 )
             if process is not None:
                 self.process = process
@@ -244,6 +249,16 @@ class ServerProcess:
                 return
             time.sleep(_POLL_S)
         raise BackendUnavailable(f"{self.field}: nothing listens on port {self.port} after start")
+
+
+def _last_words(path: str) -> str:
+    """The last non-empty line of a log file (a server's reason for exiting), or ''."""
+    with contextlib.suppress(OSError), open(path, "rb") as log:
+        log.seek(0, os.SEEK_END)
+        log.seek(max(0, log.tell() - 2000))
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if line]
+        return lines[-1].strip()[:200] if lines else ""
+    return ""
 
 
 def _process_from(pid_file: Path, port: int, field: str) -> psutil.Process:
