@@ -15,7 +15,8 @@ from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
 
-from racebench.errors import RacebenchError, ScenarioError
+from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
+from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
     OpenedClient,
@@ -25,9 +26,10 @@ from racebench.guards import (
     open_blocking,
 )
 from racebench.history import RunHistory
+from racebench.history_edn import write_jepsen_edn
 from racebench.locks.base import LockService
 from racebench.registry import lock_class, store_class, strategies_for
-from racebench.results import build_document, default_path, write_atomically
+from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ClientOptions, Store
@@ -41,7 +43,9 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 @dataclass
 class ExecutionOptions:
     history: IO[str] | None = None
+    history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
+    clusters: ClusterOptions | None = None
 
 
 @dataclass
@@ -166,6 +170,40 @@ def _records_dir() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
+def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | None:
+    """Where this run's workers go: the --cluster address, the scenario's, or None (here).
+
+    Refused before anything runs: faults (the nemesis watches and signals local processes
+    only), and credentials over clear text to another host.
+    """
+    s = spec.scenario
+    address = (clusters.address if clusters else None) or s.cluster
+    if address is None:
+        return None
+    if clusters is None:
+        raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
+    if s.faults:
+        raise ScenarioError(
+            spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
+        )
+    urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
+    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    check_transport(address, urls, clusters.insecure, spec.source)
+    return address
+
+
+def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str, str]:
+    """The lock service's facts; a failure names the key its URL came from, not the store."""
+    try:
+        return lock_service.check_reachable()
+    except BackendUnavailable as error:
+        lock = spec.scenario.guard.lock
+        field = "store.url"
+        if lock is not None and (lock.url or lock.urls):
+            field = "guard.lock.url" if lock.url else "guard.lock.urls"
+        raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
+
+
 def run_trial(
     spec: RunSpec, trial: int, options: ExecutionOptions
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
@@ -176,7 +214,7 @@ def run_trial(
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
-        environment["lock"] = lock_service.check_reachable()
+        environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
     plan = s.workload.plan()
     workdir = Path(tempfile.mkdtemp(prefix="racebench-run-", dir=_records_dir()))
@@ -191,22 +229,43 @@ def run_trial(
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
         per_worker = -(-s.clients // workers)
-        result: RunnerResult = run_clients(
-            ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker),
-            s.clients,
-            s.operations,
-            s.duration,
-            workdir,
-            progress,
-            nemesis,
-            workers=workers,
-            rate=rate,
-        )
+        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker)
+        address = cluster_address(spec, options.clusters)
+        result: RunnerResult
+        if address is not None:
+            assert options.clusters is not None
+            result = run_clients_on_cluster(
+                options.clusters.session(address),
+                factory,
+                s.clients,
+                s.operations,
+                s.duration,
+                workdir,
+                progress,
+                workers=workers,
+                rate=rate,
+            )
+        else:
+            result = run_clients(
+                factory,
+                s.clients,
+                s.operations,
+                s.duration,
+                workdir,
+                progress,
+                nemesis,
+                workers=workers,
+                rate=rate,
+            )
         final = store.read_final(plan)
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
-            history.write_json_lines(options.history, base, s.workload.operation_kind, result.t0_ns)
+            kind = s.workload.operation_kind
+            if options.history_format == "jepsen":
+                write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
+            else:
+                history.write_json_lines(options.history, base, kind, result.t0_ns)
         strategy = strategies_for(s.store.backend)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial
@@ -229,6 +288,8 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
 
     Stops after the trial that Ctrl-C interrupted; runs finished before then are kept.
     """
+    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+        cluster_address(spec, options.clusters)
     for spec in specs:
         trials: list[TrialAnalysis] = []
         histograms: list[HdrHistogram] = []
@@ -262,6 +323,8 @@ def run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    history_format: str = "json",
+    clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
 
@@ -276,7 +339,10 @@ def run_files(
             started = dt.datetime.now(dt.UTC)
             execution = Execution()
             options = ExecutionOptions(
-                history=history_out.stream if history_out else None, progress=progress
+                history=history_out.stream if history_out else None,
+                history_format=history_format,
+                progress=progress,
+                clusters=clusters,
             )
             failure: RacebenchError | None = None
             try:
@@ -303,6 +369,8 @@ def run_files(
             if execution.interrupted:
                 break
     finally:
+        if clusters is not None:
+            clusters.close()
         if history_out is not None:
             history_out.commit()
     return outcomes
@@ -315,6 +383,7 @@ class _AtomicText:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 
     def commit(self) -> None:
