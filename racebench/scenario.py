@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,12 +46,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class ServerConfig(_Strict):
+    """A server process on this host that server faults (kill, pause, restart) may hit.
+
+    racebench finds the process through its pid file (a relative path is taken from the
+    current directory) and checks that it listens on the URL's port before touching it.
+    """
+
+    url: str
+    pid_file: str
+    # How to start it again after a kill; by default the command line, directory, user and
+    # environment of the process found at setup (see docs/cluster.md).
+    start: list[str] | None = None
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("start")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty command")
+        return value
+
+
 class StoreConfig(_Strict):
     """Where the data lives."""
 
     backend: str = "sqlite"
     url: str | None = None
     proxy: bool = False  # route faulted clients through racebench's TCP proxy
+    servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
 FAULT_KINDS = (
@@ -64,6 +92,9 @@ FAULT_KINDS = (
     "partition",
     "reset",
     "server_pause",
+    "kill_server",
+    "pause_server",
+    "restart_server",
 )
 
 
@@ -123,6 +154,9 @@ class LockConfig(_Strict):
     # zookeeper_lock: the session a holder's lock lives with (the server clamps it to 2-20
     # times its tickTime).
     session_timeout_ms: float = Field(default=10_000, gt=0)
+    # The processes behind the service, for server faults; redlock and zookeeper_lock take
+    # their URLs from here when `urls`/`url` are not given.
+    servers: list[ServerConfig] = []
 
 
 class GuardConfig(_Strict):
