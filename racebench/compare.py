@@ -19,7 +19,7 @@ from typing import Any
 
 from racebench.errors import ResultFileError
 from racebench.report import LoadedResult, load_result, server_versions, trial_values
-from racebench.verdict import SAFE
+from racebench.verdict import INCONCLUSIVE, SAFE
 
 ALPHA = 0.05
 METHOD = "Mann-Whitney U (two-sided, p < 0.05) on per-trial values"
@@ -180,6 +180,10 @@ def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float)
     if comparison.new_anomalies:
         found = ", ".join(f"{k}={v}" for k, v in comparison.new_anomalies.items())
         comparison.regressions.append(f"correctness: safe in the baseline, now {found}")
+    if cand["verdict"] == INCONCLUSIVE:
+        # Not a pass: the candidate did too little to show whether the race is still fixed.
+        reason = cand.get("evidence_missing") or "too few acknowledged operations"
+        comparison.regressions.append(f"inconclusive in the candidate: {reason}")
     for change in (comparison.throughput, comparison.p99):
         if change.verdict == SLOWER:
             comparison.regressions.append(

@@ -134,6 +134,7 @@ def run_trial(
         )
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
+            analysis.faults_not_fired = nemesis.not_fired()
         return analysis, histogram, environment
     finally:
         routes.stop()

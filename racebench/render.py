@@ -13,7 +13,7 @@ from rich.table import Table
 
 from racebench.runner import ProgressCallback
 from racebench.scenario import RunSpec
-from racebench.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
+from racebench.verdict import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
 
 ANOMALY_TITLES = {
     "lost_updates": "lost\nupdates",
@@ -28,6 +28,7 @@ VERDICT_STYLES = {
     ANOMALIES: "bold yellow",
     UNEXPECTED: "bold red",
     NOT_REPRODUCED: "dim",
+    INCONCLUSIVE: "bold magenta",
 }
 
 
@@ -45,7 +46,7 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
     names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
     fenced = any(r.get("lock") for r in runs)
-    faulted = any(r.get("faults") for r in runs)
+    faulted = any(r.get("faults") or r.get("faults_not_fired") for r in runs)
     table = Table(title=title, header_style="bold")
     for header in ("workload", "backend", "strategy", "clients"):
         table.add_column(header)
@@ -78,7 +79,9 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             lock = run.get("lock") or {}
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
-            cells.append(fault_summary(run.get("faults") or []))
+            cells.append(
+                escape(fault_summary(run.get("faults") or [], run.get("faults_not_fired") or []))
+            )
         verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
         if not run.get("passed", True):
             verdict += " ✗"
@@ -87,8 +90,10 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     return table
 
 
-def fault_summary(faults: list[dict[str, Any]]) -> str:
-    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
+def fault_summary(
+    faults: list[dict[str, Any]], not_fired: list[dict[str, Any]] | None = None
+) -> str:
+    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'; plain text."""
     parts = []
     for f in faults:
         text = f"{f['kind']} c{f['client']}"
@@ -99,6 +104,7 @@ def fault_summary(faults: list[dict[str, Any]]) -> str:
         if f["note"].startswith(("failed", "emulated")):
             text += f" [{f['note'].split(':')[0]}]"
         parts.append(text)
+    parts += [f"{f['kind']} c{f['client']} did not fire ({f['trigger']})" for f in not_fired or []]
     return "; ".join(parts) or "-"
 
 

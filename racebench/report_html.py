@@ -13,7 +13,7 @@ from racebench.report import (
     setup_summary,
     table_rows,
 )
-from racebench.verdict import ANOMALIES, SAFE, UNEXPECTED
+from racebench.verdict import ANOMALIES, INCONCLUSIVE, SAFE, UNEXPECTED
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
@@ -23,11 +23,17 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.v-safe { color: #1a7f37; font-weight: bold; } td.v-anomalies { color: #9a6700; }
 td.v-unexpected { color: #fff; background: #cf222e; font-weight: bold; }
+td.v-inconclusive { color: #8250df; font-weight: bold; }
 figure { margin: 1.5rem 0; } figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.85rem; } .setup { color: #555; font-size: 0.85rem; }
 """
 
-_VERDICT_CLASSES = {SAFE: "v-safe", ANOMALIES: "v-anomalies", UNEXPECTED: "v-unexpected"}
+_VERDICT_CLASSES = {
+    SAFE: "v-safe",
+    ANOMALIES: "v-anomalies",
+    UNEXPECTED: "v-unexpected",
+    INCONCLUSIVE: "v-inconclusive",
+}
 
 
 def _table(headers: list[str], rows: list[list[str]], verdicts: list[str]) -> str:
