@@ -18,6 +18,7 @@ from racebench.errors import RacebenchError
 from racebench.faults import FaultNemesis, ProxyRoutes
 from racebench.guards import build_operation
 from racebench.history import RunHistory
+from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
 from racebench.registry import lock_class, store_class, strategies_for
 from racebench.results import build_document, default_path, write_atomically
@@ -188,9 +189,21 @@ def run_files(
     """Run validated scenarios, writing one result document per scenario file.
 
     Ctrl-C (or SIGTERM) ends the current run early; its partial result is still written and
-    the remaining runs are skipped. A server lost between runs stops the scenario too: the
-    runs finished before it are written (marked partial) before the error is raised.
+    the remaining runs are skipped; a second or third Ctrl-C cannot interrupt that saving.
+    A server lost between runs stops the scenario too: the runs finished before it are
+    written (marked partial) before the error is raised.
     """
+    with first_interrupt_only():
+        return _run_files(scenarios, output, results_dir, history, progress)
+
+
+def _run_files(
+    scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
+    output: Path | None,
+    results_dir: Path,
+    history: Path | None,
+    progress: ProgressFactory | None,
+) -> list[FileOutcome]:
     outcomes: list[FileOutcome] = []
     history_out = _AtomicText(history) if history else None
     try:
