@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from racebench.guards import build_operation
 from racebench.history import RunHistory
 from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
+from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
 from racebench.registry import lock_class, store_class, strategies_for
 from racebench.results import build_document, default_path, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, run_clients
@@ -99,14 +99,15 @@ def run_trial(
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
     """One trial of one run, from setup to teardown; returns its analysis and environment."""
     s = spec.scenario
-    namespace = f"racebench_{secrets.token_hex(4)}"
+    namespace = new_namespace()
     store = make_store(spec, namespace)
+    store.expire_after_s = leftover_ttl_s(s.duration)
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = lock_service.check_reachable()
     plan = s.workload.plan()
-    workdir = Path(tempfile.mkdtemp(prefix="racebench-run-"))
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run")))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
@@ -249,7 +250,7 @@ class _AtomicText:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, self.tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
         self.stream = os.fdopen(fd, "w")
 
     def commit(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from racebench import __version__
 from racebench.errors import ResultFileError
+from racebench.ownership import temp_file_prefix
 from racebench.redact import redact
 
 SCHEMA = "racebench.result/1"
@@ -96,7 +97,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     A reader (or a CI step) never sees a half-written file, even if racebench is killed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)

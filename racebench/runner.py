@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
+import os
 import signal
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from racebench.errors import BackendUnavailable, ExitStatus, RacebenchError
 from racebench.guards import Operation
 from racebench.history import RECORD, Outcome, Recorder, append_record
+from racebench.lifeline import bind_to_parent
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -95,7 +97,9 @@ def _client_main(
     workdir: Path,
     shared: _Shared,
     probe: Probe,
+    parent_pid: int,
 ) -> None:
+    bind_to_parent(parent_pid)  # a SIGKILLed parent cannot stop its clients any other way
     # The parent owns Ctrl-C: it tells clients to stop through `shared.stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -180,7 +184,15 @@ def run_clients(
     procs = [
         ctx.Process(
             target=_client_main,
-            args=(i, open_client, _quota(operations, clients, i), workdir, shared, probe),
+            args=(
+                i,
+                open_client,
+                _quota(operations, clients, i),
+                workdir,
+                shared,
+                probe,
+                os.getpid(),
+            ),
             name=f"racebench-client-{i}",
             daemon=True,
         )
