@@ -11,9 +11,7 @@ from pathlib import Path
 from tests.processes import start_run, wait_for_clients
 
 
-def test_three_sigints_100ms_apart_keep_the_partial_result(
-    tmp_path: Path, write_scenario
-) -> None:
+def test_three_sigints_100ms_apart_keep_the_partial_result(tmp_path: Path, write_scenario) -> None:
     db = tmp_path / "data.db"
     path = write_scenario(
         {
