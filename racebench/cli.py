@@ -47,9 +47,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Fire real concurrent clients at real servers, verify the invariants, and table
     throughput, latency and anomalies per concurrency-control strategy.
 
-    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed
-    (compare: a regression); 2 bad usage, scenario or result file; 3 a backend could not be
-    reached; 130 interrupted.
+    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed,
+    a run was inconclusive or a fault did not fire (compare: a regression; doctor: leftovers
+    of dead runs); 2 bad usage, scenario or result file; 3 a backend could not be reached or
+    refused a privilege; 130 interrupted.
     """
     ctx.obj = _Context()
     ctx.obj.debug = debug
@@ -358,7 +359,8 @@ def compare(
     """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression.
 
     A regression: slower than --max-slowdown beyond noise (Mann-Whitney U over the trials of
-    both sides), or an anomaly in a run that was safe in the baseline.
+    both sides), an anomaly in a run that was safe in the baseline, or a candidate run that
+    is inconclusive (too few acknowledged operations to show the race).
     """
     from racebench.compare import compare_results
     from racebench.compare_render import render_comparison

@@ -7,7 +7,8 @@ change counts as slower only when the test separates the two sides *and* the med
 by more than the allowed slowdown (the rule asv uses). With too few trials the test cannot
 reach p < 0.05 at all (3 vs 3 trials: the smallest possible p is 0.1), and the speed is then
 reported as undecided and never gated: one trial is not a basis for a verdict. A run that
-was "safe" in the baseline and shows any anomaly in the candidate always fails.
+was "safe" in the baseline and shows any anomaly in the candidate always fails, and so does
+a candidate run that is inconclusive (it did too little to show the race).
 """
 
 from __future__ import annotations
