@@ -4,6 +4,7 @@ the dead run left (tables, Redis keys, znodes, lock and temporary files)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import time
@@ -102,6 +103,8 @@ def test_kill_9_kills_clients_and_clean_removes_what_the_run_left(
 def test_clean_keeps_the_objects_of_a_run_that_is_still_going(
     tmp_path: Path, write_scenario, redis_url: str
 ) -> None:
+    import redis
+
     path = write_scenario(
         {
             "name": "live",
@@ -109,10 +112,11 @@ def test_clean_keeps_the_objects_of_a_run_that_is_still_going(
             "store": {"backend": "redis", "url": redis_url},
             "guard": {"strategy": "atomic"},
             "clients": 2,
-            "duration": "3s",
+            "duration": "60s",
         }
     )
-    proc = start_run(str(path), "-q", "-o", str(tmp_path / "r.json"))
+    result = tmp_path / "r.json"
+    proc = start_run(str(path), "-q", "-o", str(result))
     wait_for_clients(proc, 2)
     cleaned = run_cli("clean", str(path), "--dir", str(tmp_path))
     assert cleaned.returncode == 0, cleaned.stderr
@@ -121,8 +125,12 @@ def test_clean_keeps_the_objects_of_a_run_that_is_still_going(
         line.startswith("kept: ") and owner in line and "still going" in line
         for line in cleaned.stdout.splitlines()
     ), cleaned.stdout
-    assert owner not in "".join(
-        line for line in cleaned.stdout.splitlines() if line.startswith("removed: ")
-    )
+    client = redis.Redis.from_url(redis_url)
+    assert len(list(client.scan_iter(match=f"racebench:{owner}*"))) == 3
+    proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr  # its keys were still there for the final check
+    assert proc.returncode == 130, stderr
+    [run] = json.loads(result.read_text())["runs"]
+    assert run["verdict"] == "safe", run  # its final state was still there to check
+    assert not list(client.scan_iter(match=f"racebench:{owner}*"))  # its own teardown
+    client.close()
