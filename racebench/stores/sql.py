@@ -411,16 +411,18 @@ class SqlStore(Store):
             cur.execute(f"SELECT amount, client, seq FROM {t['operations']} ORDER BY id")
             return FinalState(rows=[LedgerRow(*row) for row in cur.fetchall()])
 
+    def _drop(self, tables: list[str]) -> None:
+        with self._admin() as cur:
+            cur.execute("DROP TABLE IF EXISTS " + ", ".join(tables))
+
     def teardown(self) -> None:
         if self._created:
-            self.remove_namespace()
+            self._drop(list(self.tables.values()))
             self._created = False
 
     def remove_namespace(self) -> None:
-        # With the fence table a SQL lock service keeps in the same database.
-        tables = [*self.tables.values(), f"{self.namespace}_lock"]
-        with self._admin() as cur:
-            cur.execute("DROP TABLE IF EXISTS " + ", ".join(tables))
+        # With the fence table a SQL lock service (advisory, get_lock) keeps in this database.
+        self._drop([*self.tables.values(), f"{self.namespace}_lock"])
 
     def leftovers(self) -> list[str]:
         with self._admin() as cur:
