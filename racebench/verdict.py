@@ -173,21 +173,27 @@ def analyze_trial(
     return analysis, histogram
 
 
-def missing_evidence(operations: dict[str, int], max_error_rate: float | None) -> str | None:
+def missing_evidence(
+    operations: dict[str, int], max_error_rate: float | None, faults_injected: bool = False
+) -> str | None:
     """Why these operations cannot support "safe" or "race not reproduced", or None.
 
     Acknowledged operations are those the server answered with a definite outcome (applied,
-    rejected by the guard, or refused as stale). None of them, or an error rate above
-    `max_error_rate` (default 1%), leaves too little to show the race.
+    rejected by the guard, or refused as stale). None of them, or a failure rate above
+    `max_error_rate` (default 1%), leaves too little to show the race. Failures are errors,
+    and outcomes left unknown (a connection lost mid-write) unless the scenario injects
+    faults, whose expected effect they are.
     """
     attempted, errors = operations["attempted"], operations["errors"]
+    failed = errors if faults_injected else errors + operations["unknown"]
+    what = "errored" if faults_injected else "errored or ended unknown"
     acknowledged = operations["ok"] + operations["rejected"] + operations["stale"]
     if not acknowledged:
-        return f"no operation acknowledged ({attempted} attempted, {errors} errored)"
+        return f"no operation acknowledged ({attempted} attempted, {failed} {what})"
     limit = DEFAULT_MAX_ERROR_RATE if max_error_rate is None else max_error_rate
-    if errors / attempted > limit:
+    if failed / attempted > limit:
         return (
-            f"{errors} of {attempted} operations errored ({errors / attempted:.1%}, "
+            f"{failed} of {attempted} operations {what} ({failed / attempted:.1%}, "
             f"above {limit:.1%})"
         )
     return None
@@ -305,7 +311,9 @@ def summarize_run(
             for t in trials
         ],
     }
-    run["evidence_missing"] = missing_evidence(operations, s.expect.max_error_rate)
+    run["evidence_missing"] = missing_evidence(
+        operations, s.expect.max_error_rate, faults_injected=bool(s.faults)
+    )
     run["verdict"] = decide_verdict(
         anomalies,
         trials[0].claims_data_safety,

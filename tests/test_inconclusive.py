@@ -69,19 +69,30 @@ def test_run_whose_every_operation_errored_is_inconclusive_not_safe(
     assert "inconclusive in the candidate: no operation acknowledged" in compared.stderr
 
 
-OPS = {"attempted": 1000, "ok": 0, "rejected": 0, "stale": 0, "errors": 0}
+OPS = {"attempted": 1000, "ok": 0, "rejected": 0, "stale": 0, "errors": 0, "unknown": 0}
+FAILED = "operations errored or ended unknown"
 
 
 @pytest.mark.parametrize(
-    ("counts", "limit", "reason"),
+    ("counts", "limit", "faults", "reason"),
     [
-        ({"ok": 1000}, None, None),
-        ({"ok": 990, "errors": 10}, None, None),  # exactly 1%: enough evidence
-        ({"ok": 989, "errors": 11}, None, "11 of 1000 operations errored (1.1%, above 1.0%)"),
-        ({"ok": 989, "errors": 11}, 0.05, None),
-        ({"ok": 500, "rejected": 500}, None, None),  # a sold-out answer is an answer
-        ({"errors": 3}, 1.0, "no operation acknowledged (1000 attempted, 3 errored)"),
+        ({"ok": 1000}, None, False, None),
+        ({"ok": 990, "errors": 10}, None, False, None),  # exactly 1%: enough evidence
+        ({"ok": 989, "errors": 11}, None, False, f"11 of 1000 {FAILED} (1.1%, above 1.0%)"),
+        ({"ok": 989, "errors": 11}, 0.05, False, None),
+        ({"ok": 500, "rejected": 500}, None, False, None),  # a sold-out answer is an answer
+        (
+            {"errors": 3},
+            1.0,
+            False,
+            "no operation acknowledged (1000 attempted, 3 errored or ended unknown)",
+        ),
+        ({"ok": 950, "unknown": 50}, None, False, f"50 of 1000 {FAILED} (5.0%, above 1.0%)"),
+        ({"ok": 950, "unknown": 50}, None, True, None),  # the faults' expected effect
+        ({"ok": 950, "errors": 50}, None, True, "50 of 1000 operations errored (5.0%, above 1.0%)"),
     ],
 )
-def test_evidence_rule(counts: dict[str, int], limit: float | None, reason: str | None) -> None:
-    assert missing_evidence({**OPS, **counts}, limit) == reason
+def test_evidence_rule(
+    counts: dict[str, int], limit: float | None, faults: bool, reason: str | None
+) -> None:
+    assert missing_evidence({**OPS, **counts}, limit, faults) == reason
