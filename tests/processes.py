@@ -60,3 +60,10 @@ def wait_for_clients(proc: subprocess.Popen, count: int, timeout_s: float = 30) 
             return pids
         time.sleep(0.05)
     raise AssertionError(f"the run did not start {count} clients within {timeout_s}s")
+
+
+def ours(object_names: list[str]) -> list[str]:
+    """The objects named by this test process's runs (racebench_p{pid}h...), so that a test
+    checking for leftovers ignores runs of other processes sharing the servers."""
+    tag = f"racebench_p{os.getpid()}h"
+    return [name for name in object_names if tag in name]
