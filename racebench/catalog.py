@@ -5,8 +5,23 @@ from __future__ import annotations
 from rich.table import Table
 
 from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class, strategies_for
-from racebench.stores.base import StrategySpec
+from racebench.stores.base import Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
+
+
+def client_model(cls: type[Store], strategies: list[str]) -> str:
+    """How a backend's clients run in a worker: on its event loop, or a thread each."""
+    on_loop = [s for s in strategies if s in cls.async_strategies]
+    threaded = [s for s in strategies if s not in cls.async_strategies]
+    parts = []
+    if on_loop:
+        threshold = cls.async_from_clients_per_worker
+        when = f" (from {threshold} clients per worker)" if threshold > 1 else ""
+        parts.append(f"asyncio, {cls.async_driver}{when}: {', '.join(on_loop)}")
+    if threaded:
+        what = ", ".join(threaded) if on_loop else "all strategies"
+        parts.append(f"a thread per client (blocking driver): {what}")
+    return "; ".join(parts)
 
 
 def catalog_tables() -> list[Table]:
@@ -17,7 +32,7 @@ def catalog_tables() -> list[Table]:
         workloads.add_row(name, (cls.__doc__ or "").strip(), ", ".join(cls.anomaly_names))
 
     backends = Table(title="backends", header_style="bold")
-    for header in ("backend", "what it is", "default url", "strategies"):
+    for header in ("backend", "what it is", "default url", "strategies", "clients run on"):
         backends.add_column(header)
     for name in STORES:
         cls = store_class(name)
@@ -26,6 +41,7 @@ def catalog_tables() -> list[Table]:
             cls.description,
             cls.default_url or "(a temporary file)",
             ", ".join(strategies_for(name)),
+            client_model(cls, list(strategies_for(name))),
         )
 
     strategies = Table(title="strategies", header_style="bold")

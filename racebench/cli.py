@@ -57,9 +57,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _overrides(
-    clients: int | None, operations: int | None, duration: str | None, trials: int | None
+    clients: int | None,
+    operations: int | None,
+    duration: str | None,
+    trials: int | None,
+    workers: str | None = None,
+    rate: str | None = None,
 ) -> dict[str, Any]:
-    values = {"clients": clients, "operations": operations, "duration": duration, "trials": trials}
+    values: dict[str, Any] = {
+        "clients": clients,
+        "operations": operations,
+        "duration": duration,
+        "trials": trials,
+        "rate": rate,
+        "workers": int(workers) if workers is not None and workers.isdigit() else workers,
+    }
     overrides = {k: v for k, v in values.items() if v is not None}
     if duration is not None and operations is None:
         overrides["operations"] = None  # --duration alone: run until the deadline
@@ -101,6 +113,30 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Override the duration (e.g. 10s); without --operations it alone stops the run.",
 )
 @click.option("--trials", type=click.IntRange(min=1), help="Override trials per run.")
+@click.option(
+    "--workers",
+    help="Worker processes the clients are spread over (default: one per CPU; `clients`: "
+    "one process per client).",
+)
+@click.option(
+    "--rate",
+    help="Open loop: start operations at this rate (e.g. 5000/s) whatever the server does; "
+    "latency then counts from each operation's intended start.",
+)
+@click.option(
+    "--cluster",
+    envvar="RACEBENCH_CLUSTER",
+    help="Run the workers on a Dask cluster: tcp://HOST:8786, tls://HOST:8786, or local:N "
+    "for a local cluster of N processes (needs racebench[cluster]).",
+)
+@click.option(
+    "--insecure-cluster",
+    is_flag=True,
+    help="Allow passwords to travel over a plain tcp:// cluster address that is not loopback.",
+)
+@click.option("--tls-ca-file", help="CA certificate for a tls:// cluster.")
+@click.option("--tls-cert", help="Client certificate for a tls:// cluster.")
+@click.option("--tls-key", help="Client key for a tls:// cluster.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def run(
@@ -113,9 +149,17 @@ def run(
     operations: int | None,
     duration: str | None,
     trials: int | None,
+    workers: str | None,
+    rate: str | None,
+    cluster: str | None,
+    insecure_cluster: bool,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     quiet: bool,
 ) -> None:
     """Run scenario files and print the results table."""
+    from racebench.cluster import ClusterOptions
     from racebench.engine import run_files
     from racebench.render import progress_display, results_table
 
@@ -124,10 +168,17 @@ def run(
             raise RacebenchError(
                 "--output takes one scenario; omit it to write one file per scenario"
             )
-        loaded = _load_all(scenarios, _overrides(clients, operations, duration, trials))
+        loaded = _load_all(
+            scenarios, _overrides(clients, operations, duration, trials, workers, rate)
+        )
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_files(
-                loaded, output=output, results_dir=results_dir, history=history, progress=progress
+                loaded,
+                output=output,
+                results_dir=results_dir,
+                history=history,
+                progress=progress,
+                clusters=ClusterOptions(cluster, insecure_cluster, tls_ca_file, tls_cert, tls_key),
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
@@ -187,8 +238,15 @@ _DIR_OPTION = click.option(
 @cli.command()
 @click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
 @_DIR_OPTION
+@click.option(
+    "--cluster",
+    envvar="RACEBENCH_CLUSTER",
+    help="Also check from every worker of this Dask cluster (tcp://, tls:// or local:N).",
+)
 @click.pass_obj
-def doctor(obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, ...]) -> None:
+def doctor(
+    obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, ...], cluster: str | None
+) -> None:
     """Check that every server the scenarios need is reachable (without scenarios: the
     default URL of every backend and lock service) and that a SQL user can create and drop
     tables; print versions or what is wrong. Then list what runs that died left behind.
@@ -198,28 +256,35 @@ def doctor(obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, 
     """
     from rich.table import Table
 
+    from racebench.cluster import ClusterOptions
     from racebench.doctor import check_servers
     from racebench.leftovers import describe, survey
     from racebench.ownership import Owner
 
+    clusters = ClusterOptions(cluster)
     try:
-        checks = check_servers(list(scenarios))
+        session = clusters.session(cluster) if cluster else None
+        checks = check_servers(list(scenarios), session)
         failed = [c for c in checks if not c.ok]
-        skip = frozenset((c.kind, c.name, c.url) for c in failed)
+        # Leftovers are searched from here: skip the servers that did not answer here.
+        skip = frozenset((c.kind, c.name, c.url) for c in failed if c.where == "here")
         found = survey(list(scenarios), list(directories), skip)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
+    finally:
+        clusters.close()
     table = Table(header_style="bold")
-    for header in ("kind", "name", "url", "status", "version / problem"):
+    for header in ("kind", "name", "url", "from", "status", "version / problem"):
         table.add_column(header)
     for c in checks:
         status = "[green]ok[/]" if c.ok else "[bold red]UNREACHABLE[/]"
-        table.add_row(c.kind, c.name, escape(c.url), status, escape(c.detail))
+        table.add_row(c.kind, c.name, escape(c.url), escape(c.where), status, escape(c.detail))
     stdout.print(table)
     for leftover in found.leftovers:
         click.echo(f"leftover: {describe(leftover)}")
     for c in failed:
-        stderr.print(f"racebench: {c.detail}", markup=False, highlight=False)
+        where = "" if c.where == "here" else f" (from {c.where})"
+        stderr.print(f"racebench: {c.detail}{where}", markup=False, highlight=False)
     dead = [x for x in found.leftovers if x.owner is Owner.DEAD]
     if dead:
         stderr.print(

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from racebench.errors import RacebenchError
 from racebench.ownership import new_namespace
 from racebench.redact import redact_text
 from racebench.stores.base import Store
+
+if TYPE_CHECKING:
+    from racebench.cluster import ClusterSession
 
 
 class _Reachable(Protocol):
@@ -35,6 +38,7 @@ class ServerCheck:
     url: str  # redacted
     ok: bool
     detail: str
+    where: str = "here"  # or the address of the Dask worker that checked it
 
 
 def _namespace() -> str:
@@ -92,7 +96,18 @@ def _check(target: _Reachable | None) -> tuple[bool, str]:
     except Exception as error:  # a driver failure we did not foresee: still one line
         return False, f"{type(error).__name__}: {error}".splitlines()[0]
     detail = " ".join(v for k, v in facts.items() if k != "server") or facts.get("server", "")
-    return True, f"{detail}; {created}" if created else detail
+    if created:
+        detail += f"; {created}"
+    limit_of = getattr(target, "connection_limit", None)
+    if limit_of is not None:
+        try:
+            limit = limit_of()
+        except Exception as error:  # the limit is information: never fail doctor for it
+            limit = None
+            detail += f"; connection limit unknown ({type(error).__name__})"
+        if limit is not None:
+            detail += f"; {limit[1]} more connections allowed ({limit[0]})"
+    return True, detail
 
 
 def targets(paths: list[Path]) -> Iterator[Target]:
@@ -107,13 +122,21 @@ def targets(paths: list[Path]) -> Iterator[Target]:
             yield kind, name, url, target
 
 
-def check_servers(paths: list[Path]) -> list[ServerCheck]:
+def check_servers(paths: list[Path], cluster: ClusterSession | None = None) -> list[ServerCheck]:
     """Check every store and lock service the scenarios need (every matrix cell), once each.
 
-    Without scenarios: the default URL of every registered backend and lock service.
+    Without scenarios: the default URL of every registered backend and lock service. With a
+    cluster, also from every Dask worker: that is where the clients will connect from.
     """
     checks = []
     for kind, name, url, target in targets(paths):
         ok, detail = _check(target)
         checks.append(ServerCheck(kind, name, redact_text(url), ok, redact_text(detail)))
+        if cluster is None or target is None:
+            continue
+        for where, answer in cluster.run_everywhere(_check, target).items():
+            if isinstance(answer, BaseException):
+                answer = (False, f"{type(answer).__name__}: {answer}".splitlines()[0])
+            ok, detail = answer
+            checks.append(ServerCheck(kind, name, redact_text(url), ok, redact_text(detail), where))
     return checks

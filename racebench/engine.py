@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import shutil
@@ -13,19 +14,27 @@ from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
 
-from racebench.errors import RacebenchError
-from racebench.faults import FaultNemesis, ProxyRoutes
-from racebench.guards import build_operation
+from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
+from racebench.errors import RacebenchError, ScenarioError
+from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.guards import (
+    OpenedClient,
+    Operation,
+    build_async_operation,
+    build_operation,
+    open_blocking,
+)
 from racebench.history import RunHistory
 from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
 from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
 from racebench.registry import lock_class, store_class, strategies_for
 from racebench.results import build_document, default_path, write_atomically
-from racebench.runner import Probe, ProgressCallback, RunnerResult, run_clients
-from racebench.scenario import RunSpec, expand_env
+from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
+from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
+from racebench.worker import RateSpec
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -35,6 +44,7 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 class ExecutionOptions:
     history: IO[str] | None = None
     progress: ProgressFactory | None = None
+    clusters: ClusterOptions | None = None
 
 
 @dataclass
@@ -61,13 +71,33 @@ def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockServic
     return lock_class(guard.lock.service)(guard.lock, namespace, store.url)
 
 
-def _open_client_factory(
-    spec: RunSpec, store: Store, lock_service: LockService | None, routes: ProxyRoutes
-):
-    s = spec.scenario
-    plan = s.workload.plan()
+def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: int) -> str:
+    """`asyncio` when the store runs this strategy on the worker's loop, else `thread`."""
+    on_loop = strategy in store_cls.async_strategies
+    many = clients_per_worker >= store_cls.async_from_clients_per_worker
+    return "asyncio" if on_loop and many else "thread"
 
-    def open_client(client_id: int, probe: Probe):
+
+def effective_workers(scenario: Scenario) -> int:
+    """Worker processes for a run. A fault aimed at one client's process (a SIGSTOP, a
+    SIGKILL) must hit that client alone, as a stop-the-world pause would: one process each."""
+    if scenario.workers == "clients" or any(f.kind in CLIENT_FAULTS for f in scenario.faults):
+        return scenario.clients
+    return min(scenario.clients, scenario.workers or default_workers())
+
+
+@dataclass
+class ClientFactory:
+    """Opens one logical client inside a worker; picklable, so a worker can run elsewhere."""
+
+    spec: RunSpec
+    store: Store
+    lock_service: LockService | None
+    proxy_urls: dict[tuple[str, int], str]
+    clients_per_worker: int = 1
+
+    async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
+        s = self.spec.scenario
         options = ClientOptions(
             race_window_s=s.race_window_ms / 1000,
             retries=s.guard.retries,
@@ -76,22 +106,89 @@ def _open_client_factory(
             client_id=client_id,
             clients=s.clients,
         )
-        routes.apply(client_id, store, lock_service)
-        client = store.connect(options)
-        lock_client = lock_service.connect(client_id) if lock_service else None
-        operation = build_operation(
-            plan, s.guard.strategy, client, lock_client, s.guard.fencing, probe
+        # Copies: a proxy fault reroutes this client only, not its worker's other clients.
+        store = copy.copy(self.store)
+        lock_service = copy.copy(self.lock_service)
+        if url := self.proxy_urls.get(("store", client_id)):
+            store.url = url
+        if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
+            lock_service.route_through(url)
+        plan = s.workload.plan()
+        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        if model == "asyncio":
+            async_client = await store.async_connect(options)
+
+            async def close_async() -> dict[str, int]:
+                await async_client.close()
+                return dict(async_client.retry_codes)
+
+            operation = build_async_operation(plan, s.guard.strategy, async_client)
+            return OpenedClient(operation, close_async)
+
+        def open_sync() -> tuple[Operation, Callable[[], dict[str, int]]]:
+            client = store.connect(options)
+            lock_client = lock_service.connect(client_id) if lock_service else None
+            operation = build_operation(
+                plan, s.guard.strategy, client, lock_client, s.guard.fencing, probe
+            )
+
+            def close() -> dict[str, int]:
+                if lock_client is not None:
+                    lock_client.close()
+                client.close()
+                return dict(client.retry_codes)
+
+            return operation, close
+
+        return await open_blocking(client_id, open_sync)
+
+
+def check_connection_limit(spec: RunSpec, store: Store, lock: LockService | None) -> None:
+    """Refuse a run that needs more connections than the server accepts (exit 2), before
+    anything is created, instead of failing mid-start with "too many clients"."""
+    limit = store.connection_limit()
+    if limit is None:
+        return
+    setting, available = limit
+    clients = spec.scenario.clients
+    # A lock service on the store's server opens one more connection per client there.
+    needed = clients * (2 if lock is not None and lock.server_url() == store.url else 1)
+    if needed > available:
+        raise ScenarioError(
+            spec.source,
+            "clients",
+            f"{clients} clients need {needed} connections; the {spec.scenario.store.backend} "
+            f"server accepts {available} more now (setting: {setting})",
         )
 
-        def close() -> dict[str, int]:
-            if lock_client is not None:
-                lock_client.close()
-            client.close()
-            return dict(client.retry_codes)
 
-        return operation, close
+def _records_dir() -> str | None:
+    """Shared memory when the system has it: the clients' history files are written through
+    mmap, and on a disk file system the first write to each page may wait for the disk."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
-    return open_client
+
+def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | None:
+    """Where this run's workers go: the --cluster address, the scenario's, or None (here).
+
+    Refused before anything runs: faults (the nemesis watches and signals local processes
+    only), and credentials over clear text to another host.
+    """
+    s = spec.scenario
+    address = (clusters.address if clusters else None) or s.cluster
+    if address is None:
+        return None
+    if clusters is None:
+        raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
+    if s.faults:
+        raise ScenarioError(
+            spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
+        )
+    urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
+    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    check_transport(address, urls, clusters.insecure, spec.source)
+    return address
 
 
 def run_trial(
@@ -106,8 +203,9 @@ def run_trial(
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = lock_service.check_reachable()
+    check_connection_limit(spec, store, lock_service)
     plan = s.workload.plan()
-    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run")))
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run"), dir=_records_dir()))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
@@ -116,15 +214,37 @@ def run_trial(
             lock_service.setup()
         progress = options.progress(spec, trial) if options.progress else None
         routes.start()
-        result: RunnerResult = run_clients(
-            _open_client_factory(spec, store, lock_service, routes),
-            s.clients,
-            s.operations,
-            s.duration,
-            workdir,
-            progress,
-            nemesis,
-        )
+        rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
+        workers = effective_workers(s)
+        per_worker = -(-s.clients // workers)
+        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker)
+        address = cluster_address(spec, options.clusters)
+        result: RunnerResult
+        if address is not None:
+            assert options.clusters is not None
+            result = run_clients_on_cluster(
+                options.clusters.session(address),
+                factory,
+                s.clients,
+                s.operations,
+                s.duration,
+                workdir,
+                progress,
+                workers=workers,
+                rate=rate,
+            )
+        else:
+            result = run_clients(
+                factory,
+                s.clients,
+                s.operations,
+                s.duration,
+                workdir,
+                progress,
+                nemesis,
+                workers=workers,
+                rate=rate,
+            )
         final = store.read_final(plan)
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         if options.history is not None:
@@ -153,6 +273,8 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
 
     Stops after the trial that Ctrl-C interrupted; runs finished before then are kept.
     """
+    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+        cluster_address(spec, options.clusters)
     for spec in specs:
         trials: list[TrialAnalysis] = []
         histograms: list[HdrHistogram] = []
@@ -186,6 +308,7 @@ def run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
 
@@ -195,7 +318,7 @@ def run_files(
     written (marked partial) before the error is raised.
     """
     with first_interrupt_only():
-        return _run_files(scenarios, output, results_dir, history, progress)
+        return _run_files(scenarios, output, results_dir, history, progress, clusters)
 
 
 def _run_files(
@@ -204,6 +327,7 @@ def _run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    clusters: ClusterOptions | None,
 ) -> list[FileOutcome]:
     outcomes: list[FileOutcome] = []
     history_out = _AtomicText(history) if history else None
@@ -212,7 +336,9 @@ def _run_files(
             started = dt.datetime.now(dt.UTC)
             execution = Execution()
             options = ExecutionOptions(
-                history=history_out.stream if history_out else None, progress=progress
+                history=history_out.stream if history_out else None,
+                progress=progress,
+                clusters=clusters,
             )
             failure: RacebenchError | None = None
             try:
@@ -239,6 +365,8 @@ def _run_files(
             if execution.interrupted:
                 break
     finally:
+        if clusters is not None:
+            clusters.close()
         if history_out is not None:
             history_out.commit()
     return outcomes

@@ -106,8 +106,8 @@ class ProxyRoutes:
 
     A fault cuts a client off from a server, not from one of its connections: when the store
     and the lock live on one server and both say `proxy: true`, both go through the same
-    proxy. Started in the parent before the clients fork; `apply` runs in each client's
-    process and points that client's store or lock service at its proxy.
+    proxy. Started in the parent before the workers fork; `client_urls` tells each client
+    (racebench.engine.ClientFactory) which proxy URL replaces its server's.
     """
 
     def __init__(self, spec: RunSpec, store: Store, lock_service: LockService | None) -> None:
@@ -148,20 +148,22 @@ class ProxyRoutes:
                 proxy.start()
                 self.proxies[(address, client)] = proxy
 
-    def apply(self, client_id: int, store: Store, lock_service: LockService | None) -> None:
-        if not self.proxies:
-            return
+    def client_urls(self) -> dict[tuple[str, int], str]:
+        """(target, client) -> the proxy URL that client must use; picklable, for workers."""
         from racebench.proxy import url_through
 
         s = self.scenario
-        if s.store.proxy and store.url is not None:
-            proxy = self.proxies.get((self._address("store"), client_id))
-            if proxy is not None:
-                store.url = url_through(self._upstream("store"), proxy.port)
-        if lock_service is not None and s.guard.lock is not None and s.guard.lock.proxy:
-            proxy = self.proxies.get((self._address("lock"), client_id))
-            if proxy is not None:
-                lock_service.route_through(url_through(self._upstream("lock"), proxy.port))
+        routed = []
+        if s.store.proxy and self.store.url is not None:
+            routed.append("store")
+        if self.lock_service is not None and s.guard.lock is not None and s.guard.lock.proxy:
+            routed.append("lock")
+        urls: dict[tuple[str, int], str] = {}
+        for (address, client), proxy in self.proxies.items():
+            for target in routed:
+                if address == self._address(target):
+                    urls[(target, client)] = url_through(self._upstream(target), proxy.port)
+        return urls
 
     def stop(self) -> None:
         for proxy in self.proxies.values():

@@ -1,14 +1,19 @@
 """The store-independent strategies (none, lock, crdt) and the per-client operation.
 
-`build_operation` is called once in each client process; the closure it returns is the hot
-loop's body, so it does no more than the operation itself needs.
+`build_operation` (blocking drivers) and `build_async_operation` (asyncio drivers) are called
+once per client; the closure they return is the hot loop's body, so it does no more than the
+operation itself needs. `OpenedClient` is what a worker runs: an async operation, and for a
+blocking driver also the blocking one with the thread it must run on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from racebench.history import Outcome
@@ -27,10 +32,55 @@ from racebench.workloads import CounterPlan, LedgerPlan, Plan
 if TYPE_CHECKING:
     from racebench.locks.base import LockClient
     from racebench.runner import Probe
+    from racebench.stores.base import AsyncStoreClient
 
 # outcome, retries, critical section start, end, fencing token, error message or None
 OpResult = tuple[int, int, int, int, int, str | None]
 Operation = Callable[[int], OpResult]
+AsyncOperation = Callable[[int], Awaitable[OpResult]]
+
+
+@dataclass
+class OpenedClient:
+    """One logical client as a worker runs it.
+
+    A blocking driver (sqlite3, kazoo, a store not ported to asyncio) keeps its connection
+    on a dedicated single-thread executor: it was opened there and every call runs there
+    (sqlite3 refuses a connection used from another thread). Its closed loop runs whole on
+    that thread (`blocking_operation`); `operation` hops to the thread per call, for the
+    open loop's scheduler.
+    """
+
+    operation: AsyncOperation
+    close: Callable[[], Awaitable[dict[str, int]]]
+    blocking_operation: Operation | None = None
+    executor: ThreadPoolExecutor | None = None
+
+    @property
+    def model(self) -> str:
+        return "thread" if self.blocking_operation is not None else "asyncio"
+
+
+async def open_blocking(
+    client_id: int, open_sync: Callable[[], tuple[Operation, Callable[[], dict[str, int]]]]
+) -> OpenedClient:
+    """Open a blocking client on a thread of its own and adapt it to the worker's loop."""
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(1, thread_name_prefix=f"racebench-client-{client_id}")
+    try:
+        operation, close_sync = await loop.run_in_executor(executor, open_sync)
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+
+    def in_thread(seq: int) -> Awaitable[OpResult]:
+        return loop.run_in_executor(executor, operation, seq)
+
+    async def close() -> dict[str, int]:
+        return await loop.run_in_executor(executor, close_sync)
+
+    return OpenedClient(in_thread, close, operation, executor)
+
 
 GENERIC_STRATEGIES: dict[str, StrategySpec] = {
     "none": StrategySpec(
@@ -164,6 +214,65 @@ def build_operation(
         except Exception as exc:
             outcome = client.classify(exc)
             client.recover()
+            message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            return outcome, 0, 0, 0, 0, message
+
+    return operation
+
+
+def _async_step(plan: Plan, strategy: str, client: AsyncStoreClient):
+    """One attempt of the operation, for the strategies an asyncio store runs natively."""
+    if strategy == "none" and isinstance(plan, CounterPlan):
+        delta, floor = plan.delta, plan.floor
+
+        async def counter(seq: int) -> StepResult:
+            value = await client.read_counter()
+            await client.pause()  # other clients of this worker run meanwhile: the race
+            if floor is not None and value + delta < floor:
+                return REJECTED_STEP
+            await client.write_counter(value + delta)
+            return OK_STEP
+
+        return counter
+    if strategy == "none":
+        assert isinstance(plan, LedgerPlan)
+        amount = plan.amount
+
+        async def withdraw(seq: int) -> StepResult:
+            balance = await client.read_balance()
+            await client.pause()
+            if balance < amount:
+                return REJECTED_STEP
+            await client.append_entry(-amount, seq)
+            return OK_STEP
+
+        return withdraw
+    if strategy == "crdt":
+
+        async def crdt(seq: int) -> StepResult:
+            slot = await client.read_slot()
+            await client.pause()
+            await client.write_slot(slot + 1)
+            return OK_STEP
+
+        return crdt
+    return client.step_for(strategy, plan)
+
+
+def build_async_operation(plan: Plan, strategy: str, client: AsyncStoreClient) -> AsyncOperation:
+    """The async twin of `build_operation`, for a store client with an asyncio API."""
+    step = _async_step(plan, strategy, client)
+    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, None)
+
+    async def operation(seq: int) -> OpResult:
+        try:
+            r = await step(seq)
+            if r is OK_STEP:  # the common case, without building a tuple
+                return ok
+            return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, None
+        except Exception as exc:
+            outcome = client.classify(exc)
+            await client.recover()
             message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
             return outcome, 0, 0, 0, 0, message
 

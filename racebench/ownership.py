@@ -138,12 +138,21 @@ def group_by_namespace(kind: str, name: str, where: str, object_names: list[str]
     return out
 
 
+def _temporary_directories() -> list[Path]:
+    """Where runs make their temporary directories: the system's temporary directory, and
+    shared memory (/dev/shm), which holds the clients' history files when the system has it."""
+    found = [Path(tempfile.gettempdir())]
+    if Path("/dev/shm").is_dir() and Path("/dev/shm") not in found:
+        found.append(Path("/dev/shm"))
+    return found
+
+
 def temporary_leftovers(directories: list[Path]) -> list[Leftover]:
-    """racebench's temporary files in `directories` and directories in the temp directory."""
+    """racebench's temporary files in `directories`, and its temporary directories."""
     out = []
-    temp = Path(tempfile.gettempdir())
-    for directory, patterns in [(temp, (_TEMP_DIR, _LEGACY_TEMP_DIR))] + [
-        (d, (_TEMP_FILE,)) for d in directories
+    for directory, patterns in [
+        *((t, (_TEMP_DIR, _LEGACY_TEMP_DIR)) for t in _temporary_directories()),
+        *((d, (_TEMP_FILE,)) for d in directories),
     ]:
         try:
             entries = sorted(directory.iterdir())

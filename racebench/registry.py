@@ -94,6 +94,8 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )
     validate_faults(spec, fail)
+    if s.arrival != "constant" and s.rate is None:
+        raise fail("arrival", "an arrival process needs an open loop: set rate (e.g. 5000/s)")
     if s.operations is not None and s.operations < s.clients:
         raise fail("operations", f"{s.operations} is fewer than clients ({s.clients})")
     if s.duration is not None and s.warmup >= s.duration:

@@ -47,10 +47,17 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
     fenced = any(r.get("lock") for r in runs)
     faulted = any(r.get("faults") or r.get("faults_not_fired") for r in runs)
-    table = Table(title=title, header_style="bold")
+    open_loop = any(r.get("service_time_ms") for r in runs)
+    table = Table(title=title, header_style="bold", caption=client_bound_caption(runs))
     for header in ("workload", "backend", "strategy", "clients"):
         table.add_column(header)
-    for header in ("ops/s", "p50\nms", "p99\nms", "retries", "errors"):
+    for header in ("ops/s", "p50\nms", "p99\nms"):
+        table.add_column(header, justify="right")
+    if open_loop:
+        # Response time counts from the intended start; service time from the actual one.
+        for header in ("service\np99 ms", "late", "dropped"):
+            table.add_column(header, justify="right")
+    for header in ("retries", "errors"):
         table.add_column(header, justify="right")
     for name in names:
         table.add_column(ANOMALY_TITLES.get(name, name), justify="right")
@@ -69,6 +76,10 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             f"{run['throughput_ops_s']:,.0f}",
             f"{run['latency_ms']['p50']:.2f}",
             f"{run['latency_ms']['p99']:.2f}",
+        ]
+        if open_loop:
+            cells += _open_loop_cells(run)
+        cells += [
             str(ops["retries"]),
             str(ops["errors"] + ops["unknown"] + ops["conflicts"] + ops["lock_timeouts"]),
         ]
@@ -88,6 +99,24 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
         cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{verdict}[/]")
         table.add_row(*cells)
     return table
+
+
+def _open_loop_cells(run: dict[str, Any]) -> list[str]:
+    service = run.get("service_time_ms")
+    figures = (run.get("load") or {}).get("open_loop")
+    if not service or not figures:
+        return ["-", "-", "-"]
+    return [f"{service['p99']:.2f}", str(figures["late"]), str(figures["dropped"])]
+
+
+def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
+    """One line per run whose workers were saturated: its figures describe racebench."""
+    lines = [
+        f"client-bound: {r['label']}: {r['load']['client_bound_reason']}"
+        for r in runs
+        if (r.get("load") or {}).get("client_bound")
+    ]
+    return "\n".join(lines) or None
 
 
 def fault_summary(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.render import strategy_label
+from racebench.render import client_bound_caption, strategy_label
 from racebench.results import read_document
 from racebench.verdict import UNEXPECTED
 
@@ -188,6 +188,9 @@ def render_markdown(results: list[LoadedResult]) -> str:
                 row[-1] = f"**{row[-1]}**"
         numeric = set(range(2, len(headers) - 1)) - {4}
         out += ["", f"### {workload}", "", markdown_table(headers, rows, numeric)]
+    bound = client_bound_caption([r for res in results for r in res.runs])
+    if bound:
+        out += [""] + [f"- **{line}**" for line in bound.splitlines()]
     unexpected = sum(r["verdict"] == UNEXPECTED for res in results for r in res.runs)
     out += ["", _verdict_note(unexpected)]
     # A trailing blank line keeps sections apart when CI appends several to one summary.

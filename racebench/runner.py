@@ -1,17 +1,16 @@
-"""The multiprocess runner: one process per client, a start barrier, a stop rule, recording.
+"""The local runner: fork the workers, hold the start barrier, stop them, collect.
 
-It knows no workload and no server: `open_client(i)` (run inside client i's process) returns
-the operation to loop on and a function that closes it. Client processes are forked after
-the parent imported the drivers, which starts 16 clients in ~0.1 s instead of ~2 s with spawn.
+It knows no workload and no server: each worker (racebench.worker) opens its clients with the
+run's `open_client` factory. Worker processes are forked after the parent imported the
+drivers, which starts them in milliseconds instead of the seconds of spawn.
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
-import signal
+import pickle
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hdrh.histogram import HdrHistogram
+
 from racebench.errors import BackendUnavailable, ExitStatus, RacebenchError
-from racebench.guards import Operation
-from racebench.history import RECORD, Outcome, Recorder, append_record
-from racebench.lifeline import bind_to_parent
+from racebench.history import append_record
+from racebench.metrics import new_histogram
+from racebench.worker import RateSpec, WorkerOutput, WorkerSpec, worker_process_main
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -46,8 +47,8 @@ class Probe:
         return cls(*(ctx.RawArray("q", clients) for _ in range(4)))
 
 
-# open_client(i, probe) -> (operation, close); close() returns retries per conflict code.
-OpenClient = Callable[[int, Probe], tuple[Operation, Callable[[], dict[str, int]]]]
+# open_client(i, probe) -> OpenedClient (a coroutine; racebench.guards.OpenedClient).
+OpenClient = Callable[..., Any]
 
 
 class Nemesis(Protocol):
@@ -78,83 +79,79 @@ class RunnerResult:
     clients: list[ClientRecord]
     interrupted: bool
     retry_codes: Counter[str] = field(default_factory=Counter)
+    workers: int = 1
+    # Each finished worker's output (a killed worker leaves none), for the load figures.
+    outputs: list[WorkerOutput] = field(default_factory=list)
+    ready_s: float = 0.0  # from the first fork until every client was connected
+    # On a Dask cluster (racebench.cluster): where each worker ran, its clock, what was lost.
+    cluster: dict[str, Any] | None = None
+
+    def loop_lag(self) -> HdrHistogram:
+        """Event-loop lag over every worker: histograms merged, never percentiles averaged."""
+        merged = new_histogram()
+        for output in self.outputs:
+            if output.lag_histogram:
+                merged.add(HdrHistogram.decode(output.lag_histogram))
+        return merged
 
 
-@dataclass
-class _Shared:
-    ready: mp.sharedctypes.SynchronizedArray  # type: ignore[name-defined]
-    done: mp.sharedctypes.SynchronizedArray  # type: ignore[name-defined]
-    errors: mp.sharedctypes.SynchronizedArray  # type: ignore[name-defined]
-    stop: mp.sharedctypes.Synchronized  # type: ignore[name-defined]
-    deadline_ns: mp.sharedctypes.Synchronized  # type: ignore[name-defined]
-    go: mp.synchronize.Event  # type: ignore[name-defined]
+class LocalControl:
+    """The worker control of forked workers: shared memory and one multiprocessing Event."""
 
+    def __init__(self, ctx: Any, clients: int, workers: int) -> None:
+        self.ready_state = ctx.RawArray("b", workers)
+        self.done = ctx.RawArray("q", clients)
+        self.errors = ctx.RawArray("q", clients)
+        self.stop = ctx.RawValue("b", 0)
+        self.deadline_ns = ctx.RawValue("q", 0)
+        self.go = ctx.Event()
+        self.probe = Probe.create(ctx, clients)
 
-def _client_main(
-    client_id: int,
-    open_client: OpenClient,
-    quota: int | None,
-    workdir: Path,
-    shared: _Shared,
-    probe: Probe,
-    parent_pid: int,
-) -> None:
-    bind_to_parent(parent_pid)  # a SIGKILLed parent cannot stop its clients any other way
-    # The parent owns Ctrl-C: it tells clients to stop through `shared.stop`.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sidecar = workdir / f"client-{client_id}.json"
-    try:
-        operation, close = open_client(client_id, probe)
-    except BaseException as exc:
-        status = getattr(exc, "exit_status", ExitStatus.USAGE)
-        message = str(exc) if isinstance(exc, RacebenchError) else f"{type(exc).__name__}: {exc}"
-        sidecar.write_text(json.dumps({"startup_error": message, "exit_status": int(status)}))
-        shared.ready[client_id] = -1
-        return
-    shared.ready[client_id] = 1
-    shared.go.wait()
-    recorder = Recorder(workdir / f"client-{client_id}.bin")
-    messages: dict[str, int] = {}
-    done, errors, stop = shared.done, shared.errors, shared.stop
-    deadline = shared.deadline_ns.value or None
-    limit = quota if quota is not None else 2**62
-    monotonic_ns = time.monotonic_ns
-    pack, size = RECORD.pack_into, RECORD.size
-    buffer, offset = recorder.buffer, 0
-    inflight = probe.inflight
-    seq = 0
-    while seq < limit and not stop.value:
-        start = monotonic_ns()
-        if deadline is not None and start >= deadline:
-            break
-        inflight[client_id] = start
-        outcome, retries, cs_start, cs_end, token, message = operation(seq)
-        end = monotonic_ns()
-        inflight[client_id] = 0
-        error_index = -1
-        if message is not None:
-            error_index = messages.setdefault(message, len(messages))
-            if outcome == Outcome.ERROR:
-                errors[client_id] += 1
-        pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries, error_index)
-        offset += size
-        seq += 1
-        done[client_id] = seq
-        if offset == recorder.capacity_bytes:
-            buffer = recorder.grow()
-    recorder.close()
-    retry_codes: dict[str, int] = {}
-    try:
-        retry_codes = close()
-    finally:
-        sidecar.write_text(json.dumps({"errors": list(messages), "retry_codes": retry_codes}))
+    def ready(self, worker: int) -> None:
+        self.ready_state[worker] = 1
+
+    def failed(self, worker: int) -> None:
+        self.ready_state[worker] = -1
+
+    def wait_start(self) -> int | None:
+        self.go.wait()
+        return self.deadline_ns.value or None
+
+    def stopping(self) -> bool:
+        return bool(self.stop.value)
+
+    def add_done(self, client: int, count: int) -> None:
+        self.done[client] = count
+
+    def add_error(self, client: int) -> None:
+        self.errors[client] += 1
 
 
 def _quota(operations: int | None, clients: int, client_id: int) -> int | None:
     if operations is None:
         return None
     return operations // clients + (1 if client_id < operations % clients else 0)
+
+
+def plan_workers(
+    open_client: OpenClient,
+    clients: int,
+    workers: int,
+    operations: int | None,
+    workdir: Path,
+    rate: RateSpec | None = None,
+) -> list[WorkerSpec]:
+    """Deal the clients round-robin over `workers` workers, with their quotas and rate share."""
+    workers = max(1, min(workers, clients))
+    specs = []
+    for w in range(workers):
+        ids = tuple(range(w, clients, workers))
+        share = None
+        if rate is not None:
+            share = RateSpec(rate.ops_per_s * len(ids) / clients, rate.arrival)
+        quotas = tuple(_quota(operations, clients, c) for c in ids)
+        specs.append(WorkerSpec(w, ids, open_client, quotas, workdir, share))
+    return specs
 
 
 def run_clients(
@@ -165,55 +162,48 @@ def run_clients(
     workdir: Path,
     progress: ProgressCallback | None = None,
     nemesis: Nemesis | None = None,
+    workers: int = 1,
+    rate: RateSpec | None = None,
 ) -> RunnerResult:
-    """Run `clients` processes until the operation count or the deadline; Ctrl-C stops early.
+    """Run `clients` clients on `workers` processes until the operation count or the deadline;
+    Ctrl-C stops early.
 
-    A client killed mid-run (a fault) keeps the operations it recorded; the one it had in
-    flight is recorded as `unknown`, since it may have written before it died.
+    A worker killed mid-run (a fault) keeps the operations its clients recorded; the one each
+    had in flight is recorded as `unknown`, since it may have written before it died.
     """
     ctx = mp.get_context("fork")
-    shared = _Shared(
-        ready=ctx.RawArray("b", clients),
-        done=ctx.RawArray("q", clients),
-        errors=ctx.RawArray("q", clients),
-        stop=ctx.RawValue("b", 0),
-        deadline_ns=ctx.RawValue("q", 0),
-        go=ctx.Event(),
-    )
-    probe = Probe.create(ctx, clients)
+    specs = plan_workers(open_client, clients, workers, operations, workdir, rate)
+    control = LocalControl(ctx, clients, len(specs))
     procs = [
         ctx.Process(
-            target=_client_main,
-            args=(
-                i,
-                open_client,
-                _quota(operations, clients, i),
-                workdir,
-                shared,
-                probe,
-                os.getpid(),
-            ),
-            name=f"racebench-client-{i}",
+            target=worker_process_main,
+            args=(spec, control, os.getpid()),
+            name=f"racebench-worker-{spec.worker}",
             daemon=True,
         )
-        for i in range(clients)
+        for spec in specs
     ]
+    started = time.monotonic_ns()
     for proc in procs:
         proc.start()
     interrupted = False
-    t0 = time.monotonic_ns()
+    t0 = started
     try:
-        _wait_ready(procs, shared, workdir)
+        _wait_ready(procs, control, workdir)
         t0 = time.monotonic_ns()
         if duration_s is not None:
-            shared.deadline_ns.value = t0 + int(duration_s * 1e9)
-        shared.go.set()
+            control.deadline_ns.value = t0 + int(duration_s * 1e9)
+        control.go.set()
         if nemesis is not None:
-            nemesis.start([p.pid for p in procs], probe, t0)
+            pids = [0] * clients
+            for spec, proc in zip(specs, procs, strict=True):
+                for c in spec.clients:
+                    pids[c] = proc.pid
+            nemesis.start(pids, control.probe, t0)
         while alive := [p.sentinel for p in procs if p.is_alive()]:
             mp_connection.wait(alive, timeout=0.1)
             if progress is not None:
-                progress(sum(shared.done), sum(shared.errors))
+                progress(sum(control.done), sum(control.errors))
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -221,32 +211,45 @@ def run_clients(
             if nemesis is not None:
                 nemesis.stop()
         finally:
-            _stop_all(procs, shared)
+            _stop_all(procs, control)
     if progress is not None:
-        progress(sum(shared.done), sum(shared.errors))
-    _record_lost_operations(procs, shared, probe, workdir)
-    return _collect(workdir, clients, shared, t0, interrupted)
+        progress(sum(control.done), sum(control.errors))
+    _record_lost_operations(specs, procs, control, workdir)
+    result = _collect(specs, workdir, clients, control, t0, interrupted)
+    result.ready_s = (t0 - started) / 1e9
+    return result
 
 
 def _record_lost_operations(
-    procs: list[mp.Process],  # type: ignore[name-defined]
-    shared: _Shared,
-    probe: Probe,
+    specs: list[WorkerSpec],
+    procs: list[Any],
+    control: LocalControl,
     workdir: Path,
 ) -> None:
-    """Record, as unknown, the operation each killed client had in flight."""
-    for i, proc in enumerate(procs):
-        start = probe.inflight[i]
-        if proc.exitcode is None or proc.exitcode >= 0 or not start:
+    """Record, as unknown, the operation each client of a killed worker had in flight."""
+    for spec, proc in zip(specs, procs, strict=True):
+        if proc.exitcode is None or proc.exitcode >= 0:
             continue
-        append_record(workdir / f"client-{i}.bin", shared.done[i], start, time.monotonic_ns())
-        shared.done[i] += 1
+        for i in spec.clients:
+            start = control.probe.inflight[i]
+            if start:
+                append_record(
+                    workdir / f"client-{i}.bin", control.done[i], start, time.monotonic_ns()
+                )
+                control.done[i] += 1
 
 
-def _wait_ready(procs: list[mp.Process], shared: _Shared, workdir: Path) -> None:  # type: ignore[name-defined]
+def _read_output(workdir: Path, worker: int) -> WorkerOutput | dict[str, Any] | None:
+    try:
+        return pickle.loads((workdir / f"worker-{worker}.pkl").read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError):
+        return None
+
+
+def _wait_ready(procs: list[Any], control: LocalControl, workdir: Path) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:
-        states = list(shared.ready)
+        states = list(control.ready_state)
         failed = [i for i, s in enumerate(states) if s < 0]
         if not failed:
             failed = [i for i, p in enumerate(procs) if states[i] == 0 and not p.is_alive()]
@@ -259,20 +262,23 @@ def _wait_ready(procs: list[mp.Process], shared: _Shared, workdir: Path) -> None
         time.sleep(0.005)
 
 
-def _startup_error(workdir: Path, client_id: int) -> RacebenchError:
-    path = workdir / f"client-{client_id}.json"
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return RacebenchError(f"client {client_id} died while connecting")
+def _startup_error(workdir: Path, worker: int) -> RacebenchError:
+    info = None
+    for _ in range(200):  # the failed flag is set after the output file is in place
+        info = _read_output(workdir, worker)
+        if info is not None:
+            break
+        time.sleep(0.005)
+    if not isinstance(info, dict):
+        return RacebenchError(f"worker {worker} died while connecting its clients")
     error = RacebenchError(info["startup_error"])
     error.exit_status = ExitStatus(info.get("exit_status", ExitStatus.USAGE))
     return error
 
 
-def _stop_all(procs: list[mp.Process], shared: _Shared) -> None:  # type: ignore[name-defined]
-    shared.stop.value = 1
-    shared.go.set()
+def _stop_all(procs: list[Any], control: LocalControl) -> None:
+    control.stop.value = 1
+    control.go.set()
     deadline = time.monotonic() + _STOP_GRACE_S
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
@@ -283,17 +289,29 @@ def _stop_all(procs: list[mp.Process], shared: _Shared) -> None:  # type: ignore
 
 
 def _collect(
-    workdir: Path, clients: int, shared: _Shared, t0: int, interrupted: bool
+    specs: list[WorkerSpec],
+    workdir: Path,
+    clients: int,
+    control: LocalControl,
+    t0: int,
+    interrupted: bool,
 ) -> RunnerResult:
-    records: list[ClientRecord] = []
+    errors: dict[int, list[str]] = {}
     retry_codes: Counter[str] = Counter()
-    for i in range(clients):
-        info: dict = {}
-        sidecar = workdir / f"client-{i}.json"
-        if sidecar.exists():
-            info = json.loads(sidecar.read_text())
-        retry_codes.update(info.get("retry_codes", {}))
-        records.append(
-            ClientRecord(workdir / f"client-{i}.bin", shared.done[i], info.get("errors", []))
-        )
-    return RunnerResult(t0_ns=t0, clients=records, interrupted=interrupted, retry_codes=retry_codes)
+    outputs = []
+    for spec in specs:
+        output = _read_output(workdir, spec.worker)
+        if isinstance(output, WorkerOutput):
+            outputs.append(output)
+            errors.update(output.errors)
+            retry_codes.update(output.retry_codes)
+    records = [
+        ClientRecord(workdir / f"client-{i}.bin", control.done[i], errors.get(i, []))
+        for i in range(clients)
+    ]
+    return RunnerResult(t0, records, interrupted, retry_codes, len(specs), outputs)
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

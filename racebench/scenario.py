@@ -133,7 +133,15 @@ class Scenario(_Strict):
     workload: Workload
     store: StoreConfig = StoreConfig()
     guard: GuardConfig = GuardConfig()
-    clients: int = Field(default=4, ge=1, le=1024)
+    clients: int = Field(default=4, ge=1, le=100_000)
+    # Worker processes the clients are spread over; None: one per CPU; "clients": one each.
+    workers: int | Literal["clients"] | None = None
+    # Open loop: operations started at this rate (ops/s) whatever the server does; None:
+    # closed loop (each client starts its next operation when the previous one completed).
+    rate: float | None = Field(default=None, gt=0)
+    arrival: Literal["constant", "poisson"] = "constant"
+    # A Dask scheduler (tcp://HOST:8786, tls://...) or local:N; None: workers on this host.
+    cluster: str | None = None
     operations: int | None = Field(default=None, ge=1)
     duration: float | None = Field(default=None, gt=0)
     warmup: float = Field(default=0.0, ge=0)
@@ -146,6 +154,29 @@ class Scenario(_Strict):
     @classmethod
     def _parse_duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        is_number = isinstance(value, int) and not isinstance(value, bool)
+        if value is None or value == "clients" or (is_number and value >= 1):
+            return value
+        raise ValueError(f"expected a number of processes (1 or more) or clients, got {value!r}")
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _parse_rate(cls, value: Any) -> Any:
+        """`5000/s`, `300/min` or a plain number of operations per second."""
+        if not isinstance(value, str):
+            return value
+        number, _, unit = value.strip().partition("/")
+        per = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0}.get(unit.strip())
+        try:
+            if per is None:
+                raise ValueError
+            return float(number) / per
+        except ValueError:
+            raise ValueError(f"expected a rate such as 5000/s or 300/min, got {value!r}") from None
 
     @model_validator(mode="after")
     def _default_stop(self) -> Scenario:

@@ -51,6 +51,9 @@ class TrialAnalysis:
     timeline: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
     faults_not_fired: list[dict[str, Any]] = field(default_factory=list)
+    service_time_ms: dict[str, float] | None = None
+    service_histogram: HdrHistogram | None = None  # open loop: merged over trials
+    load: dict[str, Any] = field(default_factory=dict)
 
 
 _TIMELINE_SECTIONS = 5000
@@ -130,15 +133,26 @@ def analyze_trial(
         final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
     check = s.workload.check(final, history)
     anomalies = dict(check.anomalies)
-    _, cs_start, cs_end = history.critical_sections()
-    if len(cs_start) or lock_service is not None:
+    cs_client, cs_start, cs_end = history.critical_sections()
+    possible_overlaps = None
+    if result.cluster is not None and len(cs_start):
+        # Across hosts only an overlap longer than the clocks' uncertainty is certain.
+        certain, possible_overlaps = cluster_overlaps(result.cluster, cs_client, cs_start, cs_end)
+        anomalies[ME_VIOLATIONS] = certain
+    elif len(cs_start) or lock_service is not None:
         anomalies[ME_VIOLATIONS] = count_overlapping_pairs(cs_start, cs_end)
 
     r = history.records
     measured_from = result.t0_ns + int(s.warmup * 1e9)
     measured = r["start"] >= measured_from
+    # Response time counts from when the operation was due (the open loop's schedule), so a
+    # stall shows in full; service time from when it really started.
     histogram = new_histogram()
-    record_durations(histogram, (r["end"] - r["start"])[measured])
+    record_durations(histogram, (r["end"] - r["intended"])[measured])
+    service = None
+    if s.rate is not None:
+        service = new_histogram()
+        record_durations(service, (r["end"] - r["start"])[measured])
     last_end = int(r["end"].max()) if len(r) else result.t0_ns
     window_s = max(1e-9, (last_end - measured_from) / 1e9)
     counts = history.outcome_counts()
@@ -169,7 +183,12 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        service_time_ms=latency_summary(service) if service is not None else None,
+        service_histogram=service,
+        load=load_figures(result, s.rate),
     )
+    if result.cluster is not None:
+        analysis.load["cluster"] = {**result.cluster, "possible_overlaps": possible_overlaps}
     return analysis, histogram
 
 
@@ -197,6 +216,62 @@ def missing_evidence(
             f"above {limit:.1%})"
         )
     return None
+
+
+def cluster_overlaps(
+    cluster: dict[str, Any], client: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[int, int]:
+    """(certain, possible) critical-section overlaps of a run whose workers ran on a cluster."""
+    from racebench.cluster import count_overlaps_across_hosts
+
+    host_of: dict[int, int] = {}
+    uncertainty: dict[int, int] = {}
+    hosts: dict[str, int] = {}  # racebench workers on one Dask worker share its clock
+    for worker in cluster["workers"]:
+        host = hosts.setdefault(worker["address"], len(hosts))
+        uncertainty[host] = int(worker["uncertainty_ms"] * 1e6)
+        for c in worker["clients"]:
+            host_of[c] = host
+    return count_overlaps_across_hosts(client, starts, ends, host_of, uncertainty)
+
+
+# A worker above this share of one core, or whose loop ran this late at p99, measured itself.
+SATURATED_CPU_SHARE = 0.9
+SATURATED_LAG_P99_MS = 1.0
+
+
+def load_figures(result: RunnerResult, rate: float | None) -> dict[str, Any]:
+    """racebench's own load: workers, their CPU and loop lag, and whether it was the limit.
+
+    Lag is merged as HDR histograms across workers (percentiles are never averaged).
+    """
+    shares = [round(o.cpu_share, 3) for o in result.outputs]
+    lag = latency_summary(result.loop_lag())
+    reasons = []
+    if shares and max(shares) > SATURATED_CPU_SHARE:
+        reasons.append(f"a worker used {max(shares):.0%} of a core")
+    if lag["p99"] > SATURATED_LAG_P99_MS:
+        reasons.append(f"event-loop lag p99 {lag['p99']:.1f} ms")
+    figures: dict[str, Any] = {
+        "workers": result.workers,
+        "ready_s": round(result.ready_s, 3),
+        "worker_max_rss_mb": [round(o.max_rss_mb, 1) for o in result.outputs],
+        "worker_cpu_share": shares,
+        "loop_lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
+        "client_bound": bool(reasons),
+    }
+    if reasons:
+        figures["client_bound_reason"] = (
+            "; ".join(reasons) + ": these figures describe racebench, not the server; "
+            "add workers or hosts"
+        )
+    if rate is not None:
+        figures["open_loop"] = {
+            "rate_ops_s": rate,
+            "late": sum(o.late for o in result.outputs),
+            "dropped": sum(o.dropped for o in result.outputs),
+        }
+    return figures
 
 
 def decide_verdict(
@@ -251,6 +326,12 @@ def describe_fault(fault: dict[str, Any]) -> str:
     return f"{fault['kind']} ({fault['trigger']}, client {fault['client']})"
 
 
+def _merged_load(loads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The load figures of the trial that was most client-bound (the last one if none was)."""
+    bound = [load for load in loads if load.get("client_bound")]
+    return (bound or loads)[-1] if loads else {}
+
+
 def summarize_run(
     spec: RunSpec, trials: list[TrialAnalysis], histograms: list[HdrHistogram]
 ) -> dict[str, Any]:
@@ -272,6 +353,13 @@ def summarize_run(
         invariants.append({"name": first.name, "holds": broken is None, "detail": chosen.detail})
     throughput = spread([t.throughput_ops_s for t in trials])
     lock = s.guard.lock
+    service: dict[str, float] | None = None
+    if trials[0].service_histogram is not None:
+        merged_service = new_histogram()
+        for t in trials:
+            if t.service_histogram is not None:
+                merged_service.add(t.service_histogram)
+        service = latency_summary(merged_service)
     run: dict[str, Any] = {
         "label": spec.label,
         "params": spec.params,
@@ -281,6 +369,8 @@ def summarize_run(
         "lock_service": lock.service if s.guard.strategy == "lock" and lock else None,
         "fencing": s.guard.fencing,
         "clients": s.clients,
+        "workers": trials[-1].load.get("workers"),
+        "arrival": f"{s.rate:g}/s {s.arrival}" if s.rate is not None else "closed loop",
         "race_window_ms": s.race_window_ms,
         "trials_count": len(trials),
         "interrupted": any(t.interrupted for t in trials),
@@ -290,6 +380,8 @@ def summarize_run(
         "throughput_ops_s": throughput["median"],
         "throughput_spread": throughput,
         "latency_ms": latency_summary(merged),
+        "service_time_ms": service,
+        "load": _merged_load([t.load for t in trials]),
         "invariants": invariants,
         "anomalies": anomalies,
         "claims_safety": trials[0].claims_data_safety,

@@ -82,7 +82,9 @@ def test_kill_9_kills_clients_and_clean_removes_what_the_run_left(
         assert 0 < ttls.pop("lock") <= 10
         assert {"counter", "slots", "fence", "token"} == set(ttls)
         assert all(86_000 < ttl <= 86_400 for ttl in ttls.values()), ttls
-    assert glob.glob(f"/tmp/racebench-run-p{proc.pid}-*")
+    assert glob.glob(f"/dev/shm/racebench-run-p{proc.pid}-*") + glob.glob(
+        f"/tmp/racebench-run-p{proc.pid}-*"
+    )
 
     cleaned = run_cli("clean", str(path), "--dir", str(results))
     assert cleaned.returncode == 0, cleaned.stderr
@@ -90,7 +92,8 @@ def test_kill_9_kills_clients_and_clean_removes_what_the_run_left(
     assert [line.removeprefix("leftover: ") for line in mine] == [
         line for line in removed if owner in line or f"-p{proc.pid}-" in line
     ], cleaned.stdout
-    assert not glob.glob(f"/tmp/racebench-*-p{proc.pid}-*")
+    for temp in ("/tmp", "/dev/shm"):
+        assert not glob.glob(f"{temp}/racebench-*-p{proc.pid}-*")
     assert not list(results.glob(".*"))
 
     again = run_cli("clean", str(path), "--dir", str(results))

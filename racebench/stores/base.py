@@ -8,11 +8,12 @@ the store's native strategies.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -168,6 +169,73 @@ class StoreClient(ABC):
         """Close the connection."""
 
 
+class AsyncStoreClient(ABC):
+    """One client's connection through an asyncio driver, run as a task on a worker's loop.
+
+    It offers the unguarded primitives the `none` and `crdt` strategies need, and its own
+    native strategies through `step_for`; a lock-guarded run keeps the blocking client.
+    """
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.retry_codes: Counter[str] = Counter()
+
+    async def pause(self) -> None:
+        """The race window: an await, so the worker's other clients run meanwhile."""
+        if self.options.race_window_s:
+            await asyncio.sleep(self.options.race_window_s)
+
+    async def retrying(self, attempt_once: Callable[[], Awaitable[Outcome]]) -> StepResult:
+        """`StoreClient.retrying` for coroutines: retry Conflicts with jittered backoff."""
+        options = self.options
+        for attempt in range(options.retries + 1):
+            try:
+                outcome = await attempt_once()
+                if attempt == 0:
+                    return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
+                return StepResult(outcome, attempt)
+            except Conflict as conflict:
+                self.retry_codes[conflict.code] += 1
+                if attempt < options.retries and options.backoff_s > 0:
+                    cap = min(options.max_backoff_s, options.backoff_s * (2**attempt))
+                    await asyncio.sleep(random.uniform(0, cap))
+        return StepResult(Outcome.CONFLICT, options.retries)
+
+    @abstractmethod
+    async def read_counter(self) -> int: ...
+
+    @abstractmethod
+    async def write_counter(self, value: int) -> None: ...
+
+    @abstractmethod
+    async def read_balance(self) -> int: ...
+
+    @abstractmethod
+    async def append_entry(self, amount: int, seq: int) -> None: ...
+
+    @abstractmethod
+    async def read_slot(self) -> int: ...
+
+    @abstractmethod
+    async def write_slot(self, value: int) -> None: ...
+
+    @abstractmethod
+    def step_for(
+        self, strategy: str, plan: CounterPlan | LedgerPlan
+    ) -> Callable[[int], Awaitable[StepResult]]:
+        """The coroutine function (seq -> StepResult) of a store-native strategy."""
+
+    def classify(self, exc: BaseException) -> Outcome:
+        """ERROR for a definite failure, UNKNOWN when the write may have happened."""
+        return Outcome.UNKNOWN if isinstance(exc, UnknownOutcome) else Outcome.ERROR
+
+    async def recover(self) -> None:
+        """Called after an operation failed with an exception; reconnect if needed."""
+
+    async def close(self) -> None:
+        """Close the connection."""
+
+
 class Store(ABC):
     """One server kind. Created in the parent; `connect` runs in each client process."""
 
@@ -177,6 +245,13 @@ class Store(ABC):
     extra: ClassVar[str | None] = None  # the pip extra that installs its driver
     strategies: ClassVar[dict[str, StrategySpec]]
     networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
+    # Strategies whose clients run on the worker's event loop (`async_connect`); the others
+    # run the blocking client on a thread per client.
+    async_strategies: ClassVar[frozenset[str]] = frozenset()
+    async_driver: ClassVar[str] = ""  # what the asyncio path is built on, for `racebench list`
+    # Below this many clients per worker the blocking driver on threads is faster (a lean
+    # sync driver beats its own asyncio flavour per operation), above it the event loop is.
+    async_from_clients_per_worker: ClassVar[int] = 1
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
@@ -184,6 +259,15 @@ class Store(ABC):
         # Where the server can expire objects (Redis keys), they live this long at least, so
         # that a run killed before its teardown does not leave them forever.
         self.expire_after_s = MIN_LEFTOVER_TTL_S
+
+    def connection_limit(self) -> tuple[str, int] | None:
+        """(the server setting, how many more connections it accepts now), or None when the
+        server has no such limit; read before a run so that it is refused up front."""
+        return None
+
+    async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
+        """Open one client's asyncio connection (for `async_strategies` only)."""
+        raise NotImplementedError
 
     @abstractmethod
     def check_reachable(self) -> dict[str, str]:

@@ -228,6 +228,18 @@ class MysqlStore(SqlStore):
         ),
     }
 
+    def connection_limit(self) -> tuple[str, int] | None:
+        conn = open_connection(self._url())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@max_connections")
+                total = int(cur.fetchone()[0])
+                cur.execute("SHOW STATUS LIKE 'Threads_connected'")
+                in_use = int(cur.fetchone()[1])
+        finally:
+            conn.close()
+        return "max_connections", total - (in_use - 1)
+
     def _open_connection(self, url: str) -> Any:
         return open_connection(url)
 

@@ -18,6 +18,7 @@ from racebench.redact import redact_text
 from racebench.stores.base import (
     OK_STEP,
     REJECTED_STEP,
+    AsyncStoreClient,
     ClientOptions,
     Conflict,
     StaleToken,
@@ -276,6 +277,147 @@ class RedisClient(StoreClient):
         self.redis.close()
 
 
+class AsyncRedisClient(AsyncStoreClient):
+    """One client's lean asyncio connection (racebench.stores.redis_lean), for the unguarded
+    primitives and the native strategies; the commands it sends are the blocking client's."""
+
+    def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
+        from racebench.stores.redis_lean import LeanRedis, encode, script_sha
+
+        super().__init__(options)
+        self.conn = LeanRedis(url)
+        keys = self.keys = RedisKeys.of(namespace)
+        self.slot_field = str(options.client_id)
+        self.scripts = {
+            script_sha(text): text for text in (COUNTER_ADD_WITH_FLOOR, LEDGER_WITHDRAW)
+        }
+        self.add_with_floor_sha = script_sha(COUNTER_ADD_WITH_FLOOR)
+        self.withdraw_sha = script_sha(LEDGER_WITHDRAW)
+        self.encode = encode
+        # Commands whose bytes never change, encoded once.
+        self.get_counter = encode("GET", keys.counter)
+        self.get_slot = encode("HGET", keys.slots, self.slot_field)
+        self.lrange_ledger = encode("LRANGE", keys.ledger, 0, -1)
+        self.watch_counter = encode("WATCH", keys.counter)
+        self.watch_ledger = encode("WATCH", keys.ledger)
+        self.unwatch = encode("UNWATCH")
+
+    async def connect(self) -> None:
+        # Scripts are loaded on the first NOSCRIPT, not here: 8,000 clients connect faster.
+        await self.conn.connect()
+
+    async def read_counter(self) -> int:
+        return int(await self.conn.call(self.get_counter))
+
+    async def write_counter(self, value: int) -> None:
+        await self.conn.call(self.encode("SET", self.keys.counter, value, "KEEPTTL"))
+
+    async def read_balance(self) -> int:
+        entries = await self.conn.call(self.lrange_ledger)
+        return sum(int(entry.split(b":", 1)[0]) for entry in entries)
+
+    async def append_entry(self, amount: int, seq: int) -> None:
+        entry = _entry(amount, self.options.client_id, seq)
+        await self.conn.call(self.encode("RPUSH", self.keys.ledger, entry))
+
+    async def read_slot(self) -> int:
+        return int(await self.conn.call(self.get_slot))
+
+    async def write_slot(self, value: int) -> None:
+        await self.conn.call(self.encode("HSET", self.keys.slots, self.slot_field, value))
+
+    async def _evalsha(self, payload: bytes) -> Any:
+        from racebench.stores.redis_lean import RedisReplyError
+
+        try:
+            return await self.conn.call(payload)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # The server lost its script cache (a restart): load the scripts, send again.
+            for text in self.scripts.values():
+                await self.conn.call(self.encode("SCRIPT", "LOAD", text))
+            return await self.conn.call(payload)
+
+    def step_for(self, strategy: str, plan: CounterPlan | LedgerPlan):
+        if strategy == "atomic" and isinstance(plan, CounterPlan):
+            if plan.floor is None:
+                incrby = self.encode("INCRBY", self.keys.counter, plan.delta)
+                call = self.conn.call
+
+                async def incr(seq: int) -> StepResult:
+                    await call(incrby)
+                    return OK_STEP
+
+                return incr
+            add = self.encode(
+                "EVALSHA", self.add_with_floor_sha, 1, self.keys.counter, plan.delta, plan.floor
+            )
+
+            async def add_with_floor(seq: int) -> StepResult:
+                return OK_STEP if await self._evalsha(add) else REJECTED_STEP
+
+            return add_with_floor
+        if strategy == "atomic":
+            assert isinstance(plan, LedgerPlan)
+
+            async def withdraw(seq: int) -> StepResult:
+                entry = _entry(-plan.amount, self.options.client_id, seq)
+                payload = self.encode(
+                    "EVALSHA", self.withdraw_sha, 1, self.keys.ledger, plan.amount, entry
+                )
+                return OK_STEP if await self._evalsha(payload) else REJECTED_STEP
+
+            return withdraw
+        assert strategy == "optimistic"
+        if isinstance(plan, CounterPlan):
+            return lambda seq: self.retrying(lambda: self._counter_watch(plan))
+        return lambda seq: self.retrying(lambda: self._ledger_watch(plan, seq))
+
+    async def _watched_write(self, write: bytes) -> Outcome:
+        # MULTI, the write and EXEC in one round trip; a nil EXEC reply: the key changed.
+        batch = self.encode("MULTI") + write + self.encode("EXEC")
+        if await self.conn.call(batch, replies=3) is None:
+            raise Conflict("watch")
+        return Outcome.OK
+
+    async def _counter_watch(self, plan: CounterPlan) -> Outcome:
+        await self.conn.call(self.watch_counter)
+        value = int(await self.conn.call(self.get_counter))
+        await self.pause()
+        if plan.floor is not None and value + plan.delta < plan.floor:
+            await self.conn.call(self.unwatch)
+            return Outcome.REJECTED
+        return await self._watched_write(
+            self.encode("SET", self.keys.counter, value + plan.delta, "KEEPTTL")
+        )
+
+    async def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
+        # WATCH the ledger list itself, as the blocking client does.
+        await self.conn.call(self.watch_ledger)
+        balance = await self.read_balance()
+        await self.pause()
+        if balance < plan.amount:
+            await self.conn.call(self.unwatch)
+            return Outcome.REJECTED
+        entry = _entry(-plan.amount, self.options.client_id, seq)
+        return await self._watched_write(self.encode("RPUSH", self.keys.ledger, entry))
+
+    def classify(self, exc: BaseException) -> Outcome:
+        # A lost connection may hide a write the server applied.
+        if isinstance(exc, ConnectionError | OSError | TimeoutError):
+            return Outcome.UNKNOWN
+        return super().classify(exc)
+
+    async def recover(self) -> None:
+        # A connection lost mid-WATCH also lost its WATCH: reconnecting starts clean.
+        if self.conn.protocol is not None and self.conn.protocol.lost is not None:
+            self.conn.close()
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
 class RedisStore(Store):
     """Redis: `atomic` as one command or Lua script, `optimistic` as WATCH/MULTI/EXEC."""
 
@@ -296,9 +438,28 @@ class RedisStore(Store):
         ),
     }
 
+    async_strategies = frozenset({"none", "crdt", "atomic", "optimistic"})
+    async_driver = "lean RESP over hiredis (racebench.stores.redis_lean)"
+
     def __init__(self, url: str | None, namespace: str) -> None:
         super().__init__(url, namespace)
         self.keys = RedisKeys.of(namespace)
+
+    def connection_limit(self) -> tuple[str, int] | None:
+        client = open_redis(self.redis_url, timeout_s=2.0)
+        try:
+            maxclients = int(client.config_get("maxclients")["maxclients"])
+            connected = int(client.info("clients")["connected_clients"])
+        except Exception:  # CONFIG may be renamed or refused (managed Redis): no check
+            return None
+        finally:
+            client.close()
+        return "maxclients", maxclients - connected
+
+    async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
+        client = AsyncRedisClient(self.redis_url, self.namespace, options)
+        await client.connect()
+        return client
 
     @property
     def redis_url(self) -> str:

@@ -301,6 +301,24 @@ class ZookeeperStore(Store):
     def check_reachable(self) -> dict[str, str]:
         return server_facts(self.hosts, "zookeeper store")
 
+    def connection_limit(self) -> tuple[str, int] | None:
+        """maxClientCnxns counts connections per client host: every client runs on this one."""
+        from kazoo.exceptions import KazooException
+
+        client = open_kazoo(self.hosts, "zookeeper store")
+        try:
+            conf = str(client.command(b"conf"))
+        except (OSError, KazooException):
+            return None  # `conf` is not in 4lw.commands.whitelist: no check
+        finally:
+            close_kazoo(client)
+        for line in conf.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "maxClientCnxns" and value.strip().isdigit():
+                limit = int(value)
+                return ("maxClientCnxns (per client host)", limit) if limit else None
+        return None
+
     def setup(self, plan: Plan, clients: int) -> None:
         p = self.paths
         client = self._open()

@@ -1,0 +1,262 @@
+"""The client engine: logical clients on worker processes, open loop, load figures, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from racebench.runner import RunnerResult
+from racebench.verdict import load_figures
+from racebench.worker import WorkerOutput
+from tests.conftest import REPO, run_cli, run_scenario_data
+
+LIKES_NONE = {
+    "name": "engine",
+    "workload": {"type": "likes"},
+    "guard": {"strategy": "none"},
+    "race_window_ms": 1,
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2, "clients"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_unguarded_likes_lose_updates_at_any_worker_count(backend, workers, store_for) -> None:
+    """Clients of one worker interleave in the race window (an await, or a thread's sleep)."""
+    scenario = {**LIKES_NONE, "store": store_for(backend), "clients": 4, "workers": workers}
+    lost = 0
+    for attempt in range(5):  # the race shows within one run in practice; bounded anyway
+        [run] = run_scenario_data({**scenario, "operations": 400 * (attempt + 1)})
+        assert run["operations"]["ok"] == run["operations"]["attempted"]
+        lost = run["anomalies"]["lost_updates"]
+        if lost:
+            break
+    assert lost > 0
+    assert run["workers"] == (4 if workers == "clients" else workers)
+
+
+def test_atomic_redis_on_the_event_loop_loses_nothing(redis_url: str) -> None:
+    [run] = run_scenario_data(
+        {
+            "name": "atomic",
+            "workload": {"type": "stock", "initial": 1000},
+            "store": {"backend": "redis", "url": redis_url},
+            "guard": {"strategy": "atomic"},
+            "clients": 64,
+            "workers": 2,
+            "operations": 1200,
+        }
+    )
+    assert run["operations"]["ok"] == 1000 and run["operations"]["rejected"] == 200
+    assert run["anomalies"] == {"oversold_units": 0, "lost_updates": 0}
+    assert run["verdict"] == "safe"
+
+
+@pytest.mark.parametrize("workload", ["stock", "withdraw"])
+def test_postgres_on_the_event_loop_keeps_its_claims(postgres_url: str, workload: str) -> None:
+    """40 clients on one worker: psycopg's AsyncConnection path (racebench list says when)."""
+    from racebench.engine import execution_model
+    from racebench.stores.postgres import PostgresStore
+
+    assert execution_model(PostgresStore, "atomic", 40) == "asyncio"
+    assert execution_model(PostgresStore, "atomic", 8) == "thread"
+    store = {"backend": "postgres", "url": postgres_url}
+    base = {"name": "pg", "store": store, "clients": 40, "workers": 1, "race_window_ms": 2}
+    if workload == "stock":
+        shape = {"type": "stock", "initial": 300}
+    else:
+        shape = {"type": "withdraw", "deposit": 3000, "amount": 10}
+    [atomic] = run_scenario_data(
+        {**base, "workload": shape, "guard": {"strategy": "atomic"}, "operations": 400}
+    )
+    ops = atomic["operations"]
+    assert ops["ok"] + ops["rejected"] == 400 and ops["errors"] == ops["unknown"] == 0
+    if workload == "stock":
+        assert ops["ok"] == 300
+        assert sum(atomic["anomalies"].values()) == 0 and atomic["verdict"] == "safe"
+    else:  # the guarded INSERT reads the sum from its statement's snapshot: overdrafts allowed
+        assert atomic["verdict"] in ("ANOMALIES", "race not reproduced")
+    [unguarded] = run_scenario_data(
+        {**base, "workload": shape, "guard": {"strategy": "none"}, "operations": 400}
+    )
+    assert sum(unguarded["anomalies"].values()) > 0
+
+
+def test_a_client_fault_runs_every_client_in_its_own_process() -> None:
+    [run] = run_scenario_data(
+        {
+            **LIKES_NONE,
+            "clients": 3,
+            "workers": 1,
+            "operations": 300,
+            "faults": [{"kind": "pause_client", "at": 0.05, "duration_ms": 50}],
+        }
+    )
+    assert run["workers"] == 3
+
+
+def test_worker_specs_pickle(tmp_path: Path) -> None:
+    """The worker unit can travel to another process or host (issue 15)."""
+    from racebench.engine import ClientFactory, make_store
+    from racebench.runner import plan_workers
+    from racebench.scenario import expand
+    from racebench.worker import RateSpec
+
+    [spec] = expand({**LIKES_NONE, "store": {"backend": "redis"}, "clients": 5}, "t.yaml")
+    factory = ClientFactory(spec, make_store(spec, "ns"), None, {})
+    specs = plan_workers(factory, 5, 2, 1000, tmp_path, RateSpec(100.0))
+    copies = pickle.loads(pickle.dumps(specs))
+    assert [c.clients for c in copies] == [(0, 2, 4), (1, 3)]
+    assert [sum(c.quotas) for c in copies] == [600, 400]
+    assert [c.rate.ops_per_s for c in copies] == [60.0, 40.0]
+
+
+def test_client_bound_when_a_worker_saturates_its_core() -> None:
+    busy = WorkerOutput(0, cpu_s=0.97, wall_s=1.0)
+    idle = WorkerOutput(1, cpu_s=0.2, wall_s=1.0)
+    figures = load_figures(RunnerResult(0, [], False, workers=2, outputs=[busy, idle]), None)
+    assert figures["client_bound"] is True
+    assert "97% of a core" in figures["client_bound_reason"]
+    assert figures["worker_cpu_share"] == [0.97, 0.2]
+    calm = load_figures(RunnerResult(0, [], False, workers=1, outputs=[idle]), None)
+    assert calm["client_bound"] is False
+
+
+def _server_pause_run(redis_url: str, rate: str | None) -> dict:
+    scenario = {
+        "name": "stall",
+        "workload": {"type": "likes"},
+        "store": {"backend": "redis", "url": redis_url},
+        "guard": {"strategy": "lock", "lock": {"service": "redis_lock", "ttl_ms": 5000}},
+        "clients": 4,
+        "workers": 1,
+        "duration": "3s",
+        "faults": [{"kind": "server_pause", "at": 1.0, "duration_ms": 500}],
+    }
+    if rate is not None:
+        scenario["rate"] = rate
+    [run] = run_scenario_data(scenario)
+    return run
+
+
+def test_open_loop_shows_a_stall_that_the_closed_loop_hides(redis_url: str) -> None:
+    """Coordinated omission: a closed loop stops sending while the server stalls, so only the
+    few operations in flight see the stall; an open loop keeps the schedule and counts each
+    operation's latency from when it was due."""
+    open_loop = _server_pause_run(redis_url, "400/s")
+    assert open_loop["arrival"] == "400/s constant"
+    response, service = open_loop["latency_ms"], open_loop["service_time_ms"]
+    # ~200 of ~1,200 operations were due during the 500 ms stall: p99 is nearly all of it,
+    # while only the 4 operations in flight when it began were slow to serve.
+    assert response["p99"] >= 400
+    assert service["p99"] < response["p99"] / 2
+    assert response["p90"] > 2 * service["p90"]
+    assert open_loop["load"]["open_loop"]["late"] > 100
+    closed = _server_pause_run(redis_url, None)
+    assert closed["service_time_ms"] is None and closed["arrival"] == "closed loop"
+    assert closed["latency_ms"]["max"] >= 400  # the stall happened...
+    # ...but the closed loop stopped sending meanwhile, so it hardly shows in its figures.
+    assert closed["latency_ms"]["p90"] < response["p90"] / 2
+    assert closed["latency_ms"]["p99"] < response["p99"]
+
+
+def test_a_run_beyond_the_server_connection_limit_is_refused(
+    postgres_url: str, write_scenario
+) -> None:
+    path = write_scenario(
+        {
+            "workload": {"type": "likes"},
+            "store": {"backend": "postgres", "url": postgres_url},
+            "clients": 20_000,
+            "operations": 40_000,
+        }
+    )
+    done = run_cli("run", str(path), "-q")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "clients" in line and "max_connections" in line
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def test_workers_die_with_their_parent(write_scenario) -> None:
+    path = write_scenario({**LIKES_NONE, "clients": 2, "workers": 2, "duration": "60s"})
+    exe = Path(sys.executable).with_name("racebench")
+    proc = subprocess.Popen(
+        [str(exe), "run", str(path), "-q", "--results-dir", str(path.parent)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            workers = _children(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(1.0)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists() and not _zombie(w)]
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def test_cli_workers_and_rate_flags_drive_an_open_loop(tmp_path: Path, write_scenario) -> None:
+    path = write_scenario({**LIKES_NONE, "clients": 4, "race_window_ms": 0})
+    result = tmp_path / "r.json"
+    args = ["--workers", "2", "--rate", "2000/s", "--duration", "1s", "-q", "-o", str(result)]
+    done = run_cli("run", str(path), *args)
+    assert done.returncode == 0, done.stderr
+    assert "service" in done.stdout and "dropped" in done.stdout
+    [run] = json.loads(result.read_text())["runs"]
+    assert run["arrival"] == "2000/s constant" and run["workers"] == 2
+    assert 1000 <= run["operations"]["attempted"] <= 2100
+    assert run["service_time_ms"]["p99"] <= run["latency_ms"]["p99"]
+    assert set(run["load"]) >= {"worker_cpu_share", "loop_lag_ms", "client_bound", "open_loop"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"arrival": "poisson"}, "arrival: an arrival process needs an open loop"),
+        ({"rate": "fast"}, "rate: expected a rate such as 5000/s"),
+        ({"workers": 0}, "workers: expected a number of processes"),
+    ],
+)
+def test_bad_engine_settings_are_refused_with_one_line(write_scenario, changes, problem) -> None:
+    done = run_cli("run", str(write_scenario({**LIKES_NONE, **changes})))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert problem in line
+
+
+def test_list_says_how_each_backend_runs_its_clients() -> None:
+    done = run_cli("list")
+    assert done.returncode == 0
+    assert "asyncio, lean RESP over hiredis" in done.stdout
+    assert "a thread per client (blocking driver)" in done.stdout
+    assert os.linesep in done.stdout
