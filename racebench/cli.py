@@ -285,6 +285,9 @@ def doctor(
     for c in failed:
         where = "" if c.where == "here" else f" (from {c.where})"
         stderr.print(f"racebench: {c.detail}{where}", markup=False, highlight=False)
+    if failed:
+        sys.exit(ExitStatus.BACKEND_UNAVAILABLE)
+    # The leftovers (listed above) decide the exit code only when every server answered.
     dead = [x for x in found.leftovers if x.owner is Owner.DEAD]
     if dead:
         stderr.print(
@@ -292,8 +295,6 @@ def doctor(
             markup=False,
             highlight=False,
         )
-    if failed:
-        sys.exit(ExitStatus.BACKEND_UNAVAILABLE)
     sys.exit(ExitStatus.EXPECTATION_FAILED if dead else ExitStatus.OK)
 
 
