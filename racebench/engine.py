@@ -15,7 +15,7 @@ from typing import IO, Any
 from hdrh.histogram import HdrHistogram
 
 from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
-from racebench.errors import RacebenchError, ScenarioError
+from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
     OpenedClient,
@@ -25,11 +25,12 @@ from racebench.guards import (
     open_blocking,
 )
 from racebench.history import RunHistory
+from racebench.history_edn import write_jepsen_edn
 from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
 from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
 from racebench.registry import lock_class, store_class, strategies_for
-from racebench.results import build_document, default_path, write_atomically
+from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ClientOptions, Store
@@ -43,6 +44,7 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 @dataclass
 class ExecutionOptions:
     history: IO[str] | None = None
+    history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
     clusters: ClusterOptions | None = None
 
@@ -191,6 +193,18 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
     return address
 
 
+def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str, str]:
+    """The lock service's facts; a failure names the key its URL came from, not the store."""
+    try:
+        return lock_service.check_reachable()
+    except BackendUnavailable as error:
+        lock = spec.scenario.guard.lock
+        field = "store.url"
+        if lock is not None and (lock.url or lock.urls):
+            field = "guard.lock.url" if lock.url else "guard.lock.urls"
+        raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
+
+
 def run_trial(
     spec: RunSpec, trial: int, options: ExecutionOptions
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
@@ -202,7 +216,7 @@ def run_trial(
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
-        environment["lock"] = lock_service.check_reachable()
+        environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
     plan = s.workload.plan()
     workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run"), dir=_records_dir()))
@@ -249,7 +263,11 @@ def run_trial(
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
-            history.write_json_lines(options.history, base, s.workload.operation_kind, result.t0_ns)
+            kind = s.workload.operation_kind
+            if options.history_format == "jepsen":
+                write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
+            else:
+                history.write_json_lines(options.history, base, kind, result.t0_ns)
         strategy = strategies_for(s.store.backend)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial
@@ -308,6 +326,7 @@ def run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    history_format: str = "json",
     clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
@@ -318,7 +337,9 @@ def run_files(
     written (marked partial) before the error is raised.
     """
     with first_interrupt_only():
-        return _run_files(scenarios, output, results_dir, history, progress, clusters)
+        return _run_files(
+            scenarios, output, results_dir, history, progress, history_format, clusters
+        )
 
 
 def _run_files(
@@ -327,6 +348,7 @@ def _run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    history_format: str,
     clusters: ClusterOptions | None,
 ) -> list[FileOutcome]:
     outcomes: list[FileOutcome] = []
@@ -337,6 +359,7 @@ def _run_files(
             execution = Execution()
             options = ExecutionOptions(
                 history=history_out.stream if history_out else None,
+                history_format=history_format,
                 progress=progress,
                 clusters=clusters,
             )
@@ -379,6 +402,7 @@ class _AtomicText:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
+        os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 
     def commit(self) -> None:

@@ -124,40 +124,6 @@ def test_overlaps_shorter_than_the_clock_uncertainty_are_only_possible() -> None
     )
 
 
-def test_a_killed_dask_worker_leaves_unknown_operations_and_a_completed_run() -> None:
-    options = ClusterOptions(address="local:2")
-    session = options.session("local:2")
-    try:
-        victim_pid = max(session.client.run(os.getpid).values())
-        killed: list[int] = []
-
-        def kill_once_records_arrive(done: int, errors: int) -> None:
-            # Shipped records prove the clients are past the barrier: kill one Dask worker
-            # process outright (SIGKILL, no goodbye) while its clients are mid-operation.
-            if done >= 20 and not killed:
-                os.kill(victim_pid, signal.SIGKILL)
-                killed.append(victim_pid)
-
-        data = _stock("atomic", duration="4s", race_window_ms=5)
-        del data["operations"]
-        execution = Execution()
-        progress = ExecutionOptions(
-            clusters=options, progress=lambda spec, trial: kill_once_records_arrive
-        )
-        execute(expand(data, "cluster-test.yaml"), progress, execution)
-        run = execution.runs[0]
-    finally:
-        options.close()
-    assert killed
-    lost = [w for w in run["load"]["cluster"]["workers"] if w["lost"]]
-    assert len(lost) == 1
-    # Its clients were mid-operation when it died: those operations may or may not have
-    # happened, and are recorded as such; what it shipped before is kept.
-    assert run["operations"]["unknown"] >= 1
-    assert run["operations"]["ok"] > 20
-    assert run["verdict"] == "safe"
-
-
 def test_credentials_are_not_sent_in_clear_text_to_another_host(write_scenario) -> None:
     path = write_scenario(
         {
@@ -191,7 +157,10 @@ def test_faults_on_a_cluster_are_refused_with_one_line(write_scenario) -> None:
     assert "faults are not supported on a cluster" in result.stderr
 
 
-def test_doctor_checks_reachability_from_every_dask_worker(write_scenario, redis_url: str) -> None:
+def test_doctor_checks_reachability_from_every_dask_worker(
+    cluster: ClusterOptions, write_scenario, redis_url: str
+) -> None:
+    scheduler = cluster.session("local:2").client.scheduler.address
     path = write_scenario(
         {
             "name": "reach",
@@ -200,7 +169,7 @@ def test_doctor_checks_reachability_from_every_dask_worker(write_scenario, redis
             "matrix": {"store.url": [redis_url, "redis://127.0.0.1:1/0"]},
         }
     )
-    result = run_cli("doctor", str(path), "--cluster", "local:2")
+    result = run_cli("doctor", str(path), "--cluster", scheduler)
     assert result.returncode == 3, result.stderr
     # The unreachable URL fails here and from each of the two workers; the good one is ok
     # from all three places.
@@ -208,3 +177,36 @@ def test_doctor_checks_reachability_from_every_dask_worker(write_scenario, redis
     assert len(failures) == 3
     assert sum("(from tcp://127.0.0.1:" in line for line in failures) == 2
     assert result.stdout.count("tcp://127.0.0.1:") >= 4
+
+
+def test_a_killed_dask_worker_leaves_unknown_operations_and_a_completed_run(
+    cluster: ClusterOptions,
+) -> None:
+    # Last in this module: the LocalCluster's nanny replaces the killed worker afterwards.
+    session = cluster.session("local:2")
+    victim_pid = max(session.client.run(os.getpid).values())
+    killed: list[int] = []
+
+    def kill_once_records_arrive(done: int, errors: int) -> None:
+        # Shipped records prove the clients are past the barrier: kill one Dask worker
+        # process outright (SIGKILL, no goodbye) while its clients are mid-operation.
+        if done >= 20 and not killed:
+            os.kill(victim_pid, signal.SIGKILL)
+            killed.append(victim_pid)
+
+    data = _stock("atomic", duration="4s", race_window_ms=5)
+    del data["operations"]
+    execution = Execution()
+    progress = ExecutionOptions(
+        clusters=cluster, progress=lambda spec, trial: kill_once_records_arrive
+    )
+    execute(expand(data, "cluster-test.yaml"), progress, execution)
+    run = execution.runs[0]
+    assert killed
+    lost = [w for w in run["load"]["cluster"]["workers"] if w["lost"]]
+    assert len(lost) == 1
+    # Its clients were mid-operation when it died: those operations may or may not have
+    # happened, and are recorded as such; what it shipped before is kept.
+    assert run["operations"]["unknown"] >= 1
+    assert run["operations"]["ok"] > 20
+    assert run["verdict"] == "safe"
