@@ -445,7 +445,8 @@ def _emit(text: str, output: Path | None) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
 def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | None) -> None:
-    """Report result files: tables per workload (and plots, in html)."""
+    """Report result files: tables per workload (markdown); per scenario, with plots over
+    clients and per run over time (html, see docs/reports.md)."""
     from racebench.report import render_report
 
     try:
@@ -486,10 +487,11 @@ class _Percent(click.ParamType):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "markdown", "json", "benchmark-json"]),
+    type=click.Choice(["text", "markdown", "json", "benchmark-json", "html"]),
     default="text",
     show_default=True,
-    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list.",
+    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list; html: a"
+    " self-contained page, before and after per run.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj

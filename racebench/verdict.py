@@ -15,18 +15,15 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from racebench.history import Outcome, RunHistory
+from racebench.history_sample import sample_history
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
+from racebench.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.runner import RunnerResult
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
 from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
 
-SAFE = "safe"
-ANOMALIES = "ANOMALIES"
-UNEXPECTED = "UNEXPECTED"
-NOT_REPRODUCED = "race not reproduced"
-INCONCLUSIVE = "inconclusive"
 ME_VIOLATIONS = "mutual_exclusion_violations"
 # The error rate above which a run cannot vouch for a strategy, unless expect.max_error_rate
 # says otherwise: the race may hide among the operations that errored.
@@ -49,6 +46,7 @@ class TrialAnalysis:
     lock: dict[str, Any] | None
     errors_sample: dict[str, int]
     timeline: dict[str, Any] | None = None
+    history_sample: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
     faults_not_fired: list[dict[str, Any]] = field(default_factory=list)
     service_time_ms: dict[str, float] | None = None
@@ -183,6 +181,7 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        history_sample=sample_history(history, result.t0_ns),
         service_time_ms=latency_summary(service) if service is not None else None,
         service_histogram=service,
         load=load_figures(result, s.rate),
@@ -392,6 +391,7 @@ def summarize_run(
         # From the first trial that missed one: a fault asked for must fire in every trial.
         "faults_not_fired": next((t.faults_not_fired for t in trials if t.faults_not_fired), []),
         "timeline": trials[-1].timeline,
+        "history_sample": trials[-1].history_sample,
         "trials": [
             {
                 "trial": t.trial,
