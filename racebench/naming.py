@@ -79,6 +79,8 @@ def fault_summary(
             text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
         if "unavailable_ms" in f:
             text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
+        elif f.get("grants_after") == 0:  # a server fault after which the lock never came
+            text += " (no grant after)"
         if f["note"].startswith(("failed", "emulated")):
             text += f" [{f['note'].split(':')[0]}]"
         parts.append(text)

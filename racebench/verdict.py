@@ -22,7 +22,7 @@ from racebench.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEX
 from racebench.runner import RunnerResult
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
-from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
+from racebench.workloads import Check, FinalState, Invariant, count_overlapping_pairs
 
 ME_VIOLATIONS = "mutual_exclusion_violations"
 # The error rate above which a run cannot vouch for a strategy, unless expect.max_error_rate
@@ -125,11 +125,14 @@ def analyze_trial(
     history: RunHistory,
     result: RunnerResult,
     trial: int,
+    check: Check | None = None,
 ) -> tuple[TrialAnalysis, HdrHistogram]:
+    """Figures and anomalies of one trial; `check` is a custom workload's own check."""
     s = spec.scenario
-    if s.guard.strategy == "crdt":
-        final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
-    check = s.workload.check(final, history)
+    if check is None:
+        if s.guard.strategy == "crdt":
+            final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
+        check = s.workload.check(final, history)  # type: ignore[union-attr]
     anomalies = dict(check.anomalies)
     cs_client, cs_start, cs_end = history.critical_sections()
     possible_overlaps = None
