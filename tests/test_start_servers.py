@@ -79,14 +79,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _run_script(zookeeper_port: int) -> tuple[subprocess.CompletedProcess, float]:
+def _run_script(zookeeper_port: int, state: Path) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     done = subprocess.run(
         ["bash", str(SCRIPT)],
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "ZOOKEEPER_PORT": str(zookeeper_port), "REDIS_PORTS": ""},
+        env={
+            **os.environ,
+            "ZOOKEEPER_PORT": str(zookeeper_port),
+            "REDIS_PORTS": "",
+            "RACEBENCH_SERVERS_DIR": str(state),
+        },
     )
     return done, time.monotonic() - started
 
@@ -135,7 +140,7 @@ def test_a_zookeeper_without_four_letter_words_is_seen_as_running(tmp_path: Path
     )
     try:
         _wait_serving(port, server)
-        done, elapsed = _run_script(port)
+        done, elapsed = _run_script(port, tmp_path / "servers")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -145,9 +150,11 @@ def test_a_zookeeper_without_four_letter_words_is_seen_as_running(tmp_path: Path
     assert elapsed < 10
 
 
-def test_a_port_taken_by_another_server_fails_at_once_naming_it(redis_url: str) -> None:
+def test_a_port_taken_by_another_server_fails_at_once_naming_it(
+    redis_url: str, tmp_path: Path
+) -> None:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    done, elapsed = _run_script(port)
+    done, elapsed = _run_script(port, tmp_path / "servers")
     assert done.returncode == 1
     assert f"zookeeper on {port}: the port is taken by a server that does not answer" in (
         done.stderr
