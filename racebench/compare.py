@@ -30,7 +30,7 @@ import numpy as np
 from racebench.compare_warnings import load_difference, setting_changes, setup_differences
 from racebench.errors import ExitStatus, ResultFileError
 from racebench.gate_stats import CONFIDENCE, ratio_interval
-from racebench.naming import SAFE
+from racebench.naming import INCONCLUSIVE, SAFE
 from racebench.report import LoadedResult, load_result, trial_values
 
 METHOD = (
@@ -256,6 +256,10 @@ def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float)
     if comparison.new_anomalies:
         found = ", ".join(f"{k}={v}" for k, v in comparison.new_anomalies.items())
         comparison.regressions.append(f"correctness: safe in the baseline, now {found}")
+    if cand["verdict"] == INCONCLUSIVE:
+        # Not a pass: the candidate did too little to show whether the race is still fixed.
+        reason = cand.get("evidence_missing") or "too few acknowledged operations"
+        comparison.regressions.append(f"inconclusive in the candidate: {reason}")
     for change in (comparison.throughput, comparison.p99):
         if change.verdict == SLOWER:
             comparison.regressions.append(

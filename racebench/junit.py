@@ -13,13 +13,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
-from racebench.naming import UNEXPECTED
+from racebench.naming import INCONCLUSIVE, UNEXPECTED
 
 if TYPE_CHECKING:
     from racebench.compare import Comparison
-
-# The verdict of a run whose evidence is too thin to call it safe (issue 9's rule).
-INCONCLUSIVE = "inconclusive"
 
 
 def run_properties(run: dict[str, Any]) -> dict[str, str]:
@@ -42,7 +39,7 @@ def run_failures(run: dict[str, Any]) -> list[str]:
     reasons = []
     if run["verdict"] == UNEXPECTED:
         reasons.append("UNEXPECTED: a strategy that claims safety showed anomalies")
-    elif run["verdict"].lower() == INCONCLUSIVE:
+    elif run["verdict"] == INCONCLUSIVE:
         reasons.append("inconclusive: too little evidence for a verdict")
     reasons += [f"expectation failed: {f}" for f in run.get("expectation_failures", [])]
     return reasons

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from racebench.naming import (
     ANOMALIES,
+    INCONCLUSIVE,
     NOT_REPRODUCED,
     SAFE,
     UNEXPECTED,
@@ -40,6 +41,7 @@ VERDICT_STYLES = {
     ANOMALIES: "bold yellow",
     UNEXPECTED: "bold red",
     NOT_REPRODUCED: "dim",
+    INCONCLUSIVE: "bold magenta",
 }
 
 
@@ -165,7 +167,7 @@ def _anomaly_names(runs: list[dict[str, Any]]) -> list[str]:
 def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str, str]) -> Table:
     names = _anomaly_names(runs)
     fenced = any(r.get("lock") for r in runs)
-    faulted = any(r.get("faults") for r in runs)
+    faulted = any(r.get("faults") or r.get("faults_not_fired") for r in runs)
     open_loop = any(r.get("service_time_ms") for r in runs)
     params = [short_params(r.get("params") or {}) for r in runs]
     counts = _trial_counts(runs)
@@ -220,7 +222,9 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
             lock = run.get("lock") or {}
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
-            cells.append(escape(fault_summary(run.get("faults") or [])))
+            cells.append(
+                escape(fault_summary(run.get("faults") or [], run.get("faults_not_fired") or []))
+            )
         cells.append(_verdict_cell(run))
         table.add_row(*cells)
     return table
@@ -241,7 +245,7 @@ def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[s
         lines += [escape(str(run[k])) for k in ("workload", "backend") if k not in shared]
         lines += [escape(p) for p in short_params(run.get("params") or {})]
         if run.get("faults"):
-            lines.append(escape(fault_summary(run["faults"])))
+            lines.append(escape(fault_summary(run["faults"], run.get("faults_not_fired") or [])))
         lines.append(f"{run['clients']} clients")
         if run.get("service_time_ms"):
             service, late, dropped = _open_loop_cells(run)
