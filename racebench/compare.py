@@ -237,6 +237,23 @@ def compare_metric(
     return change
 
 
+def _new_anomalies(
+    base: dict[str, Any], b_anomalies: dict[str, int], cand: dict[str, Any], c: dict[str, int]
+) -> dict[str, int]:
+    """What makes a run that was safe in the baseline a correctness regression.
+
+    A safe run may carry anomalies its claim allows: a fenced lock keeps the data safe while
+    critical sections still overlap (mutual_exclusion_violations). Those stay, and may vary,
+    without breaking the claim; a kind of anomaly the baseline did not have, or a verdict that
+    is no longer safe, is a regression.
+    """
+    if base["verdict"] != SAFE:
+        return {}
+    if cand["verdict"] not in (SAFE, INCONCLUSIVE):  # inconclusive is reported on its own
+        return c
+    return {k: v for k, v in c.items() if k not in b_anomalies}
+
+
 def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float) -> RunComparison:
     """Speed and correctness of one label; fills `regressions` with the reasons to fail."""
     b_anomalies = {k: v for k, v in base["anomalies"].items() if v}
@@ -249,7 +266,7 @@ def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float)
         candidate_verdict=cand["verdict"],
         baseline_anomalies=sum(b_anomalies.values()),
         candidate_anomalies=sum(c_anomalies.values()),
-        new_anomalies=c_anomalies if base["verdict"] == SAFE else {},
+        new_anomalies=_new_anomalies(base, b_anomalies, cand, c_anomalies),
         setting_changes=setting_changes(base, cand),
         trials=(len(base["trials"]), len(cand["trials"])),
     )

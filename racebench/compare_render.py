@@ -122,7 +122,7 @@ def _footer(comparison: Comparison) -> list[str]:
         f"figures: medians over trials (change: ratio of medians of the within-run samples); "
         f"anomalies: totals over all trials. noise: {METHOD}; allowed slowdown "
         f"{comparison.max_slowdown:.0%} (throughput drop or p99 rise, beyond noise); a run "
-        "safe in the baseline must stay free of anomalies."
+        "safe in the baseline must stay safe, with no kind of anomaly it did not have."
     ]
     if comparison.only_in_baseline:
         lines.append("only in baseline (not compared): " + ", ".join(comparison.only_in_baseline))

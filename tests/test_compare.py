@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from racebench.compare import compare_results
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 # One label ("gate"), five short trials: too short for within-run buckets, so compare
 # decides from the per-trial figures (at least 3 per side).
@@ -157,3 +157,12 @@ def test_missing_file_and_bad_threshold_are_exit_2(results: dict[str, Path]) -> 
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     bad = run_cli("compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "x")
     assert bad.returncode == 2 and "not a percentage" in bad.stderr
+
+
+def test_a_fenced_run_that_stays_safe_is_not_a_regression_of_itself() -> None:
+    # The fenced gc-pause run is safe with overlapping critical sections (fencing rejects the
+    # late writes): comparing the file with itself must not call those overlaps new.
+    golden = str(REPO / "tests" / "golden" / "gc-pause.json")
+    result = run_cli("compare", golden, golden, "--allow-undecided")
+    assert "correctness" not in result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr
