@@ -122,6 +122,20 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Open loop: start operations at this rate (e.g. 5000/s) whatever the server does; "
     "latency then counts from each operation's intended start.",
 )
+@click.option(
+    "--cluster",
+    envvar="RACEBENCH_CLUSTER",
+    help="Run the workers on a Dask cluster: tcp://HOST:8786, tls://HOST:8786, or local:N "
+    "for a local cluster of N processes (needs racebench[cluster]).",
+)
+@click.option(
+    "--insecure-cluster",
+    is_flag=True,
+    help="Allow passwords to travel over a plain tcp:// cluster address that is not loopback.",
+)
+@click.option("--tls-ca-file", help="CA certificate for a tls:// cluster.")
+@click.option("--tls-cert", help="Client certificate for a tls:// cluster.")
+@click.option("--tls-key", help="Client key for a tls:// cluster.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_obj
 def run(
@@ -136,9 +150,15 @@ def run(
     trials: int | None,
     workers: str | None,
     rate: str | None,
+    cluster: str | None,
+    insecure_cluster: bool,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     quiet: bool,
 ) -> None:
     """Run scenario files and print the results table."""
+    from racebench.cluster import ClusterOptions
     from racebench.engine import run_files
     from racebench.render import progress_display, results_table
 
@@ -152,7 +172,12 @@ def run(
         )
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_files(
-                loaded, output=output, results_dir=results_dir, history=history, progress=progress
+                loaded,
+                output=output,
+                results_dir=results_dir,
+                history=history,
+                progress=progress,
+                clusters=ClusterOptions(cluster, insecure_cluster, tls_ca_file, tls_cert, tls_key),
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
@@ -200,28 +225,39 @@ def list_command() -> None:
 
 @cli.command()
 @click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--cluster",
+    envvar="RACEBENCH_CLUSTER",
+    help="Also check from every worker of this Dask cluster (tcp://, tls:// or local:N).",
+)
 @click.pass_obj
-def doctor(obj: _Context, scenarios: tuple[Path, ...]) -> None:
+def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> None:
     """Check that every server the scenarios need is reachable (without scenarios: the
     default URL of every backend and lock service); print versions or what is wrong."""
     from rich.table import Table
 
+    from racebench.cluster import ClusterOptions
     from racebench.doctor import check_servers
 
+    clusters = ClusterOptions(cluster)
     try:
-        checks = check_servers(list(scenarios))
+        session = clusters.session(cluster) if cluster else None
+        checks = check_servers(list(scenarios), session)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
+    finally:
+        clusters.close()
     table = Table(header_style="bold")
-    for header in ("kind", "name", "url", "status", "version / problem"):
+    for header in ("kind", "name", "url", "from", "status", "version / problem"):
         table.add_column(header)
     for c in checks:
         status = "[green]ok[/]" if c.ok else "[bold red]UNREACHABLE[/]"
-        table.add_row(c.kind, c.name, escape(c.url), status, escape(c.detail))
+        table.add_row(c.kind, c.name, escape(c.url), escape(c.where), status, escape(c.detail))
     stdout.print(table)
     failed = [c for c in checks if not c.ok]
     for c in failed:
-        stderr.print(f"racebench: {c.detail}", markup=False, highlight=False)
+        where = "" if c.where == "here" else f" (from {c.where})"
+        stderr.print(f"racebench: {c.detail}{where}", markup=False, highlight=False)
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 

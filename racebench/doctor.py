@@ -11,10 +11,13 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from racebench.errors import RacebenchError
 from racebench.redact import redact_text
+
+if TYPE_CHECKING:
+    from racebench.cluster import ClusterSession
 
 
 class _Reachable(Protocol):
@@ -30,6 +33,7 @@ class ServerCheck:
     url: str  # redacted
     ok: bool
     detail: str
+    where: str = "here"  # or the address of the Dask worker that checked it
 
 
 def _namespace() -> str:
@@ -98,10 +102,11 @@ def _check(target: _Reachable | None) -> tuple[bool, str]:
     return True, detail
 
 
-def check_servers(paths: list[Path]) -> list[ServerCheck]:
+def check_servers(paths: list[Path], cluster: ClusterSession | None = None) -> list[ServerCheck]:
     """Check every store and lock service the scenarios need (every matrix cell), once each.
 
-    Without scenarios: the default URL of every registered backend and lock service.
+    Without scenarios: the default URL of every registered backend and lock service. With a
+    cluster, also from every Dask worker: that is where the clients will connect from.
     """
     targets = _from_scenarios(paths) if paths else _defaults()
     seen: set[tuple[str, str, str]] = set()
@@ -112,4 +117,11 @@ def check_servers(paths: list[Path]) -> list[ServerCheck]:
         seen.add((kind, name, url))
         ok, detail = _check(target)
         checks.append(ServerCheck(kind, name, redact_text(url), ok, redact_text(detail)))
+        if cluster is None or target is None:
+            continue
+        for where, answer in cluster.run_everywhere(_check, target).items():
+            if isinstance(answer, BaseException):
+                answer = (False, f"{type(answer).__name__}: {answer}".splitlines()[0])
+            ok, detail = answer
+            checks.append(ServerCheck(kind, name, redact_text(url), ok, redact_text(detail), where))
     return checks

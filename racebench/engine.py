@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
 
+from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
 from racebench.errors import RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
@@ -42,6 +43,7 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 class ExecutionOptions:
     history: IO[str] | None = None
     progress: ProgressFactory | None = None
+    clusters: ClusterOptions | None = None
 
 
 @dataclass
@@ -166,6 +168,28 @@ def _records_dir() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
+def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | None:
+    """Where this run's workers go: the --cluster address, the scenario's, or None (here).
+
+    Refused before anything runs: faults (the nemesis watches and signals local processes
+    only), and credentials over clear text to another host.
+    """
+    s = spec.scenario
+    address = (clusters.address if clusters else None) or s.cluster
+    if address is None:
+        return None
+    if clusters is None:
+        raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
+    if s.faults:
+        raise ScenarioError(
+            spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
+        )
+    urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
+    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    check_transport(address, urls, clusters.insecure, spec.source)
+    return address
+
+
 def run_trial(
     spec: RunSpec, trial: int, options: ExecutionOptions
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
@@ -191,17 +215,34 @@ def run_trial(
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
         per_worker = -(-s.clients // workers)
-        result: RunnerResult = run_clients(
-            ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker),
-            s.clients,
-            s.operations,
-            s.duration,
-            workdir,
-            progress,
-            nemesis,
-            workers=workers,
-            rate=rate,
-        )
+        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker)
+        address = cluster_address(spec, options.clusters)
+        result: RunnerResult
+        if address is not None:
+            assert options.clusters is not None
+            result = run_clients_on_cluster(
+                options.clusters.session(address),
+                factory,
+                s.clients,
+                s.operations,
+                s.duration,
+                workdir,
+                progress,
+                workers=workers,
+                rate=rate,
+            )
+        else:
+            result = run_clients(
+                factory,
+                s.clients,
+                s.operations,
+                s.duration,
+                workdir,
+                progress,
+                nemesis,
+                workers=workers,
+                rate=rate,
+            )
         final = store.read_final(plan)
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         if options.history is not None:
@@ -229,6 +270,8 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
 
     Stops after the trial that Ctrl-C interrupted; runs finished before then are kept.
     """
+    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+        cluster_address(spec, options.clusters)
     for spec in specs:
         trials: list[TrialAnalysis] = []
         histograms: list[HdrHistogram] = []
@@ -262,6 +305,7 @@ def run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
 
@@ -276,7 +320,9 @@ def run_files(
             started = dt.datetime.now(dt.UTC)
             execution = Execution()
             options = ExecutionOptions(
-                history=history_out.stream if history_out else None, progress=progress
+                history=history_out.stream if history_out else None,
+                progress=progress,
+                clusters=clusters,
             )
             failure: RacebenchError | None = None
             try:
@@ -303,6 +349,8 @@ def run_files(
             if execution.interrupted:
                 break
     finally:
+        if clusters is not None:
+            clusters.close()
         if history_out is not None:
             history_out.commit()
     return outcomes

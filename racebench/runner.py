@@ -83,6 +83,8 @@ class RunnerResult:
     # Each finished worker's output (a killed worker leaves none), for the load figures.
     outputs: list[WorkerOutput] = field(default_factory=list)
     ready_s: float = 0.0  # from the first fork until every client was connected
+    # On a Dask cluster (racebench.cluster): where each worker ran, its clock, what was lost.
+    cluster: dict[str, Any] | None = None
 
     def loop_lag(self) -> HdrHistogram:
         """Event-loop lag over every worker: histograms merged, never percentiles averaged."""

@@ -140,6 +140,8 @@ class Scenario(_Strict):
     # closed loop (each client starts its next operation when the previous one completed).
     rate: float | None = Field(default=None, gt=0)
     arrival: Literal["constant", "poisson"] = "constant"
+    # A Dask scheduler (tcp://HOST:8786, tls://...) or local:N; None: workers on this host.
+    cluster: str | None = None
     operations: int | None = Field(default=None, ge=1)
     duration: float | None = Field(default=None, gt=0)
     warmup: float = Field(default=0.0, ge=0)

@@ -127,8 +127,13 @@ def analyze_trial(
         final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
     check = s.workload.check(final, history)
     anomalies = dict(check.anomalies)
-    _, cs_start, cs_end = history.critical_sections()
-    if len(cs_start) or lock_service is not None:
+    cs_client, cs_start, cs_end = history.critical_sections()
+    possible_overlaps = None
+    if result.cluster is not None and len(cs_start):
+        # Across hosts only an overlap longer than the clocks' uncertainty is certain.
+        certain, possible_overlaps = cluster_overlaps(result.cluster, cs_client, cs_start, cs_end)
+        anomalies[ME_VIOLATIONS] = certain
+    elif len(cs_start) or lock_service is not None:
         anomalies[ME_VIOLATIONS] = count_overlapping_pairs(cs_start, cs_end)
 
     r = history.records
@@ -176,7 +181,26 @@ def analyze_trial(
         service_histogram=service,
         load=load_figures(result, s.rate),
     )
+    if result.cluster is not None:
+        analysis.load["cluster"] = {**result.cluster, "possible_overlaps": possible_overlaps}
     return analysis, histogram
+
+
+def cluster_overlaps(
+    cluster: dict[str, Any], client: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[int, int]:
+    """(certain, possible) critical-section overlaps of a run whose workers ran on a cluster."""
+    from racebench.cluster import count_overlaps_across_hosts
+
+    host_of: dict[int, int] = {}
+    uncertainty: dict[int, int] = {}
+    hosts: dict[str, int] = {}  # racebench workers on one Dask worker share its clock
+    for worker in cluster["workers"]:
+        host = hosts.setdefault(worker["address"], len(hosts))
+        uncertainty[host] = int(worker["uncertainty_ms"] * 1e6)
+        for c in worker["clients"]:
+            host_of[c] = host
+    return count_overlaps_across_hosts(client, starts, ends, host_of, uncertainty)
 
 
 # A worker above this share of one core, or whose loop ran this late at p99, measured itself.
