@@ -139,6 +139,19 @@ def test_failed_expectation_exits_1(tmp_path: Path, write_scenario) -> None:
     assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["passed"] is False
 
 
+def _has_tables(db: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return bool(conn.execute("SELECT name FROM sqlite_master").fetchall())
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 def test_interrupted_run_writes_partial_result_and_cleans_up(
     tmp_path: Path, write_scenario
 ) -> None:
@@ -162,7 +175,11 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    # Interrupt once the first run is under way (its tables exist), however slow the start.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _has_tables(db):
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
