@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import traceback
@@ -35,7 +36,9 @@ def _fail(error: BaseException, debug: bool) -> int:
         message, status = f"internal error: {type(error).__name__}: {error}", ExitStatus.USAGE
         if not debug:
             message += " (run with --debug for the traceback)"
-    stderr.print(f"racebench: {redact_text(message)}", markup=False, highlight=False)
+    # Exactly one line, whatever a driver's message holds.
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    stderr.print(f"racebench: {redact_text(one_line)}", markup=False, highlight=False)
     return int(status)
 
 
@@ -91,7 +94,10 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
 @cli.command()
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--output", "-o", type=click.Path(path_type=Path), help="Result JSON path (one scenario only)."
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Result JSON path (one scenario only); absent or a regular file, checked before the run.",
 )
 @click.option(
     "--results-dir",
@@ -101,7 +107,15 @@ def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
     help="Where result files go when --output is not given.",
 )
 @click.option(
-    "--history", type=click.Path(path_type=Path), help="Write every operation as JSON lines."
+    "--history", type=click.Path(path_type=Path), help="Write every operation to this file."
+)
+@click.option(
+    "--history-format",
+    type=click.Choice(["json", "jepsen"]),
+    default="json",
+    show_default=True,
+    help="json: one JSON line per operation; jepsen: Jepsen's EDN invoke/ok/fail/info "
+    "events, for Elle or Knossos.",
 )
 @click.option("--clients", type=click.IntRange(min=1), help="Override clients.")
 @click.option(
@@ -144,6 +158,7 @@ def run(
     output: Path | None,
     results_dir: Path,
     history: Path | None,
+    history_format: str,
     clients: int | None,
     operations: int | None,
     duration: str | None,
@@ -170,12 +185,14 @@ def run(
         loaded = _load_all(
             scenarios, _overrides(clients, operations, duration, trials, workers, rate)
         )
+        _check_run_outputs(output, results_dir, history)
         with progress_display(stderr, not quiet) as progress:
             outcomes = run_files(
                 loaded,
                 output=output,
                 results_dir=results_dir,
                 history=history,
+                history_format=history_format,
                 progress=progress,
                 clusters=ClusterOptions(cluster, insecure_cluster, tls_ca_file, tls_cert, tls_key),
             )
@@ -187,8 +204,11 @@ def run(
     for outcome in outcomes:
         stderr.print(
             f"result: {outcome.result_path}" + (" (partial)" if outcome.interrupted else ""),
+            markup=False,
             highlight=False,
         )
+    for warning in _warmup_warnings(loaded, runs):
+        stderr.print(f"warning: {warning}", markup=False, highlight=False)
     for r in runs:
         for failure in r["expectation_failures"]:
             stderr.print(
@@ -197,6 +217,33 @@ def run(
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
     sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+
+
+def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]:
+    """Runs that ended inside their warmup: nothing was measured, so 0 ops/s means nothing.
+
+    (A run with a duration is refused at validation when warmup >= duration; a run bounded
+    by operations only shows how long it took at the end.)
+    """
+    warmups = {spec.label: spec.scenario.warmup for _, _, specs in loaded for spec in specs}
+    return [
+        f"{r['label']}: the run took {r['duration_s']:g}s, within its warmup of "
+        f"{warmups[r['label']]:g}s: no operation was measured (lower warmup or add operations)"
+        for r in runs
+        if warmups.get(r["label"], 0) and r["duration_s"] <= warmups[r["label"]]
+    ]
+
+
+def _check_run_outputs(output: Path | None, results_dir: Path, history: Path | None) -> None:
+    """Every path a run writes, checked before anything runs: a run is not lost at the end."""
+    from racebench.results import check_output_dir, check_output_file
+
+    if output is not None:
+        check_output_file(output, "--output")
+    else:
+        check_output_dir(results_dir, "--results-dir")
+    if history is not None:
+        check_output_file(history, "--history")
 
 
 @cli.command()
@@ -209,9 +256,28 @@ def validate(obj: _Context, scenarios: tuple[Path, ...]) -> None:
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     for path, _, specs in loaded:
-        stdout.print(f"{path}: ok, {len(specs)} run(s)", highlight=False)
+        stdout.print(f"{path}: ok, {len(specs)} run(s)", markup=False, highlight=False)
         for spec in specs:
             stdout.print(f"  {spec.label}", markup=False, highlight=False)
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "markdown"]),
+    default="json",
+    show_default=True,
+    help="json: the JSON Schema of a scenario file (for editors); markdown: the reference.",
+)
+def schema(fmt: str) -> None:
+    """Print the scenario file's JSON Schema, or the scenario reference generated from it."""
+    from racebench.schema import scenario_json_schema, scenario_reference_markdown
+
+    if fmt == "markdown":
+        click.echo(scenario_reference_markdown(), nl=False)
+    else:
+        click.echo(json.dumps(scenario_json_schema(), indent=2))
 
 
 @cli.command(name="list")
@@ -261,9 +327,21 @@ def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> N
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 
+def _check_report_output(output: Path | None) -> None:
+    from racebench.results import check_output_file
+
+    if output is not None:
+        check_output_file(output, "--output")
+
+
 def _emit(text: str, output: Path | None) -> None:
-    """Write a report to --output atomically, or to stdout as plain text."""
+    """Write a report to --output atomically, or to stdout as plain text.
+
+    Result files are redacted when written, but a report may be given a hand-made one.
+    """
     from racebench.results import write_text_atomically
+
+    text = redact_text(text)
 
     if output is None:
         click.echo(text, nl=False)
@@ -289,6 +367,7 @@ def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | No
     from racebench.report import render_report
 
     try:
+        _check_report_output(output)
         text = render_report(list(results), fmt)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
@@ -349,15 +428,54 @@ def compare(
     from racebench.compare_render import render_comparison
 
     try:
+        _check_report_output(output)
         comparison = compare_results(baseline, candidate, max_slowdown)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     for warning in comparison.warnings:
-        stderr.print(f"warning: {warning}", markup=False, highlight=False)
+        stderr.print(f"warning: {redact_text(warning)}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
     for label, reason in comparison.regressions:
-        stderr.print(f"regression: {label}: {reason}", markup=False, highlight=False)
+        line = redact_text(f"regression: {label}: {reason}")
+        stderr.print(line, markup=False, highlight=False)
     sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="A matrix of probes by level, as text or markdown; json adds every probe's steps.",
+)
+@click.option(
+    "--level",
+    "levels",
+    multiple=True,
+    help="Probe only this isolation level (repeatable), e.g. 'repeatable read'.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
+@click.pass_obj
+def isolation(
+    obj: _Context, target: str, fmt: str, levels: tuple[str, ...], output: Path | None
+) -> None:
+    """Run Hermitage's isolation tests on TARGET: postgres, mysql, or a postgresql:// or
+    mysql:// URL. Prints which anomalies each isolation level prevents, how (abort, lock
+    wait, snapshot), the server version, and where that differs from the documentation and
+    from Hermitage's published table. Exit 0, or 1 if a probe could not decide.
+    """
+    from racebench.isolation import render, run_isolation
+
+    try:
+        matrix = run_isolation(target, levels=list(levels) or None)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    _emit(render(matrix, fmt), output)
+    undecided = any(c.status == "unknown" for c in matrix.cells.values())
+    sys.exit(ExitStatus.EXPECTATION_FAILED if undecided else ExitStatus.OK)
 
 
 def main() -> None:

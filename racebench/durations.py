@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -10,7 +11,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 def parse_duration(value: str | float | int) -> float:
     """Seconds from a number (seconds) or a string with a unit: ms, s, m, h."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("expected a duration such as 10s or 500ms")
     if isinstance(value, int | float):
         seconds = float(value)
@@ -19,6 +20,8 @@ def parse_duration(value: str | float | int) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration (use e.g. 10s, 500ms, 2m)")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds

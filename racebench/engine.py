@@ -16,7 +16,7 @@ from typing import IO, Any
 from hdrh.histogram import HdrHistogram
 
 from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
-from racebench.errors import RacebenchError, ScenarioError
+from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
     OpenedClient,
@@ -26,9 +26,10 @@ from racebench.guards import (
     open_blocking,
 )
 from racebench.history import RunHistory
+from racebench.history_edn import write_jepsen_edn
 from racebench.locks.base import LockService
 from racebench.registry import lock_class, store_class, strategies_for
-from racebench.results import build_document, default_path, write_atomically
+from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ClientOptions, Store
@@ -42,6 +43,7 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 @dataclass
 class ExecutionOptions:
     history: IO[str] | None = None
+    history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
     clusters: ClusterOptions | None = None
 
@@ -190,6 +192,18 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
     return address
 
 
+def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str, str]:
+    """The lock service's facts; a failure names the key its URL came from, not the store."""
+    try:
+        return lock_service.check_reachable()
+    except BackendUnavailable as error:
+        lock = spec.scenario.guard.lock
+        field = "store.url"
+        if lock is not None and (lock.url or lock.urls):
+            field = "guard.lock.url" if lock.url else "guard.lock.urls"
+        raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
+
+
 def run_trial(
     spec: RunSpec, trial: int, options: ExecutionOptions
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
@@ -200,7 +214,7 @@ def run_trial(
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
-        environment["lock"] = lock_service.check_reachable()
+        environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
     plan = s.workload.plan()
     workdir = Path(tempfile.mkdtemp(prefix="racebench-run-", dir=_records_dir()))
@@ -247,7 +261,11 @@ def run_trial(
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
-            history.write_json_lines(options.history, base, s.workload.operation_kind, result.t0_ns)
+            kind = s.workload.operation_kind
+            if options.history_format == "jepsen":
+                write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
+            else:
+                history.write_json_lines(options.history, base, kind, result.t0_ns)
         strategy = strategies_for(s.store.backend)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial
@@ -305,6 +323,7 @@ def run_files(
     results_dir: Path,
     history: Path | None,
     progress: ProgressFactory | None,
+    history_format: str = "json",
     clusters: ClusterOptions | None = None,
 ) -> list[FileOutcome]:
     """Run validated scenarios, writing one result document per scenario file.
@@ -321,6 +340,7 @@ def run_files(
             execution = Execution()
             options = ExecutionOptions(
                 history=history_out.stream if history_out else None,
+                history_format=history_format,
                 progress=progress,
                 clusters=clusters,
             )
@@ -363,6 +383,7 @@ class _AtomicText:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 
     def commit(self) -> None:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (a newline in a YAML key, a NUL) shown escaped, so an
+    error about it stays one line and cannot move the terminal's cursor."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class ExitStatus(IntEnum):
@@ -29,11 +38,15 @@ class ScenarioError(RacebenchError):
         self.field = field
         self.problem = problem
         where = f"{source}: {field}: " if field else f"{source}: "
-        super().__init__(where + problem)
+        super().__init__(printable(where + problem))
 
 
 class ResultFileError(RacebenchError):
     """A result file cannot be read or compared (wrong schema, no matching runs)."""
+
+
+class OutputPathError(RacebenchError):
+    """An output path (-o, --history, --results-dir) cannot take racebench's files."""
 
 
 class BackendUnavailable(RacebenchError):

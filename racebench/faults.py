@@ -34,6 +34,15 @@ NEEDS_DURATION = {"pause_client", "latency", "partition", "server_pause"}
 _POLL_S = 0.0005
 
 
+def faults_supported_by(service: str) -> set[str]:
+    """Every fault kind a run guarded by this lock service accepts: the client faults work on
+    any lock, the lock-server faults it declares, and proxy faults when it is networked."""
+    from racebench.registry import lock_class
+
+    cls = lock_class(service)
+    return CLIENT_FAULTS | set(cls.fault_kinds) | (PROXY_FAULTS if cls.networked else set())
+
+
 def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
     """Refuse, before anything runs, a fault this store, lock service or machine cannot do."""
     from racebench.registry import lock_class, store_class
@@ -77,10 +86,11 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
             if fault.target != "lock":
                 raise fail(f"{field}.target", f"{fault.kind} only applies to target: lock")
             if fault.kind not in lock_class(service).fault_kinds:
-                known = ", ".join(sorted(lock_class(service).fault_kinds)) or "none"
+                known = ", ".join(sorted(faults_supported_by(service)))
                 raise fail(
                     f"{field}.kind",
-                    f"lock service {service} cannot suffer {fault.kind} (it supports: {known})",
+                    f"lock service {service} cannot suffer {fault.kind} (faults it supports: "
+                    f"{known})",
                 )
         if fault.kind in PROXY_FAULTS:
             if fault.target == "store":
@@ -181,6 +191,7 @@ class FaultNemesis:
         self.lock_service = lock_service
         self.routes = routes
         self.events: list[dict[str, Any]] = []
+        self._ended_ns = 0  # set by a fault whose end is a moment inside _fire (SIGCONT)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pids: list[int] = []
@@ -235,6 +246,7 @@ class FaultNemesis:
             if client is None:
                 return
             start = time.monotonic_ns()
+            self._ended_ns = 0
             try:
                 note = self._fire(fault, client)
             except Exception as exc:  # a fault that failed is reported, never fatal to the run
@@ -245,7 +257,7 @@ class FaultNemesis:
                     "client": client,
                     "target": fault.target,
                     "start_ns": start,
-                    "end_ns": time.monotonic_ns(),
+                    "end_ns": self._ended_ns or time.monotonic_ns(),
                     "note": note,
                 }
             )
@@ -256,6 +268,9 @@ class FaultNemesis:
         if kind == "pause_client":
             self._signal(pid, signal.SIGSTOP)
             self._hold(fault)
+            # The pause ends when SIGCONT is sent: a resumed client can finish its section
+            # before this thread (on a busy host) gets to record the end.
+            self._ended_ns = time.monotonic_ns()
             self._signal(pid, signal.SIGCONT)
             return f"SIGSTOP for {fault.duration_ms:g} ms"
         if kind == "kill_client":

@@ -7,6 +7,7 @@ run never import a server's driver. Adding a store or a lock service is one line
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from racebench.errors import ScenarioError
@@ -55,6 +56,21 @@ def strategies_for(backend: str) -> dict[str, StrategySpec]:
     return {**GENERIC_STRATEGIES, **store_class(backend).strategies}
 
 
+def _validate_integer_range(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
+    """Refuse workload numbers the backend's integer columns or keys cannot hold."""
+    s = spec.scenario
+    cls = store_class(s.store.backend)
+    limit = f"{cls.integer_type} (at most {cls.max_integer})"
+    for name, value in s.workload.integer_fields().items():
+        if abs(value) > cls.max_integer:
+            raise fail(f"workload.{name}", f"{value} does not fit in {limit}")
+    if s.operations is not None and s.workload.largest_value(s.operations) > cls.max_integer:
+        raise fail(
+            "operations",
+            f"{s.operations} operations can take the stored value beyond {limit}",
+        )
+
+
 def validate_run(spec: RunSpec, context: str = "") -> None:
     """Refuse combinations that cannot run, naming the key: checked before anything runs."""
     s = spec.scenario
@@ -89,10 +105,18 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
                 f"unknown lock service {s.guard.lock.service!r}"
                 f" (known: {', '.join(LOCK_SERVICES)})",
             )
+        if s.guard.lock.renew and not lock_class(s.guard.lock.service).renewable:
+            raise fail(
+                "guard.lock.renew",
+                f"{s.guard.lock.service} has no lease to renew (renew applies to "
+                + ", ".join(n for n in LOCK_SERVICES if lock_class(n).renewable)
+                + ")",
+            )
     elif s.guard.fencing:
         raise fail(
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )
+    _validate_integer_range(spec, fail)
     validate_faults(spec, fail)
     if s.arrival != "constant" and s.rate is None:
         raise fail("arrival", "an arrival process needs an open loop: set rate (e.g. 5000/s)")

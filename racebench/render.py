@@ -35,6 +35,8 @@ def strategy_label(run: dict[str, Any]) -> str:
     label = run["strategy"]
     if run.get("lock_service"):
         label += f":{run['lock_service']}"
+    if run.get("lease_renewal"):
+        label += "+renew"
     if run.get("fencing"):
         label += "+fencing"
     return label
@@ -47,7 +49,11 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     fenced = any(r.get("lock") for r in runs)
     faulted = any(r.get("faults") for r in runs)
     open_loop = any(r.get("service_time_ms") for r in runs)
-    table = Table(title=title, header_style="bold", caption=client_bound_caption(runs))
+    table = Table(
+        title=escape(title) if title else None,
+        header_style="bold",
+        caption=escape(caption) if (caption := client_bound_caption(runs)) else None,
+    )
     for header in ("workload", "backend", "strategy", "clients"):
         table.add_column(header)
     for header in ("ops/s", "p50\nms", "p99\nms"):
@@ -67,10 +73,11 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     table.add_column("verdict")
     for run in runs:
         ops = run["operations"]
+        # Every string from a scenario or result is escaped: rich would swallow `[emulated]`.
         cells = [
-            run["workload"],
-            run["backend"],
-            strategy_label(run),
+            escape(str(run["workload"])),
+            escape(str(run["backend"])),
+            escape(strategy_label(run)),
             str(run["clients"]),
             f"{run['throughput_ops_s']:,.0f}",
             f"{run['latency_ms']['p50']:.2f}",
@@ -89,11 +96,12 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             lock = run.get("lock") or {}
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
-            cells.append(fault_summary(run.get("faults") or []))
+            cells.append(escape(fault_summary(run.get("faults") or [])))
         verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
         if not run.get("passed", True):
             verdict += " ✗"
-        cells.append(f"[{VERDICT_STYLES.get(run['verdict'], '')}]{verdict}[/]")
+        style = VERDICT_STYLES.get(run["verdict"], "none")
+        cells.append(f"[{style}]{escape(verdict)}[/]")
         table.add_row(*cells)
     return table
 
@@ -149,6 +157,11 @@ def progress_display(console: Console, enabled: bool) -> Iterator[Any]:
     )
 
     def factory(spec: RunSpec, trial: int) -> ProgressCallback:
+        # Started with the first trial: an empty display would print a blank line before an
+        # error that stops the run at setup.
+        if not started_display:
+            started_display.append(True)
+            progress.start()
         s = spec.scenario
         description = spec.label + (f" #{trial + 1}" if s.trials > 1 else "")
         task = progress.add_task(escape(description), total=s.operations, rate="-", errors=0)
@@ -164,5 +177,9 @@ def progress_display(console: Console, enabled: bool) -> Iterator[Any]:
 
         return update
 
-    with progress:
+    started_display: list[bool] = []
+    try:
         yield factory
+    finally:
+        if started_display:
+            progress.stop()

@@ -14,27 +14,12 @@ from typing import Any
 
 from racebench.errors import ResultFileError
 from racebench.render import client_bound_caption, strategy_label
+from racebench.result_schema import validated_document
 from racebench.results import read_document
 from racebench.verdict import UNEXPECTED
 
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"
-
-# Keys every run entry must carry for a report or a comparison; checked up front so that a
-# hand-edited or truncated file fails with one line instead of a KeyError deep in a table.
-_RUN_KEYS = (
-    "label",
-    "workload",
-    "backend",
-    "strategy",
-    "clients",
-    "operations",
-    "throughput_ops_s",
-    "latency_ms",
-    "anomalies",
-    "verdict",
-    "trials",
-)
 
 
 @dataclass
@@ -50,17 +35,8 @@ class LoadedResult:
 
 
 def load_result(path: Path) -> LoadedResult:
-    """Read a result file and check that every run has what reports and compare need."""
-    document = read_document(path)
-    for i, run in enumerate(document["runs"]):
-        if not isinstance(run, dict):
-            raise ResultFileError(f"{path}: runs[{i}]: not an object")
-        missing = [k for k in _RUN_KEYS if k not in run]
-        if missing:
-            raise ResultFileError(f"{path}: runs[{i}]: missing {', '.join(missing)}")
-        if not isinstance(run["latency_ms"], dict) or "p99" not in run["latency_ms"]:
-            raise ResultFileError(f"{path}: runs[{i}]: latency_ms.p99 missing")
-    return LoadedResult(Path(path), document)
+    """Read a result file and check every field reports and compare use (one line if not)."""
+    return LoadedResult(Path(path), validated_document(path, read_document(path)))
 
 
 def trial_values(run: dict[str, Any], metric: str) -> list[float]:

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import platform
+import re
+import stat
 import subprocess
 import tempfile
 from importlib import metadata
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from racebench import __version__
-from racebench.errors import ResultFileError
+from racebench.errors import OutputPathError, ResultFileError
 from racebench.redact import redact
 
 SCHEMA = "racebench.result/1"
@@ -94,10 +96,13 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Write text to a temp file beside `path`, fsync it, then rename over `path`.
 
     A reader (or a CI step) never sees a half-written file, even if racebench is killed.
+    The file gets the mode a plain `open()` would give (0666 less the umask), not mkstemp's
+    0600: results are shared artefacts, and they hold no secret.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as out:
             out.write(text)
             out.flush()
@@ -108,9 +113,80 @@ def write_text_atomically(path: Path, text: str) -> None:
         raise
 
 
+def new_file_mode() -> int:
+    """0666 less the process umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def file_stem(name: str) -> str:
+    """A scenario name made safe as a file name: no path separators, NULs or leading dots."""
+    stem = _UNSAFE_NAME_CHARS.sub("_", name).strip("._")[:100]
+    return stem or "scenario"
+
+
 def default_path(results_dir: Path, name: str, started_at: dt.datetime) -> Path:
     stamp = started_at.strftime("%Y%m%d-%H%M%S")
-    return results_dir / f"{name}-{stamp}.json"
+    return results_dir / f"{file_stem(name)}-{stamp}.json"
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before anything runs, a file path that racebench could not write atomically.
+
+    The path must be absent or a regular file (never a device, FIFO, directory or symlink,
+    which the final rename would replace), and its directory must exist or be creatable,
+    and accept new files.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # the directory check below names the part that is not a directory
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path}: {exc.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a symbolic link (the atomic rename would replace it)"
+            if stat.S_ISLNK(mode)
+            else "not a regular file (a device or FIFO)"
+        )
+        raise OutputPathError(f"{option} {path}: exists and is {kind}")
+    check_output_dir(path.parent, option, shown=path)
+
+
+def check_output_dir(directory: Path, option: str, shown: Path | None = None) -> None:
+    """Create `directory` if needed and prove a file can be created in it."""
+    shown = shown or directory
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(
+            f"{option} {shown}: {_first_non_directory(directory)} is not a directory"
+        ) from None
+    except OSError as exc:
+        raise OutputPathError(
+            f"{option} {shown}: cannot create {directory}: {exc.strerror}"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".racebench-write-check.", dir=directory)
+    except OSError as exc:
+        raise OutputPathError(
+            f"{option} {shown}: cannot write in {directory}: {exc.strerror}"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _first_non_directory(directory: Path) -> Path:
+    for candidate in [*reversed(directory.parents), directory]:
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return directory
 
 
 def read_document(path: Path) -> dict[str, Any]:
@@ -121,6 +197,8 @@ def read_document(path: Path) -> dict[str, Any]:
         raise ResultFileError(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
         raise ResultFileError(f"{path}: not a JSON file: {exc}") from None
+    except RecursionError:
+        raise ResultFileError(f"{path}: not a result file: JSON nested too deeply") from None
     schema = document.get("schema") if isinstance(document, dict) else None
     if schema != SCHEMA:
         raise ResultFileError(f"{path}: schema is {schema!r}, this racebench reads {SCHEMA!r}")

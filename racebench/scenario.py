@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from racebench.durations import parse_duration
 from racebench.errors import ScenarioError
+from racebench.labels import matrix_labels, run_label
+from racebench.redact import redact_text
 from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
+from racebench.yaml_loader import YamlInputError, load_yaml
 
+# A matrix is a product: a few long lists in one file must not expand for hours.
+MAX_RUNS = 10_000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `clients: true` or `retries: "3"` is a mistake, not a number; no inf or nan.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StoreConfig(_Strict):
@@ -95,6 +100,11 @@ class LockConfig(_Strict):
     ttl_ms: float = Field(default=10_000, gt=0)
     acquire_timeout_ms: float = Field(default=10_000, gt=0)
     retry_delay_ms: float = Field(default=1.0, ge=0)
+    renew: bool = Field(
+        default=False,
+        description="redis_lock, redlock: a watchdog in the holder's process renews the lease "
+        "every ttl/3 while it is held",
+    )
     # zookeeper_lock: the session a holder's lock lives with (the server clamps it to 2-20
     # times its tickTime).
     session_timeout_ms: float = Field(default=10_000, gt=0)
@@ -221,16 +231,11 @@ def load_raw(path: Path) -> dict[str, Any]:
     """Read a scenario file into a dict, refusing what is not a YAML mapping."""
     source = str(path)
     try:
-        text = path.read_text()
+        data = load_yaml(path.read_bytes())
     except OSError as exc:
         raise ScenarioError(source, None, f"cannot read file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ScenarioError(source, None, f"malformed YAML: {where}{problem}") from None
+    except YamlInputError as exc:
+        raise ScenarioError(source, None, str(exc)) from None
     if not isinstance(data, dict):
         raise ScenarioError(source, None, "a scenario must be a YAML mapping of keys to values")
     data.setdefault("name", path.stem)
@@ -260,15 +265,6 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         node[int(last)] = copy.deepcopy(value)
     else:
         node[last] = copy.deepcopy(value)
-
-
-def _format_param(value: Any) -> str:
-    if isinstance(value, dict):
-        for key in ("backend", "service", "strategy"):
-            if key in value:
-                return str(value[key])
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return str(value)
 
 
 def _pydantic_error(source: str, error: ValidationError, context: str) -> ScenarioError:
@@ -302,37 +298,51 @@ def expand(
 
     raw = expand_env(raw, source)
     matrix = raw.pop("matrix", None) or {}
-    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
+    if not isinstance(matrix, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and v for k, v in matrix.items()
+    ):
         raise ScenarioError(source, "matrix", "must map key paths to non-empty lists of values")
     for key, value in (overrides or {}).items():
         matrix.pop(key, None)
         _set_path(raw, key, value)
+    cells = math.prod(len(v) for v in matrix.values())
+    if cells > MAX_RUNS:
+        raise ScenarioError(
+            source, "matrix", f"expands to {cells:,} runs, more than {MAX_RUNS:,}: split it"
+        )
     runs: list[RunSpec] = []
     keys = list(matrix)
-    for combination in itertools.product(*(matrix[k] for k in keys)):
+    parts = matrix_labels(matrix)
+    first_with_label: dict[str, int] = {}
+    for indexes in itertools.product(*(range(len(matrix[k])) for k in keys)):
         cell = copy.deepcopy(raw)
-        params = dict(zip(keys, combination, strict=True))
+        params = {k: matrix[k][i] for k, i in zip(keys, indexes, strict=True)}
+        label_parts = [(k, parts[k][i]) for k, i in zip(keys, indexes, strict=True)]
         for key, value in params.items():
             try:
                 _set_path(cell, key, value)
             except KeyError:
                 raise ScenarioError(source, f"matrix.{key}", "not a key path") from None
         context = (
-            " (in matrix cell "
-            + ", ".join(f"{k}={_format_param(v)}" for k, v in params.items())
-            + ")"
+            " (in matrix cell " + ", ".join(f"{k}={v}" for k, v in label_parts) + ")"
             if params
             else ""
         )
         try:
             scenario = Scenario.model_validate(cell)
         except ValidationError as exc:
-            raise _pydantic_error(source, exc, context) from None
-        label = scenario.name
-        if params:
-            label += "[" + ",".join(f"{k}={_format_param(v)}" for k, v in params.items()) + "]"
+            raise _pydantic_error(source, exc, redact_text(context)) from None
+        label = run_label(scenario.name, label_parts)
+        if label in first_with_label:
+            raise ScenarioError(
+                source,
+                "matrix",
+                f"runs {first_with_label[label] + 1} and {len(runs) + 1} would share the label "
+                f"{label!r}: make their matrix values differ",
+            )
+        first_with_label[label] = len(runs)
         spec = RunSpec(label=label, params=params, scenario=scenario, source=source)
-        validate_run(spec, context)
+        validate_run(spec, redact_text(context))
         runs.append(spec)
     return runs
 

@@ -322,6 +322,7 @@ def summarize_run(
         "strategy": s.guard.strategy,
         "lock_service": lock.service if s.guard.strategy == "lock" and lock else None,
         "fencing": s.guard.fencing,
+        "lease_renewal": bool(s.guard.strategy == "lock" and lock and lock.renew),
         "clients": s.clients,
         "workers": trials[-1].load.get("workers"),
         "arrival": f"{s.rate:g}/s {s.arrival}" if s.rate is not None else "closed loop",

@@ -72,7 +72,19 @@ class Check:
 
 
 class _WorkloadModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def integer_fields(self) -> dict[str, int]:
+        """The numbers of this workload that a store keeps (or adds up), by field name."""
+        return {k: v for k, v in self if isinstance(v, int) and not isinstance(v, bool)}
+
+    def largest_value(self, operations: int) -> int:
+        """A bound on the magnitude of any value stored during `operations` operations: the
+        start value plus one step per operation (lost updates only ever undo steps)."""
+        plan = self.plan()  # type: ignore[attr-defined]
+        if isinstance(plan, CounterPlan):
+            return abs(plan.initial) + operations * abs(plan.delta)
+        return plan.deposit + operations * plan.amount
 
 
 class StockWorkload(_WorkloadModel):

@@ -30,6 +30,11 @@ step "ruff check ${lint_dirs[*]}"
 step "ruff format --check ${lint_dirs[*]}"
 .venv/bin/ruff format --check "${lint_dirs[@]}"
 
+step "mkdocs build --strict (the documentation site, with link checking)"
+site=$(mktemp -d)
+.venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
+
 step "pytest $*"
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -217,7 +217,10 @@ def test_unreachable_lock_service_exits_3_with_one_line(
     proc = run_cli("run", str(path), "-q", "-o", str(tmp_path / "r.json"))
     assert proc.returncode == 3, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(expected.format(port=port)), line
+    # The key the URL came from, then the service's own words.
+    field = "guard.lock.urls" if "urls" in lock(port) else "guard.lock.url"
+    prefix = expected.format(port=port).removeprefix("racebench: ")
+    assert line.startswith(f"racebench: {path}: {field}: {prefix}"), line
     assert "secret" not in line
 
 

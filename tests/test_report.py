@@ -125,7 +125,7 @@ def test_report_imports_nothing_heavy_until_needed() -> None:
     [
         ("not json at all", "not a JSON file"),
         ('{"schema": "racebench.result/9", "runs": []}', "schema is 'racebench.result/9'"),
-        ('{"schema": "racebench.result/1", "runs": [{"label": "x"}]}', "runs[0]: missing"),
+        ('{"schema": "racebench.result/1", "runs": [{"label": "x"}]}', "runs[0].workload: missing"),
     ],
 )
 def test_unusable_result_is_exit_2_and_one_line(tmp_path: Path, content: str, message: str):

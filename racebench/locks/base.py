@@ -51,6 +51,7 @@ class LockService(ABC):
     # kill_client): any of expire_early, lose_lock_state, kill_session, server_pause.
     fault_kinds: ClassVar[frozenset[str]] = frozenset()
     networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
+    renewable: ClassVar[bool] = False  # a lease that guard.lock.renew can keep alive
 
     def __init__(self, config: LockConfig, namespace: str, store_url: str | None) -> None:
         self.config = config

@@ -9,6 +9,14 @@ SET, so a later grant always has a larger token.
 
 Release is a Lua compare-and-delete on the grant's random value, so a client whose lease
 expired never deletes the lock that another client holds by then.
+
+`guard.lock.renew: true` adds Redisson's watchdog: a thread in the holder's process extends
+the lease to `ttl_ms` again every `ttl_ms / 3` while the lock is held (a compare-and-PEXPIRE
+on the grant's value), and stops at release, when the lease turns out to be lost, or with
+the process. A section longer than the ttl then keeps the lock. What renewal cannot do: a
+stop-the-world pause (`pause_client`) stops the watchdog with the holder, and a partition
+keeps its renewals from Redis, so a lease lapses after its last renewal exactly as without
+one, while the holder works on. Only fencing keeps the data safe then.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import threading
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from racebench.locks.base import LockClient, LockService, LockTimeout
@@ -44,6 +55,12 @@ return 0
 # Delete the lock only if it still holds our value (the lease may have passed to another).
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Extend the lease only if it is still ours (it may have lapsed and passed to another).
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -98,6 +115,7 @@ class RedisLease:
         self.keys = lock_keys(namespace)
         self._acquire = self.redis.register_script(ACQUIRE)
         self._release = self.redis.register_script(RELEASE)
+        self._renew = self.redis.register_script(RENEW)
         self._raise_counter = self.redis.register_script(RAISE_COUNTER)
 
     def try_acquire(self, value: str, ttl_ms: float) -> int:
@@ -106,6 +124,15 @@ class RedisLease:
 
     def release(self, value: str) -> bool:
         return bool(self._release(keys=self.keys[:1], args=[value]))
+
+    def prepare_renewals(self) -> None:
+        """Connect and load the renewal script now: done cold, at the first renewal, it took
+        190 ms here under load, longer than the slack a lease has between two renewals."""
+        self.redis.script_load(RENEW)
+
+    def renew(self, value: str, ttl_ms: float) -> bool:
+        """Extend the lease to `ttl_ms` from now if it still holds `value`."""
+        return bool(self._renew(keys=self.keys[:1], args=[value, px(ttl_ms)]))
 
     def raise_counter(self, token: int) -> None:
         self._raise_counter(keys=self.keys[1:], args=[token])
@@ -132,6 +159,75 @@ class RedisLease:
         self.redis.close()
 
 
+class LeaseWatchdog:
+    """Renews a held lease every `ttl_ms / 3` from a daemon thread, as Redisson's does.
+
+    `renew()` extends the lease and says whether it was still held. The thread stops when
+    `stop()` is called (at release), when a renewal finds the lease gone (it lapsed: the holder
+    is not told, as with Redisson), or with its process. A renewal that cannot reach the server
+    is tried again at the next tick: the lease may still be there. A paused process pauses
+    this thread too, so a pause longer than the lease left lets it lapse.
+    """
+
+    def __init__(self, renew: Callable[[], bool], ttl_ms: float) -> None:
+        self._renew = renew
+        self._interval_s = ttl_ms / 3000
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import redis
+
+        while not self._stopped.wait(self._interval_s):
+            try:
+                if not self._renew():
+                    return
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+
+    def stop(self) -> None:
+        """Stop renewing; wait for a renewal in flight, so none lands after the release."""
+        self._stopped.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
+# Faults whose harm to a lease depends on how long they last against the ttl.
+_TIMED_FAULTS = frozenset({"pause_client", "partition", "server_pause", "latency"})
+
+
+def renewal_keeps_exclusion(fault: FaultConfig, ttl_ms: float) -> bool:
+    """Whether a lease renewed every ttl/3 outlasts a timed fault, whatever the section's length.
+
+    Renewal leaves at least two thirds of the ttl on the lease at any moment, less a renewal's
+    round trip. A pause of the holder's process (the watchdog stops with it), or a partition
+    or server pause that keeps renewals from the server, lets the lease lapse once it lasts
+    longer than that; racebench claims exclusion only below half the ttl, leaving the rest for
+    the round trip and scheduling. Latency delays each renewal there and back.
+    """
+    if fault.kind == "latency":
+        return 2 * (fault.delay_ms + fault.jitter_ms) < ttl_ms / 6
+    return (fault.duration_ms or 0) < ttl_ms / 2
+
+
+class RenewableLease(LockService):
+    """A lease that `guard.lock.renew` keeps alive from a watchdog in the holder's process."""
+
+    renewable = True
+
+    def claims_exclusion(self, race_window_ms: float, faults: Sequence[FaultConfig] = ()) -> bool:
+        if not self.config.renew:
+            return super().claims_exclusion(race_window_ms, faults)
+        # Renewed, the section may outlast the ttl; only timed faults can still outlast it.
+        return all(
+            renewal_keeps_exclusion(f, self.config.ttl_ms)
+            if f.kind in _TIMED_FAULTS
+            else self.keeps_exclusion(f, race_window_ms)
+            for f in faults
+        )
+
+
 def expire_now(client: redis.Redis, namespace: str) -> bool:
     """PEXPIRE the lock key to 1 ms, as a forward clock jump past the lease would; held?"""
     return bool(client.pexpire(lock_keys(namespace)[0], 1))
@@ -139,13 +235,24 @@ def expire_now(client: redis.Redis, namespace: str) -> bool:
 
 class RedisLockClient(LockClient):
     def __init__(
-        self, url: str, namespace: str, ttl_ms: float, acquire_timeout_s: float, retry_s: float
+        self,
+        url: str,
+        namespace: str,
+        ttl_ms: float,
+        acquire_timeout_s: float,
+        retry_s: float,
+        renew: bool = False,
     ) -> None:
         self.lease = RedisLease(url, namespace)
         self.ttl_ms = ttl_ms
         self.acquire_timeout_s = acquire_timeout_s
         self.retry_s = retry_s
         self.value: str | None = None
+        # The watchdog's own connection: the lease's connection is busy in the holder's thread.
+        self.renewal = RedisLease(url, namespace) if renew else None
+        if self.renewal is not None:
+            self.renewal.prepare_renewals()
+        self.watchdog: LeaseWatchdog | None = None
 
     def acquire(self) -> int:
         deadline = time.monotonic() + self.acquire_timeout_s
@@ -155,11 +262,17 @@ class RedisLockClient(LockClient):
             token = self.lease.try_acquire(value, self.ttl_ms)
             if token:
                 self.value = value
+                if self.renewal is not None:
+                    renew = partial(self.renewal.renew, value, self.ttl_ms)
+                    self.watchdog = LeaseWatchdog(renew, self.ttl_ms)
                 return token
             sleep_before_retry(attempt, self.retry_s, deadline)
             attempt += 1
 
     def release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         if self.value is not None:
             value, self.value = self.value, None
             self.lease.release(value)
@@ -168,10 +281,14 @@ class RedisLockClient(LockClient):
         return self.lease.client_id()
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.lease.close()
+        if self.renewal is not None:
+            self.renewal.close()
 
 
-class RedisLock(LockService):
+class RedisLock(RenewableLease):
     """A lease on one Redis server; lost when it expires or the server forgets it.
 
     See the module docstring: exclusion holds only while every critical section is shorter
@@ -270,4 +387,5 @@ class RedisLock(LockService):
             self.config.ttl_ms,
             self.config.acquire_timeout_ms / 1000,
             self.config.retry_delay_ms / 1000,
+            self.config.renew,
         )

@@ -11,6 +11,11 @@ validity runs on while another holds the lock. A server restarting without persi
 breaks exclusion when it was one of a bare majority that granted the holder (the others can
 then win a majority); Redlock relies on persistence or restarts delayed past the ttl.
 
+With `guard.lock.renew: true` a watchdog thread in the holder's process extends the lease on
+every server every `ttl / 3` (compare-and-PEXPIRE), and stops at release, with the process, or
+when fewer than a majority still hold the grant within the validity; a pause or a partition
+stops the renewals as it does for redis_lock.
+
 Fencing is best effort. Each server's grant increments its own token counter in the same
 script, the token is the largest over the granting majority, and the grant lifts the
 counters of the servers it reached to that token. Two majorities share a server, so a later
@@ -26,11 +31,19 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from racebench.errors import RacebenchError
-from racebench.locks.base import LockClient, LockService
-from racebench.locks.redis_lock import RedisLease, expire_now, lock_keys, sleep_before_retry
+from racebench.locks.base import LockClient
+from racebench.locks.redis_lock import (
+    LeaseWatchdog,
+    RedisLease,
+    RenewableLease,
+    expire_now,
+    lock_keys,
+    sleep_before_retry,
+)
 from racebench.redact import redact_text
 from racebench.stores.redis import open_redis, scan_keys, server_facts
 
@@ -60,13 +73,36 @@ class RedlockClient(LockClient):
         ttl_ms: float,
         acquire_timeout_s: float,
         retry_s: float,
+        renew: bool = False,
     ) -> None:
-        self.leases = [RedisLease(url, namespace, instance_timeout_s(ttl_ms)) for url in urls]
+        import redis
+
+        timeout_s = instance_timeout_s(ttl_ms)
+        self.leases = [RedisLease(url, namespace, timeout_s) for url in urls]
         self.quorum = len(urls) // 2 + 1
         self.ttl_ms = ttl_ms
         self.acquire_timeout_s = acquire_timeout_s
         self.retry_s = retry_s
         self.value: str | None = None
+        # The watchdog's own connections: the leases' are busy in the holder's thread.
+        self.renewals = [RedisLease(url, namespace, timeout_s) for url in urls] if renew else []
+        for lease in self.renewals:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                lease.prepare_renewals()  # a server down now is tried again at each renewal
+        self.watchdog: LeaseWatchdog | None = None
+
+    def _renew_all(self, value: str) -> bool:
+        """Extend the lease on every server; still held if a majority did within validity."""
+        import redis
+
+        started = time.monotonic()
+        renewed = 0
+        for lease in self.renewals:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                renewed += lease.renew(value, self.ttl_ms)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        validity_ms = self.ttl_ms - elapsed_ms - drift_allowance_ms(self.ttl_ms)
+        return renewed >= self.quorum and validity_ms > 0
 
     def _try_each(self, value: str) -> list[tuple[RedisLease, int]]:
         import redis
@@ -94,6 +130,8 @@ class RedlockClient(LockClient):
                 self.value = value
                 token = max(t for _, t in granted)
                 self._lift_counters(granted, token)
+                if self.renewals:
+                    self.watchdog = LeaseWatchdog(partial(self._renew_all, value), self.ttl_ms)
                 return token
             # A server may have granted although its reply timed out: release on all.
             self._release_all(value)
@@ -118,16 +156,21 @@ class RedlockClient(LockClient):
                 lease.release(value)
 
     def release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         if self.value is not None:
             value, self.value = self.value, None
             self._release_all(value)
 
     def close(self) -> None:
-        for lease in self.leases:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        for lease in self.leases + self.renewals:
             lease.close()
 
 
-class Redlock(LockService):
+class Redlock(RenewableLease):
     """A lease granted by a majority of N independent Redis servers.
 
     See the module docstring: the lease expires like redis_lock's, a minority of servers may
@@ -268,4 +311,5 @@ class Redlock(LockService):
             self.config.ttl_ms,
             self.config.acquire_timeout_ms / 1000,
             self.config.retry_delay_ms / 1000,
+            self.config.renew,
         )

@@ -244,6 +244,10 @@ class Store(ABC):
     extra: ClassVar[str | None] = None  # the pip extra that installs its driver
     strategies: ClassVar[dict[str, StrategySpec]]
     networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
+    # The largest magnitude its counter and ledger values hold, checked at validation so an
+    # out-of-range number is refused before a run, not an overflow in every operation.
+    max_integer: ClassVar[int] = 2**63 - 1
+    integer_type: ClassVar[str] = "a signed 64-bit integer"
     # Strategies whose clients run on the worker's event loop (`async_connect`); the others
     # run the blocking client on a thread per client.
     async_strategies: ClassVar[frozenset[str]] = frozenset()

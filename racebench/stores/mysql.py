@@ -198,6 +198,7 @@ class MysqlStore(SqlStore):
 
     backend = "mysql"
     description = "MySQL / MariaDB (InnoDB) through PyMySQL (one connection per client)"
+    integer_type = "MySQL BIGINT"
     default_url = DEFAULT_URL
     extra = "mysql"
     id_column = "id BIGINT AUTO_INCREMENT PRIMARY KEY"

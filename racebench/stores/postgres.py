@@ -151,6 +151,7 @@ class PostgresStore(SqlStore):
 
     backend = "postgres"
     description = "PostgreSQL through psycopg 3 (one connection per client)"
+    integer_type = "PostgreSQL bigint"
     default_url = DEFAULT_URL
     extra = "postgres"
     id_column = "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"

@@ -420,6 +420,7 @@ class RedisStore(Store):
 
     backend = "redis"
     description = "Redis via redis-py + hiredis; keys under racebench:{run}:"
+    integer_type = "a Redis integer (signed 64-bit, INCRBY)"
     default_url = "${RACEBENCH_REDIS_URL:-" + DEFAULT_URL + "}"
     extra = "redis"
     strategies = {

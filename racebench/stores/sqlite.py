@@ -161,6 +161,7 @@ class SqliteClient(SqlStatements):
 class SqliteStore(Store):
     backend = "sqlite"
     description = "embedded SQLite file shared by all clients (no server; WAL mode)"
+    integer_type = "SQLite INTEGER (signed 64-bit)"
     default_url = None
     networked = False
     strategies = {

@@ -275,6 +275,7 @@ class ZookeeperStore(Store):
 
     backend = "zookeeper"
     description = "ZooKeeper via kazoo; znodes under /racebench/{run}"
+    integer_type = "racebench's 64-bit fencing and history records"
     default_url = "${RACEBENCH_ZOOKEEPER_HOSTS:-" + DEFAULT_HOSTS + "}"
     extra = "zookeeper"
     strategies = {
