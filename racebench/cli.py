@@ -58,37 +58,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj.debug = debug
 
 
-def _overrides(
-    clients: int | None,
-    operations: int | None,
-    duration: str | None,
-    trials: int | None,
-    workers: str | None = None,
-    rate: str | None = None,
-) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "clients": clients,
-        "operations": operations,
-        "duration": duration,
-        "trials": trials,
-        "rate": rate,
-        "workers": int(workers) if workers is not None and workers.isdigit() else workers,
-    }
-    overrides = {k: v for k, v in values.items() if v is not None}
-    if duration is not None and operations is None:
-        overrides["operations"] = None  # --duration alone: run until the deadline
-    return overrides
-
-
 def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
-    from racebench.scenario import expand, load_raw
+    from racebench.api import load
 
-    loaded = []
-    for path in paths:
-        raw = load_raw(path)
-        specs = expand(dict(raw), str(path), overrides)
-        loaded.append((path, raw, specs))
-    return loaded
+    return [load(path, overrides) for path in paths]
 
 
 @cli.command()
@@ -173,8 +146,8 @@ def run(
     quiet: bool,
 ) -> None:
     """Run scenario files and print the results table."""
+    from racebench.api import overrides_of, run_paths
     from racebench.cluster import ClusterOptions
-    from racebench.engine import run_files
     from racebench.render import progress_display, results_table
 
     try:
@@ -183,11 +156,11 @@ def run(
                 "--output takes one scenario; omit it to write one file per scenario"
             )
         loaded = _load_all(
-            scenarios, _overrides(clients, operations, duration, trials, workers, rate)
+            scenarios, overrides_of(clients, operations, duration, trials, workers, rate)
         )
         _check_run_outputs(output, results_dir, history)
         with progress_display(stderr, not quiet) as progress:
-            outcomes = run_files(
+            outcomes = run_paths(
                 loaded,
                 output=output,
                 results_dir=results_dir,
@@ -198,7 +171,7 @@ def run(
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
-    runs = [r for o in outcomes for r in o.runs]
+    runs = [r.summary for o in outcomes for r in o.runs]
     if runs:
         stdout.print(results_table(runs))
     for outcome in outcomes:
@@ -282,11 +255,18 @@ def schema(fmt: str) -> None:
 
 @cli.command(name="list")
 def list_command() -> None:
-    """List workloads, backends, strategies and lock services, and which combine."""
-    from racebench.catalog import catalog_tables
+    """List workloads (with installed plug-ins and their packages), backends, strategies and
+    lock services, and which combine. Exit 2 if a plug-in cannot be loaded."""
+    from racebench.catalog import catalog_tables, plugin_table
 
     for table in catalog_tables():
         stdout.print(table)
+    plugins, broken = plugin_table()
+    stdout.print(plugins)
+    for problem in broken:
+        stderr.print(f"racebench: {problem}", markup=False, highlight=False)
+    if broken:
+        sys.exit(ExitStatus.USAGE)
 
 
 @cli.command()
@@ -363,7 +343,8 @@ def _emit(text: str, output: Path | None) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
 def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | None) -> None:
-    """Report result files: tables per workload (and plots, in html)."""
+    """Report result files: tables per workload (markdown); per scenario, with plots over
+    clients and per run over time (html, see docs/reports.md)."""
     from racebench.report import render_report
 
     try:
@@ -404,10 +385,11 @@ class _Percent(click.ParamType):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "markdown", "json", "benchmark-json"]),
+    type=click.Choice(["text", "markdown", "json", "benchmark-json", "html"]),
     default="text",
     show_default=True,
-    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list.",
+    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list; html: a"
+    " self-contained page, before and after per run.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
+from racebench.naming import SAFE
 from racebench.report import LoadedResult, load_result, server_versions, trial_values
-from racebench.verdict import SAFE
 
 ALPHA = 0.05
 METHOD = "Mann-Whitney U (two-sided, p < 0.05) on per-trial values"

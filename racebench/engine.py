@@ -16,6 +16,8 @@ from typing import IO, Any
 from hdrh.histogram import HdrHistogram
 
 from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
+from racebench.custom.base import CustomClient, CustomRun
+from racebench.custom.operation import build_custom_operation
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
@@ -28,13 +30,14 @@ from racebench.guards import (
 from racebench.history import RunHistory
 from racebench.history_edn import write_jepsen_edn
 from racebench.locks.base import LockService
-from racebench.registry import lock_class, store_class, strategies_for
+from racebench.registry import is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
+from racebench.workloads import FinalState
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -63,6 +66,16 @@ def make_store(spec: RunSpec, namespace: str) -> Store:
     if url is None and cls.default_url is not None:
         url = expand_env(cls.default_url, spec.source, "store.url")
     return cls(url, namespace)
+
+
+def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | None:
+    """A user's own workload (template or plug-in) for this trial; None for a built-in one."""
+    workload = spec.scenario.workload
+    if not is_custom(workload):
+        return None
+    return workload.start(  # type: ignore[union-attr]
+        spec.scenario.store.backend, store.url, namespace, spec.source, spec.scenario.clients
+    )
 
 
 def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockService | None:
@@ -96,6 +109,7 @@ class ClientFactory:
     lock_service: LockService | None
     proxy_urls: dict[tuple[str, int], str]
     clients_per_worker: int = 1
+    custom: CustomRun | None = None  # a user's own workload (template or plug-in)
 
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
         s = self.spec.scenario
@@ -110,11 +124,19 @@ class ClientFactory:
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
         store = copy.copy(self.store)
         lock_service = copy.copy(self.lock_service)
+        custom = copy.copy(self.custom)
         if url := self.proxy_urls.get(("store", client_id)):
             store.url = url
+            if custom is not None:
+                custom.route_through(url)
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
             lock_service.route_through(url)
-        plan = s.workload.plan()
+        if custom is not None:
+            # A user's workload runs its own blocking driver: always on a thread.
+            return await open_blocking(
+                client_id, lambda: _open_custom(custom, s, options, lock_service, probe)
+            )
+        plan = s.workload.plan()  # type: ignore[union-attr]
         model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
         if model == "asyncio":
             async_client = await store.async_connect(options)
@@ -142,6 +164,29 @@ class ClientFactory:
             return operation, close
 
         return await open_blocking(client_id, open_sync)
+
+
+def _open_custom(
+    custom: CustomRun,
+    s: Scenario,
+    options: ClientOptions,
+    lock_service: LockService | None,
+    probe: Probe,
+) -> tuple[Operation, Callable[[], dict[str, int]]]:
+    """One client of a custom workload (on its thread): connection, lock client, loop body."""
+    client: CustomClient = custom.connect(options)
+    lock_client = lock_service.connect(options.client_id) if lock_service else None
+    operation = build_custom_operation(
+        client, s.guard.strategy, lock_client, s.guard.fencing, probe
+    )
+
+    def close() -> dict[str, int]:
+        if lock_client is not None:
+            lock_client.close()
+        client.close()
+        return dict(client.retry_codes)
+
+    return operation, close
 
 
 def check_connection_limit(spec: RunSpec, store: Store, lock: LockService | None) -> None:
@@ -216,12 +261,17 @@ def run_trial(
     if lock_service is not None:
         environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
-    plan = s.workload.plan()
+    custom = start_custom(spec, store, namespace)
+    plan = None if custom else s.workload.plan()  # type: ignore[union-attr]
     workdir = Path(tempfile.mkdtemp(prefix="racebench-run-", dir=_records_dir()))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
-        store.setup(plan, s.clients)
+        if custom is not None:
+            custom.setup()
+        else:
+            assert plan is not None
+            store.setup(plan, s.clients)
         if lock_service is not None:
             lock_service.setup()
         progress = options.progress(spec, trial) if options.progress else None
@@ -229,7 +279,7 @@ def run_trial(
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
         per_worker = -(-s.clients // workers)
-        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker)
+        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker, custom)
         address = cluster_address(spec, options.clusters)
         result: RunnerResult
         if address is not None:
@@ -257,8 +307,10 @@ def run_trial(
                 workers=workers,
                 rate=rate,
             )
-        final = store.read_final(plan)
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
+        # A custom workload checks its own state; a built-in one checks the store's.
+        check = custom.check(history) if custom is not None else None
+        final = store.read_final(plan) if plan is not None else FinalState()
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
             kind = s.workload.operation_kind
@@ -266,9 +318,9 @@ def run_trial(
                 write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
             else:
                 history.write_json_lines(options.history, base, kind, result.t0_ns)
-        strategy = strategies_for(s.store.backend)[s.guard.strategy]
+        strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
-            spec, strategy, lock_service, final, history, result, trial
+            spec, strategy, lock_service, final, history, result, trial, check
         )
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
@@ -276,7 +328,11 @@ def run_trial(
     finally:
         routes.stop()
         try:
-            store.teardown()
+            try:
+                if custom is not None:
+                    custom.teardown()
+            finally:
+                store.teardown()
         finally:
             if lock_service is not None:
                 lock_service.teardown()
@@ -312,7 +368,7 @@ class FileOutcome:
 
     source: str
     runs: list[dict[str, Any]]
-    result_path: Path
+    result_path: Path | None  # None: the caller asked for no result file (the Python API)
     interrupted: bool
 
 
@@ -320,7 +376,7 @@ def run_files(
     scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
     *,
     output: Path | None,
-    results_dir: Path,
+    results_dir: Path | None,
     history: Path | None,
     progress: ProgressFactory | None,
     history_format: str = "json",
@@ -351,7 +407,9 @@ def run_files(
                 execution.interrupted = True
             except RacebenchError as error:
                 failure = error
-            target = output or default_path(results_dir, specs[0].scenario.name, started)
+            target = output
+            if target is None and results_dir is not None:
+                target = default_path(results_dir, specs[0].scenario.name, started)
             if failure is not None and not execution.runs:
                 raise failure
             document = build_document(
@@ -362,7 +420,8 @@ def run_files(
                 partial=execution.interrupted or failure is not None,
                 servers=execution.environment,
             )
-            write_atomically(target, document)
+            if target is not None:
+                write_atomically(target, document)
             if failure is not None:
                 raise failure
             outcomes.append(FileOutcome(str(path), execution.runs, target, execution.interrupted))

@@ -11,9 +11,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from racebench.naming import (
+    ANOMALIES,
+    NOT_REPRODUCED,
+    SAFE,
+    UNEXPECTED,
+    client_bound_caption,
+    fault_summary,
+    strategy_label,
+)
 from racebench.runner import ProgressCallback
 from racebench.scenario import RunSpec
-from racebench.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 
 ANOMALY_TITLES = {
     "lost_updates": "lost\nupdates",
@@ -29,17 +37,6 @@ VERDICT_STYLES = {
     UNEXPECTED: "bold red",
     NOT_REPRODUCED: "dim",
 }
-
-
-def strategy_label(run: dict[str, Any]) -> str:
-    label = run["strategy"]
-    if run.get("lock_service"):
-        label += f":{run['lock_service']}"
-    if run.get("lease_renewal"):
-        label += "+renew"
-    if run.get("fencing"):
-        label += "+fencing"
-    return label
 
 
 def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
@@ -112,31 +109,6 @@ def _open_loop_cells(run: dict[str, Any]) -> list[str]:
     if not service or not figures:
         return ["-", "-", "-"]
     return [f"{service['p99']:.2f}", str(figures["late"]), str(figures["dropped"])]
-
-
-def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
-    """One line per run whose workers were saturated: its figures describe racebench."""
-    lines = [
-        f"client-bound: {r['label']}: {r['load']['client_bound_reason']}"
-        for r in runs
-        if (r.get("load") or {}).get("client_bound")
-    ]
-    return "\n".join(lines) or None
-
-
-def fault_summary(faults: list[dict[str, Any]]) -> str:
-    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
-    parts = []
-    for f in faults:
-        text = f"{f['kind']} c{f['client']}"
-        if f["end_ms"] - f["start_ms"] >= 1:
-            text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
-        if "unavailable_ms" in f:
-            text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
-        if f["note"].startswith(("failed", "emulated")):
-            text += f" [{f['note'].split(':')[0]}]"
-        parts.append(text)
-    return "; ".join(parts) or "-"
 
 
 @contextmanager

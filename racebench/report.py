@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.render import client_bound_caption, strategy_label
+from racebench.naming import UNEXPECTED, client_bound_caption, strategy_label
 from racebench.result_schema import validated_document
 from racebench.results import read_document
-from racebench.verdict import UNEXPECTED
 
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"

@@ -14,17 +14,15 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from racebench.history import Outcome, RunHistory
+from racebench.history_sample import sample_history
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
+from racebench.naming import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.runner import RunnerResult
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
-from racebench.workloads import FinalState, Invariant, count_overlapping_pairs
+from racebench.workloads import Check, FinalState, Invariant, count_overlapping_pairs
 
-SAFE = "safe"
-ANOMALIES = "ANOMALIES"
-UNEXPECTED = "UNEXPECTED"
-NOT_REPRODUCED = "race not reproduced"
 ME_VIOLATIONS = "mutual_exclusion_violations"
 
 
@@ -44,6 +42,7 @@ class TrialAnalysis:
     lock: dict[str, Any] | None
     errors_sample: dict[str, int]
     timeline: dict[str, Any] | None = None
+    history_sample: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
     service_time_ms: dict[str, float] | None = None
     service_histogram: HdrHistogram | None = None  # open loop: merged over trials
@@ -121,11 +120,14 @@ def analyze_trial(
     history: RunHistory,
     result: RunnerResult,
     trial: int,
+    check: Check | None = None,
 ) -> tuple[TrialAnalysis, HdrHistogram]:
+    """Figures and anomalies of one trial; `check` is a custom workload's own check."""
     s = spec.scenario
-    if s.guard.strategy == "crdt":
-        final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
-    check = s.workload.check(final, history)
+    if check is None:
+        if s.guard.strategy == "crdt":
+            final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
+        check = s.workload.check(final, history)  # type: ignore[union-attr]
     anomalies = dict(check.anomalies)
     cs_client, cs_start, cs_end = history.critical_sections()
     possible_overlaps = None
@@ -177,6 +179,7 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        history_sample=sample_history(history, result.t0_ns),
         service_time_ms=latency_summary(service) if service is not None else None,
         service_histogram=service,
         load=load_figures(result, s.rate),
@@ -344,6 +347,7 @@ def summarize_run(
         "errors_sample": trials[-1].errors_sample,
         "faults": trials[-1].faults,
         "timeline": trials[-1].timeline,
+        "history_sample": trials[-1].history_sample,
         "trials": [
             {
                 "trial": t.trial,

@@ -52,7 +52,7 @@ BAD_SCENARIOS = [
     ("workload: [unclosed", None, "malformed YAML"),
     ("- a\n- b\n", None, "must be a YAML mapping"),
     ("workload: {type: stock}\nclientz: 3\n", "clientz", "unknown key"),
-    ("workload: {type: stocks}\n", "workload", "unknown workload type"),
+    ("workload: {type: stocks}\n", "workload.type", "unknown workload type"),
     ("workload: {type: stock}\nstore: {backend: oracle}\n", "store.backend", "unknown backend"),
     (
         "workload: {type: stock}\nguard: {strategy: optimistc}\n",
