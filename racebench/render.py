@@ -13,6 +13,7 @@ from rich.table import Table
 
 from racebench.naming import (
     ANOMALIES,
+    INCONCLUSIVE,
     NOT_REPRODUCED,
     SAFE,
     UNEXPECTED,
@@ -36,6 +37,7 @@ VERDICT_STYLES = {
     ANOMALIES: "bold yellow",
     UNEXPECTED: "bold red",
     NOT_REPRODUCED: "dim",
+    INCONCLUSIVE: "bold magenta",
 }
 
 
@@ -44,7 +46,7 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
     names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
     fenced = any(r.get("lock") for r in runs)
-    faulted = any(r.get("faults") for r in runs)
+    faulted = any(r.get("faults") or r.get("faults_not_fired") for r in runs)
     open_loop = any(r.get("service_time_ms") for r in runs)
     table = Table(
         title=escape(title) if title else None,
@@ -93,7 +95,9 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             lock = run.get("lock") or {}
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
-            cells.append(escape(fault_summary(run.get("faults") or [])))
+            cells.append(
+                escape(fault_summary(run.get("faults") or [], run.get("faults_not_fired") or []))
+            )
         verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
         if not run.get("passed", True):
             verdict += " ✗"

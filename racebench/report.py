@@ -108,6 +108,8 @@ def errors_of(run: dict[str, Any]) -> int:
 
 def verdict_text(run: dict[str, Any]) -> str:
     verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
+    if run.get("faults_not_fired"):
+        verdict += " (fault did not fire)"
     if not run.get("passed", True):
         verdict += " ✗"
     return verdict

@@ -17,6 +17,7 @@ from typing import Any
 
 from racebench import __version__
 from racebench.errors import OutputPathError, ResultFileError
+from racebench.ownership import temp_file_prefix
 from racebench.redact import redact
 
 SCHEMA = "racebench.result/1"
@@ -115,7 +116,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     0600: results are shared artefacts, and they hold no secret.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as out:

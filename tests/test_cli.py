@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.processes import wait_for_clients
 
 
 def test_quickstart_shows_lost_updates_only_without_a_guard(tmp_path: Path) -> None:
@@ -180,10 +181,11 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Interrupt once the first run is under way, however slow the start on a loaded machine.
+    wait_for_clients(proc, 2)  # not a fixed sleep: starting takes longer on a busy machine
+    # ...and once the run counted a like, so that the interrupted run has operations.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not _likes_counted(db):
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
