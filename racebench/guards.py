@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
@@ -55,10 +55,6 @@ class OpenedClient:
     close: Callable[[], Awaitable[dict[str, int]]]
     blocking_operation: Operation | None = None
     executor: ThreadPoolExecutor | None = None
-
-    @property
-    def model(self) -> str:
-        return "thread" if self.blocking_operation is not None else "asyncio"
 
 
 async def open_blocking(
@@ -133,6 +129,46 @@ def _unguarded(plan: Plan, client: StoreClient) -> Callable[[int, int | None], O
     return withdraw
 
 
+def locked_step(
+    unguarded: Callable[[int, int | None], Outcome],
+    cid: int,
+    lock: LockClient,
+    fencing: bool,
+    probe: Probe | None,
+) -> Callable[[int], StepResult]:
+    """`unguarded(seq, token)` inside the lock's critical section (any workload, any store)."""
+    # The nemesis watches these to fire a fault while this client acquires or holds.
+    acquiring = probe.acquiring if probe else [0] * (cid + 1)
+    holding = probe.holding if probe else [0] * (cid + 1)
+    session = probe.session if probe else [0] * (cid + 1)
+
+    def locked(seq: int) -> StepResult:
+        acquiring[cid] = time.monotonic_ns()
+        try:
+            token = lock.acquire()
+        except LockTimeout:
+            return StepResult(Outcome.LOCK_TIMEOUT)
+        finally:
+            acquiring[cid] = 0
+        session[cid] = lock.session_id()  # it changes when a lost session reconnects
+        cs_start = holding[cid] = time.monotonic_ns()
+        try:
+            outcome = unguarded(seq, token if fencing else None)
+        except StaleToken:
+            outcome = Outcome.STALE
+        finally:
+            cs_end = time.monotonic_ns()
+            holding[cid] = 0
+            # The data access is over and its outcome known: a release that fails (the
+            # lock server restarted, the session was killed) must not turn an applied
+            # write into an error; the lock then ends with its lease or session.
+            with contextlib.suppress(Exception):
+                lock.release()
+        return StepResult(outcome, 0, cs_start, cs_end, token if fencing else 0)
+
+    return locked
+
+
 def _step(
     plan: Plan,
     strategy: str,
@@ -156,38 +192,7 @@ def _step(
         return crdt
     if strategy == "lock":
         assert lock is not None
-        unguarded = _unguarded(plan, client)
-        cid = client.options.client_id
-        # The nemesis watches these to fire a fault while this client acquires or holds.
-        acquiring = probe.acquiring if probe else [0] * (cid + 1)
-        holding = probe.holding if probe else [0] * (cid + 1)
-        session = probe.session if probe else [0] * (cid + 1)
-
-        def locked(seq: int) -> StepResult:
-            acquiring[cid] = time.monotonic_ns()
-            try:
-                token = lock.acquire()
-            except LockTimeout:
-                return StepResult(Outcome.LOCK_TIMEOUT)
-            finally:
-                acquiring[cid] = 0
-            session[cid] = lock.session_id()  # it changes when a lost session reconnects
-            cs_start = holding[cid] = time.monotonic_ns()
-            try:
-                outcome = unguarded(seq, token if fencing else None)
-            except StaleToken:
-                outcome = Outcome.STALE
-            finally:
-                cs_end = time.monotonic_ns()
-                holding[cid] = 0
-                # The data access is over and its outcome known: a release that fails (the
-                # lock server restarted, the session was killed) must not turn an applied
-                # write into an error; the lock then ends with its lease or session.
-                with contextlib.suppress(Exception):
-                    lock.release()
-            return StepResult(outcome, 0, cs_start, cs_end, token if fencing else 0)
-
-        return locked
+        return locked_step(_unguarded(plan, client), client.options.client_id, lock, fencing, probe)
     if isinstance(plan, CounterPlan):
         counter_step = client.counter_step
         return lambda seq: counter_step(strategy, plan)
@@ -205,7 +210,17 @@ def build_operation(
     probe: Probe | None = None,
 ) -> Operation:
     """The operation one client runs in its loop, with failures turned into outcomes."""
-    step = _step(plan, strategy, client, lock, fencing, probe)
+    return as_operation(_step(plan, strategy, client, lock, fencing, probe), client)
+
+
+class _Classifier(Protocol):
+    def classify(self, exc: BaseException) -> Outcome: ...
+
+    def recover(self) -> None: ...
+
+
+def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Operation:
+    """`step` as an Operation: an exception becomes an outcome the client classifies."""
 
     def operation(seq: int) -> OpResult:
         try:

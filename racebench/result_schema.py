@@ -27,9 +27,20 @@ class Latency(_ReadModel):
     mean: float = 0.0
 
 
+class Samples(_ReadModel):
+    """A trial's within-run samples (racebench.samples), the basis of compare's intervals."""
+
+    bucket_ms: int = Field(gt=0)
+    throughput_ops_s: list[float] = []
+    p99_ms: list[float] = []
+    latency_hdr: str = ""
+
+
 class TrialEntry(_ReadModel):
     throughput_ops_s: float
     latency_ms: Latency
+    samples: Samples | None = None
+    host_load_1m: float | None = None
 
 
 class FaultEntry(_ReadModel):
@@ -49,6 +60,20 @@ class Timeline(_ReadModel):
     critical_sections: list[Section] = []
     violations: list[Interval] = []
     truncated: bool = False
+
+
+# [start_ms, latency_ms, outcome index] of one sampled operation.
+SampledOperation = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class HistorySample(_ReadModel):
+    """A run's operation sample and completions per bucket (racebench.history_sample)."""
+
+    outcomes: list[str]
+    total_ops: int = Field(ge=0)
+    ops: list[SampledOperation]
+    bucket_ms: int = Field(gt=0)
+    completions: dict[str, list[int]]
 
 
 class Load(_ReadModel):
@@ -81,6 +106,7 @@ class RunEntry(_ReadModel):
     trials: list[TrialEntry]
     faults: list[FaultEntry] = []
     timeline: Timeline | None = None
+    history_sample: HistorySample | None = None
     lock: dict[str, Any] | None = None
     load: Load | None = None
     service_time_ms: Latency | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest_plugins = ["tests.server_fixtures"]
+pytest_plugins = ["tests.server_fixtures", "pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,26 +34,6 @@ def run_cli(
 def unique_namespace(name: str) -> str:
     """A namespace no other test, and no second copy of the suite, can be using."""
     return f"racebench_{name}_{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def run_namespaces(monkeypatch) -> list[str]:
-    """The namespaces of the in-process runs this test makes (each run draws a random one).
-
-    A test that checks for leftovers looks for these alone: another suite, or another test's
-    run, may be creating and dropping its own objects on the same server meanwhile.
-    """
-    from racebench import engine
-
-    namespaces: list[str] = []
-    make_store = engine.make_store
-
-    def recording_make_store(spec, namespace: str):
-        namespaces.append(namespace)
-        return make_store(spec, namespace)
-
-    monkeypatch.setattr(engine, "make_store", recording_make_store)
-    return namespaces
 
 
 def named_after(namespaces: list[str], names: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from racebench.stores.postgres import PostgresStore, connect_args
 from racebench.stores.postgres import open_connection as open_pg
 from racebench.workloads import CounterPlan, LedgerPlan
 from tests.conftest import named_after, run_cli, run_scenario_data, unique_namespace
+from tests.processes import ours
 from tests.race import until_shown
 
 STOCK = {"type": "stock", "initial": 1000}
@@ -231,9 +232,7 @@ def test_lost_connection_is_unknown_and_the_next_operation_recovers(sql_store: d
         store.teardown()
 
 
-def test_tables_are_dropped_after_a_failed_run(
-    sql_store: dict, monkeypatch, run_namespaces: list[str]
-) -> None:
+def test_tables_are_dropped_after_a_failed_run(sql_store: dict, monkeypatch) -> None:
     import racebench.engine
 
     probe = _store(sql_store["backend"], sql_store["url"], "racebench_probe")
@@ -244,8 +243,7 @@ def test_tables_are_dropped_after_a_failed_run(
     monkeypatch.setattr(racebench.engine, "run_clients", fail)
     with pytest.raises(RuntimeError):
         _run(sql_store, "withdraw", {"strategy": "none"})
-    assert len(run_namespaces) == 1
-    assert named_after(run_namespaces, probe.leftovers()) == []
+    assert not ours(probe.leftovers())
 
 
 def test_no_tls_on_loopback_unless_the_url_asks() -> None:

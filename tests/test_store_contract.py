@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from racebench.registry import STORES, store_class, strategies_for
-from racebench.workloads import CounterPlan
-from tests.conftest import BACKEND_FIXTURES, named_after, run_scenario_data, unique_namespace
+from tests.conftest import BACKEND_FIXTURES, run_scenario_data
+from tests.processes import ours
 from tests.race import until_shown
 
 WORKLOADS = {
@@ -94,30 +94,11 @@ def test_file_lock_guards_the_store(store_for, backend: str, workload: str) -> N
 
 
 @pytest.mark.parametrize("backend", list(BACKEND_FIXTURES))
-def test_runs_leave_nothing_behind(store_for, backend: str, tmp_path, run_namespaces) -> None:
+def test_runs_leave_nothing_behind(store_for, backend: str, tmp_path) -> None:
     store = store_for(backend)
     if backend == "sqlite":  # a named file, which outlives the runs, instead of a temporary one
         store["url"] = str(tmp_path / "contract.db")
+    probe = store_class(backend)(store.get("url"), "racebench_probe")
     for workload in WORKLOADS:
         run_scenario_data(_scenario(store, workload, "none", operations=8))
-    assert len(run_namespaces) == len(WORKLOADS)
-    # Only this test's runs: another suite may be running against the same server, and its
-    # runs' objects come and go meanwhile.
-    probe = store_class(backend)(store.get("url"), "racebench_probe")
-    assert named_after(run_namespaces, probe.leftovers()) == []
-
-
-@pytest.mark.parametrize("backend", list(BACKEND_FIXTURES))
-def test_leftovers_carry_their_namespace(store_for, backend: str, tmp_path) -> None:
-    """What makes the check above look at one run's objects alone, so it cannot pass idly."""
-    store_config = store_for(backend)
-    if backend == "sqlite":
-        store_config["url"] = str(tmp_path / "contract.db")
-    namespace = unique_namespace("contract")
-    store = store_class(backend)(store_config.get("url"), namespace)
-    store.setup(CounterPlan(10, -1, 0), 1)
-    try:
-        assert named_after([namespace], store.leftovers()) != []
-    finally:
-        store.teardown()
-    assert named_after([namespace], store.leftovers()) == []
+    assert not ours(probe.leftovers())
