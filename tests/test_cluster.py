@@ -80,11 +80,13 @@ def test_the_clock_offset_estimate_removes_a_skewed_clock(cluster: ClusterOption
     plain = next(a for a, n in names.items() if str(n) != "0")
     offset = session.clock_offset(skewed)
     assert abs(offset.offset_ns - SKEW_NS) <= offset.uncertainty_ns
-    assert abs(session.clock_offset(plain).offset_ns) <= session.clock_offset(plain).uncertainty_ns
+    unskewed = session.clock_offset(plain)  # one estimate: two would differ in their noise
+    assert abs(unskewed.offset_ns) <= unskewed.uncertainty_ns
     # Mapped onto the coordinator's timeline, a run's operations start after the barrier and
     # end before the run did, whichever clock took them: no 3 s leap.
-    run = _runs(_stock("atomic"), cluster)[0]
-    assert 0 < run["duration_s"] < 2.5
+    # A short run, so that a loaded host cannot stretch it near the 3 s a leap would add.
+    run = _runs(_stock("atomic", operations=40), cluster)[0]
+    assert 0 < run["duration_s"] < 3
 
 
 def test_lease_expiry_shows_certain_overlaps_across_workers(

@@ -126,7 +126,11 @@ def _race(store: dict, lock: dict, faults: list[dict], fencing: bool = False, **
             assert run["anomalies"]["lost_updates"] == 0, run["anomalies"]
         return run
 
-    return until_shown(attempt, lambda run: _violations(run) > 0)
+    def shown(run: dict) -> bool:
+        # Fenced, the race shows as a stale write rejected, not only as an overlap.
+        return _violations(run) > 0 and (not fencing or run["lock"]["stale_writes_rejected"] > 0)
+
+    return until_shown(attempt, shown)
 
 
 def _file_runs(name: str, **overrides) -> list[dict]:
@@ -166,7 +170,11 @@ def test_gc_pause_past_a_redis_lease_breaks_exclusion_unless_fenced(
     done, (plain, fenced) = cli_runs_until_shown(
         FAULTS / "gc-pause.yaml",
         tmp_path / "gc.json",
-        lambda runs: min(map(_violations, runs)) > 0 and runs[0]["anomalies"]["lost_updates"] > 0,
+        lambda runs: (
+            min(map(_violations, runs)) > 0
+            and runs[0]["anomalies"]["lost_updates"] > 0
+            and runs[1]["lock"]["stale_writes_rejected"] > 0
+        ),
         fenced_loses_nothing,
     )
     assert done.returncode == 0, done.stderr

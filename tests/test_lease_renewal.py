@@ -32,11 +32,15 @@ def _second_loses_nothing(runs: list[dict]) -> None:
     assert runs[1]["anomalies"]["lost_updates"] == 0, runs[1]["anomalies"]
 
 
-def _plain_and_second(scenario: Path, out: Path) -> tuple[str, dict, dict]:
-    """Run a two-run scenario file until its plain run shows the violation (bounded)."""
-    done, (plain, second) = cli_runs_until_shown(
-        scenario, out, lambda runs: _violations(runs[0]) > 0, _second_loses_nothing
-    )
+def _plain_and_second(scenario: Path, out: Path, fenced: bool) -> tuple[str, dict, dict]:
+    """Run a two-run scenario file until its plain run shows the violation and, when the
+    second run is fenced, the second run a rejected stale write (bounded)."""
+
+    def shown(runs: list[dict]) -> bool:
+        rejected = runs[1]["lock"]["stale_writes_rejected"] > 0
+        return _violations(runs[0]) > 0 and (rejected or not fenced)
+
+    done, (plain, second) = cli_runs_until_shown(scenario, out, shown, _second_loses_nothing)
     assert done.returncode == 0, done.stderr
     return done.stdout, plain, second
 
@@ -45,7 +49,7 @@ def test_renewal_keeps_a_section_longer_than_the_ttl_exclusive(
     redis_url: str, tmp_path: Path
 ) -> None:
     scenario = REPO / "scenarios" / "lease-renewal.yaml"
-    stdout, plain, renewed = _plain_and_second(scenario, tmp_path / "renewal.json")
+    stdout, plain, renewed = _plain_and_second(scenario, tmp_path / "renewal.json", fenced=False)
     assert not plain["lease_renewal"] and renewed["lease_renewal"]
     assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
     assert plain["claims_safety"] is False
@@ -80,7 +84,7 @@ def test_a_pause_stops_the_watchdog_too_and_only_fencing_saves_the_data(
     redis_url: str, tmp_path: Path
 ) -> None:
     scenario = REPO / "scenarios" / "faults" / "gc-pause-renewal.yaml"
-    _, plain, fenced = _plain_and_second(scenario, tmp_path / "gc.json")
+    _, plain, fenced = _plain_and_second(scenario, tmp_path / "gc.json", fenced=True)
     assert plain["lease_renewal"] and fenced["lease_renewal"]
     assert plain["claims_safety"] is False
     assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
@@ -92,7 +96,7 @@ def test_a_partition_keeps_the_renewals_from_redis_and_the_lease_lapses(
     redis_url: str, tmp_path: Path
 ) -> None:
     scenario = REPO / "scenarios" / "faults" / "partition-renewal.yaml"
-    _, plain, fenced = _plain_and_second(scenario, tmp_path / "partition.json")
+    _, plain, fenced = _plain_and_second(scenario, tmp_path / "partition.json", fenced=True)
     assert plain["claims_safety"] is False
     assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
     assert fenced["lock"]["stale_writes_rejected"] > 0
