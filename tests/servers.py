@@ -336,11 +336,15 @@ def restart_redis(url: str) -> None:
 
 @functools.cache
 def ensure_zookeeper() -> str:
-    """ZooKeeper hosts: $RACEBENCH_ZOOKEEPER_HOSTS, a server answering on 2181, or our own."""
+    """ZooKeeper hosts: $RACEBENCH_ZOOKEEPER_HOSTS, else our own.
+
+    Not whatever answers on 2181: unlike the PostgreSQL, MariaDB and Redis on their default
+    ports, no long-lived ZooKeeper is promised there, and one started by another test session
+    (an older copy of this module took 2181 when it was free) goes away when that session
+    ends, in the middle of this one. scripts/start-servers.sh prints the variable to set.
+    """
     if hosts := os.environ.get("RACEBENCH_ZOOKEEPER_HOSTS"):
         return hosts
-    if _zookeeper_answers(2181):
-        return f"{HOST}:2181"
     return start_zookeeper(_free_port())
 
 
