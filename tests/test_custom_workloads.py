@@ -4,9 +4,12 @@ under their fixes; bad templates and broken plug-ins are one line and exit 2."""
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,10 @@ def checkout_plugin() -> str:
              "-e", str(EXAMPLES / "plugin")],
             check=True,
         )  # fmt: skip
+        # This interpreter read its .pth files at start-up: read the new one (pip's editable
+        # finder) too, or the first session after a fresh install cannot import the plug-in.
+        site.addsitedir(sysconfig.get_paths()["purelib"])
+        importlib.invalidate_caches()
     return "checkout"
 
 
