@@ -7,6 +7,7 @@ from rich.table import Table
 from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class, strategies_for
 from racebench.stores.base import Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
+from racebench.workloads_rows import ROW_WORKLOAD_TYPES
 
 
 def client_model(cls: type[Store], strategies: list[str]) -> str:
@@ -28,7 +29,7 @@ def catalog_tables() -> list[Table]:
     workloads = Table(title="workloads", header_style="bold")
     for header in ("type", "what it does", "anomalies checked"):
         workloads.add_column(header)
-    for name, cls in WORKLOAD_TYPES.items():
+    for name, cls in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
         workloads.add_row(name, (cls.__doc__ or "").strip(), ", ".join(cls.anomaly_names))
 
     backends = Table(title="backends", header_style="bold")

@@ -32,7 +32,7 @@ from racebench.registry import lock_class, store_class, strategies_for
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
-from racebench.stores.base import ClientOptions, Store
+from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
 
@@ -106,6 +106,7 @@ class ClientFactory:
             max_backoff_s=s.guard.max_backoff_ms / 1000,
             client_id=client_id,
             clients=s.clients,
+            lock_order=s.guard.lock_order,
         )
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
         store = copy.copy(self.store)
@@ -116,6 +117,8 @@ class ClientFactory:
             lock_service.route_through(url)
         plan = s.workload.plan()
         model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        if s.workload.type in ROW_WORKLOADS:
+            model = "thread"  # booking and transfer have no asyncio implementation
         if model == "asyncio":
             async_client = await store.async_connect(options)
 

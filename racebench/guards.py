@@ -13,21 +13,24 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
 from racebench.redact import redact_text
 from racebench.stores.base import (
+    ALL_WORKLOADS,
     OK_STEP,
     REJECTED_STEP,
+    ROW_WORKLOADS,
     StaleToken,
     StepResult,
     StoreClient,
     StrategySpec,
 )
 from racebench.workloads import CounterPlan, LedgerPlan, Plan
+from racebench.workloads_rows import BookingPlan, TransferPlan
 
 if TYPE_CHECKING:
     from racebench.locks.base import LockClient
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 # outcome, retries, critical section start, end, fencing token, error message or None
 OpResult = tuple[int, int, int, int, int, str | None]
+AnyPlan = Plan | BookingPlan | TransferPlan
 Operation = Callable[[int], OpResult]
 AsyncOperation = Callable[[int], Awaitable[OpResult]]
 
@@ -86,14 +90,18 @@ GENERIC_STRATEGIES: dict[str, StrategySpec] = {
     "none": StrategySpec(
         "read, then write in a separate statement: the race itself",
         prevents="nothing",
-        allows="lost update, oversell, overdraft (write skew)",
+        allows="lost update, oversell, overdraft (write skew), double booking, lost transfer,"
+        " read skew",
         safe_for=frozenset(),
+        supports=ALL_WORKLOADS | ROW_WORKLOADS,
     ),
     "lock": StrategySpec(
         "the unguarded read-then-write inside a lock service's critical section (guard.lock)",
         prevents="lost update, oversell, overdraft while the lock holds; with guard.fencing, "
         "also after a lease expired",
         allows="anomalies when a lease expires mid-section (unless fenced)",
+        safe_for=ALL_WORKLOADS | ROW_WORKLOADS,
+        supports=ALL_WORKLOADS | ROW_WORKLOADS,
     ),
     "crdt": StrategySpec(
         "G-counter: each client increments only its own slot; the count is the sum of slots",
@@ -134,7 +142,7 @@ def _unguarded(plan: Plan, client: StoreClient) -> Callable[[int, int | None], O
 
 
 def _step(
-    plan: Plan,
+    plan: AnyPlan,
     strategy: str,
     client: StoreClient,
     lock: LockClient | None,
@@ -142,6 +150,8 @@ def _step(
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
     """One attempt of the operation as a StepResult, by strategy."""
+    if isinstance(plan, BookingPlan | TransferPlan):
+        return _row_step(plan, strategy, client, lock, probe)
     if strategy == "none":
         unguarded = _unguarded(plan, client)
         return lambda seq: OK_STEP if unguarded(seq, None) == Outcome.OK else REJECTED_STEP
@@ -156,38 +166,7 @@ def _step(
         return crdt
     if strategy == "lock":
         assert lock is not None
-        unguarded = _unguarded(plan, client)
-        cid = client.options.client_id
-        # The nemesis watches these to fire a fault while this client acquires or holds.
-        acquiring = probe.acquiring if probe else [0] * (cid + 1)
-        holding = probe.holding if probe else [0] * (cid + 1)
-        session = probe.session if probe else [0] * (cid + 1)
-
-        def locked(seq: int) -> StepResult:
-            acquiring[cid] = time.monotonic_ns()
-            try:
-                token = lock.acquire()
-            except LockTimeout:
-                return StepResult(Outcome.LOCK_TIMEOUT)
-            finally:
-                acquiring[cid] = 0
-            session[cid] = lock.session_id()  # it changes when a lost session reconnects
-            cs_start = holding[cid] = time.monotonic_ns()
-            try:
-                outcome = unguarded(seq, token if fencing else None)
-            except StaleToken:
-                outcome = Outcome.STALE
-            finally:
-                cs_end = time.monotonic_ns()
-                holding[cid] = 0
-                # The data access is over and its outcome known: a release that fails (the
-                # lock server restarted, the session was killed) must not turn an applied
-                # write into an error; the lock then ends with its lease or session.
-                with contextlib.suppress(Exception):
-                    lock.release()
-            return StepResult(outcome, 0, cs_start, cs_end, token if fencing else 0)
-
-        return locked
+        return _locked(_unguarded(plan, client), client, lock, fencing, probe)
     if isinstance(plan, CounterPlan):
         counter_step = client.counter_step
         return lambda seq: counter_step(strategy, plan)
@@ -196,8 +175,74 @@ def _step(
     return lambda seq: ledger_step(strategy, plan, seq)
 
 
+def _row_step(
+    plan: BookingPlan | TransferPlan,
+    strategy: str,
+    client: StoreClient,
+    lock: LockClient | None,
+    probe: Probe | None,
+) -> Callable[[int], StepResult]:
+    """Booking and transfer (SQL stores only): a transfer reader's sum rides in `token`."""
+    from racebench.stores.sql_rows import RowOperations
+
+    rows = client
+    assert isinstance(rows, RowOperations)
+    if strategy != "lock":
+        row_step = rows.row_step
+        return lambda seq: row_step(strategy, plan, seq)
+    assert lock is not None
+    locked = _locked(lambda seq, token: rows.row_attempt(plan, seq), client, lock, False, probe)
+
+    def with_value(seq: int) -> StepResult:
+        result = locked(seq)
+        return replace(result, token=rows.row_value) if rows.row_value else result
+
+    return with_value
+
+
+def _locked(
+    unguarded: Callable[[int, int | None], Outcome],
+    client: StoreClient,
+    lock: LockClient,
+    fencing: bool,
+    probe: Probe | None,
+) -> Callable[[int], StepResult]:
+    """`unguarded` inside the lock service's critical section, with the token if fenced."""
+    cid = client.options.client_id
+    # The nemesis watches these to fire a fault while this client acquires or holds.
+    acquiring = probe.acquiring if probe else [0] * (cid + 1)
+    holding = probe.holding if probe else [0] * (cid + 1)
+    session = probe.session if probe else [0] * (cid + 1)
+
+    def locked(seq: int) -> StepResult:
+        acquiring[cid] = time.monotonic_ns()
+        try:
+            token = lock.acquire()
+        except LockTimeout:
+            return StepResult(Outcome.LOCK_TIMEOUT)
+        finally:
+            acquiring[cid] = 0
+        session[cid] = lock.session_id()  # it changes when a lost session reconnects
+        cs_start = holding[cid] = time.monotonic_ns()
+        try:
+            outcome = unguarded(seq, token if fencing else None)
+        except StaleToken:
+            outcome = Outcome.STALE
+        finally:
+            cs_end = time.monotonic_ns()
+            holding[cid] = 0
+            # The data access is over and its outcome known: a release that fails (the
+            # lock server restarted, the session was killed) must not turn an applied
+            # write into an error; the lock then ends with its lease or session.
+            with contextlib.suppress(Exception):
+                lock.release()
+        return StepResult(outcome, 0, cs_start, cs_end, token if fencing else 0)
+
+    return locked
+
+
 def build_operation(
-    plan: Plan,
+    plan: AnyPlan,
     strategy: str,
     client: StoreClient,
     lock: LockClient | None,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from racebench.errors import ScenarioError
 from racebench.faults import validate_faults
 from racebench.guards import GENERIC_STRATEGIES
-from racebench.stores.base import StrategySpec
+from racebench.stores.base import ROW_WORKLOADS, StrategySpec
 
 if TYPE_CHECKING:
     from racebench.locks.base import LockService
@@ -90,6 +90,13 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             f"unknown strategy {s.guard.strategy!r} for backend {s.store.backend}"
             f" (known: {', '.join(strategies)})",
         )
+    store_workloads = store_class(s.store.backend).workloads
+    if s.workload.type not in store_workloads:
+        raise fail(
+            "workload.type",
+            f"the {s.store.backend} store does not implement the {s.workload.type} workload"
+            f" (it implements: {', '.join(sorted(store_workloads))})",
+        )
     if s.workload.type not in strategies[s.guard.strategy].supports:
         raise fail(
             "guard.strategy",
@@ -116,6 +123,11 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         raise fail(
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )
+    if s.guard.fencing and s.workload.type in ROW_WORKLOADS:
+        raise fail("guard.fencing", f"fencing does not apply to the {s.workload.type} workload")
+    readers = getattr(s.workload, "readers", 0)
+    if readers >= s.clients:
+        raise fail("workload.readers", f"{readers} readers leave no client to transfer")
     _validate_integer_range(spec, fail)
     validate_faults(spec, fail)
     if s.arrival != "constant" and s.rate is None:

@@ -18,6 +18,7 @@ from racebench.errors import ScenarioError
 from racebench.labels import matrix_labels, run_label
 from racebench.redact import redact_text
 from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
+from racebench.workloads_rows import BookingWorkload, TransferWorkload
 from racebench.yaml_loader import YamlInputError, load_yaml
 
 # A matrix is a product: a few long lists in one file must not expand for hours.
@@ -119,6 +120,9 @@ class GuardConfig(_Strict):
     max_backoff_ms: float = Field(default=50.0, ge=0)
     lock: LockConfig | None = None
     fencing: bool = False
+    # transfer under for_update: lock the two accounts by id (never deadlocks) or in the
+    # transfer's own direction (opposite transfers deadlock; the victim is retried)
+    lock_order: Literal["sorted", "random"] = "sorted"
 
 
 class Expectation(_Strict):
@@ -132,7 +136,11 @@ class Expectation(_Strict):
     verdict: list[Literal["safe", "ANOMALIES", "UNEXPECTED", "race not reproduced"]] | None = None
 
 
-Workload = Annotated[StockWorkload | WithdrawWorkload | LikesWorkload, Field(discriminator="type")]
+Workload = Annotated[
+    StockWorkload | WithdrawWorkload | LikesWorkload | BookingWorkload | TransferWorkload,
+    Field(discriminator="type"),
+]
+WORKLOAD_TAGS = ("stock", "withdraw", "likes", "booking", "transfer")
 
 
 class Scenario(_Strict):
@@ -271,7 +279,7 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # Discriminated unions put the tag in the path (workload.stock.initial): drop it.
-    if len(loc) >= 2 and loc[0] == "workload" and loc[1] in {"stock", "withdraw", "likes"}:
+    if len(loc) >= 2 and loc[0] == "workload" and loc[1] in WORKLOAD_TAGS:
         loc.pop(1)
     field = ".".join(loc) or None
     message = first["msg"].removeprefix("Value error, ")
@@ -279,9 +287,9 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         message = "unknown key"
     elif first["type"] == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag")
-        message = f"unknown workload type {tag!r} (known: stock, withdraw, likes)"
+        message = f"unknown workload type {tag!r} (known: {', '.join(WORKLOAD_TAGS)})"
     elif first["type"] == "union_tag_not_found":
-        message = "type is missing (known: stock, withdraw, likes)"
+        message = f"type is missing (known: {', '.join(WORKLOAD_TAGS)})"
     elif first["type"] == "missing":
         message = "required key is missing"
     return ScenarioError(source, field, message + context)

@@ -38,6 +38,7 @@ class UnknownOutcome(Exception):
 
 
 ALL_WORKLOADS = frozenset({"stock", "withdraw", "likes"})
+ROW_WORKLOADS = frozenset({"booking", "transfer"})  # racebench.workloads_rows, SQL stores only
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class ClientOptions:
     max_backoff_s: float
     client_id: int
     clients: int
+    lock_order: str = "sorted"  # transfer under for_update: "sorted" ids or "random" order
 
 
 class Backoff:
@@ -251,6 +253,8 @@ class Store(ABC):
     # Strategies whose clients run on the worker's event loop (`async_connect`); the others
     # run the blocking client on a thread per client.
     async_strategies: ClassVar[frozenset[str]] = frozenset()
+    # The workload types it implements; a strategy's `supports` narrows it further.
+    workloads: ClassVar[frozenset[str]] = ALL_WORKLOADS
     async_driver: ClassVar[str] = ""  # what the asyncio path is built on, for `racebench list`
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.
