@@ -168,7 +168,11 @@ class TransferWorkload(_WorkloadModel):
         final_total = sum(final.balances)
         negative = sum(1 for b in final.balances if b < 0)
         bad = bad_reads(history, self.readers, self.total)
-        reads = int(np.count_nonzero(history.client < self.readers))
+        reads = int(
+            np.count_nonzero(
+                (history.client < self.readers) & (history.records["outcome"] == Outcome.OK)
+            )
+        )
         detail = f"{len(bad)} of {reads} reads summed to something else"
         if bad:
             worst = max(bad, key=lambda b: abs(b.total_read - self.total))

@@ -121,6 +121,9 @@ class RowOperations(SqlStatements):
 
     # -- transfer -------------------------------------------------------------------------
     def _read_total(self) -> Outcome:
+        # Paced like the writers (before the first statement, so no snapshot is held open):
+        # a reader without a race window would finish before the writers got going.
+        self.pause()
         self.row_value = sum(int(b) for (b,) in self._run(self.sql_read_all).fetchall())
         return Outcome.OK
 
