@@ -29,8 +29,8 @@ def catalog_tables() -> list[Table]:
     workloads = Table(title="workloads", header_style="bold")
     for header in ("type", "what it does", "anomalies checked"):
         workloads.add_column(header)
-    for name, cls in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
-        workloads.add_row(name, (cls.__doc__ or "").strip(), ", ".join(cls.anomaly_names))
+    for name, model in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
+        workloads.add_row(name, (model.__doc__ or "").strip(), ", ".join(model.anomaly_names))
 
     backends = Table(title="backends", header_style="bold")
     for header in ("backend", "what it is", "default url", "strategies", "clients run on"):

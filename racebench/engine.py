@@ -35,6 +35,7 @@ from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
+from racebench.workloads import CounterPlan, LedgerPlan
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -126,6 +127,7 @@ class ClientFactory:
                 await async_client.close()
                 return dict(async_client.retry_codes)
 
+            assert isinstance(plan, CounterPlan | LedgerPlan)  # row workloads run on threads
             operation = build_async_operation(plan, s.guard.strategy, async_client)
             return OpenedClient(operation, close_async)
 

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from racebench.history import Outcome
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, Plan
+from racebench.workloads_rows import RowPlan
 
 
 class StaleToken(Exception):
@@ -278,11 +279,11 @@ class Store(ABC):
         """Connect once; return server facts (version). Raise BackendUnavailable if not."""
 
     @abstractmethod
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
         """Create racebench's own namespaced state and seed it."""
 
     @abstractmethod
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
         """The state after the run: counter value (the sum of slots for crdt), or ledger rows."""
 
     @abstractmethod
