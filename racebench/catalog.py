@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from racebench.custom.plugin import PluginError, installed_plugins, load_plugin
+from racebench.custom.redis_template import RedisTemplateWorkload
+from racebench.custom.sql_template import SqlTemplateWorkload
 from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class, strategies_for
 from racebench.stores.base import Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
 from racebench.workloads_rows import ROW_WORKLOAD_TYPES
+
+TEMPLATE_TYPES = {"sql": SqlTemplateWorkload, "redis": RedisTemplateWorkload}
 
 
 def client_model(cls: type[Store], strategies: list[str]) -> str:
@@ -31,6 +36,9 @@ def catalog_tables() -> list[Table]:
         workloads.add_column(header)
     for name, model in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
         workloads.add_row(name, (model.__doc__ or "").strip(), ", ".join(model.anomaly_names))
+    for name, template in TEMPLATE_TYPES.items():
+        doc = (template.__doc__ or "").strip()
+        workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")
 
     backends = Table(title="backends", header_style="bold")
     for header in ("backend", "what it is", "default url", "strategies", "clients run on"):
@@ -78,3 +86,21 @@ def catalog_tables() -> list[Table]:
         cls = lock_class(name)
         locks.add_row(name, cls.description, "yes" if cls.lease else "no", cls.failure_mode)
     return [workloads, backends, strategies, locks]
+
+
+def plugin_table() -> tuple[Table, list[str]]:
+    """Installed plug-in workloads and where they came from; and one line per broken one."""
+    table = Table(title="plug-in workloads (entry point racebench.workloads)", header_style="bold")
+    for header in ("type", "what it does", "import path", "package"):
+        table.add_column(header)
+    broken: list[str] = []
+    for name, path, package in installed_plugins():
+        try:
+            cls, _ = load_plugin(name)
+        except PluginError as error:
+            broken.append(str(error))
+            table.add_row(name, "[bold red]BROKEN[/]", path, package)
+            continue
+        doc = (cls.__doc__ or "").strip().splitlines()
+        table.add_row(name, doc[0] if doc else "-", path, package)
+    return table, broken

@@ -50,45 +50,19 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Fire real concurrent clients at real servers, verify the invariants, and table
     throughput, latency and anomalies per concurrency-control strategy.
 
-    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed
-    (compare: a regression); 2 bad usage, scenario or result file; 3 a backend could not be
-    reached; 130 interrupted.
+    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed,
+    a run was inconclusive or a fault did not fire (compare: a regression; doctor: leftovers
+    of dead runs); 2 bad usage, scenario or result file; 3 a backend could not be reached or
+    refused a privilege; 130 interrupted.
     """
     ctx.obj = _Context()
     ctx.obj.debug = debug
 
 
-def _overrides(
-    clients: int | None,
-    operations: int | None,
-    duration: str | None,
-    trials: int | None,
-    workers: str | None = None,
-    rate: str | None = None,
-) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "clients": clients,
-        "operations": operations,
-        "duration": duration,
-        "trials": trials,
-        "rate": rate,
-        "workers": int(workers) if workers is not None and workers.isdigit() else workers,
-    }
-    overrides = {k: v for k, v in values.items() if v is not None}
-    if duration is not None and operations is None:
-        overrides["operations"] = None  # --duration alone: run until the deadline
-    return overrides
-
-
 def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
-    from racebench.scenario import expand, load_raw
+    from racebench.api import load
 
-    loaded = []
-    for path in paths:
-        raw = load_raw(path)
-        specs = expand(dict(raw), str(path), overrides)
-        loaded.append((path, raw, specs))
-    return loaded
+    return [load(path, overrides) for path in paths]
 
 
 @cli.command()
@@ -173,8 +147,8 @@ def run(
     quiet: bool,
 ) -> None:
     """Run scenario files and print the results table."""
+    from racebench.api import overrides_of, run_paths
     from racebench.cluster import ClusterOptions
-    from racebench.engine import run_files
     from racebench.render import progress_display, results_table
 
     try:
@@ -183,11 +157,11 @@ def run(
                 "--output takes one scenario; omit it to write one file per scenario"
             )
         loaded = _load_all(
-            scenarios, _overrides(clients, operations, duration, trials, workers, rate)
+            scenarios, overrides_of(clients, operations, duration, trials, workers, rate)
         )
         _check_run_outputs(output, results_dir, history)
         with progress_display(stderr, not quiet) as progress:
-            outcomes = run_files(
+            outcomes = run_paths(
                 loaded,
                 output=output,
                 results_dir=results_dir,
@@ -198,7 +172,7 @@ def run(
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
-    runs = [r for o in outcomes for r in o.runs]
+    runs = [r.summary for o in outcomes for r in o.runs]
     if runs:
         stdout.print(results_table(runs))
     for outcome in outcomes:
@@ -282,33 +256,65 @@ def schema(fmt: str) -> None:
 
 @cli.command(name="list")
 def list_command() -> None:
-    """List workloads, backends, strategies and lock services, and which combine."""
-    from racebench.catalog import catalog_tables
+    """List workloads (with installed plug-ins and their packages), backends, strategies and
+    lock services, and which combine. Exit 2 if a plug-in cannot be loaded."""
+    from racebench.catalog import catalog_tables, plugin_table
 
     for table in catalog_tables():
         stdout.print(table)
+    plugins, broken = plugin_table()
+    stdout.print(plugins)
+    for problem in broken:
+        stderr.print(f"racebench: {problem}", markup=False, highlight=False)
+    if broken:
+        sys.exit(ExitStatus.USAGE)
+
+
+_DIR_OPTION = click.option(
+    "--dir",
+    "directories",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    default=[Path("results")],
+    show_default=True,
+    help="Where to look for half-written result and history files (repeatable).",
+)
 
 
 @cli.command()
 @click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@_DIR_OPTION
 @click.option(
     "--cluster",
     envvar="RACEBENCH_CLUSTER",
     help="Also check from every worker of this Dask cluster (tcp://, tls:// or local:N).",
 )
 @click.pass_obj
-def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> None:
+def doctor(
+    obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, ...], cluster: str | None
+) -> None:
     """Check that every server the scenarios need is reachable (without scenarios: the
-    default URL of every backend and lock service); print versions or what is wrong."""
+    default URL of every backend and lock service) and that a SQL user can create and drop
+    tables; print versions or what is wrong. Then list what runs that died left behind.
+
+    Exit codes: 0 all ok; 1 leftovers of dead runs found (remove them with `racebench
+    clean`); 3 a server unreachable or a privilege missing.
+    """
     from rich.table import Table
 
     from racebench.cluster import ClusterOptions
     from racebench.doctor import check_servers
+    from racebench.leftovers import describe, survey
+    from racebench.ownership import Owner
 
     clusters = ClusterOptions(cluster)
     try:
         session = clusters.session(cluster) if cluster else None
         checks = check_servers(list(scenarios), session)
+        failed = [c for c in checks if not c.ok]
+        # Leftovers are searched from here: skip the servers that did not answer here.
+        skip = frozenset((c.kind, c.name, c.url) for c in failed if c.where == "here")
+        found = survey(list(scenarios), list(directories), skip)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     finally:
@@ -320,10 +326,66 @@ def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> N
         status = "[green]ok[/]" if c.ok else "[bold red]UNREACHABLE[/]"
         table.add_row(c.kind, c.name, escape(c.url), escape(c.where), status, escape(c.detail))
     stdout.print(table)
-    failed = [c for c in checks if not c.ok]
+    for leftover in found.leftovers:
+        click.echo(f"leftover: {describe(leftover)}")
     for c in failed:
         where = "" if c.where == "here" else f" (from {c.where})"
         stderr.print(f"racebench: {c.detail}{where}", markup=False, highlight=False)
+    if failed:
+        sys.exit(ExitStatus.BACKEND_UNAVAILABLE)
+    # The leftovers (listed above) decide the exit code only when every server answered.
+    dead = [x for x in found.leftovers if x.owner is Owner.DEAD]
+    if dead:
+        stderr.print(
+            f"racebench: {len(dead)} leftover(s) of dead runs; remove them with `racebench clean`",
+            markup=False,
+            highlight=False,
+        )
+    sys.exit(ExitStatus.EXPECTATION_FAILED if dead else ExitStatus.OK)
+
+
+@cli.command()
+@click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@_DIR_OPTION
+@click.option(
+    "--any-owner",
+    is_flag=True,
+    help="Also remove objects whose owner cannot be checked (made on another host or by an "
+    "older racebench); only when no racebench run is going on anywhere.",
+)
+@click.pass_obj
+def clean(
+    obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, ...], any_owner: bool
+) -> None:
+    """Remove what runs that died left behind: tables, Redis keys, znodes, lock files and
+    temporary files, on the servers the scenarios use (without scenarios: the default URL of
+    every backend and lock service). Only racebench's own namespaced objects, and never
+    those of a run that is still going (their namespace names its process).
+
+    Exit codes: 0 done (also when nothing was found); 3 a server unreachable or an object
+    that could not be removed.
+    """
+    from racebench.leftovers import clean as remove_leftovers
+    from racebench.leftovers import describe, survey
+
+    try:
+        found = survey(list(scenarios), list(directories))
+        done = remove_leftovers(found, any_owner)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    for leftover in done.removed:
+        click.echo(f"removed: {describe(leftover)}")
+    for leftover in done.kept:
+        click.echo(f"kept: {describe(leftover)}")
+    for leftover, why in done.failed:
+        stderr.print(
+            f"racebench: cannot remove {describe(leftover)}: {why}", markup=False, highlight=False
+        )
+    for problem in found.problems:
+        stderr.print(f"racebench: {problem}", markup=False, highlight=False)
+    if not (done.removed or done.kept or done.failed):
+        click.echo("nothing to clean")
+    failed = done.failed or found.problems
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 
@@ -363,7 +425,8 @@ def _emit(text: str, output: Path | None) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
 def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | None) -> None:
-    """Report result files: tables per workload (and plots, in html)."""
+    """Report result files: tables per workload (markdown); per scenario, with plots over
+    clients and per run over time (html, see docs/reports.md)."""
     from racebench.report import render_report
 
     try:
@@ -404,10 +467,11 @@ class _Percent(click.ParamType):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "markdown", "json", "benchmark-json"]),
+    type=click.Choice(["text", "markdown", "json", "benchmark-json", "html"]),
     default="text",
     show_default=True,
-    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list.",
+    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list; html: a"
+    " self-contained page, before and after per run.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
@@ -422,7 +486,8 @@ def compare(
     """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression.
 
     A regression: slower than --max-slowdown beyond noise (Mann-Whitney U over the trials of
-    both sides), or an anomaly in a run that was safe in the baseline.
+    both sides), an anomaly in a run that was safe in the baseline, or a candidate run that
+    is inconclusive (too few acknowledged operations to show the race).
     """
     from racebench.compare import compare_results
     from racebench.compare_render import render_comparison

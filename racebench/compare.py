@@ -7,7 +7,8 @@ change counts as slower only when the test separates the two sides *and* the med
 by more than the allowed slowdown (the rule asv uses). With too few trials the test cannot
 reach p < 0.05 at all (3 vs 3 trials: the smallest possible p is 0.1), and the speed is then
 reported as undecided and never gated: one trial is not a basis for a verdict. A run that
-was "safe" in the baseline and shows any anomaly in the candidate always fails.
+was "safe" in the baseline and shows any anomaly in the candidate always fails, and so does
+a candidate run that is inconclusive (it did too little to show the race).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
+from racebench.naming import INCONCLUSIVE, SAFE
 from racebench.report import LoadedResult, load_result, server_versions, trial_values
-from racebench.verdict import SAFE
 
 ALPHA = 0.05
 METHOD = "Mann-Whitney U (two-sided, p < 0.05) on per-trial values"
@@ -180,6 +181,10 @@ def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float)
     if comparison.new_anomalies:
         found = ", ".join(f"{k}={v}" for k, v in comparison.new_anomalies.items())
         comparison.regressions.append(f"correctness: safe in the baseline, now {found}")
+    if cand["verdict"] == INCONCLUSIVE:
+        # Not a pass: the candidate did too little to show whether the race is still fixed.
+        reason = cand.get("evidence_missing") or "too few acknowledged operations"
+        comparison.regressions.append(f"inconclusive in the candidate: {reason}")
     for change in (comparison.throughput, comparison.p99):
         if change.verdict == SLOWER:
             comparison.regressions.append(

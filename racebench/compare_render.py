@@ -15,7 +15,7 @@ from racebench.compare import (
 )
 from racebench.report import markdown_table
 
-FORMATS = ("text", "markdown", "json", "benchmark-json")
+FORMATS = ("text", "markdown", "json", "benchmark-json", "html")
 COMPARE_SCHEMA = "racebench.compare/1"
 
 
@@ -200,6 +200,10 @@ def render_benchmark_json(comparison: Comparison) -> str:
 
 def render_comparison(comparison: Comparison, fmt: str) -> str:
     """`comparison` as text in one of FORMATS."""
+    if fmt == "html":  # matplotlib is only imported for this format
+        from racebench.compare_html import render_compare_html
+
+        return render_compare_html(comparison)
     renderers = {
         "text": render_text,
         "markdown": render_markdown,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from typing import IO, Any
 from hdrh.histogram import HdrHistogram
 
 from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cluster
+from racebench.custom.base import CustomClient, CustomRun
+from racebench.custom.operation import build_custom_operation
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
 from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
@@ -27,15 +28,17 @@ from racebench.guards import (
 )
 from racebench.history import RunHistory
 from racebench.history_edn import write_jepsen_edn
+from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
-from racebench.registry import lock_class, store_class, strategies_for
+from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
+from racebench.registry import is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
 from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
-from racebench.workloads import CounterPlan, LedgerPlan
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -64,6 +67,16 @@ def make_store(spec: RunSpec, namespace: str) -> Store:
     if url is None and cls.default_url is not None:
         url = expand_env(cls.default_url, spec.source, "store.url")
     return cls(url, namespace)
+
+
+def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | None:
+    """A user's own workload (template or plug-in) for this trial; None for a built-in one."""
+    workload = spec.scenario.workload
+    if not is_custom(workload):
+        return None
+    return workload.start(  # type: ignore[union-attr]
+        spec.scenario.store.backend, store.url, namespace, spec.source, spec.scenario.clients
+    )
 
 
 def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockService | None:
@@ -97,6 +110,7 @@ class ClientFactory:
     lock_service: LockService | None
     proxy_urls: dict[tuple[str, int], str]
     clients_per_worker: int = 1
+    custom: CustomRun | None = None  # a user's own workload (template or plug-in)
 
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
         s = self.spec.scenario
@@ -112,11 +126,19 @@ class ClientFactory:
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
         store = copy.copy(self.store)
         lock_service = copy.copy(self.lock_service)
+        custom = copy.copy(self.custom)
         if url := self.proxy_urls.get(("store", client_id)):
             store.url = url
+            if custom is not None:
+                custom.route_through(url)
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
             lock_service.route_through(url)
-        plan = s.workload.plan()
+        if custom is not None:
+            # A user's workload runs its own blocking driver: always on a thread.
+            return await open_blocking(
+                client_id, lambda: _open_custom(custom, s, options, lock_service, probe)
+            )
+        plan = s.workload.plan()  # type: ignore[union-attr]
         model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
         if s.workload.type in ROW_WORKLOADS:
             model = "thread"  # booking and transfer have no asyncio implementation
@@ -147,6 +169,29 @@ class ClientFactory:
             return operation, close
 
         return await open_blocking(client_id, open_sync)
+
+
+def _open_custom(
+    custom: CustomRun,
+    s: Scenario,
+    options: ClientOptions,
+    lock_service: LockService | None,
+    probe: Probe,
+) -> tuple[Operation, Callable[[], dict[str, int]]]:
+    """One client of a custom workload (on its thread): connection, lock client, loop body."""
+    client: CustomClient = custom.connect(options)
+    lock_client = lock_service.connect(options.client_id) if lock_service else None
+    operation = build_custom_operation(
+        client, s.guard.strategy, lock_client, s.guard.fencing, probe
+    )
+
+    def close() -> dict[str, int]:
+        if lock_client is not None:
+            lock_client.close()
+        client.close()
+        return dict(client.retry_codes)
+
+    return operation, close
 
 
 def check_connection_limit(spec: RunSpec, store: Store, lock: LockService | None) -> None:
@@ -214,19 +259,25 @@ def run_trial(
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
     """One trial of one run, from setup to teardown; returns its analysis and environment."""
     s = spec.scenario
-    namespace = f"racebench_{secrets.token_hex(4)}"
+    namespace = new_namespace()
     store = make_store(spec, namespace)
+    store.expire_after_s = leftover_ttl_s(s.duration)
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
-    plan = s.workload.plan()
-    workdir = Path(tempfile.mkdtemp(prefix="racebench-run-", dir=_records_dir()))
+    custom = start_custom(spec, store, namespace)
+    plan = None if custom else s.workload.plan()  # type: ignore[union-attr]
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run"), dir=_records_dir()))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
-        store.setup(plan, s.clients)
+        if custom is not None:
+            custom.setup()
+        else:
+            assert plan is not None
+            store.setup(plan, s.clients)
         if lock_service is not None:
             lock_service.setup()
         progress = options.progress(spec, trial) if options.progress else None
@@ -234,7 +285,7 @@ def run_trial(
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
         per_worker = -(-s.clients // workers)
-        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker)
+        factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker, custom)
         address = cluster_address(spec, options.clusters)
         result: RunnerResult
         if address is not None:
@@ -262,8 +313,10 @@ def run_trial(
                 workers=workers,
                 rate=rate,
             )
-        final = store.read_final(plan)
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
+        # A custom workload checks its own state; a built-in one checks the store's.
+        check = custom.check(history) if custom is not None else None
+        final = store.read_final(plan) if plan is not None else FinalState()
         if options.history is not None:
             base = {"run": spec.label, "trial": trial}
             kind = s.workload.operation_kind
@@ -271,17 +324,22 @@ def run_trial(
                 write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
             else:
                 history.write_json_lines(options.history, base, kind, result.t0_ns)
-        strategy = strategies_for(s.store.backend)[s.guard.strategy]
+        strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
-            spec, strategy, lock_service, final, history, result, trial
+            spec, strategy, lock_service, final, history, result, trial, check
         )
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
+            analysis.faults_not_fired = nemesis.not_fired()
         return analysis, histogram, environment
     finally:
         routes.stop()
         try:
-            store.teardown()
+            try:
+                if custom is not None:
+                    custom.teardown()
+            finally:
+                store.teardown()
         finally:
             if lock_service is not None:
                 lock_service.teardown()
@@ -317,7 +375,7 @@ class FileOutcome:
 
     source: str
     runs: list[dict[str, Any]]
-    result_path: Path
+    result_path: Path | None  # None: the caller asked for no result file (the Python API)
     interrupted: bool
 
 
@@ -325,7 +383,7 @@ def run_files(
     scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
     *,
     output: Path | None,
-    results_dir: Path,
+    results_dir: Path | None,
     history: Path | None,
     progress: ProgressFactory | None,
     history_format: str = "json",
@@ -334,9 +392,25 @@ def run_files(
     """Run validated scenarios, writing one result document per scenario file.
 
     Ctrl-C (or SIGTERM) ends the current run early; its partial result is still written and
-    the remaining runs are skipped. A server lost between runs stops the scenario too: the
-    runs finished before it are written (marked partial) before the error is raised.
+    the remaining runs are skipped; a second or third Ctrl-C cannot interrupt that saving.
+    A server lost between runs stops the scenario too: the runs finished before it are
+    written (marked partial) before the error is raised.
     """
+    with first_interrupt_only():
+        return _run_files(
+            scenarios, output, results_dir, history, progress, history_format, clusters
+        )
+
+
+def _run_files(
+    scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
+    output: Path | None,
+    results_dir: Path,
+    history: Path | None,
+    progress: ProgressFactory | None,
+    history_format: str,
+    clusters: ClusterOptions | None,
+) -> list[FileOutcome]:
     outcomes: list[FileOutcome] = []
     history_out = _AtomicText(history) if history else None
     try:
@@ -356,7 +430,9 @@ def run_files(
                 execution.interrupted = True
             except RacebenchError as error:
                 failure = error
-            target = output or default_path(results_dir, specs[0].scenario.name, started)
+            target = output
+            if target is None and results_dir is not None:
+                target = default_path(results_dir, specs[0].scenario.name, started)
             if failure is not None and not execution.runs:
                 raise failure
             document = build_document(
@@ -367,7 +443,8 @@ def run_files(
                 partial=execution.interrupted or failure is not None,
                 servers=execution.environment,
             )
-            write_atomically(target, document)
+            if target is not None:
+                write_atomically(target, document)
             if failure is not None:
                 raise failure
             outcomes.append(FileOutcome(str(path), execution.runs, target, execution.interrupted))
@@ -387,7 +464,7 @@ class _AtomicText:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, self.tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
         os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 

@@ -5,6 +5,9 @@ so the result can say what the clients did while it lasted. Faults fire one afte
 the order listed, each when its trigger comes: `at` a time into the run, or `when` the chosen
 client (or, with `client: any`, whichever client comes first) is `holding` its lock (inside
 its critical section) or `acquiring` it.
+
+Server faults (kill_server, pause_server, restart_server) are objects of their own, in
+racebench.server_faults: the nemesis prepares them with the trial, fires them and undoes them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from racebench.errors import BackendUnavailable
 from racebench.history import RunHistory
+from racebench.server_faults import SERVER_FAULTS, ServerFault, validate_servers
+from racebench.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from racebench.locks.base import LockService
@@ -49,6 +55,7 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
 
     s = spec.scenario
     service = s.guard.lock.service if s.guard.strategy == "lock" and s.guard.lock else None
+    validate_servers(s, fail)
     for i, fault in enumerate(s.faults):
         field = f"faults[{i}]"
         if fault.client == "any":
@@ -68,6 +75,13 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
             )
         if fault.when is not None and service is None:
             raise fail(f"{field}.when", "`when` watches a lock: it needs guard.strategy: lock")
+        if fault.kind in SERVER_FAULTS:
+            if fault.target == "lock" and service is None:
+                raise fail(
+                    f"{field}.target",
+                    f"{fault.kind} on the lock's servers needs guard.strategy: lock",
+                )
+            SERVER_FAULTS[fault.kind].validate(fault, field, s, fail)
         if fault.kind in NEEDS_DURATION and fault.duration_ms is None:
             raise fail(f"{field}.duration_ms", f"{fault.kind} needs duration_ms")
         if fault.kind == "clock_skew":
@@ -196,6 +210,14 @@ class FaultNemesis:
         self._thread: threading.Thread | None = None
         self._pids: list[int] = []
         self._paused: set[int] = set()
+        self._locked = spec.scenario.guard.strategy == "lock"
+        # Found now, before the clients start: a missing server is a backend error (exit 3).
+        attached: dict[str, ServerProcess] = {}
+        self._server_faults: dict[int, ServerFault] = {
+            i: SERVER_FAULTS[f.kind].prepare(f, spec.scenario, attached)
+            for i, f in enumerate(self.faults)
+            if f.kind in SERVER_FAULTS
+        }
 
     def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None:
         self._pids, self._probe, self._t0 = pids, probe, t0_ns
@@ -203,7 +225,8 @@ class FaultNemesis:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the nemesis and undo what is still in effect: no client stays stopped."""
+        """End the nemesis and undo what is still in effect: no client stays stopped, no
+        server stays stopped or dead."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -212,6 +235,15 @@ class FaultNemesis:
         for proxy in self.routes.proxies.values():
             proxy.heal()
             proxy.clear_latency()
+        # Every server is started again even if one fails to (its error is raised after).
+        failures = []
+        for server_fault in self._server_faults.values():
+            try:
+                server_fault.undo()
+            except BackendUnavailable as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def _signal(self, pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -241,14 +273,18 @@ class FaultNemesis:
             self._stopping.wait(fault.duration_ms / 1000)
 
     def _run(self) -> None:
-        for fault in self.faults:
+        for index, fault in enumerate(self.faults):
             client = self._wait_trigger(fault)
             if client is None:
                 return
             start = time.monotonic_ns()
             self._ended_ns = 0
             try:
-                note = self._fire(fault, client)
+                server_fault = self._server_faults.get(index)
+                if server_fault is not None:
+                    note = server_fault.fire(self._stopping.wait)
+                else:
+                    note = self._fire(fault, client)
             except Exception as exc:  # a fault that failed is reported, never fatal to the run
                 note = f"failed: {type(exc).__name__}: {exc}"
             self.events.append(
@@ -307,11 +343,26 @@ class FaultNemesis:
         proxy.reset()
         return "connections reset"
 
+    def not_fired(self) -> list[dict[str, Any]]:
+        """The faults whose trigger never came before the run ended (in scenario order)."""
+        # Faults fire in the order listed, each after the previous one: the first
+        # len(events) fired, whatever their outcome, and the rest did not.
+        return [
+            {
+                "kind": fault.kind,
+                "client": fault.client,
+                "trigger": f"when: {fault.when}" if fault.when else f"at: {fault.at:g}s",
+            }
+            for fault in self.faults[len(self.events) :]
+        ]
+
     def report(self, history: RunHistory, t0_ns: int) -> list[dict[str, Any]]:
         """The faults that fired, in ms from the run's start, with what they cost.
 
         For a kill, `unavailable_ms` is how long no other client got into the critical
-        section after it (the lock held by the dead or cut-off client).
+        section after it (the lock held by the dead or cut-off client). For a server fault,
+        `grants_after` counts the critical sections entered after it began, and
+        `unavailable_ms` is how long until the first of them (absent when none came).
         """
         clients, cs_start, _ = history.critical_sections()
         out = []
@@ -329,6 +380,13 @@ class FaultNemesis:
                 if len(others):
                     entry["unavailable_ms"] = round(
                         (int(np.min(others)) - event["start_ns"]) / 1e6, 3
+                    )
+            if event["kind"] in SERVER_FAULTS and self._locked:
+                after = cs_start[cs_start >= event["start_ns"]]
+                entry["grants_after"] = len(after)
+                if len(after):
+                    entry["unavailable_ms"] = round(
+                        (int(np.min(after)) - event["start_ns"]) / 1e6, 3
                     )
             out.append(entry)
         return out

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
@@ -141,74 +141,14 @@ def _unguarded(plan: Plan, client: StoreClient) -> Callable[[int, int | None], O
     return withdraw
 
 
-def _step(
-    plan: AnyPlan,
-    strategy: str,
-    client: StoreClient,
-    lock: LockClient | None,
-    fencing: bool,
-    probe: Probe | None,
-) -> Callable[[int], StepResult]:
-    """One attempt of the operation as a StepResult, by strategy."""
-    if isinstance(plan, BookingPlan | TransferPlan):
-        return _row_step(plan, strategy, client, lock, probe)
-    if strategy == "none":
-        unguarded = _unguarded(plan, client)
-        return lambda seq: OK_STEP if unguarded(seq, None) == Outcome.OK else REJECTED_STEP
-    if strategy == "crdt":
-
-        def crdt(seq: int) -> StepResult:
-            slot = client.read_slot()
-            client.pause()
-            client.write_slot(slot + 1)
-            return OK_STEP
-
-        return crdt
-    if strategy == "lock":
-        assert lock is not None
-        return _locked(_unguarded(plan, client), client, lock, fencing, probe)
-    if isinstance(plan, CounterPlan):
-        counter_step = client.counter_step
-        return lambda seq: counter_step(strategy, plan)
-    assert isinstance(plan, LedgerPlan)
-    ledger_step = client.ledger_step
-    return lambda seq: ledger_step(strategy, plan, seq)
-
-
-def _row_step(
-    plan: BookingPlan | TransferPlan,
-    strategy: str,
-    client: StoreClient,
-    lock: LockClient | None,
-    probe: Probe | None,
-) -> Callable[[int], StepResult]:
-    """Booking and transfer (SQL stores only): a transfer reader's sum rides in `token`."""
-    from racebench.stores.sql_rows import RowOperations
-
-    rows = client
-    assert isinstance(rows, RowOperations)
-    if strategy != "lock":
-        row_step = rows.row_step
-        return lambda seq: row_step(strategy, plan, seq)
-    assert lock is not None
-    locked = _locked(lambda seq, token: rows.row_attempt(plan, seq), client, lock, False, probe)
-
-    def with_value(seq: int) -> StepResult:
-        result = locked(seq)
-        return replace(result, token=rows.row_value) if rows.row_value else result
-
-    return with_value
-
-
-def _locked(
+def locked_step(
     unguarded: Callable[[int, int | None], Outcome],
-    client: StoreClient,
+    cid: int,
     lock: LockClient,
     fencing: bool,
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
-    """`unguarded` inside the lock service's critical section, with the token if fenced."""
-    cid = client.options.client_id
+    """`unguarded(seq, token)` inside the lock's critical section (any workload, any store)."""
     # The nemesis watches these to fire a fault while this client acquires or holds.
     acquiring = probe.acquiring if probe else [0] * (cid + 1)
     holding = probe.holding if probe else [0] * (cid + 1)
@@ -241,6 +181,66 @@ def _locked(
     return locked
 
 
+def _step(
+    plan: AnyPlan,
+    strategy: str,
+    client: StoreClient,
+    lock: LockClient | None,
+    fencing: bool,
+    probe: Probe | None,
+) -> Callable[[int], StepResult]:
+    """One attempt of the operation as a StepResult, by strategy."""
+    if isinstance(plan, BookingPlan | TransferPlan):
+        return _row_step(plan, strategy, client, lock, probe)
+    if strategy == "none":
+        unguarded = _unguarded(plan, client)
+        return lambda seq: OK_STEP if unguarded(seq, None) == Outcome.OK else REJECTED_STEP
+    if strategy == "crdt":
+
+        def crdt(seq: int) -> StepResult:
+            slot = client.read_slot()
+            client.pause()
+            client.write_slot(slot + 1)
+            return OK_STEP
+
+        return crdt
+    if strategy == "lock":
+        assert lock is not None
+        return locked_step(_unguarded(plan, client), client.options.client_id, lock, fencing, probe)
+    if isinstance(plan, CounterPlan):
+        counter_step = client.counter_step
+        return lambda seq: counter_step(strategy, plan)
+    assert isinstance(plan, LedgerPlan)
+    ledger_step = client.ledger_step
+    return lambda seq: ledger_step(strategy, plan, seq)
+
+
+def _row_step(
+    plan: BookingPlan | TransferPlan,
+    strategy: str,
+    client: StoreClient,
+    lock: LockClient | None,
+    probe: Probe | None,
+) -> Callable[[int], StepResult]:
+    """Booking and transfer (SQL stores only): a transfer reader's sum rides in `token`."""
+    from racebench.stores.sql_rows import RowOperations
+
+    rows = client
+    assert isinstance(rows, RowOperations)
+    if strategy != "lock":
+        row_step = rows.row_step
+        return lambda seq: row_step(strategy, plan, seq)
+    assert lock is not None
+    cid = client.options.client_id
+    locked = locked_step(lambda seq, token: rows.row_attempt(plan, seq), cid, lock, False, probe)
+
+    def with_value(seq: int) -> StepResult:
+        result = locked(seq)
+        return replace(result, token=rows.row_value) if rows.row_value else result
+
+    return with_value
+
+
 def build_operation(
     plan: AnyPlan,
     strategy: str,
@@ -250,7 +250,17 @@ def build_operation(
     probe: Probe | None = None,
 ) -> Operation:
     """The operation one client runs in its loop, with failures turned into outcomes."""
-    step = _step(plan, strategy, client, lock, fencing, probe)
+    return as_operation(_step(plan, strategy, client, lock, fencing, probe), client)
+
+
+class _Classifier(Protocol):
+    def classify(self, exc: BaseException) -> Outcome: ...
+
+    def recover(self) -> None: ...
+
+
+def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Operation:
+    """`step` as an Operation: an exception becomes an outcome the client classifies."""
 
     def operation(seq: int) -> OpResult:
         try:

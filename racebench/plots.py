@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from racebench.render import strategy_label
+from racebench.naming import params_text, strategy_label
 from racebench.report import trial_values
 
 PERCENTILES = ("p50", "p90", "p99", "max")
@@ -24,11 +24,16 @@ class Series:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Matrix keys that the strategy label already shows, left out of series names.
+_IN_STRATEGY_LABEL = ("clients", "guard.strategy", "guard.fencing")
+
+
 def group_series(sourced_runs: list[tuple[str, dict[str, Any]]]) -> list[Series]:
     """One series per (source, strategy, backend, matrix values other than clients).
 
-    The source file's name only enters the legend when the same strategy appears in more than
-    one file (a baseline and a candidate), so that two curves never merge into a zigzag.
+    Matrix values are named shortly (`lock=redis_lock(ttl_ms=100)`, never a dict repr). The
+    source file's name only enters the name when the same strategy appears in more than one
+    file (a baseline and a candidate), so that two curves never merge into a zigzag.
     """
     keyed: dict[tuple[str, str, str, str], Series] = {}
     sources_per_pair: dict[tuple[str, str], set[str]] = {}
@@ -38,14 +43,13 @@ def group_series(sourced_runs: list[tuple[str, dict[str, Any]]]) -> list[Series]
     backends = {run["backend"] for _, run in sourced_runs}
     for source, run in sourced_runs:
         strategy, backend = strategy_label(run), run["backend"]
-        others = ",".join(
-            f"{k}={v}"
-            for k, v in (run.get("params") or {}).items()
-            if k not in ("clients", "guard.strategy")
-        )
+        params = run.get("params") or {}
+        others = params_text(params, leave_out=_IN_STRATEGY_LABEL)
         key = (source, strategy, backend, others)
         if key not in keyed:
-            name = strategy + (f" / {backend}" if len(backends) > 1 else "")
+            name = strategy
+            if len(backends) > 1 and "store" not in params:
+                name += f" / {backend}"
             name += f" [{others}]" if others else ""
             if len(sources_per_pair[(strategy, backend)]) > 1:
                 name += f" ({source})"
@@ -56,10 +60,31 @@ def group_series(sourced_runs: list[tuple[str, dict[str, Any]]]) -> list[Series]
     return list(keyed.values())
 
 
-def _new_figure(width: float, height: float, columns: int = 1) -> tuple[Any, list[Any]]:
+def legend_below(figure: Any, axis: Any, entries: int) -> None:
+    """The legend under the plot, in columns: long series names never squeeze the axes."""
+    columns = 1 if entries > 8 else 2 if entries > 1 else 1
+    figure.legend(
+        *axis.get_legend_handles_labels(),
+        fontsize="small",
+        loc="outside lower center",
+        ncols=columns,
+    )
+
+
+def _legend_height(entries: int) -> float:
+    """Inches the legend below a plot takes."""
+    rows = entries if entries > 8 else (entries + 1) // 2
+    return 0.25 * rows + 0.3
+
+
+def new_figure(
+    width: float, height: float, columns: int = 1, constrained: bool = True
+) -> tuple[Any, list[Any]]:
+    """A figure with `columns` axes side by side; constrained layout unless the caller sets
+    fixed margins (a figure drawn per run saves the layout's second drawing pass)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     axes = figure.subplots(1, columns, squeeze=False)[0]
     return figure, list(axes)
 
@@ -88,7 +113,7 @@ def _error_bars(values: list[list[float]], centres: list[float]) -> list[list[fl
 
 def contention_figure(series: list[Series]) -> Any:
     """Throughput and p99 against clients, one line per strategy; bars span the trials."""
-    figure, (left, right) = _new_figure(10, 3.8, columns=2)
+    figure, (left, right) = new_figure(10, 3.4 + _legend_height(len(series)), columns=2)
     clients = sorted({r["clients"] for s in series for r in s.runs})
     for s in series:
         x = [r["clients"] for r in s.runs]
@@ -112,31 +137,36 @@ def contention_figure(series: list[Series]) -> Any:
     else:
         left.set_ylim(bottom=0)
     right.set_yscale("log")
-    right.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    legend_below(figure, right, len(series))
     return figure
 
 
 def anomalies_figure(series: list[Series], names: list[str]) -> Any:
-    """Anomalies per strategy, summed over its runs (all client counts and trials)."""
-    figure, (axis,) = _new_figure(10, 3.4)
-    width = 0.8 / max(1, len(names))
+    """Anomalies per strategy, summed over its runs (all client counts and trials).
+
+    Horizontal bars, one group per series, so that long series names read as row labels.
+    """
+    figure, (axis,) = new_figure(10, 1.2 + 0.45 * len(series) + _legend_height(len(names)))
+    height = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         totals = [sum(r["anomalies"].get(name, 0) for r in s.runs) for s in series]
-        positions = [j + (i - (len(names) - 1) / 2) * width for j in range(len(series))]
-        bars = axis.bar(positions, totals, width, label=name)
-        axis.bar_label(bars, fontsize="small")
-    axis.set_xticks(range(len(series)), [s.name for s in series], rotation=15, ha="right")
-    axis.set_ylabel("count (all runs and trials)")
+        positions = [j + (i - (len(names) - 1) / 2) * height for j in range(len(series))]
+        bars = axis.barh(positions, totals, height, label=name.replace("_", " "))
+        axis.bar_label(bars, [f"{t}" if t else "" for t in totals], fontsize="x-small", padding=2)
+    axis.set_yticks(range(len(series)), [s.name for s in series], fontsize="small")
+    axis.invert_yaxis()  # first series on top, as in the table
+    axis.set_xlabel("count (all runs and trials)")
     axis.set_title("anomalies per strategy")
-    axis.grid(axis="y", alpha=0.3)
+    axis.grid(axis="x", alpha=0.3)
+    axis.margins(x=0.08)
     if names:
-        axis.legend(fontsize="small")
+        legend_below(figure, axis, len(names))
     return figure
 
 
 def latency_figure(series: list[Series]) -> Any:
     """p50/p90/p99/max per strategy at its highest client count (merged over trials)."""
-    figure, (axis,) = _new_figure(10, 3.4)
+    figure, (axis,) = new_figure(10, 3.0 + _legend_height(len(series)))
     for s in series:
         run = s.runs[-1]
         values = [max(1e-3, float(run["latency_ms"].get(p, 0.0))) for p in PERCENTILES]
@@ -145,26 +175,38 @@ def latency_figure(series: list[Series]) -> Any:
     axis.set_ylabel("ms")
     axis.set_title("latency distribution at the highest client count")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    legend_below(figure, axis, len(series))
     return figure
 
 
-def workload_figures(
+def scenario_figures(
     sourced_runs: list[tuple[str, dict[str, Any]]], names: list[str], salt: str
 ) -> list[tuple[str, str]]:
-    """(caption, svg) for the plots of one workload."""
+    """(caption, svg) for the plots over all runs of one scenario.
+
+    A plot against clients needs at least two client counts in one series: a single point
+    per line says nothing about scaling, so that plot is left out.
+    """
     series = group_series(sourced_runs)
-    figures = [
-        (
-            "Throughput and p99 against clients (median of trials; bars: min to max over trials).",
-            contention_figure(series),
-        ),
-        (
-            "Anomalies per strategy, summed over client counts and trials.",
-            anomalies_figure(series, names),
-        ),
-        ("Latency distribution (p50, p90, p99, max over all trials).", latency_figure(series)),
-    ]
+    figures = []
+    if any(len({r["clients"] for r in s.runs}) > 1 for s in series):
+        figures.append(
+            (
+                "Throughput and p99 against clients (median of trials; bars: min to max over"
+                " trials).",
+                contention_figure(series),
+            )
+        )
+    if names:
+        figures.append(
+            (
+                "Anomalies per strategy, summed over client counts and trials.",
+                anomalies_figure(series, names),
+            )
+        )
+    figures.append(
+        ("Latency distribution (p50, p90, p99, max over all trials).", latency_figure(series))
+    )
     return [(caption, to_svg(fig, f"{salt}-{i}")) for i, (caption, fig) in enumerate(figures)]
 
 
@@ -215,7 +257,7 @@ def timeline_figure(run: dict[str, Any], title: str, window: tuple[float, float]
     lo, hi = window
     timeline = run.get("timeline") or {}
     clients = int(run["clients"])
-    figure, (axis,) = _new_figure(10, min(8.0, 1.6 + 0.32 * (clients + 2)))
+    figure, (axis,) = new_figure(10, min(8.0, 1.6 + 0.32 * (clients + 2)))
     rows: dict[int, list[tuple[float, float]]] = {}
     for client, start, end in timeline.get("critical_sections", []):
         if end >= lo and start <= hi:

@@ -56,6 +56,19 @@ def strategies_for(backend: str) -> dict[str, StrategySpec]:
     return {**GENERIC_STRATEGIES, **store_class(backend).strategies}
 
 
+def is_custom(workload: object) -> bool:
+    """A user's own workload (template or plug-in): it brings its state, operation and checks."""
+    return hasattr(workload, "start")
+
+
+def run_strategies(spec: RunSpec) -> dict[str, StrategySpec]:
+    """The strategies this run's workload can use on its backend."""
+    workload = spec.scenario.workload
+    if is_custom(workload):
+        return workload.strategies(spec.scenario.store.backend)  # type: ignore[union-attr]
+    return strategies_for(spec.scenario.store.backend)
+
+
 def _validate_integer_range(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
     """Refuse workload numbers the backend's integer columns or keys cannot hold."""
     s = spec.scenario
@@ -83,7 +96,13 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         raise fail(
             "store.backend", f"unknown backend {s.store.backend!r} (known: {', '.join(STORES)})"
         )
-    strategies = strategies_for(s.store.backend)
+    workload = s.workload
+    if is_custom(workload) and s.store.backend not in workload.backends:  # type: ignore[union-attr]
+        raise fail(
+            "store.backend",
+            f"the {workload.type} workload runs on: {', '.join(workload.backends)}",  # type: ignore[union-attr]
+        )
+    strategies = run_strategies(spec)
     if s.guard.strategy not in strategies:
         raise fail(
             "guard.strategy",
@@ -91,7 +110,7 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             f" (known: {', '.join(strategies)})",
         )
     store_workloads = store_class(s.store.backend).workloads
-    if s.workload.type not in store_workloads:
+    if not is_custom(workload) and s.workload.type not in store_workloads:
         raise fail(
             "workload.type",
             f"the {s.store.backend} store does not implement the {s.workload.type} workload"
@@ -123,12 +142,18 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         raise fail(
             "guard.fencing", "fencing needs guard.strategy: lock (a lock service grants tokens)"
         )
+    if is_custom(workload):
+        # A custom workload's numbers live in its own SQL or commands, not in racebench's.
+        if problem := workload.validate_run(s.guard.fencing, s.guard.strategy):  # type: ignore[union-attr]
+            field, _, message = problem.partition(": ")
+            raise fail(field, message)
+    else:
+        _validate_integer_range(spec, fail)
     if s.guard.fencing and s.workload.type in ROW_WORKLOADS:
         raise fail("guard.fencing", f"fencing does not apply to the {s.workload.type} workload")
     readers = getattr(s.workload, "readers", 0)
     if readers >= s.clients:
         raise fail("workload.readers", f"{readers} readers leave no client to transfer")
-    _validate_integer_range(spec, fail)
     validate_faults(spec, fail)
     if s.arrival != "constant" and s.rate is None:
         raise fail("arrival", "an arrival process needs an open loop: set rate (e.g. 5000/s)")

@@ -11,9 +11,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from racebench.naming import (
+    ANOMALIES,
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    SAFE,
+    UNEXPECTED,
+    client_bound_caption,
+    fault_summary,
+    strategy_label,
+)
 from racebench.runner import ProgressCallback
 from racebench.scenario import RunSpec
-from racebench.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
 
 ANOMALY_TITLES = {
     "lost_updates": "lost\nupdates",
@@ -28,18 +37,8 @@ VERDICT_STYLES = {
     ANOMALIES: "bold yellow",
     UNEXPECTED: "bold red",
     NOT_REPRODUCED: "dim",
+    INCONCLUSIVE: "bold magenta",
 }
-
-
-def strategy_label(run: dict[str, Any]) -> str:
-    label = run["strategy"]
-    if run.get("lock_service"):
-        label += f":{run['lock_service']}"
-    if run.get("lease_renewal"):
-        label += "+renew"
-    if run.get("fencing"):
-        label += "+fencing"
-    return label
 
 
 def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
@@ -47,7 +46,7 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
     names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
     names += sorted({n for r in runs for n in r["anomalies"]} - set(names))
     fenced = any(r.get("lock") for r in runs)
-    faulted = any(r.get("faults") for r in runs)
+    faulted = any(r.get("faults") or r.get("faults_not_fired") for r in runs)
     open_loop = any(r.get("service_time_ms") for r in runs)
     table = Table(
         title=escape(title) if title else None,
@@ -96,7 +95,9 @@ def results_table(runs: list[dict[str, Any]], title: str | None = None) -> Table
             lock = run.get("lock") or {}
             cells.append(str(lock.get("stale_writes_rejected", "-")))
         if faulted:
-            cells.append(escape(fault_summary(run.get("faults") or [])))
+            cells.append(
+                escape(fault_summary(run.get("faults") or [], run.get("faults_not_fired") or []))
+            )
         verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
         if not run.get("passed", True):
             verdict += " ✗"
@@ -112,31 +113,6 @@ def _open_loop_cells(run: dict[str, Any]) -> list[str]:
     if not service or not figures:
         return ["-", "-", "-"]
     return [f"{service['p99']:.2f}", str(figures["late"]), str(figures["dropped"])]
-
-
-def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
-    """One line per run whose workers were saturated: its figures describe racebench."""
-    lines = [
-        f"client-bound: {r['label']}: {r['load']['client_bound_reason']}"
-        for r in runs
-        if (r.get("load") or {}).get("client_bound")
-    ]
-    return "\n".join(lines) or None
-
-
-def fault_summary(faults: list[dict[str, Any]]) -> str:
-    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
-    parts = []
-    for f in faults:
-        text = f"{f['kind']} c{f['client']}"
-        if f["end_ms"] - f["start_ms"] >= 1:
-            text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
-        if "unavailable_ms" in f:
-            text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
-        if f["note"].startswith(("failed", "emulated")):
-            text += f" [{f['note'].split(':')[0]}]"
-        parts.append(text)
-    return "; ".join(parts) or "-"
 
 
 @contextmanager

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.render import client_bound_caption, strategy_label
+from racebench.naming import UNEXPECTED, client_bound_caption, strategy_label
 from racebench.result_schema import validated_document
 from racebench.results import read_document
-from racebench.verdict import UNEXPECTED
 
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"
@@ -109,6 +108,8 @@ def errors_of(run: dict[str, Any]) -> int:
 
 def verdict_text(run: dict[str, Any]) -> str:
     verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
+    if run.get("faults_not_fired"):
+        verdict += " (fault did not fire)"
     if not run.get("passed", True):
         verdict += " ✗"
     return verdict

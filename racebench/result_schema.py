@@ -51,6 +51,20 @@ class Timeline(_ReadModel):
     truncated: bool = False
 
 
+# [start_ms, latency_ms, outcome index] of one sampled operation.
+SampledOperation = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class HistorySample(_ReadModel):
+    """A run's operation sample and completions per bucket (racebench.history_sample)."""
+
+    outcomes: list[str]
+    total_ops: int = Field(ge=0)
+    ops: list[SampledOperation]
+    bucket_ms: int = Field(gt=0)
+    completions: dict[str, list[int]]
+
+
 class Load(_ReadModel):
     """How hard the workers worked; a client-bound run's figures describe racebench."""
 
@@ -81,6 +95,7 @@ class RunEntry(_ReadModel):
     trials: list[TrialEntry]
     faults: list[FaultEntry] = []
     timeline: Timeline | None = None
+    history_sample: HistorySample | None = None
     lock: dict[str, Any] | None = None
     load: Load | None = None
     service_time_ms: Latency | None = None

@@ -17,6 +17,7 @@ from typing import Any
 
 from racebench import __version__
 from racebench.errors import OutputPathError, ResultFileError
+from racebench.ownership import temp_file_prefix
 from racebench.redact import redact
 
 SCHEMA = "racebench.result/1"
@@ -87,9 +88,24 @@ def build_document(
     return redact(document)
 
 
+# An array of numbers only, as json.dumps(indent=...) spreads it over one line per number.
+_NUMBER_ARRAY = re.compile(r"\[\s+(-?[0-9][-+0-9.eE]*(?:,\s+-?[0-9][-+0-9.eE]*)*)\s+\]")
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """Indented JSON with each array of numbers on one line.
+
+    Timelines and operation samples are thousands of short [t, latency, outcome] rows; one
+    line per number would make the file five times longer and no easier to read. (Strings
+    cannot match: json.dumps escapes their newlines.)
+    """
+    text = json.dumps(document, indent=2, default=str)
+    return _NUMBER_ARRAY.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+
+
 def write_atomically(path: Path, document: dict[str, Any]) -> None:
     """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
-    write_text_atomically(path, json.dumps(document, indent=2, default=str) + "\n")
+    write_text_atomically(path, to_json(document) + "\n")
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -100,7 +116,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     0600: results are shared artefacts, and they hold no secret.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as out:

@@ -7,12 +7,25 @@ import itertools
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from racebench.custom.plugin import PluginError, PluginWorkload
+from racebench.custom.redis_template import RedisTemplateWorkload
+from racebench.custom.sql_template import SqlTemplateWorkload
 from racebench.durations import parse_duration
 from racebench.errors import ScenarioError
 from racebench.labels import matrix_labels, run_label
@@ -21,6 +34,9 @@ from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
 from racebench.workloads_rows import BookingWorkload, TransferWorkload
 from racebench.yaml_loader import YamlInputError, load_yaml
 
+_TEMPLATE_PLACE = re.compile(
+    r"^(?:Value error, )?([a-z_]+(?:\[\d+\])*(?:\.[a-z_]+(?:\[\d+\])*)*): (.*)$", re.S
+)
 # A matrix is a product: a few long lists in one file must not expand for hours.
 MAX_RUNS = 10_000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -31,12 +47,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class ServerConfig(_Strict):
+    """A server process on this host that server faults (kill, pause, restart) may hit.
+
+    racebench finds the process through its pid file (a relative path is taken from the
+    current directory) and checks that it listens on the URL's port before touching it.
+    """
+
+    url: str
+    pid_file: str
+    # How to start it again after a kill; by default the command line, directory, user and
+    # environment of the process found at setup (see docs/cluster.md).
+    start: list[str] | None = None
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("start")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty command")
+        return value
+
+
 class StoreConfig(_Strict):
     """Where the data lives."""
 
     backend: str = "sqlite"
     url: str | None = None
     proxy: bool = False  # route faulted clients through racebench's TCP proxy
+    servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
 FAULT_KINDS = (
@@ -50,6 +93,9 @@ FAULT_KINDS = (
     "partition",
     "reset",
     "server_pause",
+    "kill_server",
+    "pause_server",
+    "restart_server",
 )
 
 
@@ -109,6 +155,9 @@ class LockConfig(_Strict):
     # zookeeper_lock: the session a holder's lock lives with (the server clamps it to 2-20
     # times its tickTime).
     session_timeout_ms: float = Field(default=10_000, gt=0)
+    # The processes behind the service, for server faults; redlock and zookeeper_lock take
+    # their URLs from here when `urls`/`url` are not given.
+    servers: list[ServerConfig] = []
 
 
 class GuardConfig(_Strict):
@@ -136,11 +185,28 @@ class Expectation(_Strict):
     verdict: list[Literal["safe", "ANOMALIES", "UNEXPECTED", "race not reproduced"]] | None = None
 
 
+BUILT_IN_WORKLOADS = ("stock", "withdraw", "likes", "booking", "transfer", "sql", "redis")
+
+
+def _workload_tag(value: Any) -> str | None:
+    """The workload model for a `type`: a built-in one, or else a plug-in's import name."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None
+    return kind if kind in BUILT_IN_WORKLOADS else "plugin"
+
+
 Workload = Annotated[
-    StockWorkload | WithdrawWorkload | LikesWorkload | BookingWorkload | TransferWorkload,
-    Field(discriminator="type"),
+    Annotated[StockWorkload, Tag("stock")]
+    | Annotated[WithdrawWorkload, Tag("withdraw")]
+    | Annotated[LikesWorkload, Tag("likes")]
+    | Annotated[BookingWorkload, Tag("booking")]
+    | Annotated[TransferWorkload, Tag("transfer")]
+    | Annotated[SqlTemplateWorkload, Tag("sql")]
+    | Annotated[RedisTemplateWorkload, Tag("redis")]
+    | Annotated[PluginWorkload, Tag("plugin")],
+    Discriminator(_workload_tag),
 ]
-WORKLOAD_TAGS = ("stock", "withdraw", "likes", "booking", "transfer")
 
 
 class Scenario(_Strict):
@@ -279,17 +345,23 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # Discriminated unions put the tag in the path (workload.stock.initial): drop it.
-    if len(loc) >= 2 and loc[0] == "workload" and loc[1] in WORKLOAD_TAGS:
+    if len(loc) >= 2 and loc[0] == "workload" and loc[1] in {*BUILT_IN_WORKLOADS, "plugin"}:
         loc.pop(1)
+    if loc == ["workload"] and isinstance(first.get("ctx", {}).get("error"), PluginError):
+        loc.append("type")
+    elif loc == ["workload"] and (inner := _TEMPLATE_PLACE.match(first["msg"])):
+        # A template's own check names the place: operation[1].when: ... -> the field path.
+        loc.append(inner.group(1))
+        first = {**first, "msg": inner.group(2)}
     field = ".".join(loc) or None
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag")
-        message = f"unknown workload type {tag!r} (known: {', '.join(WORKLOAD_TAGS)})"
+        message = f"unknown workload type {tag!r} (known: {', '.join(BUILT_IN_WORKLOADS)})"
     elif first["type"] == "union_tag_not_found":
-        message = f"type is missing (known: {', '.join(WORKLOAD_TAGS)})"
+        message = f"type is missing (known: {', '.join(BUILT_IN_WORKLOADS)}, or a plug-in)"
     elif first["type"] == "missing":
         message = "required key is missing"
     return ScenarioError(source, field, message + context)

@@ -18,6 +18,10 @@ fi
 step "installing racebench[all,dev] into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev]'
 
+step "installing the example plug-in (examples/plugin) into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -e examples/plugin
+
 # A fresh clone has no benchmarks/ until someone commits a file there.
 lint_dirs=()
 for dir in racebench tests benchmarks; do

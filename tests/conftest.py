@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest_plugins = ["tests.server_fixtures"]
+pytest_plugins = ["tests.server_fixtures", "pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
 

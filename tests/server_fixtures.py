@@ -72,6 +72,31 @@ def zookeeper_hosts() -> str:
     return _obtain("ZooKeeper", "RACEBENCH_ZOOKEEPER_HOSTS", servers.ensure_zookeeper)
 
 
+def _managed(what: str, start: Callable[[], list[servers.ManagedServer]]) -> list[dict]:
+    """Start servers of our own (server faults kill them: never reuse a running one)."""
+    try:
+        return [server.entry() for server in start()]
+    except servers.ServerUnavailable as exc:
+        reason = f"{what} unavailable: {exc}"
+    if _in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> list[dict]:
+    """Five Redis servers of our own for Redlock, as ``guard.lock.servers`` entries
+    (``{"url": "redis://127.0.0.1:PORT/0", "pid_file": ...}``)."""
+    return _managed("5 Redis servers", servers.start_redis_cluster)
+
+
+@pytest.fixture(scope="session")
+def zookeeper_ensemble() -> list[dict]:
+    """A 3-node ZooKeeper ensemble of our own, as ``guard.lock.servers`` entries
+    (``{"url": "127.0.0.1:PORT", "pid_file": ...}``)."""
+    return _managed("ZooKeeper ensemble", servers.start_zookeeper_ensemble)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the servers this session started; servers that were already running stay up."""
     servers.stop_started()

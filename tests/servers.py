@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +367,144 @@ def start_zookeeper(port: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ManagedServer:
+    """A server with a pid file, for racebench's server faults (kill, pause, restart).
+
+    racebench may kill it and start it again under another pid (it rewrites the pid file),
+    so it is found, and stopped, through its pid file, never through the process we started.
+    """
+
+    url: str
+    pid_file: Path
+    workdir: Path
+
+    def entry(self) -> dict[str, str]:
+        """The server as a scenario lists it in store.servers or guard.lock.servers."""
+        return {"url": self.url, "pid_file": str(self.pid_file)}
+
+
+_managed: list[ManagedServer] = []
+_managed_children: list[subprocess.Popen[bytes]] = []
+
+
+def _spawn_managed(url: str, command: list[str], workdir: Path) -> ManagedServer:
+    """Start a server detached in its own session, its pid in workdir/server.pid."""
+    with (workdir / "server.log").open("ab") as log:
+        child = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _managed_children.append(child)
+    pid_file = workdir / "server.pid"
+    pid_file.write_text(f"{child.pid}\n")
+    server = ManagedServer(url, pid_file, workdir)
+    _managed.append(server)
+    return server
+
+
+def _wait_until(
+    check: Callable[[], bool], what: str, server: ManagedServer, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tail = (server.workdir / "server.log").read_text(errors="replace")[-2000:]
+            raise ServerUnavailable(f"{what} did not start within {timeout:g} s:\n{tail}")
+        time.sleep(0.1)
+
+
+def start_redis_cluster(count: int = 5, keep_command_line: bool = True) -> list[ManagedServer]:
+    """Start `count` independent, non-persistent Redis servers for Redlock, with pid files.
+
+    `--set-proc-title no` keeps their command line as given, so racebench can start one
+    again after a kill without a `start` command; without it Redis rewrites it.
+    """
+    redis_server = _binary("redis-server", "/usr/bin")
+    if redis_server is None:
+        raise ServerUnavailable("Redis is not installed; " + _hint("redis-server"))
+    servers = []
+    for _ in range(count):
+        port = _free_port()
+        workdir = _workdir(f"redis-{port}")
+        command = [redis_server, "--port", str(port), "--bind", HOST, "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(workdir)]
+        if keep_command_line:
+            command += ["--set-proc-title", "no"]
+        servers.append(_spawn_managed(f"redis://{HOST}:{port}/0", command, workdir))
+    for server in servers:
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        _wait_until(lambda port=port: _redis_answers(port), "Redis", server, 20)
+    return servers
+
+
+def zookeeper_member_config(
+    member: int, data: Path, client_port: int, peers: list[tuple[int, int]]
+) -> str:
+    """zoo.cfg of ensemble member `member` (1-based); `peers` are (quorum, election) ports."""
+    lines = [
+        # A short tick: a lost quorum is noticed, and a new leader elected, within seconds.
+        "tickTime=500",
+        "initLimit=10",
+        "syncLimit=5",
+        f"dataDir={data}",
+        f"clientPort={client_port}",
+        f"clientPortAddress={HOST}",
+        "admin.enableServer=false",
+        "4lw.commands.whitelist=ruok,srvr,stat",
+    ]
+    lines += [f"server.{i}={HOST}:{q}:{e}" for i, (q, e) in enumerate(peers, start=1)]
+    return "\n".join(lines) + "\n"
+
+
+def start_zookeeper_ensemble(members: int = 3) -> list[ManagedServer]:
+    """Start a ZooKeeper ensemble of `members` nodes on loopback, each with a pid file."""
+    from racebench.stores.zookeeper import wait_serving
+
+    java = _binary("java")
+    jar = Path("/usr/share/java/zookeeper.jar")
+    if java is None or not jar.exists():
+        raise ServerUnavailable("ZooKeeper is not installed; " + _hint("zookeeper"))
+    client_ports = [_free_port() for _ in range(members)]
+    peers = [(_free_port(), _free_port()) for _ in range(members)]
+    servers = []
+    for member, port in enumerate(client_ports, start=1):
+        workdir = _workdir(f"zookeeper-{port}")
+        data = workdir / "data"
+        data.mkdir()
+        (data / "myid").write_text(f"{member}\n")
+        config = workdir / "zoo.cfg"
+        config.write_text(zookeeper_member_config(member, data, port, peers))
+        command = [java, "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+        command += ["-cp", f"{jar}:/usr/share/java/slf4j-simple.jar"]
+        command += ["org.apache.zookeeper.server.quorum.QuorumPeerMain", str(config)]
+        servers.append(_spawn_managed(f"{HOST}:{port}", command, workdir))
+    for server in servers:
+        try:
+            wait_serving(server.url, timeout_s=90)
+        except Exception as exc:
+            tail = (server.workdir / "server.log").read_text(errors="replace")[-2000:]
+            raise ServerUnavailable(f"ZooKeeper ensemble did not form: {exc}\n{tail}") from None
+    return servers
+
+
+def _stop_managed(server: ManagedServer) -> None:
+    """SIGKILL the process the pid file names now (these servers keep no state we need)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(server.pid_file.read_text()), signal.SIGKILL)
+
+
+def stop_managed_server(server: ManagedServer) -> None:
+    """Stop one server of start_redis_cluster / start_zookeeper_ensemble before the end."""
+    _managed.remove(server)
+    _stop_managed(server)
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
 def stop_started() -> None:
     """Stop every server this process started and remove its files; others are untouched."""
     while _started:
@@ -374,6 +513,13 @@ def stop_started() -> None:
             server.executor.stop()
         server.log.close()
         shutil.rmtree(server.workdir, ignore_errors=True)
+    while _managed:
+        managed = _managed.pop()
+        _stop_managed(managed)
+        shutil.rmtree(managed.workdir, ignore_errors=True)
+    while _managed_children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _managed_children.pop().wait(timeout=10)
     for cached in (ensure_postgres, ensure_mysql, ensure_redis, _redis_instances, ensure_zookeeper):
         cached.cache_clear()
 

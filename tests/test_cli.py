@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.processes import wait_for_clients
 
 
 def test_quickstart_shows_lost_updates_only_without_a_guard(tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ BAD_SCENARIOS = [
     ("workload: [unclosed", None, "malformed YAML"),
     ("- a\n- b\n", None, "must be a YAML mapping"),
     ("workload: {type: stock}\nclientz: 3\n", "clientz", "unknown key"),
-    ("workload: {type: stocks}\n", "workload", "unknown workload type"),
+    ("workload: {type: stocks}\n", "workload.type", "unknown workload type"),
     ("workload: {type: stock}\nstore: {backend: oracle}\n", "store.backend", "unknown backend"),
     (
         "workload: {type: stock}\nguard: {strategy: optimistc}\n",
@@ -162,7 +163,8 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    wait_for_clients(proc, 2)  # not a fixed sleep: starting takes longer on a busy machine
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

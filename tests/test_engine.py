@@ -216,6 +216,8 @@ def test_workers_die_with_their_parent(write_scenario) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        # The killed run's temporary files (racebench.leftovers), so that no later test sees them.
+        run_cli("clean", str(path), "--dir", str(path.parent))
 
 
 def _zombie(pid: int) -> bool:

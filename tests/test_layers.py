@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO
 
 PACKAGE = REPO / "racebench"
@@ -105,7 +103,6 @@ def test_racebench_has_no_import_cycle() -> None:
     assert _cycles(_graph()) == []
 
 
-@pytest.mark.xfail(reason="report/render still import the runner; fixed with the report work")
 def test_the_output_layer_does_not_load_the_engine() -> None:
     code = (
         "import sys, racebench.report, racebench.compare\n"

@@ -74,15 +74,34 @@ class LockService(ABC):
         """
         if fault.kind in ("kill_session", "lose_lock_state", "expire_early"):
             return False
+        if fault.kind in ("kill_server", "restart_server"):
+            return self._survives_server_death(fault)
         # A paused server holds the holder's writes too (when the store lives there), while
         # its lease may pass its deadline (Redis expires it as soon as the pause ends).
-        if self.lease and fault.kind in ("pause_client", "partition", "server_pause"):
+        server_paused = fault.kind in ("server_pause", "pause_server")
+        if self.lease and (server_paused or fault.kind in ("pause_client", "partition")):
             return race_window_ms + (fault.duration_ms or 0) < self.config.ttl_ms
         if self.lease and fault.kind == "latency":
             # A grant's reply and the section's read and write each cross the link twice.
             delay = fault.delay_ms + fault.jitter_ms
             return race_window_ms + 6 * delay < self.config.ttl_ms
         return True
+
+    def _survives_server_death(self, fault: FaultConfig) -> bool:
+        """Whether killing the servers (kill_server, restart_server) leaves exclusion promised.
+
+        A dead server grants nothing, so a kill that lasts the run is safe. One that comes
+        back may have forgotten its grants (nothing says it persists them): safe only for a
+        lease that ran out while the server was down.
+        """
+        if fault.kind == "kill_server" and fault.duration_ms is None:
+            return True
+        return (
+            self.lease
+            and fault.kind == "kill_server"
+            and fault.duration_ms is not None
+            and fault.duration_ms >= self.config.ttl_ms
+        )
 
     @abstractmethod
     def check_reachable(self) -> dict[str, str]:

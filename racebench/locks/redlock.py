@@ -9,7 +9,9 @@ compare-and-delete on every server.
 The lock is a lease, so it is lost exactly like redis_lock's: a holder paused past the
 validity runs on while another holds the lock. A server restarting without persistence
 breaks exclusion when it was one of a bare majority that granted the holder (the others can
-then win a majority); Redlock relies on persistence or restarts delayed past the ttl.
+then win a majority); Redlock relies on persistence or restarts delayed past the ttl. Servers
+that stay dead only make grants rarer: the holder keeps its grants on the live ones, so no
+one else can win a majority (kill_server keeps exclusion, restart_server does not).
 
 With `guard.lock.renew: true` a watchdog thread in the holder's process extends the lease on
 every server every `ttl / 3` (compare-and-PEXPIRE), and stops at release, with the process, or
@@ -191,8 +193,11 @@ class Redlock(RenewableLease):
 
     @property
     def urls(self) -> list[str]:
+        """guard.lock.urls, else those of guard.lock.servers, else $RACEBENCH_REDLOCK_URLS."""
         if self.config.urls:
             return self.config.urls
+        if self.config.servers:
+            return [server.url for server in self.config.servers]
         env = os.environ.get("RACEBENCH_REDLOCK_URLS", DEFAULT_URLS)
         return [url.strip() for url in env.split(",") if url.strip()]
 

@@ -9,8 +9,9 @@ watches kazoo's connection state, still believes it holds the lock. The fencing 
 lock znode's sequence number: the lock goes to contenders in sequence order, so a later
 holder always has a larger token.
 
-Faults: only client-side and proxy ones (pause, kill, latency, partition, reset). ZooKeeper
-keeps its state across restarts and has no lease to shorten; ending a session from outside
+Faults: client-side, proxy and server ones (kill_server, pause_server, restart_server of
+ensemble members listed in guard.lock.servers). ZooKeeper keeps its state across restarts
+and has no lease to shorten; ending a session from outside
 needs the client's session password (kazoo's test harness reconnects with it), which lives
 in the client's process, so kill_session is not offered.
 """
@@ -42,10 +43,22 @@ _ZOOKEEPER_HOSTS = re.compile(r"^[^/:@,\s]+:\d+(,[^/:@,\s]+:\d+)*(/\S*)?$")
 
 
 class ZookeeperLockClient(LockClient):
+    """One client's kazoo Lock, bounded in time when the ensemble stops serving.
+
+    kazoo would wait forever for a member that serves (one that is part of a quorum); this
+    client gives up after the session timeout, which its session could not outlive anyway:
+    the call in progress fails, and the next acquire starts a new session, or times out.
+    """
+
     def __init__(
         self, hosts: str, path: str, acquire_timeout_s: float, session_timeout_s: float, cid: int
     ) -> None:
-        self.zk = open_kazoo(hosts, "zookeeper_lock", session_timeout_s=session_timeout_s)
+        self.zk = open_kazoo(
+            hosts,
+            "zookeeper_lock",
+            session_timeout_s=session_timeout_s,
+            reconnect_deadline_s=session_timeout_s,
+        )
         self.path = path
         self.identifier = f"client-{cid}"
         self.lock = self.zk.Lock(path, identifier=self.identifier)
@@ -55,7 +68,10 @@ class ZookeeperLockClient(LockClient):
     def acquire(self) -> int:
         from kazoo.exceptions import LockTimeout as KazooLockTimeout
         from kazoo.exceptions import NoNodeError
+        from kazoo.protocol.states import KeeperState
 
+        if self.zk.client_state == KeeperState.CLOSED:
+            self._new_session()
         if self.orphan is not None:
             # Our session may have outlived the failed release: its znode would block us.
             with contextlib.suppress(NoNodeError):
@@ -69,6 +85,17 @@ class ZookeeperLockClient(LockClient):
             raise LockTimeout
         # The node is "<uuid>__lock__<10-digit sequence>".
         return int(self.lock.node[-10:])
+
+    def _new_session(self) -> None:
+        """Connect again after kazoo gave up; LockTimeout if no member serves in time."""
+        self.zk.stop()
+        try:
+            self.zk.start(timeout=self.acquire_timeout_s)
+        except self.zk.handler.timeout_exception:
+            raise LockTimeout from None
+        # The old session's znodes go with it: they are not ours to delete any more.
+        self.lock = self.zk.Lock(self.path, identifier=self.identifier)
+        self.orphan = None
 
     def release(self) -> None:
         node = self.lock.node
@@ -105,9 +132,12 @@ class ZookeeperLock(LockService):
 
     @property
     def hosts(self) -> str:
-        """guard.lock.url, else the store's hosts when the store is ZooKeeper, else the default."""
+        """guard.lock.url, else the members in guard.lock.servers, else the store's hosts when
+        the store is ZooKeeper, else the default."""
         if self.config.url:
             return self.config.url
+        if self.config.servers:
+            return ",".join(server.url for server in self.config.servers)
         if self.store_url and _ZOOKEEPER_HOSTS.match(self.store_url):
             return self.store_url
         return os.environ.get("RACEBENCH_ZOOKEEPER_HOSTS", DEFAULT_HOSTS)
@@ -159,6 +189,12 @@ class ZookeeperLock(LockService):
         if fault.kind in ("pause_client", "partition"):
             silent = race_window_ms + (fault.duration_ms or 0)
             return silent < self.config.session_timeout_ms * 2 / 3
+        # Ensemble members log every change to disk before they acknowledge it, so a kill or
+        # a restart loses no znode; while a quorum is gone nothing is granted and no session
+        # expires (the next leader gives every session a fresh timeout). A holder keeps its
+        # lock if it gets through to a member within its session timeout.
+        if fault.kind in ("kill_server", "restart_server", "pause_server"):
+            return race_window_ms < self.config.session_timeout_ms * 2 / 3
         return super().keeps_exclusion(fault, race_window_ms)
 
     def connect(self, client_id: int) -> LockClient:

@@ -16,6 +16,7 @@ from typing import Any
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
+from racebench.ownership import temp_prefix
 from racebench.stores.base import (
     ALL_WORKLOADS,
     OK_STEP,
@@ -237,7 +238,7 @@ class SqliteStore(Store):
 
     def setup(self, plan: Plan | RowPlan, clients: int) -> None:
         if not self.path:
-            self._temp_dir = tempfile.mkdtemp(prefix="racebench-sqlite-")
+            self._temp_dir = tempfile.mkdtemp(prefix=temp_prefix("sqlite"))
             self.path = os.path.join(self._temp_dir, "racebench.db")
         t = self.tables
         conn = _open(self.path)

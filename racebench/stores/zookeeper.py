@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import time
 from typing import TYPE_CHECKING
 
 from racebench.errors import BackendUnavailable
@@ -47,14 +49,23 @@ def open_kazoo(
     what: str,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     session_timeout_s: float = SESSION_TIMEOUT_S,
+    reconnect_deadline_s: float | None = None,
 ) -> KazooClient:
     """A started kazoo client, or BackendUnavailable naming `what` and the hosts.
 
-    The server clamps the session timeout to between 2 and 20 times its tickTime.
+    The server clamps the session timeout to between 2 and 20 times its tickTime. kazoo
+    tries to reconnect forever, and a call made meanwhile waits as long; with
+    `reconnect_deadline_s` it gives up after that long without a serving member (an
+    ensemble without quorum), its client is closed and the waiting calls fail.
     """
     from kazoo.client import KazooClient
 
-    client = KazooClient(hosts=hosts, timeout=session_timeout_s, logger=_log)
+    retry = None
+    if reconnect_deadline_s is not None:
+        retry = {"max_tries": -1, "max_delay": 0.5, "deadline": reconnect_deadline_s}
+    client = KazooClient(
+        hosts=hosts, timeout=session_timeout_s, connection_retry=retry, logger=_log
+    )
     try:
         client.start(timeout=connect_timeout_s)
     except Exception as exc:
@@ -80,6 +91,28 @@ def server_version(client: KazooClient) -> str:
     except (OSError, KazooException, IndexError):
         return "unknown"  # the server does not allow `srvr` (4lw.commands.whitelist)
     return first.removeprefix("Zookeeper version: ").split(",")[0]
+
+
+def wait_serving(host_port: str, timeout_s: float = 30.0) -> None:
+    """Wait until one ensemble member serves requests: it has joined a quorum.
+
+    A member listens (and answers `ruok`) long before; `srvr` tells. When the server does not
+    allow `srvr` (4lw.commands.whitelist), there is no way to tell and this returns at once.
+    """
+    host, _, port = host_port.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    reply = b""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 2) as conn:
+            conn.sendall(b"srvr")
+            reply = conn.recv(256)
+        if reply.startswith(b"Zookeeper version") or b"whitelist" in reply:
+            return
+        time.sleep(0.1)
+    raise BackendUnavailable(
+        f"ZooKeeper at {host_port} is not serving requests {timeout_s:g} s after its start "
+        f"(no quorum?): {reply[:80].decode(errors='replace')!r}"
+    )
 
 
 def server_facts(hosts: str, who: str) -> dict[str, str]:

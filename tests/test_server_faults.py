@@ -1,0 +1,203 @@
+"""Server faults (kill_server, pause_server, restart_server) on servers of our own.
+
+Five Redis servers for Redlock and a three-node ZooKeeper ensemble, each with a pid file
+(tests.servers), stand in for the ones `scripts/start-servers.sh --cluster` starts: the
+scenarios of scenarios/cluster/ run with their server lists swapped for these. After each
+test every server is running again (not stopped) and answers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from racebench.scenario import load_raw
+from tests import servers
+from tests.conftest import REPO, run_cli, run_scenario_data
+
+CLUSTER = REPO / "scenarios" / "cluster"
+MANAGED = ("redis_cluster", "zookeeper_ensemble")
+
+
+def _running(servers: list[dict]) -> None:
+    """Every server's pid file names a live process that is not stopped."""
+    for server in servers:
+        process = psutil.Process(int(Path(server["pid_file"]).read_text()))
+        assert process.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE), server
+
+
+@pytest.fixture(autouse=True)
+def servers_left_running(request):
+    yield
+    for name in MANAGED:
+        if name in request.fixturenames:
+            _running(request.getfixturevalue(name))
+
+
+def _cluster_runs(name: str, servers: list[dict], **overrides) -> list[dict]:
+    """The runs of scenarios/cluster/NAME with the lock's servers swapped for `servers`."""
+    path = CLUSTER / name
+    raw = load_raw(path)
+    raw["guard"]["lock"]["servers"] = servers
+    raw.update(overrides)
+    return run_scenario_data(raw, str(path))
+
+
+def _fault(run: dict) -> dict:
+    [fault] = run["faults"]
+    return fault
+
+
+def _violations(run: dict) -> int:
+    return run["anomalies"]["mutual_exclusion_violations"]
+
+
+def test_redlock_over_five_survives_losing_two_not_a_restart_of_three(
+    redis_url: str, redis_cluster: list[dict]
+) -> None:
+    killed, restarted = _cluster_runs("redlock-5.yaml", redis_cluster, duration="3s")
+    # Two dead: the holder keeps a grant on the three left, so nobody else wins three of
+    # them; after its release the three live servers still grant.
+    assert _fault(killed)["note"].endswith("down until the run ended"), _fault(killed)
+    assert _violations(killed) == 0
+    assert _fault(killed)["grants_after"] > 1
+    assert killed["verdict"] == "safe"
+    # Three restarted empty: the holder keeps at most two, the next client wins three.
+    assert "started again as pid" in _fault(restarted)["note"], _fault(restarted)
+    assert _violations(restarted) > 0
+    assert restarted["verdict"] == "ANOMALIES"
+    assert all(run["passed"] for run in (killed, restarted))
+
+
+def test_zookeeper_keeps_exclusion_losing_one_node_and_stops_granting_losing_two(
+    redis_url: str, zookeeper_ensemble: list[dict]
+) -> None:
+    one, two = _cluster_runs("zookeeper-ensemble.yaml", zookeeper_ensemble, duration="3s")
+    assert _violations(one) == 0 and one["verdict"] == "safe"
+    assert _fault(one)["grants_after"] > 1  # the two left form a quorum
+    assert _violations(two) == 0 and two["verdict"] == "safe"
+    assert _fault(two)["grants_after"] == 0  # one of three is no quorum
+    assert "unavailable_ms" not in _fault(two)
+    ops = two["operations"]
+    assert ops["lock_timeouts"] + ops["errors"] > 0, ops  # the clients waited and gave up
+
+
+def test_a_paused_redlock_server_holds_its_callers_not_the_lock(
+    redis_url: str, redis_cluster: list[dict]
+) -> None:
+    [run] = _cluster_runs(
+        "redlock-5.yaml",
+        redis_cluster,
+        faults=[{"kind": "pause_server", "at": "0.3s", "instances": 1, "duration_ms": 400}],
+        matrix={},
+        race_window_ms=5,
+        duration="1.5s",
+    )
+    fault = _fault(run)
+    assert fault["note"].startswith("SIGSTOP pid ") and fault["note"].endswith("for 400 ms")
+    assert fault["end_ms"] - fault["start_ms"] >= 400
+    # Each attempt asks the first server first: those begun during the pause waited for it.
+    assert run["lock"]["acquire_ms"]["max"] >= 200, run["lock"]
+    assert fault["grants_after"] > 0
+    assert _violations(run) == 0 and run["verdict"] == "safe"
+
+
+def _one_line_error(done, code: int, *needles: str) -> None:
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _scenario(servers: list[dict], fault: dict) -> dict:
+    return {
+        "name": "server-fault",
+        "workload": {"type": "stock", "initial": 100},
+        "guard": {"strategy": "lock", "lock": {"service": "redlock", "servers": servers}},
+        "operations": 10,
+        "faults": [fault],
+    }
+
+
+LOOPBACK = {"url": "redis://127.0.0.1:6399/0", "pid_file": "redis.pid"}
+
+
+@pytest.mark.parametrize(
+    ("servers", "fault", "field", "problem"),
+    [
+        ([], {"kind": "kill_server"}, "faults[0].target", "list them in guard.lock.servers"),
+        ([LOOPBACK], {"kind": "restart_server", "instances": 2}, "faults[0].instances", "1 serv"),
+        ([LOOPBACK], {"kind": "pause_server"}, "faults[0].duration_ms", "needs duration_ms"),
+        (
+            [{"url": "redis://192.0.2.7:6379/0", "pid_file": "x.pid"}],
+            {"kind": "kill_server"},
+            "guard.lock.servers[0].url",
+            "not this host",
+        ),
+    ],
+    ids=["no-servers", "too-few", "no-duration", "remote"],
+)
+def test_a_server_fault_the_scenario_cannot_do_is_refused(
+    write_scenario, servers: list[dict], fault: dict, field: str, problem: str
+) -> None:
+    done = run_cli("validate", str(write_scenario(_scenario(servers, fault))))
+    _one_line_error(done, 2, f": {field}: ", problem)
+
+
+def test_a_pid_file_naming_another_process_is_refused_before_anything_is_signalled(
+    tmp_path: Path, redis_url: str, write_scenario
+) -> None:
+    # Our own pid: alive, but it does not listen on the server's port (a stale pid file).
+    stale = tmp_path / "stale.pid"
+    stale.write_text(f"{os.getpid()}\n")
+    missing = {"url": redis_url, "pid_file": str(tmp_path / "missing.pid")}
+    for entry, needle in [
+        ({"url": redis_url, "pid_file": str(stale)}, "does not listen on port"),
+        (missing, "cannot read"),
+    ]:
+        scenario = _scenario([entry], {"kind": "kill_server"})
+        out = tmp_path / "out.json"
+        done = run_cli("run", str(write_scenario(scenario)), "--quiet", "--output", str(out))
+        _one_line_error(done, 3, "guard.lock.servers[0].pid_file: ", needle)
+
+
+def test_a_retitled_server_is_refused_unless_its_start_command_is_given(
+    tmp_path: Path, write_scenario
+) -> None:
+    # Redis by default overwrites its command line with "redis-server 127.0.0.1:PORT".
+    [server] = servers.start_redis_cluster(1, keep_command_line=False)
+    try:
+        entry = server.entry()
+        lock = {"service": "redis_lock", "url": server.url, "servers": [entry]}
+        scenario = {
+            "name": "restart",
+            "workload": {"type": "stock", "initial": 1000},
+            "guard": {"strategy": "lock", "lock": lock},
+            "duration": "1s",
+            "faults": [{"kind": "restart_server", "at": "0.2s"}],
+        }
+        out = tmp_path / "out.json"
+        done = run_cli("run", str(write_scenario(scenario)), "--quiet", "--output", str(out))
+        _one_line_error(done, 3, "guard.lock.servers[0]: ", "rewrote its command line", ".start")
+        before = int(server.pid_file.read_text())
+        port = server.url.rsplit(":", 1)[1].split("/")[0]
+        entry["start"] = f"redis-server --port {port} --bind 127.0.0.1 --save '' --dir {tmp_path}"
+        [run] = run_scenario_data(scenario)
+        assert "started again as pid" in _fault(run)["note"], _fault(run)
+        after = int(server.pid_file.read_text())
+        assert after != before and _gone(before)
+        _running([entry])
+        assert psutil.Process(after).cmdline()[0].startswith("redis-server")  # `start` ran
+    finally:
+        servers.stop_managed_server(server)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
