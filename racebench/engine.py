@@ -347,26 +347,37 @@ def run_trial(
 
 
 def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Execution) -> None:
-    """Run every trial of every run in order, adding each finished run to `execution`.
+    """Run every trial of every run, interleaved: run 1 trial 1, run 2 trial 1, ..., run 1
+    trial 2, ..., so that a machine drifting during the session (a noisy neighbour, thermal
+    throttling) spreads over all runs instead of favouring whichever went first.
 
-    Stops after the trial that Ctrl-C interrupted; runs finished before then are kept.
+    Each trial records its `sequence` (its position in this order). Stops after the trial
+    that Ctrl-C interrupted, or at a lost server; runs with at least one finished trial are
+    still summarized into `execution.runs`, in matrix order.
     """
     for spec in specs:  # refuse a run that cannot go to its cluster before any starts
         cluster_address(spec, options.clusters)
-    for spec in specs:
-        trials: list[TrialAnalysis] = []
-        histograms: list[HdrHistogram] = []
-        for trial in range(spec.scenario.trials):
-            analysis, histogram, environment = run_trial(spec, trial, options)
-            execution.environment.setdefault(spec.scenario.store.backend, environment)
-            trials.append(analysis)
-            histograms.append(histogram)
-            if analysis.interrupted:
-                execution.interrupted = True
-                break
-        execution.runs.append(summarize_run(spec, trials, histograms))
-        if execution.interrupted:
-            break
+    trials: list[list[TrialAnalysis]] = [[] for _ in specs]
+    histograms: list[list[HdrHistogram]] = [[] for _ in specs]
+    sequence = 0
+    try:
+        for round_number in range(max(spec.scenario.trials for spec in specs)):
+            for i, spec in enumerate(specs):
+                if round_number >= spec.scenario.trials:
+                    continue
+                analysis, histogram, environment = run_trial(spec, round_number, options)
+                analysis.sequence = sequence
+                sequence += 1
+                execution.environment.setdefault(spec.scenario.store.backend, environment)
+                trials[i].append(analysis)
+                histograms[i].append(histogram)
+                if analysis.interrupted:
+                    execution.interrupted = True
+                    return
+    finally:
+        for spec, run_trials, run_histograms in zip(specs, trials, histograms, strict=True):
+            if run_trials:
+                execution.runs.append(summarize_run(spec, run_trials, run_histograms))
 
 
 @dataclass

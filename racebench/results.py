@@ -83,9 +83,16 @@ def build_document(
         "host": host_info(),
         "environment": {"drivers": driver_versions(), "servers": servers},
         "scenario": {"source": source, "hash": scenario_hash(raw), "resolved": raw},
+        "trial_order": trial_order(runs),
         "runs": runs,
     }
     return redact(document)
+
+
+def trial_order(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order the trials ran in (interleaved across runs): [{"label", "trial"}, ...]."""
+    done = [(t.get("sequence", 0), run["label"], t["trial"]) for run in runs for t in run["trials"]]
+    return [{"label": label, "trial": trial} for _, label, trial in sorted(done)]
 
 
 # An array of numbers only, as json.dumps(indent=...) spreads it over one line per number.

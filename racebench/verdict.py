@@ -8,6 +8,7 @@ not acknowledged, or failed too often, to show the race is "inconclusive", never
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
 from racebench.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.runner import RunnerResult
+from racebench.samples import within_run_samples
 from racebench.scenario import RunSpec
 from racebench.stores.base import StrategySpec
 from racebench.workloads import Check, FinalState, Invariant, count_overlapping_pairs
@@ -48,6 +50,9 @@ class TrialAnalysis:
     timeline: dict[str, Any] | None = None
     history_sample: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
+    samples: dict[str, Any] = field(default_factory=dict)
+    sequence: int = 0  # position of this trial in the session's run order (interleaving)
+    host_load: float | None = None  # the machine's 1-minute load average as the trial ended
     faults_not_fired: list[dict[str, Any]] = field(default_factory=list)
     service_time_ms: dict[str, float] | None = None
     service_histogram: HdrHistogram | None = None  # open loop: merged over trials
@@ -184,6 +189,8 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        samples=within_run_samples(history, measured_from, histogram),
+        host_load=round(os.getloadavg()[0], 2),
         history_sample=sample_history(history, result.t0_ns),
         service_time_ms=latency_summary(service) if service is not None else None,
         service_histogram=service,
@@ -375,7 +382,16 @@ def summarize_run(
         "workers": trials[-1].load.get("workers"),
         "arrival": f"{s.rate:g}/s {s.arrival}" if s.rate is not None else "closed loop",
         "race_window_ms": s.race_window_ms,
+        # The matrix cell's resolved scenario after overrides: compare warns on any change.
+        "settings": s.model_dump(mode="json", exclude={"name", "description"}),
         "trials_count": len(trials),
+        # What each figure over several trials is, for readers of the file.
+        "aggregation": {
+            "throughput_ops_s": "median over trials (throughput_spread: min, max, values)",
+            "latency_ms": "percentiles of all trials' operations together",
+            "operations": "totals over trials",
+            "anomalies": "totals over trials",
+        },
         "interrupted": any(t.interrupted for t in trials),
         "operations": operations,
         "retries_by_code": retries_by_code,
@@ -398,11 +414,14 @@ def summarize_run(
         "trials": [
             {
                 "trial": t.trial,
+                "sequence": t.sequence,
                 "duration_s": t.duration_s,
                 "throughput_ops_s": t.throughput_ops_s,
                 "latency_ms": t.latency_ms,
                 "operations": t.operations,
                 "anomalies": t.anomalies,
+                "samples": t.samples,
+                "host_load_1m": t.host_load,
             }
             for t in trials
         ],
