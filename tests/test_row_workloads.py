@@ -107,6 +107,19 @@ def test_safe_transfer_strategies_conserve_money(store_for, backend: str, guard:
     assert run["verdict"] == "safe"
 
 
+@pytest.mark.parametrize("workload", [BOOKING, TRANSFER])
+@pytest.mark.parametrize("backend", ["postgres", "mysql"])
+def test_row_workloads_leave_no_table_behind(store_for, backend: str, workload: dict) -> None:
+    from racebench.ownership import new_namespace
+    from racebench.registry import store_class
+
+    store = store_for(backend)
+    run_scenario_data(_scenario(store, workload, {"strategy": "none"}, operations=8))
+    own = new_namespace().rsplit("_", 1)[0]  # racebench_p<this pid>h<host>: this process's
+    probe = store_class(backend)(store["url"], "racebench_probe")
+    assert [t for t in probe.leftovers() if t.startswith(own + "_")] == []
+
+
 @pytest.mark.parametrize("backend", ["postgres", "mysql"])
 def test_random_lock_order_deadlocks_and_sorted_does_not(store_for, backend: str) -> None:
     # Two accounts: every transfer locks both, half of them in the opposite order.

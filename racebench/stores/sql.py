@@ -400,7 +400,12 @@ class SqlStore(Store):
         t, opts = self.tables, self.table_options
         with self._admin() as cur:
             if isinstance(plan, BookingPlan | TransferPlan):
-                create_row_tables(cur.execute, plan, t, self.id_column, "%s", opts)
+
+                def execute(sql: str, params: tuple[Any, ...] = ()) -> None:
+                    cur.execute(sql, params)
+                    self._created = True  # from the first CREATE on, teardown drops
+
+                create_row_tables(execute, plan, t, self.id_column, "%s", opts)
             elif isinstance(plan, CounterPlan):
                 cur.execute(
                     f"CREATE TABLE {t['counter']} (id INTEGER PRIMARY KEY, value BIGINT NOT NULL,"
