@@ -26,6 +26,9 @@ from typing import Any
 
 import hiredis
 
+from racebench.errors import BackendUnavailable
+from racebench.redact import redact_text
+
 _REPLY_ERROR = hiredis.ReplyError
 
 
@@ -109,6 +112,19 @@ class LeanRedis:
         self.protocol: RespProtocol | None = None
 
     async def connect(self) -> None:
+        """The first connection of a client: a refused connection or a refused AUTH is
+        BackendUnavailable (exit 3, one line). Later reconnects (`call`) raise what failed,
+        which the store records as the operation's outcome."""
+        try:
+            await self._open()
+        except (OSError, RedisReplyError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise BackendUnavailable(
+                redact_text(f"cannot connect to Redis at {self.url}: {why}")
+            ) from None
+
+    async def _open(self) -> None:
+        """Open the connection, authenticate and select the database as redis-py would."""
         loop = asyncio.get_running_loop()
         p = self.params
         if "path" in p:
@@ -119,16 +135,35 @@ class LeanRedis:
                 lambda: RespProtocol(loop), p.get("host", "localhost"), p.get("port", 6379), ssl=tls
             )
         self.protocol = protocol
-        if p.get("password"):
-            auth = [p["username"], p["password"]] if p.get("username") else [p["password"]]
-            await self.call(encode("AUTH", *auth))
-        if p.get("db"):
-            await self.call(encode("SELECT", p["db"]))
+        try:
+            if p.get("password") or p.get("username"):
+                await self._authenticate(p.get("username"), p.get("password") or "")
+            if p.get("db"):
+                await self.call(encode("SELECT", p["db"]))
+        except BaseException:
+            self.close()
+            raise
+
+    async def _authenticate(self, username: str | None, password: str) -> None:
+        # redis-py (RESP3, its default) sends HELLO 3 AUTH <user or "default"> <password>,
+        # which a server whose default user has no password accepts; the two-argument AUTH
+        # behaves the same on RESP2. Only a URL asking for protocol 2 without a user name
+        # gets the one-argument AUTH, which such a server refuses (so does redis-py).
+        if username is None and str(self.params.get("protocol", 3)) == "2":
+            await self.call(encode("AUTH", password))
+            return
+        try:
+            await self.call(encode("AUTH", username or "default", password))
+        except RedisReplyError as exc:
+            # Redis < 6 knows only AUTH <password> (redis-py falls back the same way).
+            if "wrong number of arguments" not in str(exc).lower():
+                raise
+            await self.call(encode("AUTH", password))
 
     async def call(self, payload: bytes, replies: int = 1) -> Any:
         protocol = self.protocol
         if protocol is None or protocol.lost is not None:
-            await self.connect()
+            await self._open()
             protocol = self.protocol
             assert protocol is not None
         reply = await protocol.send(payload, replies)
@@ -138,7 +173,7 @@ class LeanRedis:
 
     async def ensure_connected(self) -> None:
         if self.protocol is None or self.protocol.lost is not None:
-            await self.connect()
+            await self._open()
 
     def close(self) -> None:
         if self.protocol is not None:
