@@ -30,10 +30,10 @@ from racebench.guards import (
 from racebench.history import RunHistory
 from racebench.history_edn import write_jepsen_edn
 from racebench.locks.base import LockService
-from racebench.registry import is_custom, lock_class, run_strategies, store_class
+from racebench.registry import drivers_of, is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
-from racebench.scenario import RunSpec, Scenario, expand_env
+from racebench.scenario import RunSpec, Scenario
 from racebench.stores.base import ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
@@ -63,9 +63,7 @@ class Execution:
 def make_store(spec: RunSpec, namespace: str) -> Store:
     cls = store_class(spec.scenario.store.backend)
     url = spec.scenario.store.url
-    if url is None and cls.default_url is not None:
-        url = expand_env(cls.default_url, spec.source, "store.url")
-    return cls(url, namespace)
+    return cls(cls.configured_url() if url is None else url, namespace)
 
 
 def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | None:
@@ -419,6 +417,7 @@ def run_files(
                 started_at=started,
                 partial=execution.interrupted or failure is not None,
                 servers=execution.environment,
+                drivers=drivers_of(specs),
             )
             if target is not None:
                 write_atomically(target, document)
