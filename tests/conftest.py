@@ -51,7 +51,7 @@ def _no_test_server(reason: str) -> None:
     pytest.skip(reason)
 
 
-def test_server_of(request: pytest.FixtureRequest, cls: type) -> str | list[str] | None:
+def server_for_plugin(request: pytest.FixtureRequest, cls: type) -> str | list[str] | None:
     """The URL(s) of the test server a store or lock plug-in declares (`test_server`, the
     name of a fixture); None for one that needs no server (`networked = False`)."""
     fixture = cls.test_server  # type: ignore[attr-defined]
@@ -84,7 +84,7 @@ def store_for(request):
     def make(backend: str) -> dict:
         from racebench.registry import store_class
 
-        value = test_server_of(request, store_class(backend))
+        value = server_for_plugin(request, store_class(backend))
         if value is None:
             return {"backend": backend}
         return {"backend": backend, "url": value if isinstance(value, str) else value[0]}

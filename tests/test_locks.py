@@ -15,7 +15,7 @@ import pytest
 from racebench.locks.base import LockTimeout
 from racebench.registry import lock_class, lock_names
 from racebench.scenario import LockConfig
-from tests.conftest import run_cli, run_scenario_data, test_server_of
+from tests.conftest import run_cli, run_scenario_data, server_for_plugin
 
 # Every registered lock service, racebench's own and installed third-party ones alike.
 SERVICES = lock_names()
@@ -27,7 +27,7 @@ def lock_for(request: pytest.FixtureRequest):
     the test server the service declares (a list goes to guard.lock.urls, as redlock's)."""
 
     def make(service: str, **options) -> dict:
-        value = test_server_of(request, lock_class(service))
+        value = server_for_plugin(request, lock_class(service))
         where = {} if value is None else {"urls" if isinstance(value, list) else "url": value}
         return {"service": service, **where, **options}
 
