@@ -80,14 +80,14 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
     ):
         backends.add_column(header)
     for name in stores:
-        cls = store_class(name)
+        store = store_class(name)
         backends.add_row(
             name,
-            cls.description,
-            _default_url(cls),
+            store.description,
+            _default_url(store),
             ", ".join(strategies_for(name)),
-            client_model(cls, list(strategies_for(name))),
-            _package(STORE_GROUP, name, cls),
+            client_model(store, list(strategies_for(name))),
+            _package(STORE_GROUP, name, store),
         )
 
     strategies = Table(title="strategies", header_style="bold")
@@ -120,14 +120,14 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
     for header in ("service", "what it is", "lease", "failure mode", "default url", "package"):
         locks.add_column(header)
     for name in services:
-        cls = lock_class(name)
+        service = lock_class(name)
         locks.add_row(
             name,
-            cls.description,
-            "yes" if cls.lease else "no",
-            cls.failure_mode,
-            _default_url(cls),
-            _package(LOCK_GROUP, name, cls),
+            service.description,
+            "yes" if service.lease else "no",
+            service.failure_mode,
+            _default_url(service),
+            _package(LOCK_GROUP, name, service),
         )
     return [workloads, backends, strategies, locks], broken
 

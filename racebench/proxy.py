@@ -475,9 +475,9 @@ def address_of(url: str) -> tuple[str, int]:
         hosts = url.partition("/")[0]
         if "," in hosts:
             raise ValueError(f"a proxy forwards to one server, not an ensemble: {hosts}")
-        host, colon, port = hosts.rpartition(":")
+        host, colon, given = hosts.rpartition(":")
         if colon:
-            return host, int(port)
+            return host, int(given)
         scheme = "zookeeper"  # a hosts string: the ZooKeeper store declares its port
     else:
         parts = urlsplit(url)
