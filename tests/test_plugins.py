@@ -24,7 +24,7 @@ from racebench.registry import (
     store_class,
     store_names,
 )
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, server_for_plugin
 from tests.server_fixtures import _in_ci
 
 OUTSIDE = REPO / "tests" / "plugins" / "racebench-mkdirlock"
@@ -68,6 +68,30 @@ def test_every_lock_service_declares_itself(name: str) -> None:
     if cls.networked:
         assert cls.default_url and cls.url_env and cls.extra and cls.drivers
         assert cls.test_server, f"{name} is networked: it needs a test server"
+
+
+class _UntestedStore:
+    """What a networked plug-in that forgot its test server declares."""
+
+    networked = True
+    test_server = None
+
+
+class _MisnamedStore:
+    networked = True
+    test_server = "no_such_fixture"
+
+
+@pytest.mark.parametrize("cls", [_UntestedStore, _MisnamedStore])
+def test_a_plugin_without_a_test_server_fails_under_ci(
+    request: pytest.FixtureRequest, monkeypatch, cls: type
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=cls.__qualname__):
+        server_for_plugin(request, cls)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match=cls.__qualname__):
+        server_for_plugin(request, cls)
 
 
 def test_the_environment_variable_wins_over_the_default_url(monkeypatch) -> None:
