@@ -23,6 +23,7 @@ from racebench.registry import (
 )
 from racebench.stores.base import Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
+from racebench.workloads_rows import ROW_WORKLOAD_TYPES
 
 TEMPLATE_TYPES = {"sql": SqlTemplateWorkload, "redis": RedisTemplateWorkload}
 
@@ -63,8 +64,8 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
     workloads = Table(title="workloads", header_style="bold")
     for header in ("type", "what it does", "anomalies checked"):
         workloads.add_column(header)
-    for name, cls in WORKLOAD_TYPES.items():
-        workloads.add_row(name, (cls.__doc__ or "").strip(), ", ".join(cls.anomaly_names))
+    for name, model in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
+        workloads.add_row(name, (model.__doc__ or "").strip(), ", ".join(model.anomaly_names))
     for name, template in TEMPLATE_TYPES.items():
         doc = (template.__doc__ or "").strip()
         workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")

@@ -54,6 +54,8 @@ class FinalState:
     value: int | None = None
     rows: list[LedgerRow] = field(default_factory=list)
     slots_total: int = 0  # the sum of the G-counter slots (crdt strategy)
+    bookings: list[tuple[int, int, int]] = field(default_factory=list)  # (seat, client, seq)
+    balances: list[int] = field(default_factory=list)  # per account, by id (transfer)
 
 
 @dataclass(frozen=True)
