@@ -14,25 +14,24 @@ import port_for
 import pytest
 
 from racebench.locks.base import LockTimeout
-from racebench.registry import lock_class
+from racebench.registry import lock_class, lock_names
 from racebench.scenario import LockConfig
-from tests.conftest import run_cli, run_scenario_data, unique_namespace
+from tests.conftest import run_cli, run_scenario_data, server_for_plugin, unique_namespace
 from tests.processes import ours
 from tests.race import until_shown
 
-SERVICES = ["redis_lock", "redlock", "zookeeper_lock"]
+# Every registered lock service, racebench's own and installed third-party ones alike.
+SERVICES = lock_names()
 
 
 @pytest.fixture
-def lock_for(redis_url: str, redlock_urls: list[str], zookeeper_hosts: str):
-    """lock_for(service, **options) -> a scenario's `guard.lock` mapping with real servers."""
+def lock_for(request: pytest.FixtureRequest):
+    """lock_for(service, **options) -> a scenario's `guard.lock` mapping with the URL(s) of
+    the test server the service declares (a list goes to guard.lock.urls, as redlock's)."""
 
     def make(service: str, **options) -> dict:
-        where = {
-            "redis_lock": {"url": redis_url},
-            "redlock": {"urls": redlock_urls},
-            "zookeeper_lock": {"url": zookeeper_hosts},
-        }[service]
+        value = server_for_plugin(request, lock_class(service))
+        where = {} if value is None else {"urls" if isinstance(value, list) else "url": value}
         return {"service": service, **where, **options}
 
     return make
@@ -221,7 +220,7 @@ def _closed_port() -> int:
             "racebench: zookeeper_lock: cannot reach ZooKeeper at 127.0.0.1:{port}",
         ),
     ],
-    ids=SERVICES,
+    ids=["redis_lock", "redlock", "zookeeper_lock"],
 )
 def test_unreachable_lock_service_exits_3_with_one_line(
     tmp_path: Path, write_scenario, lock, expected: str
