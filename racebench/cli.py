@@ -187,6 +187,11 @@ def run(
             )
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
+    if any(o.interrupted for o in outcomes):
+        # Stopped by a signal: the partial result is written; the process only reports and
+        # exits now, so a late Ctrl-C must not kill it before it says exit 130.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     runs = [r.summary for o in outcomes for r in o.runs]
     if runs:
         stdout.print(results_table(runs, width=stdout.width))
@@ -602,9 +607,27 @@ def isolation(
     sys.exit(ExitStatus.EXPECTATION_FAILED if undecided else ExitStatus.OK)
 
 
+def _interrupt_once() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt once for the whole command; later ones are
+    ignored. A late Ctrl-C (after a run saved its partial result) must not kill the process
+    by the signal (exit -2) instead of ending it with exit 130."""
+    from racebench.interrupts import was_interrupted
+
+    received = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal received
+        received += 1
+        if received == 1 and not was_interrupted():
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+
 def main() -> None:
     """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _interrupt_once()
     debug = "--debug" in sys.argv[1:]
     try:
         status = cli.main(standalone_mode=False)

@@ -17,6 +17,13 @@ from contextlib import contextmanager
 from types import FrameType
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Whether a run in this process was interrupted: the CLI then ignores later signals.
+_interrupted = False
+
+
+def was_interrupted() -> bool:
+    """Whether a run in this process has already been stopped by SIGINT/SIGTERM."""
+    return _interrupted
 
 
 @contextmanager
@@ -29,9 +36,11 @@ def first_interrupt_only() -> Iterator[None]:
     received = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        global _interrupted
         nonlocal received
         received += 1
         if received == 1:
+            _interrupted = True
             raise KeyboardInterrupt
         if received == 2:
             print(
