@@ -168,7 +168,7 @@ def overrides_of(
         "workers": workers,
         "rate": rate,
     }
-    overrides = {k: v for k, v in values.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
     if duration is not None and operations is None:
         overrides["operations"] = None
     return overrides

@@ -33,8 +33,9 @@ def catalog_tables() -> list[Table]:
     workloads = Table(title="workloads", header_style="bold")
     for header in ("type", "what it does", "anomalies checked"):
         workloads.add_column(header)
-    for name, cls in WORKLOAD_TYPES.items():
-        workloads.add_row(name, (cls.__doc__ or "").strip(), ", ".join(cls.anomaly_names))
+    for name, workload_cls in WORKLOAD_TYPES.items():
+        doc = (workload_cls.__doc__ or "").strip()
+        workloads.add_row(name, doc, ", ".join(workload_cls.anomaly_names))
     for name, template in TEMPLATE_TYPES.items():
         doc = (template.__doc__ or "").strip()
         workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")
@@ -43,13 +44,13 @@ def catalog_tables() -> list[Table]:
     for header in ("backend", "what it is", "default url", "strategies", "clients run on"):
         backends.add_column(header)
     for name in STORES:
-        cls = store_class(name)
+        store_cls = store_class(name)
         backends.add_row(
             name,
-            cls.description,
-            cls.default_url or "(a temporary file)",
+            store_cls.description,
+            store_cls.default_url or "(a temporary file)",
             ", ".join(strategies_for(name)),
-            client_model(cls, list(strategies_for(name))),
+            client_model(store_cls, list(strategies_for(name))),
         )
 
     strategies = Table(title="strategies", header_style="bold")
@@ -82,8 +83,10 @@ def catalog_tables() -> list[Table]:
     for header in ("service", "what it is", "lease", "failure mode"):
         locks.add_column(header)
     for name in LOCK_SERVICES:
-        cls = lock_class(name)
-        locks.add_row(name, cls.description, "yes" if cls.lease else "no", cls.failure_mode)
+        lock_cls = lock_class(name)
+        locks.add_row(
+            name, lock_cls.description, "yes" if lock_cls.lease else "no", lock_cls.failure_mode
+        )
     return [workloads, backends, strategies, locks]
 
 

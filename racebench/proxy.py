@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 LOOPBACK = "127.0.0.1"
@@ -186,7 +186,8 @@ class FaultProxy:
                     elif key.fileobj is self._wake_r:
                         self._run_commands()
                     else:
-                        self._on_ready(key.data, key.fileobj, mask)
+                        # Every other registered file object is a link's socket.
+                        self._on_ready(key.data, cast(socket.socket, key.fileobj), mask)
                 self._flush_waiting()
         finally:
             self._close_sockets()

@@ -16,9 +16,12 @@ from racebench.guards import GENERIC_STRATEGIES
 from racebench.stores.base import StrategySpec
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
     from racebench.locks.base import LockService
-    from racebench.scenario import RunSpec
+    from racebench.scenario import CustomWorkload, RunSpec
     from racebench.stores.base import Store
+    from racebench.workloads import Workload as BuiltinWorkload
 
 STORES: dict[str, str] = {
     "sqlite": "racebench.stores.sqlite:SqliteStore",
@@ -56,7 +59,7 @@ def strategies_for(backend: str) -> dict[str, StrategySpec]:
     return {**GENERIC_STRATEGIES, **store_class(backend).strategies}
 
 
-def is_custom(workload: object) -> bool:
+def is_custom(workload: BuiltinWorkload | CustomWorkload) -> TypeIs[CustomWorkload]:
     """A user's own workload (template or plug-in): it brings its state, operation and checks."""
     return hasattr(workload, "start")
 
@@ -65,19 +68,21 @@ def run_strategies(spec: RunSpec) -> dict[str, StrategySpec]:
     """The strategies this run's workload can use on its backend."""
     workload = spec.scenario.workload
     if is_custom(workload):
-        return workload.strategies(spec.scenario.store.backend)  # type: ignore[union-attr]
+        return workload.strategies(spec.scenario.store.backend)
     return strategies_for(spec.scenario.store.backend)
 
 
-def _validate_integer_range(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
+def _validate_integer_range(
+    spec: RunSpec, workload: BuiltinWorkload, fail: Callable[[str, str], Exception]
+) -> None:
     """Refuse workload numbers the backend's integer columns or keys cannot hold."""
     s = spec.scenario
     cls = store_class(s.store.backend)
     limit = f"{cls.integer_type} (at most {cls.max_integer})"
-    for name, value in s.workload.integer_fields().items():
+    for name, value in workload.integer_fields().items():
         if abs(value) > cls.max_integer:
             raise fail(f"workload.{name}", f"{value} does not fit in {limit}")
-    if s.operations is not None and s.workload.largest_value(s.operations) > cls.max_integer:
+    if s.operations is not None and workload.largest_value(s.operations) > cls.max_integer:
         raise fail(
             "operations",
             f"{s.operations} operations can take the stored value beyond {limit}",
@@ -97,10 +102,10 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             "store.backend", f"unknown backend {s.store.backend!r} (known: {', '.join(STORES)})"
         )
     workload = s.workload
-    if is_custom(workload) and s.store.backend not in workload.backends:  # type: ignore[union-attr]
+    if is_custom(workload) and s.store.backend not in workload.backends:
         raise fail(
             "store.backend",
-            f"the {workload.type} workload runs on: {', '.join(workload.backends)}",  # type: ignore[union-attr]
+            f"the {workload.type} workload runs on: {', '.join(workload.backends)}",
         )
     strategies = run_strategies(spec)
     if s.guard.strategy not in strategies:
@@ -137,11 +142,11 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         )
     if is_custom(workload):
         # A custom workload's numbers live in its own SQL or commands, not in racebench's.
-        if problem := workload.validate_run(s.guard.fencing, s.guard.strategy):  # type: ignore[union-attr]
+        if problem := workload.validate_run(s.guard.fencing, s.guard.strategy):
             field, _, message = problem.partition(": ")
             raise fail(field, message)
     else:
-        _validate_integer_range(spec, fail)
+        _validate_integer_range(spec, workload, fail)
     validate_faults(spec, fail)
     if s.arrival != "constant" and s.rate is None:
         raise fail("arrival", "an arrival process needs an open loop: set rate (e.g. 5000/s)")

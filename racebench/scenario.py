@@ -10,7 +10,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -81,7 +81,7 @@ class StoreConfig(_Strict):
     servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
-FAULT_KINDS = (
+FaultKind = Literal[
     "pause_client",
     "kill_client",
     "kill_session",
@@ -95,13 +95,14 @@ FAULT_KINDS = (
     "kill_server",
     "pause_server",
     "restart_server",
-)
+]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
 class FaultConfig(_Strict):
     """One fault the nemesis injects during a run."""
 
-    kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    kind: FaultKind
     at: float | None = None  # seconds into the run
     when: Literal["holding", "acquiring"] | None = None
     # "any": whichever client is first seen in the `when` state (the nemesis picks the holder).
@@ -201,6 +202,9 @@ Workload = Annotated[
     | Annotated[PluginWorkload, Tag("plugin")],
     Discriminator(_workload_tag),
 ]
+# A user's own workloads in `Workload` (registry.is_custom); the others are racebench's own
+# (racebench.workloads.Workload), which the stores run through a Plan.
+CustomWorkload = SqlTemplateWorkload | RedisTemplateWorkload | PluginWorkload
 
 
 class Scenario(_Strict):

@@ -7,6 +7,7 @@ every store implements: a *counter* (one integer with an optional floor) or a *l
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -74,6 +75,16 @@ class Check:
 class _WorkloadModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
+    anomaly_names: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def plan(self) -> Plan:
+        """The state shape (counter or ledger) and the numbers every store sets up."""
+
+    @abstractmethod
+    def check(self, final: FinalState, history: RunHistory) -> Check:
+        """The invariants over the final state and the history, and the anomalies counted."""
+
     def integer_fields(self) -> dict[str, int]:
         """The numbers of this workload that a store keeps (or adds up), by field name."""
         return {k: v for k, v in self if isinstance(v, int) and not isinstance(v, bool)}
@@ -81,7 +92,7 @@ class _WorkloadModel(BaseModel):
     def largest_value(self, operations: int) -> int:
         """A bound on the magnitude of any value stored during `operations` operations: the
         start value plus one step per operation (lost updates only ever undo steps)."""
-        plan = self.plan()  # type: ignore[attr-defined]
+        plan = self.plan()
         if isinstance(plan, CounterPlan):
             return abs(plan.initial) + operations * abs(plan.delta)
         return plan.deposit + operations * plan.amount

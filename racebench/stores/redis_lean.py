@@ -22,7 +22,7 @@ import functools
 import hashlib
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -58,7 +58,8 @@ class RespProtocol(asyncio.Protocol):
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        # A stream connection's transport (asyncio.Protocol's signature says BaseTransport).
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
