@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -50,9 +51,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Fire real concurrent clients at real servers, verify the invariants, and table
     throughput, latency and anomalies per concurrency-control strategy.
 
-    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed
-    (compare: a regression); 2 bad usage, scenario or result file; 3 a backend could not be
-    reached; 130 interrupted.
+    Exit codes: 0 all runs completed and every expectation held; 1 an expectation failed,
+    a run was inconclusive or a fault did not fire (compare: a regression; doctor: leftovers
+    of dead runs); 2 bad usage, scenario or result file; 3 a backend could not be reached or
+    refused a privilege; 4 compare could not decide a run's speed; 130 interrupted.
     """
     ctx.obj = _Context()
     ctx.obj.debug = debug
@@ -102,6 +104,12 @@ def _load_all(
 )
 @click.option("--trials", type=click.IntRange(min=1), help="Override trials per run.")
 @click.option(
+    "--junit",
+    type=click.Path(path_type=Path),
+    help="Also write JUnit XML here: one testcase per run, failures for UNEXPECTED, "
+    "inconclusive and failed expectations.",
+)
+@click.option(
     "--workers",
     help="Worker processes the clients are spread over (default: one per CPU; `clients`: "
     "one process per client).",
@@ -138,6 +146,7 @@ def run(
     operations: int | None,
     duration: str | None,
     trials: int | None,
+    junit: Path | None,
     workers: str | None,
     rate: str | None,
     cluster: str | None,
@@ -147,7 +156,12 @@ def run(
     tls_key: str | None,
     quiet: bool,
 ) -> None:
-    """Run scenario files and print the results table."""
+    """Run scenario files and print the results table.
+
+    The trials of a matrix's runs interleave (run 1 trial 1, run 2 trial 1, ...). Live
+    progress on a terminal; one plain line per finished trial when output is piped (CI
+    logs). With $GITHUB_STEP_SUMMARY set, a markdown report is appended to that file.
+    """
     from racebench.api import overrides_of, run_paths
     from racebench.cluster import ClusterOptions
     from racebench.render import progress_display, results_table
@@ -161,7 +175,9 @@ def run(
             scenarios, overrides_of(clients, operations, duration, trials, workers, rate)
         )
         _check_run_outputs(output, results_dir, history)
-        with progress_display(stderr, not quiet) as progress:
+        # A live bar only when both streams are a terminal: in a CI log, plain lines.
+        live = stderr.is_terminal and sys.stdout.isatty()
+        with progress_display(stderr, not quiet, live=live) as progress:
             outcomes = run_paths(
                 loaded,
                 output=output,
@@ -175,7 +191,9 @@ def run(
         sys.exit(_fail(error, obj.debug))
     runs = [r.summary for o in outcomes for r in o.runs]
     if runs:
-        stdout.print(results_table(runs))
+        stdout.print(results_table(runs, width=stdout.width))
+    names = {str(path): specs[0].scenario.name for path, _, specs in loaded}
+    _write_ci_outputs(outcomes, names, junit)
     for outcome in outcomes:
         stderr.print(
             f"result: {outcome.result_path}" + (" (partial)" if outcome.interrupted else ""),
@@ -192,6 +210,31 @@ def run(
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
     sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+
+
+def _append_step_summary(markdown: str) -> None:
+    """Append to $GITHUB_STEP_SUMMARY when GitHub Actions set it (a no-op elsewhere)."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as out:
+            out.write(markdown)
+
+
+def _write_ci_outputs(outcomes: list[Any], names: dict[str, str], junit: Path | None) -> None:
+    """JUnit XML (--junit) and the GitHub step summary of a finished `run`; `names` maps
+    each scenario file to its scenario name (the testcases' classname)."""
+    from racebench.junit import runs_junit
+    from racebench.report import render_report
+    from racebench.results import write_text_atomically
+
+    if junit is not None:
+        files = [(names[o.source], [r.summary for r in o.runs]) for o in outcomes]
+        write_text_atomically(junit, runs_junit(files))
+        stderr.print(f"junit: {junit}", markup=False, highlight=False)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        written = [o.result_path for o in outcomes if o.result_path is not None]
+        if written:
+            _append_step_summary(render_report(written, "markdown"))
 
 
 def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]:
@@ -271,26 +314,51 @@ def list_command() -> None:
         sys.exit(ExitStatus.USAGE)
 
 
+_DIR_OPTION = click.option(
+    "--dir",
+    "directories",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    default=[Path("results")],
+    show_default=True,
+    help="Where to look for half-written result and history files (repeatable).",
+)
+
+
 @cli.command()
 @click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@_DIR_OPTION
 @click.option(
     "--cluster",
     envvar="RACEBENCH_CLUSTER",
     help="Also check from every worker of this Dask cluster (tcp://, tls:// or local:N).",
 )
 @click.pass_obj
-def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> None:
+def doctor(
+    obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, ...], cluster: str | None
+) -> None:
     """Check that every server the scenarios need is reachable (without scenarios: the
-    default URL of every backend and lock service); print versions or what is wrong."""
+    default URL of every backend and lock service) and that a SQL user can create and drop
+    tables; print versions or what is wrong. Then list what runs that died left behind.
+
+    Exit codes: 0 all ok; 1 leftovers of dead runs found (remove them with `racebench
+    clean`); 3 a server unreachable or a privilege missing.
+    """
     from rich.table import Table
 
     from racebench.cluster import ClusterOptions
     from racebench.doctor import check_servers
+    from racebench.leftovers import describe, survey
+    from racebench.ownership import Owner
 
     clusters = ClusterOptions(cluster)
     try:
         session = clusters.session(cluster) if cluster else None
         checks = check_servers(list(scenarios), session)
+        failed = [c for c in checks if not c.ok]
+        # Leftovers are searched from here: skip the servers that did not answer here.
+        skip = frozenset((c.kind, c.name, c.url) for c in failed if c.where == "here")
+        found = survey(list(scenarios), list(directories), skip)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     finally:
@@ -302,10 +370,66 @@ def doctor(obj: _Context, scenarios: tuple[Path, ...], cluster: str | None) -> N
         status = "[green]ok[/]" if c.ok else "[bold red]UNREACHABLE[/]"
         table.add_row(c.kind, c.name, escape(c.url), escape(c.where), status, escape(c.detail))
     stdout.print(table)
-    failed = [c for c in checks if not c.ok]
+    for leftover in found.leftovers:
+        click.echo(f"leftover: {describe(leftover)}")
     for c in failed:
         where = "" if c.where == "here" else f" (from {c.where})"
         stderr.print(f"racebench: {c.detail}{where}", markup=False, highlight=False)
+    if failed:
+        sys.exit(ExitStatus.BACKEND_UNAVAILABLE)
+    # The leftovers (listed above) decide the exit code only when every server answered.
+    dead = [x for x in found.leftovers if x.owner is Owner.DEAD]
+    if dead:
+        stderr.print(
+            f"racebench: {len(dead)} leftover(s) of dead runs; remove them with `racebench clean`",
+            markup=False,
+            highlight=False,
+        )
+    sys.exit(ExitStatus.EXPECTATION_FAILED if dead else ExitStatus.OK)
+
+
+@cli.command()
+@click.argument("scenarios", nargs=-1, type=click.Path(path_type=Path))
+@_DIR_OPTION
+@click.option(
+    "--any-owner",
+    is_flag=True,
+    help="Also remove objects whose owner cannot be checked (made on another host or by an "
+    "older racebench); only when no racebench run is going on anywhere.",
+)
+@click.pass_obj
+def clean(
+    obj: _Context, scenarios: tuple[Path, ...], directories: tuple[Path, ...], any_owner: bool
+) -> None:
+    """Remove what runs that died left behind: tables, Redis keys, znodes, lock files and
+    temporary files, on the servers the scenarios use (without scenarios: the default URL of
+    every backend and lock service). Only racebench's own namespaced objects, and never
+    those of a run that is still going (their namespace names its process).
+
+    Exit codes: 0 done (also when nothing was found); 3 a server unreachable or an object
+    that could not be removed.
+    """
+    from racebench.leftovers import clean as remove_leftovers
+    from racebench.leftovers import describe, survey
+
+    try:
+        found = survey(list(scenarios), list(directories))
+        done = remove_leftovers(found, any_owner)
+    except RacebenchError as error:
+        sys.exit(_fail(error, obj.debug))
+    for leftover in done.removed:
+        click.echo(f"removed: {describe(leftover)}")
+    for leftover in done.kept:
+        click.echo(f"kept: {describe(leftover)}")
+    for leftover, why in done.failed:
+        stderr.print(
+            f"racebench: cannot remove {describe(leftover)}: {why}", markup=False, highlight=False
+        )
+    for problem in found.problems:
+        stderr.print(f"racebench: {problem}", markup=False, highlight=False)
+    if not (done.removed or done.kept or done.failed):
+        click.echo("nothing to clean")
+    failed = done.failed or found.problems
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 
@@ -387,11 +511,17 @@ class _Percent(click.ParamType):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "markdown", "json", "benchmark-json", "html"]),
+    type=click.Choice(["text", "markdown", "github", "json", "benchmark-json", "junit", "html"]),
     default="text",
     show_default=True,
-    help="benchmark-json: github-action-benchmark's customBiggerIsBetter list; html: a"
-    " self-contained page, before and after per run.",
+    help="github: markdown with verdict marks; benchmark-json: github-action-benchmark's "
+    "customBiggerIsBetter list; junit: one testcase per run; html: a self-contained page, "
+    "before and after per run.",
+)
+@click.option(
+    "--allow-undecided",
+    is_flag=True,
+    help="Exit 0 instead of 4 when a run's speed cannot be told from noise.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write here, atomically.")
 @click.pass_obj
@@ -401,28 +531,36 @@ def compare(
     candidate: Path,
     max_slowdown: float,
     fmt: str,
+    allow_undecided: bool,
     output: Path | None,
 ) -> None:
-    """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression.
+    """Compare CANDIDATE with BASELINE by run label; exit 1 on a regression, 4 when a run's
+    speed is undecided.
 
-    A regression: slower than --max-slowdown beyond noise (Mann-Whitney U over the trials of
-    both sides), or an anomaly in a run that was safe in the baseline.
+    A regression: slower than --max-slowdown beyond noise (a block-bootstrap interval of the
+    ratio of medians, from within-run samples and trials; docs/gate.md), an anomaly in a run
+    that was safe in the baseline, or a candidate run that is inconclusive (too few
+    acknowledged operations to show the race). With $GITHUB_STEP_SUMMARY set, the github
+    format is appended to that file.
     """
     from racebench.compare import compare_results
     from racebench.compare_render import render_comparison
 
     try:
         _check_report_output(output)
-        comparison = compare_results(baseline, candidate, max_slowdown)
+        comparison = compare_results(baseline, candidate, max_slowdown, allow_undecided)
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     for warning in comparison.warnings:
         stderr.print(f"warning: {redact_text(warning)}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
+    _append_step_summary(render_comparison(comparison, "github"))
     for label, reason in comparison.regressions:
         line = redact_text(f"regression: {label}: {reason}")
         stderr.print(line, markup=False, highlight=False)
-    sys.exit(ExitStatus.EXPECTATION_FAILED if comparison.failed else ExitStatus.OK)
+    for label in comparison.undecided:
+        stderr.print(f"undecided: {label}: speed not decided", markup=False, highlight=False)
+    sys.exit(comparison.exit_status)
 
 
 @cli.command()

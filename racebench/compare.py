@@ -1,13 +1,21 @@
 """Compare a candidate result with a baseline: speed changes judged against noise, and
 correctness regressions, for gating CI.
 
-Runs are matched by label. For throughput and p99, "within noise" is decided from the trials
-of both sides with a two-sided Mann-Whitney U test (scipy.stats.mannwhitneyu, p < 0.05); a
-change counts as slower only when the test separates the two sides *and* the medians differ
-by more than the allowed slowdown (the rule asv uses). With too few trials the test cannot
-reach p < 0.05 at all (3 vs 3 trials: the smallest possible p is 0.1), and the speed is then
-reported as undecided and never gated: one trial is not a basis for a verdict. A run that
-was "safe" in the baseline and shows any anomaly in the candidate always fails.
+Runs are matched by label (labels are keys: a file that repeats one is refused on load). For
+throughput and p99, the decision rests on a bootstrap confidence interval of the ratio of
+medians (racebench.gate_stats): from the within-run samples (per 100 ms bucket) of each
+trial, so that one trial per side suffices, resampled by trial when there are several. With
+the interval of "how much worse" (throughput drop, p99 rise):
+
+- entirely above the allowed slowdown: `slower`, a regression;
+- entirely at or below it: `within N%` (or `faster`, when the interval of "how much
+  better" is entirely above the same bar);
+- straddling it, or too few samples to build it: `undecided`. For throughput the gate never
+  calls that a pass: `racebench compare` exits 4 unless told `--allow-undecided`. An
+  undecided p99 is reported and warned about; a p99 decided slower is a regression.
+
+A run that was "safe" in the baseline and shows any anomaly in the candidate always fails.
+See docs/gate.md.
 """
 
 from __future__ import annotations
@@ -17,24 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from racebench.errors import ResultFileError
-from racebench.naming import SAFE
-from racebench.report import LoadedResult, load_result, server_versions, trial_values
+import numpy as np
 
-ALPHA = 0.05
-METHOD = "Mann-Whitney U (two-sided, p < 0.05) on per-trial values"
-FASTER, SLOWER, SAME, UNDECIDED = "faster", "slower", "same within noise", "undecided"
-# Per-run settings that change what a label measures; a difference is worth a warning, since
-# command-line overrides (--clients, --trials) do not enter the scenario hash.
-_RUN_SETTINGS = (
-    "workload",
-    "backend",
-    "strategy",
-    "lock_service",
-    "fencing",
-    "clients",
-    "race_window_ms",
+from racebench.compare_warnings import load_difference, setting_changes, setup_differences
+from racebench.errors import ExitStatus, ResultFileError
+from racebench.gate_stats import CONFIDENCE, ratio_interval
+from racebench.naming import INCONCLUSIVE, SAFE
+from racebench.report import LoadedResult, load_result, trial_values
+
+METHOD = (
+    f"{CONFIDENCE:.0%} circular block bootstrap interval of the ratio of medians "
+    "(within-run 100 ms buckets; trials resampled when there are several)"
 )
+FASTER, SLOWER, WITHIN, UNDECIDED = "faster", "slower", "within", "undecided"
+# The fewest buckets in every trial of a side for a within-run interval, and the fewest
+# trials for an interval from per-trial figures alone (when a run was too short to bucket).
+MIN_BUCKETS = 10
+MIN_TRIALS = 3
 
 
 @dataclass
@@ -44,20 +51,36 @@ class MetricChange:
     metric: str
     unit: str
     higher_is_better: bool
-    baseline: float
+    baseline: float  # the run's headline figure (median over trials)
     candidate: float
     baseline_trials: list[float]
     candidate_trials: list[float]
-    p_value: float | None
+    basis: str  # what the interval was computed from, e.g. "buckets 20 vs 20, 1 vs 1 trials"
+    ratio: float | None  # candidate/baseline ratio of medians of the samples
+    interval: tuple[float, float] | None  # its confidence interval; None when undecidable
     verdict: str
-    worse_by: float  # fraction worse in the metric's own sense (0.25 = 25 % worse); <0: better
+    reason: str = ""  # why undecided
 
     @property
     def change(self) -> float | None:
-        """Relative change of the median, candidate against baseline."""
+        """Relative change of the headline figure, candidate against baseline."""
         if self.baseline == 0:
             return None
         return self.candidate / self.baseline - 1
+
+    @property
+    def worse_by(self) -> float:
+        """Fraction worse in the metric's own sense by the ratio of medians (<0: better)."""
+        if self.ratio is None:
+            return 0.0
+        return 1 - self.ratio if self.higher_is_better else self.ratio - 1
+
+    def worse_interval(self) -> tuple[float, float] | None:
+        """The interval of `worse_by`: (least worse, most worse)."""
+        if self.interval is None:
+            return None
+        low, high = self.interval
+        return (1 - high, 1 - low) if self.higher_is_better else (low - 1, high - 1)
 
 
 @dataclass
@@ -73,12 +96,23 @@ class RunComparison:
     candidate_anomalies: int
     new_anomalies: dict[str, int]
     setting_changes: list[str]
+    trials: tuple[int, int] = (1, 1)
     regressions: list[str] = field(default_factory=list)
+
+    @property
+    def speed_undecided(self) -> bool:
+        """No regression found, but the throughput could not be shown to be within the bar.
+
+        Throughput is the speed the gate must decide. p99 is a tail alarm: decided slower,
+        it is a regression; undecided (the tail of a short run is mostly its few slowest
+        operations), it is reported and warned about but does not hold the gate.
+        """
+        return not self.regressions and self.throughput.verdict == UNDECIDED
 
 
 @dataclass
 class Comparison:
-    """The whole comparison; `failed` decides exit status 1."""
+    """The whole comparison: `failed` decides exit status 1, `undecided` exit status 4."""
 
     baseline: LoadedResult
     candidate: LoadedResult
@@ -87,6 +121,7 @@ class Comparison:
     only_in_baseline: list[str]
     only_in_candidate: list[str]
     warnings: list[str]
+    allow_undecided: bool = False
 
     @property
     def regressions(self) -> list[tuple[str, str]]:
@@ -96,24 +131,58 @@ class Comparison:
     def failed(self) -> bool:
         return bool(self.regressions)
 
+    @property
+    def undecided(self) -> list[str]:
+        """Labels whose speed could not be decided (and that did not regress otherwise)."""
+        return [r.label for r in self.runs if r.speed_undecided]
 
-def smallest_p(n_baseline: int, n_candidate: int) -> float:
-    """The smallest two-sided exact Mann-Whitney p-value these trial counts can produce."""
-    if not n_baseline or not n_candidate:
-        return 1.0
-    return min(1.0, 2 / math.comb(n_baseline + n_candidate, n_baseline))
+    @property
+    def exit_status(self) -> ExitStatus:
+        """1 for a regression; 4 when a run's speed is undecided (unless allowed); else 0."""
+        if self.failed:
+            return ExitStatus.EXPECTATION_FAILED
+        if self.undecided and not self.allow_undecided:
+            return ExitStatus.UNDECIDED
+        return ExitStatus.OK
 
 
-def noise_p_value(baseline: list[float], candidate: list[float]) -> float | None:
-    """p-value that both trial sets come from one distribution; None when too few trials."""
-    if smallest_p(len(baseline), len(candidate)) >= ALPHA:
-        return None
-    if len(set(baseline) | set(candidate)) == 1:
-        return 1.0  # every trial identical: nothing to separate (the test would divide by 0)
-    from scipy.stats import mannwhitneyu
+def _sample_series(run: dict[str, Any], metric: str) -> list[np.ndarray] | None:
+    """Each trial's within-run series of `metric`, or None if a trial has too few buckets."""
+    key = "throughput_ops_s" if metric == "throughput" else "p99_ms"
+    series = []
+    for trial in run["trials"]:
+        values = (trial.get("samples") or {}).get(key) or []
+        if len(values) < MIN_BUCKETS:
+            return None
+        series.append(np.asarray(values, dtype=float))
+    return series
 
-    p = float(mannwhitneyu(baseline, candidate, alternative="two-sided").pvalue)
-    return 1.0 if math.isnan(p) else p
+
+def _basis(
+    base: dict[str, Any], cand: dict[str, Any], metric: str
+) -> tuple[str, list[np.ndarray], list[np.ndarray]] | str:
+    """(description, baseline series, candidate series), or the reason there are none.
+
+    Both sides must rest on the same kind of sample: buckets when every trial of both has
+    enough, otherwise per-trial figures when both have MIN_TRIALS trials.
+    """
+    n_b, n_c = len(base["trials"]), len(cand["trials"])
+    b_series, c_series = _sample_series(base, metric), _sample_series(cand, metric)
+    if b_series is not None and c_series is not None:
+        buckets = f"{sum(map(len, b_series))} vs {sum(map(len, c_series))} buckets"
+        return f"{buckets}, {n_b} vs {n_c} trials", b_series, c_series
+    if min(n_b, n_c) >= MIN_TRIALS:
+        key = "throughput" if metric == "throughput" else "p99"
+        return (
+            f"per-trial figures, {n_b} vs {n_c} trials",
+            [np.array([v]) for v in trial_values(base, key)],
+            [np.array([v]) for v in trial_values(cand, key)],
+        )
+    return (
+        f"too few samples: each trial needs {MIN_BUCKETS} buckets of 100 ms after warmup "
+        f"(run longer, e.g. --duration 2s) or each side {MIN_TRIALS} trials "
+        f"(have {n_b} vs {n_c})"
+    )
 
 
 def compare_metric(
@@ -124,38 +193,67 @@ def compare_metric(
     cand: dict[str, Any],
     max_slowdown: float,
 ) -> MetricChange:
-    """Median change of one metric and its verdict.
-
-    faster/slower need both: the trials separate (p < ALPHA) and the medians differ by more
-    than `max_slowdown`. A separated but smaller change is "same within N%": with steady
-    per-trial figures even a 0.3 % shift separates, and is no news.
-    """
+    """The change of one metric and its verdict, from the confidence interval of the ratio."""
     key = "throughput" if metric == "throughput" else "p99"
-    b_trials, c_trials = trial_values(base, key), trial_values(cand, key)
     if metric == "throughput":
         b, c = float(base["throughput_ops_s"]), float(cand["throughput_ops_s"])
     else:
         b, c = float(base["latency_ms"]["p99"]), float(cand["latency_ms"]["p99"])
-    if higher_is_better:
-        worse_by = (1 - c / b) if b > 0 else 0.0
-    else:
-        worse_by = (c / b - 1) if b > 0 else (math.inf if c > 0 else 0.0)
-    # Symmetric bar for "faster": the same relative size, in the better direction.
-    better_by = (c / b - 1) if higher_is_better and b > 0 else -worse_by
-    p = noise_p_value(b_trials, c_trials)
-    if p is None:
-        verdict = UNDECIDED
-    elif p >= ALPHA:
-        verdict = SAME
-    elif worse_by > max_slowdown:
-        verdict = SLOWER
-    elif better_by > max_slowdown:
-        verdict = FASTER
-    else:
-        verdict = f"same within {max_slowdown:.0%}"
-    return MetricChange(
-        metric, unit, higher_is_better, b, c, b_trials, c_trials, p, verdict, worse_by
+    change = MetricChange(
+        metric,
+        unit,
+        higher_is_better,
+        b,
+        c,
+        trial_values(base, key),
+        trial_values(cand, key),
+        basis="",
+        ratio=None,
+        interval=None,
+        verdict=UNDECIDED,
     )
+    basis = _basis(base, cand, metric)
+    if isinstance(basis, str):
+        change.reason = basis
+        return change
+    change.basis, b_series, c_series = basis
+    estimate = ratio_interval(b_series, c_series)
+    if not all(map(math.isfinite, (estimate.ratio, estimate.low, estimate.high))):
+        change.reason = "a side's median is 0: no ratio"
+        return change
+    change.ratio, change.interval = estimate.ratio, (estimate.low, estimate.high)
+    worse = change.worse_interval()
+    assert worse is not None  # the interval was set just above
+    least_worse, most_worse = worse
+    if least_worse > max_slowdown:
+        change.verdict = SLOWER
+    elif most_worse > max_slowdown:
+        change.reason = (
+            f"the interval of the change straddles the allowed {max_slowdown:.0%}: "
+            "more samples (a longer run or more trials) can decide"
+        )
+    elif -most_worse > max_slowdown:  # even the least improvement beats the same bar
+        change.verdict = FASTER
+    else:
+        change.verdict = f"{WITHIN} {max_slowdown:.0%}"  # no worse than the bar allows
+    return change
+
+
+def _new_anomalies(
+    base: dict[str, Any], b_anomalies: dict[str, int], cand: dict[str, Any], c: dict[str, int]
+) -> dict[str, int]:
+    """What makes a run that was safe in the baseline a correctness regression.
+
+    A safe run may carry anomalies its claim allows: a fenced lock keeps the data safe while
+    critical sections still overlap (mutual_exclusion_violations). Those stay, and may vary,
+    without breaking the claim; a kind of anomaly the baseline did not have, or a verdict that
+    is no longer safe, is a regression.
+    """
+    if base["verdict"] != SAFE:
+        return {}
+    if cand["verdict"] not in (SAFE, INCONCLUSIVE):  # inconclusive is reported on its own
+        return c
+    return {k: v for k, v in c.items() if k not in b_anomalies}
 
 
 def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float) -> RunComparison:
@@ -170,62 +268,49 @@ def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float)
         candidate_verdict=cand["verdict"],
         baseline_anomalies=sum(b_anomalies.values()),
         candidate_anomalies=sum(c_anomalies.values()),
-        new_anomalies=c_anomalies if base["verdict"] == SAFE else {},
-        setting_changes=[
-            f"{k} {base.get(k)!r} -> {cand.get(k)!r}"
-            for k in _RUN_SETTINGS
-            if base.get(k) != cand.get(k)
-        ],
+        new_anomalies=_new_anomalies(base, b_anomalies, cand, c_anomalies),
+        setting_changes=setting_changes(base, cand),
+        trials=(len(base["trials"]), len(cand["trials"])),
     )
     if comparison.new_anomalies:
         found = ", ".join(f"{k}={v}" for k, v in comparison.new_anomalies.items())
         comparison.regressions.append(f"correctness: safe in the baseline, now {found}")
+    if cand["verdict"] == INCONCLUSIVE:
+        # Not a pass: the candidate did too little to show whether the race is still fixed.
+        reason = cand.get("evidence_missing") or "too few acknowledged operations"
+        comparison.regressions.append(f"inconclusive in the candidate: {reason}")
     for change in (comparison.throughput, comparison.p99):
         if change.verdict == SLOWER:
             comparison.regressions.append(
                 f"{change.metric} {describe_change(change)} "
-                f"(allowed slowdown {max_slowdown:.0%}, p={change.p_value:.3f})"
+                f"({describe_interval(change)}; allowed slowdown {max_slowdown:.0%})"
             )
     return comparison
 
 
 def describe_change(change: MetricChange) -> str:
-    """The signed relative change of the median: "-45%", "+12%"."""
-    relative = change.change
+    """The signed relative change, by the ratio of medians of the samples: "-45%", "+12%"."""
+    relative = change.change if change.ratio is None else change.ratio - 1
     return "n/a" if relative is None else f"{relative:+.0%}"
 
 
-def setup_differences(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
-    """Warnings for results made on different setups, where speed is not comparable."""
-    warnings = []
-
-    def differs(what: str, b: Any, c: Any) -> None:
-        if b != c:
-            warnings.append(f"different {what}: baseline {b}, candidate {c}")
-
-    differs(
-        "CPU count", base.get("host", {}).get("cpu_count"), cand.get("host", {}).get("cpu_count")
-    )
-    differs("racebench version", base.get("racebench_version"), cand.get("racebench_version"))
-    differs(
-        "scenario hash", base.get("scenario", {}).get("hash"), cand.get("scenario", {}).get("hash")
-    )
-    b_servers, c_servers = server_versions(base), server_versions(cand)
-    for name in sorted(set(b_servers) & set(c_servers)):
-        differs(f"{name} server version", b_servers[name], c_servers[name])
-    b_drivers = base.get("environment", {}).get("drivers") or {}
-    c_drivers = cand.get("environment", {}).get("drivers") or {}
-    for name in sorted(set(b_drivers) & set(c_drivers)):
-        differs(f"{name} driver version", b_drivers[name], c_drivers[name])
-    return warnings
+def describe_interval(change: MetricChange) -> str:
+    """ "95% CI -52%..-41%", or why there is none."""
+    if change.interval is None:
+        return change.reason or "no interval"
+    low, high = change.interval
+    return f"{CONFIDENCE:.0%} CI {low - 1:+.0%}..{high - 1:+.0%}"
 
 
-def compare_results(baseline: Path, candidate: Path, max_slowdown: float) -> Comparison:
+def compare_results(
+    baseline: Path, candidate: Path, max_slowdown: float, allow_undecided: bool = False
+) -> Comparison:
     """Read two result files and compare every label they share.
 
     Raises ResultFileError (exit 2) when a file is unusable or no label is in both.
     """
     base, cand = load_result(baseline), load_result(candidate)
+    # Labels are keys: load_result refuses a file that repeats one (exit 2).
     base_runs = {r["label"]: r for r in base.runs}
     cand_runs = {r["label"]: r for r in cand.runs}
     shared = [label for label in base_runs if label in cand_runs]
@@ -240,18 +325,16 @@ def compare_results(baseline: Path, candidate: Path, max_slowdown: float) -> Com
     for document, name in ((base.document, "baseline"), (cand.document, "candidate")):
         if document.get("partial"):
             warnings.append(f"the {name} is a partial (interrupted) result")
+    busier = load_difference(base, cand)
+    if busier:
+        warnings.append(busier)
     for run in runs:
         if run.setting_changes:
             warnings.append(f"{run.label}: settings differ: {'; '.join(run.setting_changes)}")
-    undecided = [r.label for r in runs if r.throughput.verdict == UNDECIDED]
-    if undecided:
-        n_b = len(base_runs[undecided[0]]["trials"])
-        n_c = len(cand_runs[undecided[0]]["trials"])
-        warnings.append(
-            f"{len(undecided)} run(s) with too few trials to separate speed from noise "
-            f"(e.g. {n_b} vs {n_c}; Mann-Whitney U needs 4 per side to reach p < {ALPHA}): "
-            "their speed is not gated; run with --trials 5"
-        )
+    for run in runs:
+        for change in (run.throughput, run.p99):
+            if change.verdict == UNDECIDED:
+                warnings.append(f"{run.label}: {change.metric} undecided: {change.reason}")
     return Comparison(
         baseline=base,
         candidate=cand,
@@ -260,4 +343,5 @@ def compare_results(baseline: Path, candidate: Path, max_slowdown: float) -> Com
         only_in_baseline=[label for label in base_runs if label not in cand_runs],
         only_in_candidate=[label for label in cand_runs if label not in base_runs],
         warnings=warnings,
+        allow_undecided=allow_undecided,
     )

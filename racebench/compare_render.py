@@ -1,4 +1,5 @@
-"""Output formats of `racebench compare`: text, markdown, json and benchmark-json."""
+"""Output formats of `racebench compare`: text, markdown, github, json, benchmark-json and
+junit."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import json
 from typing import Any
 
 from racebench.compare import (
-    ALPHA,
     METHOD,
+    SLOWER,
+    UNDECIDED,
     Comparison,
     MetricChange,
     RunComparison,
     describe_change,
+    describe_interval,
 )
+from racebench.gate_stats import CONFIDENCE
 from racebench.report import markdown_table
 
-FORMATS = ("text", "markdown", "json", "benchmark-json", "html")
+FORMATS = ("text", "markdown", "github", "json", "benchmark-json", "junit", "html")
 COMPARE_SCHEMA = "racebench.compare/1"
 
 
@@ -32,14 +36,36 @@ def _metric_cell(change: MetricChange) -> str:
 
 
 def _verdict_cell(change: MetricChange) -> str:
-    if change.p_value is None:
-        n_b, n_c = len(change.baseline_trials), len(change.candidate_trials)
-        return f"{change.verdict} ({n_b} vs {n_c} trials)"
-    return f"{change.verdict} (p={change.p_value:.3f})"
+    """ "slower (95% CI -52%..-41%)"; "undecided (no interval)" names the short reason."""
+    if change.interval is None:
+        return f"{change.verdict} (too few samples)"
+    return f"{change.verdict} ({describe_interval(change)})"
 
 
 def _status(run: RunComparison) -> str:
-    return "REGRESSION: " + "; ".join(run.regressions) if run.regressions else "ok"
+    if run.regressions:
+        return "REGRESSION: " + "; ".join(run.regressions)
+    return "UNDECIDED speed" if run.speed_undecided else "ok"
+
+
+# GitHub renders these as coloured marks in a step summary or a pull-request comment.
+_MARKS = {"ok": "✅", "regression": "❌", "undecided": "⚠️", "faster": "🚀"}
+
+
+def _mark_verdict(change: MetricChange) -> str:
+    if change.verdict == SLOWER:
+        mark = _MARKS["regression"]
+    elif change.verdict == UNDECIDED:
+        mark = _MARKS["undecided"]
+    else:
+        mark = _MARKS["faster"] if change.verdict == "faster" else _MARKS["ok"]
+    return f"{mark} {_verdict_cell(change)}"
+
+
+def _mark_status(run: RunComparison) -> str:
+    if run.regressions:
+        return f"{_MARKS['regression']} {_status(run)}"
+    return f"{_MARKS['undecided' if run.speed_undecided else 'ok']} {_status(run)}"
 
 
 def _verdicts(run: RunComparison) -> str:
@@ -51,34 +77,59 @@ def _verdicts(run: RunComparison) -> str:
 _HEADERS = ["run", "throughput", "verdict", "p99", "verdict", "anomalies", "result"]
 
 
-def _rows(comparison: Comparison) -> list[list[str]]:
+def _trials(run: RunComparison) -> str:
+    n_b, n_c = run.trials
+    return f"{n_b} vs {n_c} trial" + ("s" if (n_b, n_c) != (1, 1) else "")
+
+
+def _rows(comparison: Comparison, marks: bool = False) -> list[list[str]]:
+    verdict_cell = _mark_verdict if marks else _verdict_cell
+    status = _mark_status if marks else _status
     return [
         [
-            run.label,
+            f"{run.label} ({_trials(run)})",
             _metric_cell(run.throughput),
-            _verdict_cell(run.throughput),
+            verdict_cell(run.throughput),
             _metric_cell(run.p99),
-            _verdict_cell(run.p99),
+            verdict_cell(run.p99),
             f"{run.baseline_anomalies} -> {run.candidate_anomalies} ({_verdicts(run)})",
-            _status(run),
+            status(run),
         ]
         for run in comparison.runs
     ]
 
 
+def summary_line(comparison: Comparison) -> str:
+    """The last line: passed only when every run's speed was decided and nothing regressed."""
+    n, undecided = len(comparison.regressions), len(comparison.undecided)
+    if n:
+        return f"result: FAILED, {n} regression(s)"
+    if undecided and comparison.allow_undecided:
+        return (
+            f"result: no regression found, but the speed of {undecided} run(s) is undecided "
+            "(accepted by --allow-undecided)"
+        )
+    if undecided:
+        return (
+            f"result: UNDECIDED, the speed of {undecided} run(s) could not be decided "
+            "(exit 4; --allow-undecided accepts this)"
+        )
+    return "result: passed, no regression"
+
+
 def _footer(comparison: Comparison) -> list[str]:
     lines = [
-        f"noise: {METHOD}; allowed slowdown {comparison.max_slowdown:.0%} "
-        "(throughput drop or p99 rise, beyond noise); a run safe in the baseline must stay "
-        "free of anomalies."
+        f"figures: medians over trials (change: ratio of medians of the within-run samples); "
+        f"anomalies: totals over all trials. noise: {METHOD}; allowed slowdown "
+        f"{comparison.max_slowdown:.0%} (throughput drop or p99 rise, beyond noise); a run "
+        "safe in the baseline must stay safe, with no kind of anomaly it did not have."
     ]
     if comparison.only_in_baseline:
         lines.append("only in baseline (not compared): " + ", ".join(comparison.only_in_baseline))
     if comparison.only_in_candidate:
         lines.append("only in candidate (new): " + ", ".join(comparison.only_in_candidate))
     lines += [f"warning: {w}" for w in comparison.warnings]
-    n = len(comparison.regressions)
-    lines.append(f"result: FAILED, {n} regression(s)" if n else "result: passed, no regression")
+    lines.append(summary_line(comparison))
     return lines
 
 
@@ -116,14 +167,26 @@ def render_text(comparison: Comparison) -> str:
     return "\n".join(lines + _footer(comparison)) + "\n"
 
 
-def render_markdown(comparison: Comparison) -> str:
-    """A pull-request comment / $GITHUB_STEP_SUMMARY section."""
-    status = "❌ regression" if comparison.failed else "✅ no regression"
-    lines = [f"## racebench compare: {status}", ""]
+def _headline(comparison: Comparison) -> str:
+    if comparison.failed:
+        return "❌ regression"
+    if comparison.undecided:
+        return "⚠️ undecided" + (" (allowed)" if comparison.allow_undecided else "")
+    return "✅ no regression"
+
+
+def render_markdown(comparison: Comparison, marks: bool = False) -> str:
+    """A pull-request comment; with `marks` (--format github) every verdict gets its mark."""
+    lines = [f"## racebench compare: {_headline(comparison)}", ""]
     lines += [f"- {name}: `{text}`" for name, text in _sources(comparison)]
-    lines += ["", markdown_table(_HEADERS, _rows(comparison), set()), ""]
+    lines += ["", markdown_table(_HEADERS, _rows(comparison, marks), set()), ""]
     lines += [f"- {line}" for line in _footer(comparison)]
     return "\n".join(lines) + "\n\n"  # blank line: other sections may be appended
+
+
+def render_github(comparison: Comparison) -> str:
+    """Markdown with verdict marks, for $GITHUB_STEP_SUMMARY (written there automatically)."""
+    return render_markdown(comparison, marks=True)
 
 
 def _metric_json(change: MetricChange) -> dict[str, Any]:
@@ -134,8 +197,12 @@ def _metric_json(change: MetricChange) -> dict[str, Any]:
         "change": change.change,
         "baseline_trials": change.baseline_trials,
         "candidate_trials": change.candidate_trials,
-        "p_value": change.p_value,
+        "figures": "median over trials",
+        "basis": change.basis,
+        "ratio_of_medians": change.ratio,
+        "interval": list(change.interval) if change.interval else None,
         "verdict": change.verdict,
+        "reason": change.reason or None,
     }
 
 
@@ -143,26 +210,37 @@ def render_json(comparison: Comparison) -> str:
     document = {
         "schema": COMPARE_SCHEMA,
         "method": METHOD,
-        "alpha": ALPHA,
+        "confidence": CONFIDENCE,
         "max_slowdown": comparison.max_slowdown,
         "baseline": str(comparison.baseline.path),
         "candidate": str(comparison.candidate.path),
         "runs": [
             {
                 "label": run.label,
+                "trials": {"baseline": run.trials[0], "candidate": run.trials[1]},
                 "throughput": _metric_json(run.throughput),
                 "p99": _metric_json(run.p99),
                 "baseline_verdict": run.baseline_verdict,
                 "candidate_verdict": run.candidate_verdict,
+                "anomaly_totals": {
+                    "baseline": run.baseline_anomalies,
+                    "candidate": run.candidate_anomalies,
+                    "over": "all trials",
+                },
                 "new_anomalies": run.new_anomalies,
                 "regressions": run.regressions,
+                "speed_undecided": run.speed_undecided,
             }
             for run in comparison.runs
         ],
         "only_in_baseline": comparison.only_in_baseline,
         "only_in_candidate": comparison.only_in_candidate,
         "warnings": comparison.warnings,
-        "passed": not comparison.failed,
+        "undecided": comparison.undecided,
+        "allow_undecided": comparison.allow_undecided,
+        "summary": summary_line(comparison),
+        "passed": not comparison.failed and not comparison.undecided,
+        "exit_status": int(comparison.exit_status),
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -204,10 +282,15 @@ def render_comparison(comparison: Comparison, fmt: str) -> str:
         from racebench.compare_html import render_compare_html
 
         return render_compare_html(comparison)
+
+    from racebench.junit import comparison_junit
+
     renderers = {
         "text": render_text,
         "markdown": render_markdown,
+        "github": render_github,
         "json": render_json,
         "benchmark-json": render_benchmark_json,
+        "junit": comparison_junit,
     }
     return renderers[fmt](comparison)

@@ -1,27 +1,27 @@
 """`racebench doctor`: can every server a scenario needs be reached, and which version is it?
 
-Each store and lock service is asked the same question a run asks first (`check_reachable`),
-without creating anything; the answer is its version, or exactly what is wrong (refused,
-authentication failed, database missing).
+Each store and lock service is asked the same question a run asks first (`check_reachable`);
+a SQL store also creates and drops a probe table, as a run would (a user without CREATE or
+DROP fails here, naming the privilege). The answer is the version, or exactly what is wrong
+(refused, authentication failed, database missing, privilege missing). Leftovers of runs that
+died are found by racebench.leftovers.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from racebench.errors import RacebenchError
+from racebench.ownership import new_namespace
 from racebench.redact import redact_text
+from racebench.stores.base import Store
 
 if TYPE_CHECKING:
     from racebench.cluster import ClusterSession
-
-
-class _Reachable(Protocol):
-    def check_reachable(self) -> dict[str, str]: ...
+    from racebench.locks.base import LockService
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ class ServerCheck:
 
 
 def _namespace() -> str:
-    return f"racebench_doctor_{secrets.token_hex(4)}"
+    return new_namespace()
 
 
 # (kind, name, url, what to check); None: an embedded store on a temporary file, no server.
-Target = tuple[str, str, str, _Reachable | None]
+Target = tuple[str, str, str, Store | LockService | None]
 EMBEDDED = "embedded, no server needed"
 
 
@@ -54,11 +54,11 @@ def _from_scenarios(paths: list[Path]) -> Iterator[Target]:
         for spec in load(path):
             backend = spec.scenario.store.backend
             cls = store_class(backend)
-            if cls.default_url is None and spec.scenario.store.url is None:
-                yield "store", backend, "", None  # making it would create the temporary file
-                continue
             store = make_store(spec, _namespace())
-            yield "store", backend, store.url or "", store
+            if cls.default_url is None and spec.scenario.store.url is None:
+                yield "store", backend, "", None  # a temporary file, made at setup
+            else:
+                yield "store", backend, store.url or "", store
             lock = make_lock_service(spec, store.namespace, store)
             if lock is not None:
                 yield "lock", lock.service, lock.server_url() or "", lock
@@ -80,16 +80,19 @@ def _defaults() -> Iterator[Target]:
         yield "lock", service, lock.server_url() or "", lock
 
 
-def _check(target: _Reachable | None) -> tuple[bool, str]:
+def _check(target: Store | LockService | None) -> tuple[bool, str]:
     if target is None:
         return True, EMBEDDED
     try:
         facts = target.check_reachable()
+        created = target.check_can_create() if isinstance(target, Store) else None
     except RacebenchError as error:
         return False, str(error)
     except Exception as error:  # a driver failure we did not foresee: still one line
         return False, f"{type(error).__name__}: {error}".splitlines()[0]
     detail = " ".join(v for k, v in facts.items() if k != "server") or facts.get("server", "")
+    if created:
+        detail += f"; {created}"
     limit_of = getattr(target, "connection_limit", None)
     if limit_of is not None:
         try:
@@ -102,19 +105,26 @@ def _check(target: _Reachable | None) -> tuple[bool, str]:
     return True, detail
 
 
+def targets(paths: list[Path]) -> Iterator[Target]:
+    """Every store and lock service the scenarios need (every matrix cell), once each.
+
+    Without scenarios: the default URL of every registered backend and lock service.
+    """
+    seen: set[tuple[str, str, str]] = set()
+    for kind, name, url, target in _from_scenarios(paths) if paths else _defaults():
+        if (kind, name, url) not in seen:
+            seen.add((kind, name, url))
+            yield kind, name, url, target
+
+
 def check_servers(paths: list[Path], cluster: ClusterSession | None = None) -> list[ServerCheck]:
     """Check every store and lock service the scenarios need (every matrix cell), once each.
 
     Without scenarios: the default URL of every registered backend and lock service. With a
     cluster, also from every Dask worker: that is where the clients will connect from.
     """
-    targets = _from_scenarios(paths) if paths else _defaults()
-    seen: set[tuple[str, str, str]] = set()
     checks = []
-    for kind, name, url, target in targets:
-        if (kind, name, url) in seen:
-            continue
-        seen.add((kind, name, url))
+    for kind, name, url, target in targets(paths):
         ok, detail = _check(target)
         checks.append(ServerCheck(kind, name, redact_text(url), ok, redact_text(detail)))
         if cluster is None or target is None:

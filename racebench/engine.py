@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,7 +28,9 @@ from racebench.guards import (
 )
 from racebench.history import RunHistory
 from racebench.history_edn import EdnValue, write_jepsen_edn
+from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
+from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
 from racebench.registry import is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
@@ -256,8 +257,9 @@ def run_trial(
 ) -> tuple[TrialAnalysis, HdrHistogram, dict[str, Any]]:
     """One trial of one run, from setup to teardown; returns its analysis and environment."""
     s = spec.scenario
-    namespace = f"racebench_{secrets.token_hex(4)}"
+    namespace = new_namespace()
     store = make_store(spec, namespace)
+    store.expire_after_s = leftover_ttl_s(s.duration)
     lock_service = make_lock_service(spec, namespace, store)
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
@@ -265,7 +267,7 @@ def run_trial(
     check_connection_limit(spec, store, lock_service)
     custom = start_custom(spec, store, namespace)
     plan = None if is_custom(s.workload) else s.workload.plan()
-    workdir = Path(tempfile.mkdtemp(prefix="racebench-run-", dir=_records_dir()))
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run"), dir=_records_dir()))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
@@ -326,6 +328,7 @@ def run_trial(
         )
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
+            analysis.faults_not_fired = nemesis.not_fired()
         return analysis, histogram, environment
     finally:
         routes.stop()
@@ -342,26 +345,37 @@ def run_trial(
 
 
 def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Execution) -> None:
-    """Run every trial of every run in order, adding each finished run to `execution`.
+    """Run every trial of every run, interleaved: run 1 trial 1, run 2 trial 1, ..., run 1
+    trial 2, ..., so that a machine drifting during the session (a noisy neighbour, thermal
+    throttling) spreads over all runs instead of favouring whichever went first.
 
-    Stops after the trial that Ctrl-C interrupted; runs finished before then are kept.
+    Each trial records its `sequence` (its position in this order). Stops after the trial
+    that Ctrl-C interrupted, or at a lost server; runs with at least one finished trial are
+    still summarized into `execution.runs`, in matrix order.
     """
     for spec in specs:  # refuse a run that cannot go to its cluster before any starts
         cluster_address(spec, options.clusters)
-    for spec in specs:
-        trials: list[TrialAnalysis] = []
-        histograms: list[HdrHistogram] = []
-        for trial in range(spec.scenario.trials):
-            analysis, histogram, environment = run_trial(spec, trial, options)
-            execution.environment.setdefault(spec.scenario.store.backend, environment)
-            trials.append(analysis)
-            histograms.append(histogram)
-            if analysis.interrupted:
-                execution.interrupted = True
-                break
-        execution.runs.append(summarize_run(spec, trials, histograms))
-        if execution.interrupted:
-            break
+    trials: list[list[TrialAnalysis]] = [[] for _ in specs]
+    histograms: list[list[HdrHistogram]] = [[] for _ in specs]
+    sequence = 0
+    try:
+        for round_number in range(max(spec.scenario.trials for spec in specs)):
+            for i, spec in enumerate(specs):
+                if round_number >= spec.scenario.trials:
+                    continue
+                analysis, histogram, environment = run_trial(spec, round_number, options)
+                analysis.sequence = sequence
+                sequence += 1
+                execution.environment.setdefault(spec.scenario.store.backend, environment)
+                trials[i].append(analysis)
+                histograms[i].append(histogram)
+                if analysis.interrupted:
+                    execution.interrupted = True
+                    return
+    finally:
+        for spec, run_trials, run_histograms in zip(specs, trials, histograms, strict=True):
+            if run_trials:
+                execution.runs.append(summarize_run(spec, run_trials, run_histograms))
 
 
 @dataclass
@@ -387,9 +401,25 @@ def run_files(
     """Run validated scenarios, writing one result document per scenario file.
 
     Ctrl-C (or SIGTERM) ends the current run early; its partial result is still written and
-    the remaining runs are skipped. A server lost between runs stops the scenario too: the
-    runs finished before it are written (marked partial) before the error is raised.
+    the remaining runs are skipped; a second or third Ctrl-C cannot interrupt that saving.
+    A server lost between runs stops the scenario too: the runs finished before it are
+    written (marked partial) before the error is raised.
     """
+    with first_interrupt_only():
+        return _run_files(
+            scenarios, output, results_dir, history, progress, history_format, clusters
+        )
+
+
+def _run_files(
+    scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
+    output: Path | None,
+    results_dir: Path | None,
+    history: Path | None,
+    progress: ProgressFactory | None,
+    history_format: str,
+    clusters: ClusterOptions | None,
+) -> list[FileOutcome]:
     outcomes: list[FileOutcome] = []
     history_out = _AtomicText(history) if history else None
     try:
@@ -443,7 +473,7 @@ class _AtomicText:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, self.tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
         os.fchmod(fd, new_file_mode())
         self.stream = os.fdopen(fd, "w")
 

@@ -21,6 +21,7 @@ class ExitStatus(IntEnum):
     EXPECTATION_FAILED = 1
     USAGE = 2
     BACKEND_UNAVAILABLE = 3
+    UNDECIDED = 4  # compare: a run's speed could not be told from noise (never "passed")
     INTERRUPTED = 130
 
 

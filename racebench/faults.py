@@ -347,6 +347,19 @@ class FaultNemesis:
         proxy.reset()
         return "connections reset"
 
+    def not_fired(self) -> list[dict[str, Any]]:
+        """The faults whose trigger never came before the run ended (in scenario order)."""
+        # Faults fire in the order listed, each after the previous one: the first
+        # len(events) fired, whatever their outcome, and the rest did not.
+        return [
+            {
+                "kind": fault.kind,
+                "client": fault.client,
+                "trigger": f"when: {fault.when}" if fault.when else f"at: {fault.at:g}s",
+            }
+            for fault in self.faults[len(self.events) :]
+        ]
+
     def report(self, history: RunHistory, t0_ns: int) -> list[dict[str, Any]]:
         """The faults that fired, in ms from the run's start, with what they cost.
 

@@ -56,10 +56,6 @@ class OpenedClient:
     blocking_operation: Operation | None = None
     executor: ThreadPoolExecutor | None = None
 
-    @property
-    def model(self) -> str:
-        return "thread" if self.blocking_operation is not None else "asyncio"
-
 
 async def open_blocking(
     client_id: int, open_sync: Callable[[], tuple[Operation, Callable[[], dict[str, int]]]]

@@ -12,6 +12,7 @@ SAFE = "safe"
 ANOMALIES = "ANOMALIES"
 UNEXPECTED = "UNEXPECTED"
 NOT_REPRODUCED = "race not reproduced"
+INCONCLUSIVE = "inconclusive"
 
 # What each verdict means, in the order a reader meets them; the reports' verdict legend.
 VERDICT_MEANINGS = {
@@ -19,6 +20,8 @@ VERDICT_MEANINGS = {
     ANOMALIES: "an unguarded or weaker strategy showed what it allows",
     UNEXPECTED: "a strategy that claims safety showed an anomaly",
     NOT_REPRODUCED: "no anomaly, but no claim either",
+    INCONCLUSIVE: "no anomaly, but too few acknowledged operations to show one (none, or "
+    "failures above expect.max_error_rate, default 1%): never passes",
 }
 
 # The key of a mapping that names what the mapping is ({backend: postgres}, {type: withdraw}).
@@ -65,8 +68,10 @@ def params_text(params: dict[str, Any] | None, leave_out: tuple[str, ...] = ()) 
     return ", ".join(short_param(k, v) for k, v in (params or {}).items() if k not in leave_out)
 
 
-def fault_summary(faults: list[dict[str, Any]]) -> str:
-    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'."""
+def fault_summary(
+    faults: list[dict[str, Any]], not_fired: list[dict[str, Any]] | None = None
+) -> str:
+    """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'; plain text."""
     parts = []
     for f in faults:
         text = f"{f['kind']} c{f['client']}"
@@ -79,6 +84,7 @@ def fault_summary(faults: list[dict[str, Any]]) -> str:
         if f["note"].startswith(("failed", "emulated")):
             text += f" [{f['note'].split(':')[0]}]"
         parts.append(text)
+    parts += [f"{f['kind']} c{f['client']} did not fire ({f['trigger']})" for f in not_fired or []]
     return "; ".join(parts) or "-"
 
 

@@ -108,6 +108,8 @@ def errors_of(run: dict[str, Any]) -> int:
 
 def verdict_text(run: dict[str, Any]) -> str:
     verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
+    if run.get("faults_not_fired"):
+        verdict += " (fault did not fire)"
     if not run.get("passed", True):
         verdict += " ✗"
     return verdict
@@ -161,6 +163,8 @@ def render_markdown(results: list[LoadedResult]) -> str:
                 row[-1] = f"**{row[-1]}**"
         numeric = set(range(2, len(headers) - 1)) - {4}
         out += ["", f"### {workload}", "", markdown_table(headers, rows, numeric)]
+        if any(len(run["trials"]) > 1 for run in runs):
+            out += ["", _TRIALS_NOTE]
     bound = client_bound_caption([r for res in results for r in res.runs])
     if bound:
         out += [""] + [f"- **{line}**" for line in bound.splitlines()]
@@ -168,6 +172,13 @@ def render_markdown(results: list[LoadedResult]) -> str:
     out += ["", _verdict_note(unexpected)]
     # A trailing blank line keeps sections apart when CI appends several to one summary.
     return "\n".join(out) + "\n\n"
+
+
+_TRIALS_NOTE = (
+    "With several trials: ops/s is the median over the trials (range: min to max); p99 is "
+    "over all trials' operations together; retries, errors and anomalies are totals over "
+    "the trials."
+)
 
 
 def _verdict_note(unexpected: int) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from racebench.naming import (
     ANOMALIES,
+    INCONCLUSIVE,
     NOT_REPRODUCED,
     SAFE,
     UNEXPECTED,
@@ -48,7 +49,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td .sub { display: block; color: #666; font-size: 0.7rem; white-space: normal; }
 .v-safe { color: #1a7f37; font-weight: bold; } .v-anomalies { color: #9a6700; font-weight: bold; }
 .v-unexpected { color: #fff; background: #cf222e; font-weight: bold; }
-.v-not-reproduced { color: #666; }
+.v-not-reproduced { color: #666; } .v-inconclusive { color: #8250df; font-weight: bold; }
 figure { margin: 1rem 0; } figure svg { display: block; max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.8rem; } .setup, .note { color: #555; font-size: 0.85rem; }
 dl.verdicts { display: grid; grid-template-columns: max-content 1fr; gap: 0.2rem 0.8rem;
@@ -60,6 +61,7 @@ VERDICT_CLASSES = {
     ANOMALIES: "v-anomalies",
     UNEXPECTED: "v-unexpected",
     NOT_REPRODUCED: "v-not-reproduced",
+    INCONCLUSIVE: "v-inconclusive",
 }
 
 SourcedRun = tuple[str, dict[str, Any]]
@@ -174,7 +176,14 @@ def scenario_table(sourced: list[SourcedRun]) -> str:
             lock = _lock_cells(run)
             cells += [("num", c) for c in lock[:3]] + [("", lock[3])]
         cells.append(("", _e(_fenced_cell(run))))
-        cells.append(("label", _breakable(fault_summary(run.get("faults") or []))))
+        cells.append(
+            (
+                "label",
+                _breakable(
+                    fault_summary(run.get("faults") or [], run.get("faults_not_fired") or [])
+                ),
+            )
+        )
         cells.append((VERDICT_CLASSES.get(run["verdict"], ""), _e(verdict_text(run))))
         rows.append("<tr>" + "".join(f'<td class="{c}">{t}</td>' for c, t in cells) + "</tr>")
     head = "".join(f"<th>{_breakable(h)}</th>" for h in headers)

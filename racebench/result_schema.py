@@ -27,9 +27,20 @@ class Latency(_ReadModel):
     mean: float = 0.0
 
 
+class Samples(_ReadModel):
+    """A trial's within-run samples (racebench.samples), the basis of compare's intervals."""
+
+    bucket_ms: int = Field(gt=0)
+    throughput_ops_s: list[float] = []
+    p99_ms: list[float] = []
+    latency_hdr: str = ""
+
+
 class TrialEntry(_ReadModel):
     throughput_ops_s: float
     latency_ms: Latency
+    samples: Samples | None = None
+    host_load_1m: float | None = None
 
 
 class FaultEntry(_ReadModel):

@@ -17,6 +17,7 @@ from typing import Any
 
 from racebench import __version__
 from racebench.errors import OutputPathError, ResultFileError
+from racebench.ownership import temp_file_prefix
 from racebench.redact import redact
 
 SCHEMA = "racebench.result/1"
@@ -82,9 +83,16 @@ def build_document(
         "host": host_info(),
         "environment": {"drivers": driver_versions(), "servers": servers},
         "scenario": {"source": source, "hash": scenario_hash(raw), "resolved": raw},
+        "trial_order": trial_order(runs),
         "runs": runs,
     }
     return redact(document)
+
+
+def trial_order(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order the trials ran in (interleaved across runs): [{"label", "trial"}, ...]."""
+    done = [(t.get("sequence", 0), run["label"], t["trial"]) for run in runs for t in run["trials"]]
+    return [{"label": label, "trial": trial} for _, label, trial in sorted(done)]
 
 
 # An array of numbers only, as json.dumps(indent=...) spreads it over one line per number.
@@ -115,7 +123,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     0600: results are shared artefacts, and they hold no secret.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as out:

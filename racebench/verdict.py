@@ -2,11 +2,13 @@
 
 The verdict compares what happened with what the strategy claims: a strategy that claims
 safety and showed an anomaly is UNEXPECTED; an unguarded run that happened not to race is
-"race not reproduced", never "safe".
+"race not reproduced", never "safe". A verdict needs evidence: a run whose operations were
+not acknowledged, or failed too often, to show the race is "inconclusive", never "safe".
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +19,9 @@ from racebench.history import Outcome, RunHistory
 from racebench.history_sample import sample_history
 from racebench.locks.base import LockService
 from racebench.metrics import latency_summary, new_histogram, record_durations, share_range, spread
-from racebench.naming import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED
+from racebench.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.runner import RunnerResult
+from racebench.samples import within_run_samples
 from racebench.scenario import CustomWorkload, RunSpec
 from racebench.stores.base import StrategySpec
 from racebench.workloads import (
@@ -30,6 +33,9 @@ from racebench.workloads import (
 )
 
 ME_VIOLATIONS = "mutual_exclusion_violations"
+# The error rate above which a run cannot vouch for a strategy, unless expect.max_error_rate
+# says otherwise: the race may hide among the operations that errored.
+DEFAULT_MAX_ERROR_RATE = 0.01
 
 
 @dataclass
@@ -50,6 +56,10 @@ class TrialAnalysis:
     timeline: dict[str, Any] | None = None
     history_sample: dict[str, Any] | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
+    samples: dict[str, Any] = field(default_factory=dict)
+    sequence: int = 0  # position of this trial in the session's run order (interleaving)
+    host_load: float | None = None  # the machine's 1-minute load average as the trial ended
+    faults_not_fired: list[dict[str, Any]] = field(default_factory=list)
     service_time_ms: dict[str, float] | None = None
     service_histogram: HdrHistogram | None = None  # open loop: merged over trials
     load: dict[str, Any] = field(default_factory=dict)
@@ -189,6 +199,8 @@ def analyze_trial(
         lock=_lock_metrics(history, s.clients) if lock_service is not None else None,
         errors_sample=history.error_messages(),
         timeline=_timeline(history, result.t0_ns) if s.faults or lock_service else None,
+        samples=within_run_samples(history, measured_from, histogram),
+        host_load=round(os.getloadavg()[0], 2),
         history_sample=sample_history(history, result.t0_ns),
         service_time_ms=latency_summary(service) if service is not None else None,
         service_histogram=service,
@@ -197,6 +209,32 @@ def analyze_trial(
     if result.cluster is not None:
         analysis.load["cluster"] = {**result.cluster, "possible_overlaps": possible_overlaps}
     return analysis, histogram
+
+
+def missing_evidence(
+    operations: dict[str, int], max_error_rate: float | None, faults_injected: bool = False
+) -> str | None:
+    """Why these operations cannot support "safe" or "race not reproduced", or None.
+
+    Acknowledged operations are those the server answered with a definite outcome (applied,
+    rejected by the guard, or refused as stale). None of them, or a failure rate above
+    `max_error_rate` (default 1%), leaves too little to show the race. Failures are errors,
+    and outcomes left unknown (a connection lost mid-write) unless the scenario injects
+    faults, whose expected effect they are.
+    """
+    attempted, errors = operations["attempted"], operations["errors"]
+    failed = errors if faults_injected else errors + operations["unknown"]
+    what = "errored" if faults_injected else "errored or ended unknown"
+    acknowledged = operations["ok"] + operations["rejected"] + operations["stale"]
+    if not acknowledged:
+        return f"no operation acknowledged ({attempted} attempted, {failed} {what})"
+    limit = DEFAULT_MAX_ERROR_RATE if max_error_rate is None else max_error_rate
+    if failed / attempted > limit:
+        return (
+            f"{failed} of {attempted} operations {what} ({failed / attempted:.1%}, "
+            f"above {limit:.1%})"
+        )
+    return None
 
 
 def cluster_overlaps(
@@ -256,20 +294,29 @@ def load_figures(result: RunnerResult, rate: float | None) -> dict[str, Any]:
 
 
 def decide_verdict(
-    anomalies: dict[str, int], claims_data_safety: bool, claims_exclusion: bool
+    anomalies: dict[str, int],
+    claims_data_safety: bool,
+    claims_exclusion: bool,
+    evidence_missing: str | None = None,
 ) -> str:
+    """The run's verdict; an anomaly seen is evidence enough, its absence needs operations."""
     violations = anomalies.get(ME_VIOLATIONS, 0)
     data = sum(v for k, v in anomalies.items() if k != ME_VIOLATIONS)
     if (claims_data_safety and data) or (claims_exclusion and violations):
         return UNEXPECTED
-    if claims_data_safety:
-        return SAFE
-    return ANOMALIES if data or violations else NOT_REPRODUCED
+    if data or (violations and not claims_data_safety):
+        return ANOMALIES
+    if evidence_missing is not None:
+        return INCONCLUSIVE
+    return SAFE if claims_data_safety else NOT_REPRODUCED
 
 
 def _expectation_failures(run: dict[str, Any], spec: RunSpec) -> list[str]:
     e = spec.scenario.expect
     failures = []
+    if run["verdict"] == INCONCLUSIVE:
+        failures.append(f"inconclusive: {run['evidence_missing']}")
+    failures += [f"fault did not fire: {describe_fault(f)}" for f in run["faults_not_fired"]]
     seen = sum(run["anomalies"].values())
     if e.anomalies == "auto" and run["verdict"] == UNEXPECTED:
         failures.append("a strategy that claims safety showed anomalies")
@@ -291,6 +338,11 @@ def _expectation_failures(run: dict[str, Any], spec: RunSpec) -> list[str]:
     if e.verdict is not None and run["verdict"] not in e.verdict:
         failures.append(f"verdict {run['verdict']}, expected one of: {', '.join(e.verdict)}")
     return failures
+
+
+def describe_fault(fault: dict[str, Any]) -> str:
+    """e.g. 'pause_client (when: holding, client 0)'."""
+    return f"{fault['kind']} ({fault['trigger']}, client {fault['client']})"
 
 
 def _merged_load(loads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -340,7 +392,16 @@ def summarize_run(
         "workers": trials[-1].load.get("workers"),
         "arrival": f"{s.rate:g}/s {s.arrival}" if s.rate is not None else "closed loop",
         "race_window_ms": s.race_window_ms,
+        # The matrix cell's resolved scenario after overrides: compare warns on any change.
+        "settings": s.model_dump(mode="json", exclude={"name", "description"}),
         "trials_count": len(trials),
+        # What each figure over several trials is, for readers of the file.
+        "aggregation": {
+            "throughput_ops_s": "median over trials (throughput_spread: min, max, values)",
+            "latency_ms": "percentiles of all trials' operations together",
+            "operations": "totals over trials",
+            "anomalies": "totals over trials",
+        },
         "interrupted": any(t.interrupted for t in trials),
         "operations": operations,
         "retries_by_code": retries_by_code,
@@ -356,22 +417,33 @@ def summarize_run(
         "lock": trials[-1].lock,
         "errors_sample": trials[-1].errors_sample,
         "faults": trials[-1].faults,
+        # From the first trial that missed one: a fault asked for must fire in every trial.
+        "faults_not_fired": next((t.faults_not_fired for t in trials if t.faults_not_fired), []),
         "timeline": trials[-1].timeline,
         "history_sample": trials[-1].history_sample,
         "trials": [
             {
                 "trial": t.trial,
+                "sequence": t.sequence,
                 "duration_s": t.duration_s,
                 "throughput_ops_s": t.throughput_ops_s,
                 "latency_ms": t.latency_ms,
                 "operations": t.operations,
                 "anomalies": t.anomalies,
+                "samples": t.samples,
+                "host_load_1m": t.host_load,
             }
             for t in trials
         ],
     }
+    run["evidence_missing"] = missing_evidence(
+        operations, s.expect.max_error_rate, faults_injected=bool(s.faults)
+    )
     run["verdict"] = decide_verdict(
-        anomalies, trials[0].claims_data_safety, trials[0].claims_exclusion
+        anomalies,
+        trials[0].claims_data_safety,
+        trials[0].claims_exclusion,
+        run["evidence_missing"],
     )
     run["expectation_failures"] = _expectation_failures(run, spec)
     run["passed"] = not run["expectation_failures"]

@@ -12,7 +12,11 @@
 # Every server gets a pid file in .servers/ (redis-PORT.pid, zookeeper-PORT.pid): server
 # faults (kill_server, pause_server, restart_server) find the processes through them.
 # RACEBENCH_SERVERS_DIR moves that directory (scenarios/cluster/ follow it too).
+# ZOOKEEPER_PORT and REDIS_PORTS (space-separated, may be empty) change the single-node ports.
 set -euo pipefail
+
+zk_port=${ZOOKEEPER_PORT:-2181}
+redis_ports=${REDIS_PORTS-6380 6381}
 
 cd "$(dirname "$0")/.."
 state=${RACEBENCH_SERVERS_DIR:-.servers}
@@ -51,6 +55,28 @@ answers() {  # answers PORT REQUEST EXPECTED: the reply to REQUEST starts with E
     [[ "$reply" == "$3" ]]
 }
 
+# A ZooKeeper answers one of: `ruok` (imok), `srvr` (its version), or, when neither four-letter
+# word is whitelisted (4lw.commands.whitelist), a session request: a ConnectRequest (protocol
+# version, last zxid, timeout 30000 ms, session 0, an empty 16-byte password) gets a
+# ConnectResponse of 36 bytes (37 with the read-only flag) after its 4-byte length.
+zookeeper_answers() {  # zookeeper_answers PORT
+    answers "$1" 'ruok' 'imok' && return 0
+    answers "$1" 'srvr' 'Zookeeper version' && return 0
+    local reply=""
+    { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    printf '\x00\x00\x00\x2c\x00\x00\x00\x00%b\x00\x00\x75\x30%b\x00\x00\x00\x10%b' \
+        '\x00\x00\x00\x00\x00\x00\x00\x00' '\x00\x00\x00\x00\x00\x00\x00\x00' \
+        '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00' >&3
+    reply=$(timeout 2 head -c 4 <&3 | od -An -tx1 | tr -d ' \n') || true
+    exec 3<&-
+    [[ "$reply" == "00000024" || "$reply" == "00000025" ]]
+}
+
+port_open() {  # port_open PORT: something accepts connections there
+    { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    exec 3<&-
+}
+
 start_redis() {  # start_redis PORT: a non-persistent Redis (no RDB, no AOF)
     local port=$1
     if answers "$port" 'PING\r\n' '+PONG'; then
@@ -82,9 +108,14 @@ zookeeper_config() {  # zookeeper_config PORT [MYID]: zoo.cfg, an ensemble membe
 
 start_zookeeper() {  # start_zookeeper PORT MAIN_CLASS CONFIG: in the background, with a pid file
     local port=$1 main=$2 cfg=$3
-    if answers "$port" 'ruok' 'imok'; then
+    if zookeeper_answers "$port"; then
         echo "zookeeper on $port: already running"
         return
+    fi
+    if port_open "$port"; then
+        echo "zookeeper on $port: the port is taken by a server that does not answer as" \
+            "ZooKeeper (ruok, srvr, nor a session request); free it or set ZOOKEEPER_PORT" >&2
+        exit 1
     fi
     setsid java -Xmx256m -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar \
         "$main" "$cfg" >"$state/zookeeper-$port.log" 2>&1 </dev/null &
@@ -94,8 +125,11 @@ start_zookeeper() {  # start_zookeeper PORT MAIN_CLASS CONFIG: in the background
 
 wait_zookeeper() {  # wait_zookeeper PORT: until it serves requests (a member: in a quorum)
     local port=$1
+    local pid_file="$state/zookeeper-$port.pid"
     for _ in $(seq 120); do
-        answers "$port" 'srvr' 'Zookeeper version' && return
+        zookeeper_answers "$port" && return
+        # It exited (e.g. the port was taken meanwhile): no use waiting.
+        [[ -e "$pid_file" ]] && ! kill -0 "$(cat "$pid_file")" 2>/dev/null && break
         sleep 0.5
     done
     echo "zookeeper on $port: not serving, see $state/zookeeper-$port.log" >&2
@@ -115,15 +149,16 @@ if [[ "$cluster" == yes ]]; then
     exit 0
 fi
 
-for port in 6380 6381; do start_redis "$port"; done
+for port in $redis_ports; do start_redis "$port"; done
 
-start_zookeeper 2181 org.apache.zookeeper.server.ZooKeeperServerMain "$(zookeeper_config 2181)"
-wait_zookeeper 2181
+start_zookeeper "$zk_port" org.apache.zookeeper.server.ZooKeeperServerMain \
+    "$(zookeeper_config "$zk_port")"
+wait_zookeeper "$zk_port"
 
 cat <<VARS
 export RACEBENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres
 export RACEBENCH_MYSQL_URL=mysql://root@127.0.0.1:3306/test
 export RACEBENCH_REDIS_URL=redis://127.0.0.1:6379/0
 export RACEBENCH_REDLOCK_URLS=redis://127.0.0.1:6379/0,redis://127.0.0.1:6380/0,redis://127.0.0.1:6381/0
-export RACEBENCH_ZOOKEEPER_HOSTS=127.0.0.1:2181
+export RACEBENCH_ZOOKEEPER_HOSTS=127.0.0.1:$zk_port
 VARS

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.processes import wait_for_clients
 
 
 def test_quickstart_shows_lost_updates_only_without_a_guard(tmp_path: Path) -> None:
@@ -139,6 +140,24 @@ def test_failed_expectation_exits_1(tmp_path: Path, write_scenario) -> None:
     assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["passed"] is False
 
 
+def _likes_counted(db: Path) -> bool:
+    """Whether the run's clients have counted a like yet (its counter table is above 0)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        names = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '%_counter'")
+        return any(
+            conn.execute(f"SELECT value FROM {name} WHERE id = 1").fetchone()[0] > 0
+            for (name,) in names.fetchall()
+        )
+    except (sqlite3.Error, TypeError):
+        return False
+    finally:
+        conn.close()
+
+
 def test_interrupted_run_writes_partial_result_and_cleans_up(
     tmp_path: Path, write_scenario
 ) -> None:
@@ -162,7 +181,11 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    wait_for_clients(proc, 2)  # not a fixed sleep: starting takes longer on a busy machine
+    # ...and once the run counted a like, so that the interrupted run has operations.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _likes_counted(db):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -192,8 +192,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_workers_die_with_their_parent(write_scenario) -> None:
-    path = write_scenario({**LIKES_NONE, "clients": 2, "workers": 2, "duration": "60s"})
+def test_workers_die_with_their_parent(tmp_path: Path, write_scenario) -> None:
+    # The killed parent cannot tear down: its SQLite file stays in tmp_path.
+    store = {"backend": "sqlite", "url": str(tmp_path / "data.db")}
+    scenario = {**LIKES_NONE, "store": store, "clients": 2, "workers": 2, "duration": "60s"}
+    path = write_scenario(scenario)
     exe = Path(sys.executable).with_name("racebench")
     proc = subprocess.Popen(
         [str(exe), "run", str(path), "-q", "--results-dir", str(path.parent)],
@@ -216,6 +219,8 @@ def test_workers_die_with_their_parent(write_scenario) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        # The killed run's temporary files (racebench.leftovers), so that no later test sees them.
+        run_cli("clean", str(path), "--dir", str(path.parent))
 
 
 def _zombie(pid: int) -> bool:

@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from racebench.locks.base import LockClient, LockService, LockTimeout
+from racebench.ownership import MIN_LEFTOVER_TTL_S
 from racebench.stores.redis import (
     DEFAULT_URL,
     connect_options,
@@ -45,9 +46,13 @@ if TYPE_CHECKING:
     from racebench.scenario import FaultConfig
 
 # Grant and fencing token in one step: no later grant can take a token before this one.
+# The token counter expires MIN_LEFTOVER_TTL_S after the last grant (a killed run's does not
+# stay forever); the lock key itself is a lease.
 ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local token = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return token
 end
 return 0
 """
@@ -67,7 +72,7 @@ return 0
 # Redlock: lift a server's token counter to the token a grant settled on (never lower it).
 RAISE_COUNTER = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
 return 1
 """
@@ -120,7 +125,7 @@ class RedisLease:
 
     def try_acquire(self, value: str, ttl_ms: float) -> int:
         """The fencing token if granted, else 0."""
-        return int(self._acquire(keys=self.keys, args=[value, px(ttl_ms)]))
+        return int(self._acquire(keys=self.keys, args=[value, px(ttl_ms), MIN_LEFTOVER_TTL_S]))
 
     def release(self, value: str) -> bool:
         return bool(self._release(keys=self.keys[:1], args=[value]))
@@ -135,7 +140,7 @@ class RedisLease:
         return bool(self._renew(keys=self.keys[:1], args=[value, px(ttl_ms)]))
 
     def raise_counter(self, token: int) -> None:
-        self._raise_counter(keys=self.keys[1:], args=[token])
+        self._raise_counter(keys=self.keys[1:], args=[token, MIN_LEFTOVER_TTL_S])
 
     def client_id(self) -> int:
         """The server's CLIENT ID of this lease's connection (asked once per connection)."""

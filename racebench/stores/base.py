@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from racebench.history import Outcome
+from racebench.ownership import MIN_LEFTOVER_TTL_S
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, Plan
 
 
@@ -259,6 +260,9 @@ class Store(ABC):
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
         self.namespace = namespace
+        # Where the server can expire objects (Redis keys), they live this long at least, so
+        # that a run killed before its teardown does not leave them forever.
+        self.expire_after_s = MIN_LEFTOVER_TTL_S
 
     def connection_limit(self) -> tuple[str, int] | None:
         """(the server setting, how many more connections it accepts now), or None when the
@@ -288,6 +292,15 @@ class Store(ABC):
     @abstractmethod
     def leftovers(self) -> list[str]:
         """Names of racebench's objects (any namespace) still present on the server."""
+
+    def remove_namespace(self) -> None:
+        """Remove every object of this namespace, made by whichever process (`clean`)."""
+        self.teardown()
+
+    def check_can_create(self) -> str | None:
+        """Create and drop a probe object in this namespace (BackendUnavailable naming the
+        missing privilege if that fails); what was checked, or None when nothing needs it."""
+        return None
 
     @abstractmethod
     def connect(self, options: ClientOptions) -> StoreClient:

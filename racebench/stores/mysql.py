@@ -247,6 +247,14 @@ class MysqlStore(SqlStore):
     def _server_facts(self, url: str) -> dict[str, str]:
         return server_facts(url)
 
+    def _missing_privilege(self, exc: BaseException) -> str | None:
+        # 1142 a command denied on a table, 1044 access to the database denied, 1227 a
+        # global privilege (SUPER, ...) missing; their messages name the privilege and user.
+        args = getattr(exc, "args", ())
+        if not args or args[0] not in (1044, 1142, 1227):
+            return None
+        return f"missing privilege: {args[1] if len(args) > 1 else exc}"
+
     def _list_tables_sql(self) -> str:
         return (
             "SELECT table_name FROM information_schema.tables "

@@ -88,6 +88,15 @@ def open_connection(url: str, lock_wait_s: float = LOCK_WAIT_S) -> Any:
     return conn
 
 
+def conninfo_user(url: str) -> str:
+    """The user a URL or key=value DSN connects as (libpq's default: the OS user)."""
+    import getpass
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    return str(conninfo_to_dict(url).get("user") or getpass.getuser())
+
+
 def server_facts(url: str) -> dict[str, str]:
     conn = open_connection(url)
     try:
@@ -216,6 +225,16 @@ class PostgresStore(SqlStore):
 
     def _server_facts(self, url: str) -> dict[str, str]:
         return server_facts(url)
+
+    def _missing_privilege(self, exc: BaseException) -> str | None:
+        if getattr(exc, "sqlstate", None) != "42501":  # insufficient_privilege
+            return None
+        message = str(exc).splitlines()[0]
+        user = conninfo_user(self._url())
+        if message.startswith("permission denied for schema "):
+            schema = message.removeprefix("permission denied for schema ")
+            return f"user {user} lacks the CREATE privilege on schema {schema} ({message})"
+        return f"user {user} lacks a privilege: {message}"
 
     def _list_tables_sql(self) -> str:
         return (

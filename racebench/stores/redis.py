@@ -57,20 +57,21 @@ return 1
 # Fenced read: register the token unless a newer one was seen, then read (nil: stale).
 FENCED_GET = """
 if tonumber(ARGV[1]) < tonumber(redis.call('GET', KEYS[1]) or '0') then return false end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 return redis.call('GET', KEYS[2])
 """
 
 FENCED_LRANGE = """
 if tonumber(ARGV[1]) < tonumber(redis.call('GET', KEYS[1]) or '0') then return false end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
 # Fenced writes: accepted only while the token is still the newest registered (0: stale).
+# Every SET keeps the key's time to live (KEEPTTL): see RedisStore.setup.
 FENCED_SET = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
 return 1
 """
 
@@ -201,7 +202,7 @@ class RedisClient(StoreClient):
 
     def write_counter(self, value: int, token: int | None = None) -> None:
         if token is None:
-            self.redis.set(self.keys.counter, value)
+            self.redis.set(self.keys.counter, value, keepttl=True)
         elif not self.fenced_set(keys=[self.keys.fence, self.keys.counter], args=[token, value]):
             raise StaleToken
 
@@ -249,7 +250,7 @@ class RedisClient(StoreClient):
             if plan.floor is not None and value + plan.delta < plan.floor:
                 return Outcome.REJECTED
             pipe.multi()
-            pipe.set(self.keys.counter, value + plan.delta)
+            pipe.set(self.keys.counter, value + plan.delta, keepttl=True)
             try:
                 pipe.execute()
             except redis.WatchError:
@@ -329,7 +330,7 @@ class AsyncRedisClient(AsyncStoreClient):
         return int(await self.conn.call(self.get_counter))
 
     async def write_counter(self, value: int) -> None:
-        await self.conn.call(self.encode("SET", self.keys.counter, value))
+        await self.conn.call(self.encode("SET", self.keys.counter, value, "KEEPTTL"))
 
     async def read_balance(self) -> int:
         return _ledger_balance(await self.conn.call(self.lrange_ledger))
@@ -408,7 +409,9 @@ class AsyncRedisClient(AsyncStoreClient):
         if plan.floor is not None and value + plan.delta < plan.floor:
             await self.conn.call(self.unwatch)
             return Outcome.REJECTED
-        return await self._watched_write(self.encode("SET", self.keys.counter, value + plan.delta))
+        return await self._watched_write(
+            self.encode("SET", self.keys.counter, value + plan.delta, "KEEPTTL")
+        )
 
     async def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
         # WATCH the ledger list itself, as the blocking client does.
@@ -490,15 +493,20 @@ class RedisStore(Store):
         return {"server": facts["server"], "version": facts["version"]}
 
     def setup(self, plan: Plan, clients: int) -> None:
+        # Every key gets a time to live that outlasts the run (expire_after_s): a run killed
+        # before its teardown leaves keys that `racebench clean` removes, or Redis in time.
+        ttl = self.expire_after_s
         client = open_redis(self.redis_url)
         try:
             pipe = client.pipeline(transaction=True)
-            pipe.set(self.keys.fence, 0)
+            pipe.set(self.keys.fence, 0, ex=ttl)
             if isinstance(plan, CounterPlan):
-                pipe.set(self.keys.counter, plan.initial)
+                pipe.set(self.keys.counter, plan.initial, ex=ttl)
                 pipe.hset(self.keys.slots, mapping={str(i): 0 for i in range(clients)})
+                pipe.expire(self.keys.slots, ttl)
             else:
                 pipe.rpush(self.keys.ledger, _entry(plan.deposit, -1, 0))
+                pipe.expire(self.keys.ledger, ttl)
             pipe.execute()
         finally:
             client.close()

@@ -320,6 +320,9 @@ class SqlStore(Store):
     def __init__(self, url: str | None, namespace: str) -> None:
         super().__init__(url, namespace)
         self.tables = table_names(namespace)
+        # Whether setup created anything: a teardown after a refused CREATE has nothing to drop
+        # (and a user without CREATE usually lacks DROP, whose error would hide the first).
+        self._created = False
 
     @abstractmethod
     def _open_connection(self, url: str) -> Any:
@@ -336,15 +339,31 @@ class SqlStore(Store):
     def check_reachable(self) -> dict[str, str]:
         return self._server_facts(self._url())
 
+    @abstractmethod
+    def _missing_privilege(self, exc: BaseException) -> str | None:
+        """One line naming the privilege the server refused, if that is what `exc` is."""
+
     @contextmanager
     def _admin(self) -> Iterator[Any]:
-        """An autocommit cursor on a fresh connection (BackendUnavailable if none)."""
+        """An autocommit cursor on a fresh connection (BackendUnavailable if none, or when the
+        server refuses a statement for lack of a privilege)."""
         conn = self._open_connection(self._url())
         try:
             with conn.cursor() as cur:
                 yield cur
+        except Exception as exc:
+            if (problem := self._missing_privilege(exc)) is not None:
+                raise BackendUnavailable(f"{self.backend}: {problem}") from None
+            raise
         finally:
             conn.close()
+
+    def check_can_create(self) -> str:
+        probe = self.tables["counter"]  # a name teardown and `clean` know
+        with self._admin() as cur:
+            cur.execute(f"CREATE TABLE {probe} (id INTEGER PRIMARY KEY)" + self.table_options)
+            cur.execute(f"DROP TABLE {probe}")
+        return "can create and drop tables"
 
     @abstractmethod
     def _list_tables_sql(self) -> str:
@@ -358,6 +377,7 @@ class SqlStore(Store):
                     f"CREATE TABLE {t['counter']} (id INTEGER PRIMARY KEY, value BIGINT NOT NULL,"
                     " version BIGINT NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)" + opts
                 )
+                self._created = True
                 cur.execute(
                     f"INSERT INTO {t['counter']} (id, value) VALUES (1, %s)", (plan.initial,)
                 )
@@ -374,6 +394,7 @@ class SqlStore(Store):
                     f"CREATE TABLE {t['account']} (id INTEGER PRIMARY KEY,"
                     " version BIGINT NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)" + opts
                 )
+                self._created = True
                 cur.execute(f"INSERT INTO {t['account']} (id) VALUES (1)")
                 cur.execute(
                     f"CREATE TABLE {t['operations']} ({self.id_column},"
@@ -395,9 +416,18 @@ class SqlStore(Store):
             cur.execute(f"SELECT amount, client, seq FROM {t['operations']} ORDER BY id")
             return FinalState(rows=[LedgerRow(*row) for row in cur.fetchall()])
 
-    def teardown(self) -> None:
+    def _drop(self, tables: list[str]) -> None:
         with self._admin() as cur:
-            cur.execute("DROP TABLE IF EXISTS " + ", ".join(self.tables.values()))
+            cur.execute("DROP TABLE IF EXISTS " + ", ".join(tables))
+
+    def teardown(self) -> None:
+        if self._created:
+            self._drop(list(self.tables.values()))
+            self._created = False
+
+    def remove_namespace(self) -> None:
+        # With the fence table a SQL lock service (advisory, get_lock) keeps in this database.
+        self._drop([*self.tables.values(), f"{self.namespace}_lock"])
 
     def leftovers(self) -> list[str]:
         with self._admin() as cur:

@@ -15,6 +15,7 @@ from typing import Any
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
+from racebench.ownership import temp_prefix
 from racebench.stores.base import (
     OK_STEP,
     REJECTED_STEP,
@@ -205,7 +206,7 @@ class SqliteStore(Store):
 
     def setup(self, plan: Plan, clients: int) -> None:
         if not self.path:
-            self._temp_dir = tempfile.mkdtemp(prefix="racebench-sqlite-")
+            self._temp_dir = tempfile.mkdtemp(prefix=temp_prefix("sqlite"))
             self.path = os.path.join(self._temp_dir, "racebench.db")
         t = self.tables
         conn = _open(self.path)

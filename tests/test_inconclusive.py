@@ -1,0 +1,98 @@
+"""A verdict needs evidence: runs whose operations errored are inconclusive, never safe."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from racebench.verdict import missing_evidence
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def redis_url_without_incrby(redis_url: str):
+    """A Redis URL whose ACL user may do anything but INCRBY: every `likes` atomic op errors."""
+    import redis
+
+    user = f"racebench_test_noincr_{secrets.token_hex(3)}"
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-incrby"]
+    )
+    host_port = redis_url.split("://", 1)[1]
+    try:
+        yield f"redis://{user}:unused@{host_port}"
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+
+
+def test_run_whose_every_operation_errored_is_inconclusive_not_safe(
+    tmp_path: Path, write_scenario, redis_url_without_incrby: str
+) -> None:
+    path = write_scenario(
+        {
+            "name": "all-errors",
+            "workload": {"type": "likes"},
+            "store": {"backend": "redis", "url": redis_url_without_incrby},
+            "guard": {"strategy": "atomic"},
+            "clients": 2,
+            "operations": 20,
+        }
+    )
+    result = tmp_path / "r.json"
+    proc = run_cli("run", str(path), "-q", "-o", str(result))
+    assert proc.returncode == 1, proc.stderr
+    assert "inconclusive" in proc.stdout
+    assert "safe" not in proc.stdout
+    assert "expectation failed" in proc.stderr and "no operation acknowledged" in proc.stderr
+    [run] = json.loads(result.read_text())["runs"]
+    assert run["operations"]["errors"] == 20
+    assert run["verdict"] == "inconclusive" and run["passed"] is False
+    assert "no permissions to run the 'incrby' command" in next(iter(run["errors_sample"]))
+
+    markdown = run_cli("report", str(result))
+    assert "inconclusive ✗" in markdown.stdout
+    html = run_cli("report", "--format", "html", str(result))
+    assert 'class="v-inconclusive">inconclusive' in html.stdout
+
+    # Compared with a safe baseline of the same label, the inconclusive candidate fails.
+    baseline = json.loads(result.read_text())
+    baseline["runs"][0].update(verdict="safe", passed=True, expectation_failures=[])
+    baseline_path = tmp_path / "base.json"
+    baseline_path.write_text(json.dumps(baseline))
+    compared = run_cli("compare", str(baseline_path), str(result))
+    assert compared.returncode == 1, compared.stderr
+    assert "inconclusive in the candidate: no operation acknowledged" in compared.stderr
+
+
+OPS = {"attempted": 1000, "ok": 0, "rejected": 0, "stale": 0, "errors": 0, "unknown": 0}
+FAILED = "operations errored or ended unknown"
+
+
+@pytest.mark.parametrize(
+    ("counts", "limit", "faults", "reason"),
+    [
+        ({"ok": 1000}, None, False, None),
+        ({"ok": 990, "errors": 10}, None, False, None),  # exactly 1%: enough evidence
+        ({"ok": 989, "errors": 11}, None, False, f"11 of 1000 {FAILED} (1.1%, above 1.0%)"),
+        ({"ok": 989, "errors": 11}, 0.05, False, None),
+        ({"ok": 500, "rejected": 500}, None, False, None),  # a sold-out answer is an answer
+        (
+            {"errors": 3},
+            1.0,
+            False,
+            "no operation acknowledged (1000 attempted, 3 errored or ended unknown)",
+        ),
+        ({"ok": 950, "unknown": 50}, None, False, f"50 of 1000 {FAILED} (5.0%, above 1.0%)"),
+        ({"ok": 950, "unknown": 50}, None, True, None),  # the faults' expected effect
+        ({"ok": 950, "errors": 50}, None, True, "50 of 1000 operations errored (5.0%, above 1.0%)"),
+    ],
+)
+def test_evidence_rule(
+    counts: dict[str, int], limit: float | None, faults: bool, reason: str | None
+) -> None:
+    assert missing_evidence({**OPS, **counts}, limit, faults) == reason
