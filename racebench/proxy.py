@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 LOOPBACK = "127.0.0.1"
@@ -107,7 +107,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._family = socket.AF_INET
-        self._address: tuple = (host, port)
+        self._address: tuple[Any, ...] = (host, port)  # (host, port) or IPv6's 4-tuple
 
     def start(self) -> int:
         """Listen on 127.0.0.1 with an ephemeral port, start forwarding; return the port."""
