@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from racebench.errors import RacebenchError
+from racebench.locks.base import LockService
 from racebench.ownership import new_namespace
 from racebench.redact import redact_text
 from racebench.stores.base import Store
 
 if TYPE_CHECKING:
     from racebench.cluster import ClusterSession
-    from racebench.locks.base import LockService
 
 
 @dataclass(frozen=True)
