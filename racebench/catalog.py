@@ -10,6 +10,7 @@ from racebench.custom.sql_template import SqlTemplateWorkload
 from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class, strategies_for
 from racebench.stores.base import Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
+from racebench.workloads_rows import ROW_WORKLOAD_TYPES
 
 TEMPLATE_TYPES = {"sql": SqlTemplateWorkload, "redis": RedisTemplateWorkload}
 
@@ -33,9 +34,8 @@ def catalog_tables() -> list[Table]:
     workloads = Table(title="workloads", header_style="bold")
     for header in ("type", "what it does", "anomalies checked"):
         workloads.add_column(header)
-    for name, workload_cls in WORKLOAD_TYPES.items():
-        doc = (workload_cls.__doc__ or "").strip()
-        workloads.add_row(name, doc, ", ".join(workload_cls.anomaly_names))
+    for name, model in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
+        workloads.add_row(name, (model.__doc__ or "").strip(), ", ".join(model.anomaly_names))
     for name, template in TEMPLATE_TYPES.items():
         doc = (template.__doc__ or "").strip()
         workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")

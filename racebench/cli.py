@@ -559,7 +559,9 @@ def compare(
         line = redact_text(f"regression: {label}: {reason}")
         stderr.print(line, markup=False, highlight=False)
     for label in comparison.undecided:
-        stderr.print(f"undecided: {label}: speed not decided", markup=False, highlight=False)
+        stderr.print(
+            redact_text(f"undecided: {label}: speed not decided"), markup=False, highlight=False
+        )
     sys.exit(comparison.exit_status)
 
 

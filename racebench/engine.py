@@ -35,10 +35,10 @@ from racebench.registry import is_custom, lock_class, run_strategies, store_clas
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario, expand_env
-from racebench.stores.base import ClientOptions, Store
+from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
-from racebench.workloads import FinalState
+from racebench.workloads import CounterPlan, FinalState, LedgerPlan
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -121,6 +121,7 @@ class ClientFactory:
             max_backoff_s=s.guard.max_backoff_ms / 1000,
             client_id=client_id,
             clients=s.clients,
+            lock_order=s.guard.lock_order,
         )
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
         store = copy.copy(self.store)
@@ -141,6 +142,8 @@ class ClientFactory:
         assert not is_custom(workload)  # a custom workload was opened above
         plan = workload.plan()
         model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        if s.workload.type in ROW_WORKLOADS:
+            model = "thread"  # booking and transfer have no asyncio implementation
         if model == "asyncio":
             async_client = await store.async_connect(options)
 
@@ -148,6 +151,7 @@ class ClientFactory:
                 await async_client.close()
                 return dict(async_client.retry_codes)
 
+            assert isinstance(plan, CounterPlan | LedgerPlan)  # row workloads run on threads
             operation = build_async_operation(plan, s.guard.strategy, async_client)
             return OpenedClient(operation, close_async)
 

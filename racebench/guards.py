@@ -13,21 +13,24 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
 from racebench.redact import redact_text
 from racebench.stores.base import (
+    ALL_WORKLOADS,
     OK_STEP,
     REJECTED_STEP,
+    ROW_WORKLOADS,
     StaleToken,
     StepResult,
     StoreClient,
     StrategySpec,
 )
 from racebench.workloads import CounterPlan, LedgerPlan, Plan
+from racebench.workloads_rows import BookingPlan, TransferPlan
 
 if TYPE_CHECKING:
     from racebench.locks.base import LockClient
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 # outcome, retries, critical section start, end, fencing token, error message or None
 OpResult = tuple[int, int, int, int, int, str | None]
+AnyPlan = Plan | BookingPlan | TransferPlan
 Operation = Callable[[int], OpResult]
 AsyncOperation = Callable[[int], Awaitable[OpResult]]
 
@@ -82,14 +86,18 @@ GENERIC_STRATEGIES: dict[str, StrategySpec] = {
     "none": StrategySpec(
         "read, then write in a separate statement: the race itself",
         prevents="nothing",
-        allows="lost update, oversell, overdraft (write skew)",
+        allows="lost update, oversell, overdraft (write skew), double booking, lost transfer,"
+        " read skew",
         safe_for=frozenset(),
+        supports=ALL_WORKLOADS | ROW_WORKLOADS,
     ),
     "lock": StrategySpec(
         "the unguarded read-then-write inside a lock service's critical section (guard.lock)",
         prevents="lost update, oversell, overdraft while the lock holds; with guard.fencing, "
         "also after a lease expired",
         allows="anomalies when a lease expires mid-section (unless fenced)",
+        safe_for=ALL_WORKLOADS | ROW_WORKLOADS,
+        supports=ALL_WORKLOADS | ROW_WORKLOADS,
     ),
     "crdt": StrategySpec(
         "G-counter: each client increments only its own slot; the count is the sum of slots",
@@ -170,7 +178,7 @@ def locked_step(
 
 
 def _step(
-    plan: Plan,
+    plan: AnyPlan,
     strategy: str,
     client: StoreClient,
     lock: LockClient | None,
@@ -178,6 +186,8 @@ def _step(
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
     """One attempt of the operation as a StepResult, by strategy."""
+    if isinstance(plan, BookingPlan | TransferPlan):
+        return _row_step(plan, strategy, client, lock, probe)
     if strategy == "none":
         unguarded = _unguarded(plan, client)
         return lambda seq: OK_STEP if unguarded(seq, None) == Outcome.OK else REJECTED_STEP
@@ -201,8 +211,34 @@ def _step(
     return lambda seq: ledger_step(strategy, plan, seq)
 
 
+def _row_step(
+    plan: BookingPlan | TransferPlan,
+    strategy: str,
+    client: StoreClient,
+    lock: LockClient | None,
+    probe: Probe | None,
+) -> Callable[[int], StepResult]:
+    """Booking and transfer (SQL stores only): a transfer reader's sum rides in `token`."""
+    from racebench.stores.sql_rows import RowOperations
+
+    rows = client
+    assert isinstance(rows, RowOperations)
+    if strategy != "lock":
+        row_step = rows.row_step
+        return lambda seq: row_step(strategy, plan, seq)
+    assert lock is not None
+    cid = client.options.client_id
+    locked = locked_step(lambda seq, token: rows.row_attempt(plan, seq), cid, lock, False, probe)
+
+    def with_value(seq: int) -> StepResult:
+        result = locked(seq)
+        return replace(result, token=rows.row_value) if rows.row_value else result
+
+    return with_value
+
+
 def build_operation(
-    plan: Plan,
+    plan: AnyPlan,
     strategy: str,
     client: StoreClient,
     lock: LockClient | None,

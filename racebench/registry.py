@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING
 from racebench.errors import ScenarioError
 from racebench.faults import validate_faults
 from racebench.guards import GENERIC_STRATEGIES
-from racebench.stores.base import StrategySpec
+from racebench.stores.base import ROW_WORKLOADS, StrategySpec
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
     from racebench.locks.base import LockService
-    from racebench.scenario import CustomWorkload, RunSpec
+    from racebench.scenario import BuiltinWorkload, CustomWorkload, RunSpec
     from racebench.stores.base import Store
-    from racebench.workloads import Workload as BuiltinWorkload
 
 STORES: dict[str, str] = {
     "sqlite": "racebench.stores.sqlite:SqliteStore",
@@ -114,6 +113,13 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             f"unknown strategy {s.guard.strategy!r} for backend {s.store.backend}"
             f" (known: {', '.join(strategies)})",
         )
+    store_workloads = store_class(s.store.backend).workloads
+    if not is_custom(workload) and s.workload.type not in store_workloads:
+        raise fail(
+            "workload.type",
+            f"the {s.store.backend} store does not implement the {s.workload.type} workload"
+            f" (it implements: {', '.join(sorted(store_workloads))})",
+        )
     if s.workload.type not in strategies[s.guard.strategy].supports:
         raise fail(
             "guard.strategy",
@@ -147,6 +153,11 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             raise fail(field, message)
     else:
         _validate_integer_range(spec, workload, fail)
+    if s.guard.fencing and s.workload.type in ROW_WORKLOADS:
+        raise fail("guard.fencing", f"fencing does not apply to the {s.workload.type} workload")
+    readers = getattr(s.workload, "readers", 0)
+    if readers >= s.clients:
+        raise fail("workload.readers", f"{readers} readers leave no client to transfer")
     validate_faults(spec, fail)
     if s.arrival != "constant" and s.rate is None:
         raise fail("arrival", "an arrival process needs an open loop: set rate (e.g. 5000/s)")

@@ -31,6 +31,7 @@ from racebench.errors import ScenarioError
 from racebench.labels import matrix_labels, run_label
 from racebench.redact import redact_text
 from racebench.workloads import LikesWorkload, StockWorkload, WithdrawWorkload
+from racebench.workloads_rows import BookingWorkload, TransferWorkload
 from racebench.yaml_loader import YamlInputError, load_yaml
 
 _TEMPLATE_PLACE = re.compile(
@@ -169,6 +170,9 @@ class GuardConfig(_Strict):
     max_backoff_ms: float = Field(default=50.0, ge=0)
     lock: LockConfig | None = None
     fencing: bool = False
+    # transfer under for_update: lock the two accounts by id (never deadlocks) or in the
+    # transfer's own direction (opposite transfers deadlock; the victim is retried)
+    lock_order: Literal["sorted", "random"] = "sorted"
 
 
 class Expectation(_Strict):
@@ -182,7 +186,7 @@ class Expectation(_Strict):
     verdict: list[Literal["safe", "ANOMALIES", "UNEXPECTED", "race not reproduced"]] | None = None
 
 
-BUILT_IN_WORKLOADS = ("stock", "withdraw", "likes", "sql", "redis")
+BUILT_IN_WORKLOADS = ("stock", "withdraw", "likes", "booking", "transfer", "sql", "redis")
 
 
 def _workload_tag(value: Any) -> str | None:
@@ -197,13 +201,18 @@ Workload = Annotated[
     Annotated[StockWorkload, Tag("stock")]
     | Annotated[WithdrawWorkload, Tag("withdraw")]
     | Annotated[LikesWorkload, Tag("likes")]
+    | Annotated[BookingWorkload, Tag("booking")]
+    | Annotated[TransferWorkload, Tag("transfer")]
     | Annotated[SqlTemplateWorkload, Tag("sql")]
     | Annotated[RedisTemplateWorkload, Tag("redis")]
     | Annotated[PluginWorkload, Tag("plugin")],
     Discriminator(_workload_tag),
 ]
-# A user's own workloads in `Workload` (registry.is_custom); the others are racebench's own
-# (racebench.workloads.Workload), which the stores run through a Plan.
+# The two families of `Workload` (keep them in step with it): racebench's own, which the stores
+# run through a plan, and a user's own (templates, plug-ins: registry.is_custom).
+BuiltinWorkload = (
+    StockWorkload | WithdrawWorkload | LikesWorkload | BookingWorkload | TransferWorkload
+)
 CustomWorkload = SqlTemplateWorkload | RedisTemplateWorkload | PluginWorkload
 
 
@@ -357,7 +366,7 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         message = "unknown key"
     elif first["type"] == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag")
-        message = f"unknown workload type {tag!r} (known: stock, withdraw, likes)"
+        message = f"unknown workload type {tag!r} (known: {', '.join(BUILT_IN_WORKLOADS)})"
     elif first["type"] == "union_tag_not_found":
         message = f"type is missing (known: {', '.join(BUILT_IN_WORKLOADS)}, or a plug-in)"
     elif first["type"] == "missing":

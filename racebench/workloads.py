@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from racebench.history import Outcome, RunHistory
+
+if TYPE_CHECKING:
+    from racebench.workloads_rows import RowPlan
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class FinalState:
     value: int | None = None
     rows: list[LedgerRow] = field(default_factory=list)
     slots_total: int = 0  # the sum of the G-counter slots (crdt strategy)
+    bookings: list[tuple[int, int, int]] = field(default_factory=list)  # (seat, client, seq)
+    balances: list[int] = field(default_factory=list)  # per account, by id (transfer)
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class _WorkloadModel(BaseModel):
     anomaly_names: ClassVar[tuple[str, ...]]
 
     @abstractmethod
-    def plan(self) -> Plan:
+    def plan(self) -> Plan | RowPlan:
         """The state shape (counter or ledger) and the numbers every store sets up."""
 
     @abstractmethod
@@ -95,6 +100,7 @@ class _WorkloadModel(BaseModel):
         plan = self.plan()
         if isinstance(plan, CounterPlan):
             return abs(plan.initial) + operations * abs(plan.delta)
+        assert isinstance(plan, LedgerPlan)  # the row workloads give their own bound
         return plan.deposit + operations * plan.amount
 
 

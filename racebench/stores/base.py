@@ -20,6 +20,7 @@ from typing import ClassVar
 from racebench.history import Outcome
 from racebench.ownership import MIN_LEFTOVER_TTL_S
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, Plan
+from racebench.workloads_rows import RowPlan
 
 
 class StaleToken(Exception):
@@ -39,6 +40,7 @@ class UnknownOutcome(Exception):
 
 
 ALL_WORKLOADS = frozenset({"stock", "withdraw", "likes"})
+ROW_WORKLOADS = frozenset({"booking", "transfer"})  # racebench.workloads_rows, SQL stores only
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ClientOptions:
     max_backoff_s: float
     client_id: int
     clients: int
+    lock_order: str = "sorted"  # transfer under for_update: "sorted" ids or "random" order
 
 
 class Backoff:
@@ -252,6 +255,8 @@ class Store(ABC):
     # Strategies whose clients run on the worker's event loop (`async_connect`); the others
     # run the blocking client on a thread per client.
     async_strategies: ClassVar[frozenset[str]] = frozenset()
+    # The workload types it implements; a strategy's `supports` narrows it further.
+    workloads: ClassVar[frozenset[str]] = ALL_WORKLOADS
     async_driver: ClassVar[str] = ""  # what the asyncio path is built on, for `racebench list`
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.
@@ -278,11 +283,11 @@ class Store(ABC):
         """Connect once; return server facts (version). Raise BackendUnavailable if not."""
 
     @abstractmethod
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
         """Create racebench's own namespaced state and seed it."""
 
     @abstractmethod
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
         """The state after the run: counter value (the sum of slots for crdt), or ledger rows."""
 
     @abstractmethod

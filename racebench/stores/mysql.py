@@ -18,7 +18,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from racebench.errors import BackendUnavailable, RacebenchError
 from racebench.history import Outcome
 from racebench.redact import redact_text
-from racebench.stores.base import ClientOptions, StoreClient, StrategySpec
+from racebench.stores.base import (
+    ALL_WORKLOADS,
+    ROW_WORKLOADS,
+    ClientOptions,
+    StoreClient,
+    StrategySpec,
+)
 from racebench.stores.sql import (
     CONNECT_TIMEOUT_S,
     LOCK_WAIT_S,
@@ -226,6 +232,8 @@ class MysqlStore(SqlStore):
         "serializable": StrategySpec(
             "the read-then-write in one SERIALIZABLE transaction, retried on 1213 deadlocks",
             prevents="lost update, oversell, overdraft (plain reads take shared locks)",
+            safe_for=ALL_WORKLOADS | ROW_WORKLOADS,
+            supports=ALL_WORKLOADS | ROW_WORKLOADS,
         ),
     }
 

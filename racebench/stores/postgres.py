@@ -18,7 +18,14 @@ from typing import Any
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
 from racebench.redact import redact_text
-from racebench.stores.base import AsyncStoreClient, ClientOptions, StoreClient, StrategySpec
+from racebench.stores.base import (
+    ALL_WORKLOADS,
+    ROW_WORKLOADS,
+    AsyncStoreClient,
+    ClientOptions,
+    StoreClient,
+    StrategySpec,
+)
 from racebench.stores.sql import (
     CONNECT_TIMEOUT_S,
     COUNTERS,
@@ -186,6 +193,8 @@ class PostgresStore(SqlStore):
         "serializable": StrategySpec(
             "the read-then-write in one SERIALIZABLE transaction, retried on 40001",
             prevents="lost update, oversell, overdraft (SSI aborts one side of the dependency)",
+            safe_for=ALL_WORKLOADS | ROW_WORKLOADS,
+            supports=ALL_WORKLOADS | ROW_WORKLOADS,
         ),
     }
 

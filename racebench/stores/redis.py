@@ -33,6 +33,8 @@ from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, 
 if TYPE_CHECKING:
     import redis
 
+    from racebench.workloads_rows import RowPlan
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 # INCRBY only when the result stays at or above the floor: check and write in one script.
@@ -492,7 +494,8 @@ class RedisStore(Store):
         facts = server_facts(self.redis_url, "redis store")
         return {"server": facts["server"], "version": facts["version"]}
 
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
+        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
         # Every key gets a time to live that outlasts the run (expire_after_s): a run killed
         # before its teardown leaves keys that `racebench clean` removes, or Redis in time.
         ttl = self.expire_after_s
@@ -511,7 +514,8 @@ class RedisStore(Store):
         finally:
             client.close()
 
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
+        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
         client = open_redis(self.redis_url)
         try:
             if isinstance(plan, CounterPlan):

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
 from racebench.stores.base import (
+    ALL_WORKLOADS,
+    ROW_WORKLOADS,
     ClientOptions,
     Conflict,
     StaleToken,
@@ -25,8 +27,10 @@ from racebench.stores.base import (
     Store,
     StrategySpec,
 )
-from racebench.stores.sql_statements import SqlStatements, table_names
+from racebench.stores.sql_rows import RowOperations, create_row_tables, read_row_final
+from racebench.stores.sql_statements import table_names
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
 
 # How long a client waits for a row lock or a native lock before the operation is recorded as
 # a lock timeout: long enough for any sane contention, short enough never to look like a hang.
@@ -40,6 +44,7 @@ ISOLATION_LEVELS = {
     "serializable": "SERIALIZABLE",
 }
 COUNTERS = frozenset({"stock", "likes"})
+UNIQUE_VIOLATION = frozenset({"23505", "1062"})  # PostgreSQL's SQLSTATE, MySQL's error number
 
 
 class LockWaitTimeout(Exception):
@@ -66,12 +71,25 @@ def common_strategies() -> dict[str, StrategySpec]:
         "for_update": StrategySpec(
             "SELECT ... FOR UPDATE, then the write, in one READ COMMITTED transaction "
             "(withdraw: lock the account row, the aggregate root)",
-            prevents="lost update, oversell, overdraft (the row lock serialises the clients)",
+            prevents="lost update, oversell, overdraft (the row lock serialises the clients); "
+            "booking: lock the seat's row, the conflict materialised; transfer: lock both "
+            "accounts (guard.lock_order random deadlocks, and the victim is retried)",
+            safe_for=ALL_WORKLOADS | ROW_WORKLOADS,
+            supports=ALL_WORKLOADS | ROW_WORKLOADS,
         ),
+        "constraint": CONSTRAINT_STRATEGY,
     }
 
 
-class SqlClient(SqlStatements):
+CONSTRAINT_STRATEGY = StrategySpec(
+    "booking: the unguarded count-then-insert, with a unique index on the booked seat",
+    prevents="double booking: the database refuses the second insert, which is rejected",
+    safe_for=frozenset({"booking"}),
+    supports=frozenset({"booking"}),
+)
+
+
+class SqlClient(RowOperations):
     """One client's connection; the statements and strategies shared by both servers."""
 
     conflict_codes: ClassVar[frozenset[str]]
@@ -89,6 +107,7 @@ class SqlClient(SqlStatements):
         self.url = url
         self.namespace = namespace
         self._prepare_statements(namespace)
+        self._prepare_row_statements(table_names(namespace))
         self.sql_guarded_insert = (
             f"INSERT INTO {self.operations} (amount, client, seq) "
             f"SELECT %s, %s, %s{self.from_dual} "
@@ -117,6 +136,18 @@ class SqlClient(SqlStatements):
     @abstractmethod
     def _native_locked(self, body: Callable[[], Outcome]) -> Outcome:
         """Run `body` holding the server's native lock; set self._cs around it."""
+
+    # -- booking and transfer (racebench.stores.sql_rows) ---------------------------------
+    def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
+        return self._transaction(
+            "SERIALIZABLE" if kind == "serializable" else "READ COMMITTED", body
+        )
+
+    def _locked_read_sql(self, table: str, column: str) -> str:
+        return f"SELECT {column} FROM {table} WHERE id = %s FOR UPDATE"
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.driver_error) and self._error_code(exc) in UNIQUE_VIOLATION
 
     # -- statements ---------------------------------------------------------------------
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -314,6 +345,7 @@ class SqlClient(SqlStatements):
 class SqlStore(Store):
     """A server-backed SQL store: tables created, seeded and dropped through an admin session."""
 
+    workloads = ALL_WORKLOADS | ROW_WORKLOADS
     id_column: ClassVar[str]  # the auto-numbered id of the ledger
     table_options: ClassVar[str] = ""
 
@@ -369,10 +401,17 @@ class SqlStore(Store):
     def _list_tables_sql(self) -> str:
         """A query with one %s (a LIKE pattern) listing this database's tables."""
 
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
         t, opts = self.tables, self.table_options
         with self._admin() as cur:
-            if isinstance(plan, CounterPlan):
+            if isinstance(plan, BookingPlan | TransferPlan):
+
+                def execute(sql: str, params: tuple[Any, ...] = ()) -> None:
+                    cur.execute(sql, params)
+                    self._created = True  # from the first CREATE on, teardown drops
+
+                create_row_tables(execute, plan, t, self.id_column, "%s", opts)
+            elif isinstance(plan, CounterPlan):
                 cur.execute(
                     f"CREATE TABLE {t['counter']} (id INTEGER PRIMARY KEY, value BIGINT NOT NULL,"
                     " version BIGINT NOT NULL DEFAULT 0, fence BIGINT NOT NULL DEFAULT 0)" + opts
@@ -405,9 +444,16 @@ class SqlStore(Store):
                     (plan.deposit,),
                 )
 
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
         t = self.tables
         with self._admin() as cur:
+            if isinstance(plan, BookingPlan | TransferPlan):
+
+                def query(sql: str) -> list[Any]:
+                    cur.execute(sql)
+                    return list(cur.fetchall())
+
+                return read_row_final(query, plan, t)
             if isinstance(plan, CounterPlan):
                 cur.execute(f"SELECT value FROM {t['counter']} WHERE id = 1")
                 value = cur.fetchone()[0]

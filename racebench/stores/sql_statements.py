@@ -23,6 +23,9 @@ def table_names(namespace: str) -> dict[str, str]:
         "slots": f"{namespace}_slots",
         "account": f"{namespace}_account",
         "operations": f"{namespace}_operations",
+        "seats": f"{namespace}_seats",
+        "bookings": f"{namespace}_bookings",
+        "balances": f"{namespace}_balances",
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
 from racebench.ownership import temp_prefix
 from racebench.stores.base import (
+    ALL_WORKLOADS,
     OK_STEP,
     REJECTED_STEP,
+    ROW_WORKLOADS,
     ClientOptions,
     Conflict,
     StaleToken,
@@ -27,8 +30,11 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
-from racebench.stores.sql_statements import SqlStatements, table_names
+from racebench.stores.sql import CONSTRAINT_STRATEGY
+from racebench.stores.sql_rows import RowOperations, create_row_tables, read_row_final
+from racebench.stores.sql_statements import table_names
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
 
 _BUSY_TIMEOUT_S = 30.0
 
@@ -40,13 +46,14 @@ def _open(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteClient(SqlStatements):
+class SqliteClient(RowOperations):
     placeholder = "?"
 
     def __init__(self, path: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
         self.conn = _open(path)
         self._prepare_statements(namespace)
+        self._prepare_row_statements(table_names(namespace))
         # Built once: the atomic statements are the whole operation, so their cost shows.
         self.atomic_counter_sql = (
             f"UPDATE {self.counter} SET value = value + ? "
@@ -59,6 +66,27 @@ class SqliteClient(SqlStatements):
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
+
+    def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
+        # BEGIN IMMEDIATE takes the database's write lock before the first read: SQLite's
+        # equivalent of locking the rows (its writers are serialised on the whole file).
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = body()
+            self.conn.execute("COMMIT")
+            return outcome
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _locked_read_sql(self, table: str, column: str) -> str:
+        return f"SELECT {column} FROM {table} WHERE id = ?"  # the write lock is already held
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        return super().row_step("for_update" if strategy == "exclusive" else strategy, plan, seq)
 
     def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
         if token is None:
@@ -178,9 +206,13 @@ class SqliteStore(Store):
         ),
         "exclusive": StrategySpec(
             "BEGIN IMMEDIATE around the read and the write (the database write lock)",
-            prevents="lost update, overdraft",
+            prevents="lost update, overdraft, double booking, lost transfer, read skew",
+            safe_for=ALL_WORKLOADS | ROW_WORKLOADS,
+            supports=ALL_WORKLOADS | ROW_WORKLOADS,
         ),
+        "constraint": CONSTRAINT_STRATEGY,
     }
+    workloads = ALL_WORKLOADS | ROW_WORKLOADS
 
     def __init__(self, url: str | None, namespace: str) -> None:
         super().__init__(url, namespace)
@@ -204,7 +236,7 @@ class SqliteStore(Store):
             raise BackendUnavailable(f"sqlite: cannot open {self.path}: {exc}") from None
         return {"server": "sqlite", "version": version}
 
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
         if not self.path:
             self._temp_dir = tempfile.mkdtemp(prefix=temp_prefix("sqlite"))
             self.path = os.path.join(self._temp_dir, "racebench.db")
@@ -212,7 +244,10 @@ class SqliteStore(Store):
         conn = _open(self.path)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            if isinstance(plan, CounterPlan):
+            if isinstance(plan, BookingPlan | TransferPlan):
+                id_column = "id INTEGER PRIMARY KEY AUTOINCREMENT"
+                create_row_tables(conn.execute, plan, t, id_column, "?", "")
+            elif isinstance(plan, CounterPlan):
                 conn.execute(
                     f"CREATE TABLE {t['counter']} (id INTEGER PRIMARY KEY, value INTEGER NOT NULL,"
                     " version INTEGER NOT NULL DEFAULT 0, fence INTEGER NOT NULL DEFAULT 0)"
@@ -244,10 +279,12 @@ class SqliteStore(Store):
         finally:
             conn.close()
 
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
         t = self.tables
         conn = _open(self.path)
         try:
+            if isinstance(plan, BookingPlan | TransferPlan):
+                return read_row_final(lambda sql: conn.execute(sql).fetchall(), plan, t)
             if isinstance(plan, CounterPlan):
                 value = conn.execute(f"SELECT value FROM {t['counter']} WHERE id = 1").fetchone()[0]
                 slots = conn.execute(f"SELECT COALESCE(SUM(value), 0) FROM {t['slots']}").fetchone()
