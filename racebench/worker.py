@@ -225,17 +225,19 @@ class _Worker:
 
         The hottest loop of racebench: `_over` and `_record` are inlined and everything it
         touches is a local, since each method call costs about as much as the recording.
+        The shared stop flag is not read here but by `sample_lag`, every 5 ms, which sets
+        `self.stop`; the deadline is checked against the start time read anyway.
         """
         operation = client.operation
         control = self.control
-        inflight, stopping, add_done = control.probe.inflight, control.stopping, control.add_done
+        inflight, add_done = control.probe.inflight, control.add_done
         cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
         monotonic_ns, pack, size = time.monotonic_ns, RECORD.pack_into, RECORD.size
         recorder = slot.recorder
         buffer, offset, seq = recorder.buffer, slot.offset, slot.seq
         while seq < quota and not self.stop:
             start = monotonic_ns()
-            if start >= deadline or stopping():
+            if start >= deadline:
                 self.stop = True
                 break
             inflight[cid] = start
@@ -307,8 +309,14 @@ class _Worker:
             due.put_nowait(None)
 
     async def sample_lag(self) -> None:
-        """How late a due timer fires: the loop's own backlog, as a client would feel it."""
+        """How late a due timer fires: the loop's own backlog, as a client would feel it.
+
+        Also reads the shared stop flag for the closed loops, which do not (see closed_loop).
+        """
         while not self.stop:
+            if self.control.stopping():
+                self.stop = True
+                break
             expected = time.monotonic_ns() + int(_LAG_SAMPLE_S * 1e9)
             await asyncio.sleep(_LAG_SAMPLE_S)
             self.lag.record_value(max(1, (time.monotonic_ns() - expected) // 1000))

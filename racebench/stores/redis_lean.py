@@ -22,11 +22,13 @@ import functools
 import hashlib
 import ssl
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
 
-_REPLY_ERROR = hiredis.ReplyError
+from racebench.errors import BackendUnavailable
+from racebench.redact import redact_text
 
 
 class RedisReplyError(Exception):
@@ -48,44 +50,58 @@ def script_sha(script: str) -> bytes:
 
 
 class RespProtocol(asyncio.Protocol):
-    """Replies come back in request order: each is matched to the oldest waiting future."""
+    """Replies come back in request order: each is matched to the oldest waiter.
+
+    Per command this costs one future and one write: the reader builds RedisReplyError for
+    error replies itself, and the futures of the leading commands of a batch (MULTI,
+    QUEUED...) are never created, since only the batch's last reply is awaited.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._reader = hiredis.Reader()
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._create_future = loop.create_future
+        self._reader = hiredis.Reader(replyError=RedisReplyError)
+        # A future, or None for a reply that is read and dropped (inside a batch).
+        self._waiters: deque[asyncio.Future[Any] | None] = deque()
+        self._write: Any = None  # the transport's bound write, once connected
         self._transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream connection's transport (asyncio.Protocol's signature says BaseTransport).
         self._transport = cast(asyncio.Transport, transport)
+        self._write = self._transport.write
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        gets, waiters = self._reader.gets, self._waiters
+        gets, popleft = self._reader.gets, self._waiters.popleft
         while (reply := gets()) is not False:
-            waiter = waiters.popleft()
-            if not waiter.done():
+            waiter = popleft()
+            if waiter is None or waiter.done():  # inside a batch, or cancelled
+                continue
+            if type(reply) is RedisReplyError:
+                waiter.set_exception(reply)
+            else:
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}")
+        self._write = None
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if waiter is not None and not waiter.done():
                 waiter.set_exception(self.lost)
 
     def send(self, payload: bytes, replies: int = 1) -> asyncio.Future[Any]:
-        """Write `payload` (holding `replies` commands); a future of the last reply."""
-        if self.lost is not None or self._transport is None:
+        """Write `payload` (holding `replies` commands); a future of the last reply, which
+        raises RedisReplyError for an error reply."""
+        write = self._write
+        if write is None:
             raise self.lost or ConnectionError("not connected to Redis")
-        waiter: asyncio.Future[Any] = self._loop.create_future()
+        waiter: asyncio.Future[Any] = self._create_future()
         if replies > 1:
-            for _ in range(replies - 1):
-                self._waiters.append(self._loop.create_future())
+            self._waiters.extend([None] * (replies - 1))
         self._waiters.append(waiter)
-        self._transport.write(payload)
+        write(payload)
         return waiter
 
     def close(self) -> None:
@@ -110,6 +126,19 @@ class LeanRedis:
         self.protocol: RespProtocol | None = None
 
     async def connect(self) -> None:
+        """The first connection of a client: a refused connection or a refused AUTH is
+        BackendUnavailable (exit 3, one line). Later reconnects (`call`) raise what failed,
+        which the store records as the operation's outcome."""
+        try:
+            await self._open()
+        except (OSError, RedisReplyError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise BackendUnavailable(
+                redact_text(f"cannot connect to Redis at {self.url}: {why}")
+            ) from None
+
+    async def _open(self) -> None:
+        """Open the connection, authenticate and select the database as redis-py would."""
         loop = asyncio.get_running_loop()
         p = self.params
         if "path" in p:
@@ -120,26 +149,50 @@ class LeanRedis:
                 lambda: RespProtocol(loop), p.get("host", "localhost"), p.get("port", 6379), ssl=tls
             )
         self.protocol = protocol
-        if p.get("password"):
-            auth = [p["username"], p["password"]] if p.get("username") else [p["password"]]
-            await self.call(encode("AUTH", *auth))
-        if p.get("db"):
-            await self.call(encode("SELECT", p["db"]))
+        try:
+            if p.get("password") or p.get("username"):
+                await self._authenticate(p.get("username"), p.get("password") or "")
+            if p.get("db"):
+                await self.call(encode("SELECT", p["db"]))
+        except BaseException:
+            self.close()
+            raise
 
-    async def call(self, payload: bytes, replies: int = 1) -> Any:
+    async def _authenticate(self, username: str | None, password: str) -> None:
+        # redis-py (RESP3, its default) sends HELLO 3 AUTH <user or "default"> <password>,
+        # which a server whose default user has no password accepts; the two-argument AUTH
+        # behaves the same on RESP2. Only a URL asking for protocol 2 without a user name
+        # gets the one-argument AUTH, which such a server refuses (so does redis-py).
+        if username is None and str(self.params.get("protocol", 3)) == "2":
+            await self.call(encode("AUTH", password))
+            return
+        try:
+            await self.call(encode("AUTH", username or "default", password))
+        except RedisReplyError as exc:
+            # Redis < 6 knows only AUTH <password> (redis-py falls back the same way).
+            if "wrong number of arguments" not in str(exc).lower():
+                raise
+            await self.call(encode("AUTH", password))
+
+    def call(self, payload: bytes, replies: int = 1) -> Awaitable[Any]:
+        """Send a command; await the result for its reply (RedisReplyError for an error).
+
+        A plain function, not a coroutine: while connected it hands back the protocol's
+        future, which saves the hot loop a coroutine frame per command.
+        """
         protocol = self.protocol
-        if protocol is None or protocol.lost is not None:
-            await self.connect()
-            protocol = self.protocol
-            assert protocol is not None
-        reply = await protocol.send(payload, replies)
-        if type(reply) is _REPLY_ERROR:
-            raise RedisReplyError(str(reply))
-        return reply
+        if protocol is None or protocol._write is None:
+            return self._reconnect_and_call(payload, replies)
+        return protocol.send(payload, replies)
+
+    async def _reconnect_and_call(self, payload: bytes, replies: int) -> Any:
+        await self._open()
+        assert self.protocol is not None
+        return await self.protocol.send(payload, replies)
 
     async def ensure_connected(self) -> None:
         if self.protocol is None or self.protocol.lost is not None:
-            await self.connect()
+            await self._open()
 
     def close(self) -> None:
         if self.protocol is not None:
