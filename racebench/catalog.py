@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.table import Table
 
+from racebench import registry
 from racebench.custom.plugin import PluginError, installed_plugins, load_plugin
 from racebench.custom.redis_template import RedisTemplateWorkload
 from racebench.custom.sql_template import SqlTemplateWorkload
-from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class, strategies_for
+from racebench.plugin_info import PluginInfo
+from racebench.registry import (
+    LOCK_GROUP,
+    STORE_GROUP,
+    lock_class,
+    lock_names,
+    origin,
+    store_class,
+    store_names,
+    strategies_for,
+)
 from racebench.stores.base import Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
 from racebench.workloads_rows import ROW_WORKLOAD_TYPES
@@ -30,7 +43,24 @@ def client_model(cls: type[Store], strategies: list[str]) -> str:
     return "; ".join(parts)
 
 
-def catalog_tables() -> list[Table]:
+def _loadable(names: list[str], load: Callable[[str], type], broken: list[str]) -> list[str]:
+    """The names whose plug-in loads; one line in `broken` for each that does not."""
+    loaded = []
+    for name in names:
+        try:
+            load(name)
+        except registry.PluginError as error:
+            broken.append(str(error))
+            continue
+        loaded.append(name)
+    return loaded
+
+
+def catalog_tables() -> tuple[list[Table], list[str]]:
+    """The tables of `racebench list`, and one line per store or lock plug-in that is broken."""
+    broken: list[str] = []
+    stores = _loadable(store_names(), store_class, broken)
+    services = _loadable(lock_names(), lock_class, broken)
     workloads = Table(title="workloads", header_style="bold")
     for header in ("type", "what it does", "anomalies checked"):
         workloads.add_column(header)
@@ -41,16 +71,24 @@ def catalog_tables() -> list[Table]:
         workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")
 
     backends = Table(title="backends", header_style="bold")
-    for header in ("backend", "what it is", "default url", "strategies", "clients run on"):
+    for header in (
+        "backend",
+        "what it is",
+        "default url",
+        "strategies",
+        "clients run on",
+        "package",
+    ):
         backends.add_column(header)
-    for name in STORES:
-        store_cls = store_class(name)
+    for name in stores:
+        store = store_class(name)
         backends.add_row(
             name,
-            store_cls.description,
-            store_cls.default_url or "(a temporary file)",
+            store.description,
+            _default_url(store),
             ", ".join(strategies_for(name)),
-            client_model(store_cls, list(strategies_for(name))),
+            client_model(store, list(strategies_for(name))),
+            _package(STORE_GROUP, name, store),
         )
 
     strategies = Table(title="strategies", header_style="bold")
@@ -66,7 +104,7 @@ def catalog_tables() -> list[Table]:
     # Backends that offer a strategy with the same claim share one row; a strategy whose
     # guarantees differ by server (repeatable_read) gets a row per variant.
     rows: dict[tuple[str, StrategySpec], list[str]] = {}
-    for backend in STORES:
+    for backend in stores:
         for name, spec in strategies_for(backend).items():
             rows.setdefault((name, spec), []).append(backend)
     for (name, spec), backends_of in rows.items():
@@ -80,14 +118,32 @@ def catalog_tables() -> list[Table]:
         )
 
     locks = Table(title="lock services (guard.strategy: lock)", header_style="bold")
-    for header in ("service", "what it is", "lease", "failure mode"):
+    for header in ("service", "what it is", "lease", "failure mode", "default url", "package"):
         locks.add_column(header)
-    for name in LOCK_SERVICES:
-        lock_cls = lock_class(name)
+    for name in services:
+        service = lock_class(name)
         locks.add_row(
-            name, lock_cls.description, "yes" if lock_cls.lease else "no", lock_cls.failure_mode
+            name,
+            service.description,
+            "yes" if service.lease else "no",
+            service.failure_mode,
+            _default_url(service),
+            _package(LOCK_GROUP, name, service),
         )
-    return [workloads, backends, strategies, locks]
+    return [workloads, backends, strategies, locks], broken
+
+
+def _default_url(cls: type[PluginInfo]) -> str:
+    """The default URL and the variable that overrides it, as `racebench list` shows them."""
+    if cls.default_url is None:
+        return "(none needed)"
+    return f"${cls.url_env} or {cls.default_url}" if cls.url_env else cls.default_url
+
+
+def _package(group: str, name: str, cls: type[PluginInfo]) -> str:
+    """The distribution that registered the plug-in, with the extra that installs its driver."""
+    extra = f" [{cls.extra}]" if cls.extra else ""
+    return origin(group, name) + extra
 
 
 def plugin_table() -> tuple[Table, list[str]]:

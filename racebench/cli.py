@@ -304,10 +304,12 @@ def list_command() -> None:
     lock services, and which combine. Exit 2 if a plug-in cannot be loaded."""
     from racebench.catalog import catalog_tables, plugin_table
 
-    for table in catalog_tables():
+    tables, broken = catalog_tables()
+    for table in tables:
         stdout.print(table)
-    plugins, broken = plugin_table()
+    plugins, broken_workloads = plugin_table()
     stdout.print(plugins)
+    broken += broken_workloads
     for problem in broken:
         stderr.print(f"racebench: {problem}", markup=False, highlight=False)
     if broken:

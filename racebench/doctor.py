@@ -65,17 +65,17 @@ def _from_scenarios(paths: list[Path]) -> Iterator[Target]:
 
 
 def _defaults() -> Iterator[Target]:
-    from racebench.registry import LOCK_SERVICES, STORES, lock_class, store_class
-    from racebench.scenario import LockConfig, expand_env
+    from racebench.registry import lock_class, lock_names, store_class, store_names
+    from racebench.scenario import LockConfig
 
-    for backend in STORES:
+    for backend in store_names():
         cls = store_class(backend)
-        if cls.default_url is None:
+        url = cls.configured_url()
+        if url is None:
             yield "store", backend, "", None
             continue
-        url = expand_env(cls.default_url, "default", "store.url")
         yield "store", backend, url, cls(url, _namespace())
-    for service in LOCK_SERVICES:
+    for service in lock_names():
         lock = lock_class(service)(LockConfig(service=service), _namespace(), None)
         yield "lock", service, lock.server_url() or "", lock
 

@@ -31,10 +31,10 @@ from racebench.history_edn import EdnValue, write_jepsen_edn
 from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
 from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
-from racebench.registry import is_custom, lock_class, run_strategies, store_class
+from racebench.registry import drivers_of, is_custom, lock_class, run_strategies, store_class
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
-from racebench.scenario import RunSpec, Scenario, expand_env
+from racebench.scenario import RunSpec, Scenario
 from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.verdict import TrialAnalysis, analyze_trial, summarize_run
 from racebench.worker import RateSpec
@@ -64,9 +64,7 @@ class Execution:
 def make_store(spec: RunSpec, namespace: str) -> Store:
     cls = store_class(spec.scenario.store.backend)
     url = spec.scenario.store.url
-    if url is None and cls.default_url is not None:
-        url = expand_env(cls.default_url, spec.source, "store.url")
-    return cls(url, namespace)
+    return cls(cls.configured_url() if url is None else url, namespace)
 
 
 def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | None:
@@ -455,6 +453,7 @@ def _run_files(
                 started_at=started,
                 partial=execution.interrupted or failure is not None,
                 servers=execution.environment,
+                drivers=drivers_of(specs),
             )
             if target is not None:
                 write_atomically(target, document)

@@ -57,8 +57,6 @@ MAX_QUEUED_BYTES = 1 << 20
 # Longest wait for the loop thread to apply a fault or to exit; it never blocks, so this is
 # only reached if it died.
 CONTROL_TIMEOUT_S = 5.0
-DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "redis": 6379}
-ZOOKEEPER_PORT = 2181
 _RST_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
@@ -478,10 +476,19 @@ def address_of(url: str) -> tuple[str, int]:
         hosts = url.partition("/")[0]
         if "," in hosts:
             raise ValueError(f"a proxy forwards to one server, not an ensemble: {hosts}")
-        host, colon, port = hosts.rpartition(":")
-        return (host, int(port)) if colon else (hosts, ZOOKEEPER_PORT)
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+")[0]
-    if parts.hostname is None or (parts.port is None and scheme not in DEFAULT_PORTS):
+        host, colon, given = hosts.rpartition(":")
+        if colon:
+            return host, int(given)
+        scheme = "zookeeper"  # a hosts string: the ZooKeeper store declares its port
+    else:
+        parts = urlsplit(url)
+        scheme, hosts = parts.scheme.split("+")[0], parts.hostname or ""
+        if hosts and parts.port is not None:
+            return hosts, parts.port
+    # Each plug-in declares the ports of its schemes (`ports`); racebench knows none itself.
+    from racebench.registry import default_port
+
+    port = default_port(scheme)
+    if not hosts or port is None:
         raise ValueError(f"cannot tell the server's host and port from {scheme}:// URL")
-    return parts.hostname, parts.port or DEFAULT_PORTS[scheme]
+    return hosts, port

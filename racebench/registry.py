@@ -1,56 +1,118 @@
-"""The one place where stores, lock services and strategies are registered.
+"""Where stores and lock services are found: the `racebench.stores` and `racebench.locks`
+entry points, for racebench's own plug-ins and third-party ones alike (as tooz finds its
+drivers under `tooz.backends`).
 
-Modules are named by import path and loaded on first use, so `racebench --help` and a sqlite
-run never import a server's driver. Adding a store or a lock service is one line here.
+Only the entry points' names are read up front; a plug-in's module is imported the first
+time it is used, so `racebench --help` and a sqlite run never import a server's driver.
+Adding a store or a lock service is its module plus one entry-point line (docs/plugins.md).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
-from racebench.errors import ScenarioError
+from racebench.errors import RacebenchError, ScenarioError
 from racebench.faults import validate_faults
 from racebench.guards import GENERIC_STRATEGIES
-from racebench.stores.base import ROW_WORKLOADS, StrategySpec
+from racebench.locks.base import LockService
+from racebench.stores.base import ROW_WORKLOADS, Store, StrategySpec
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-    from racebench.locks.base import LockService
     from racebench.scenario import BuiltinWorkload, CustomWorkload, RunSpec
-    from racebench.stores.base import Store
 
-STORES: dict[str, str] = {
-    "sqlite": "racebench.stores.sqlite:SqliteStore",
-    "postgres": "racebench.stores.postgres:PostgresStore",
-    "mysql": "racebench.stores.mysql:MysqlStore",
-    "redis": "racebench.stores.redis:RedisStore",
-    "zookeeper": "racebench.stores.zookeeper:ZookeeperStore",
-}
-
-LOCK_SERVICES: dict[str, str] = {
-    "file_lock": "racebench.locks.file_lock:FileLock",
-    "advisory": "racebench.locks.sql_locks:AdvisoryLock",
-    "get_lock": "racebench.locks.sql_locks:GetLock",
-    "redis_lock": "racebench.locks.redis_lock:RedisLock",
-    "redlock": "racebench.locks.redlock:Redlock",
-    "zookeeper_lock": "racebench.locks.zookeeper_lock:ZookeeperLock",
-}
+STORE_GROUP = "racebench.stores"
+LOCK_GROUP = "racebench.locks"
 
 
-def _load(path: str) -> type:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+class PluginError(RacebenchError):
+    """A registered plug-in that cannot be loaded or is not what its group needs (exit 2)."""
+
+
+@cache
+def _registered(group: str) -> dict[str, EntryPoint]:
+    """The entry points of `group` by name, without importing anything they point to."""
+    found = {ep.name: ep for ep in entry_points(group=group)}
+    if not found:
+        # racebench registers its own plug-ins here: none means stale package metadata.
+        raise PluginError(
+            f"nothing is registered under the {group} entry point; racebench's package"
+            " metadata is missing or stale: reinstall it (pip install -e .)"
+        )
+    return found
+
+
+def store_names() -> list[str]:
+    """Every registered store backend's name (nothing is imported)."""
+    return list(_registered(STORE_GROUP))
+
+
+def lock_names() -> list[str]:
+    """Every registered lock service's name (nothing is imported)."""
+    return list(_registered(LOCK_GROUP))
+
+
+def origin(group: str, name: str) -> str:
+    """The distribution that registered `name` under `group` (e.g. racebench)."""
+    dist = _registered(group)[name].dist
+    return dist.name if dist is not None else "unknown package"
+
+
+@cache
+def _load(group: str, name: str, base: type) -> type:
+    """The class registered as `name`, checked to subclass `base`; PluginError if not."""
+    ep = _registered(group)[name]
+    where = f"plug-in {name!r} ({ep.value}, {group} entry point of {origin(group, name)})"
+    try:
+        target = ep.load()
+    except Exception as exc:  # any failure while importing a plug-in is the plug-in's
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise PluginError(f"{where} cannot be loaded: {reason}") from None
+    if not (isinstance(target, type) and issubclass(target, base)):
+        raise PluginError(f"{where} is not a subclass of {base.__module__}.{base.__name__}")
+    return target
 
 
 def store_class(backend: str) -> type[Store]:
-    return _load(STORES[backend])
+    """The store registered as `backend`, its module imported now (its driver still not)."""
+    return _load(STORE_GROUP, backend, Store)
 
 
 def lock_class(service: str) -> type[LockService]:
-    return _load(LOCK_SERVICES[service])
+    """The lock service registered as `service`, its module imported now."""
+    return _load(LOCK_GROUP, service, LockService)
+
+
+def default_port(scheme: str) -> int | None:
+    """The port a URL of this scheme means when it names none, as some plug-in declares.
+
+    Loads every plug-in (a fault proxy is being set up); one that cannot load declares
+    nothing here and reports its own error where it is used.
+    """
+    for group, load in ((STORE_GROUP, store_class), (LOCK_GROUP, lock_class)):
+        for name in _registered(group):
+            try:
+                ports = load(name).ports
+            except PluginError:
+                continue
+            if scheme in ports:
+                return ports[scheme]
+    return None
+
+
+def drivers_of(specs: list[RunSpec]) -> list[str]:
+    """The driver distributions of the stores and lock services these runs use, in order."""
+    names: list[str] = []
+    for spec in specs:
+        names += store_class(spec.scenario.store.backend).drivers
+        lock = spec.scenario.guard.lock
+        if spec.scenario.guard.strategy == "lock" and lock is not None:
+            names += lock_class(lock.service).drivers
+    return list(dict.fromkeys(names))
 
 
 def strategies_for(backend: str) -> dict[str, StrategySpec]:
@@ -96,9 +158,10 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
     def fail(field: str, problem: str) -> ScenarioError:
         return ScenarioError(src, field, problem + context)
 
-    if s.store.backend not in STORES:
+    if s.store.backend not in store_names():
         raise fail(
-            "store.backend", f"unknown backend {s.store.backend!r} (known: {', '.join(STORES)})"
+            "store.backend",
+            f"unknown backend {s.store.backend!r} (known: {', '.join(store_names())})",
         )
     workload = s.workload
     if is_custom(workload) and s.store.backend not in workload.backends:
@@ -129,17 +192,16 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
     if s.guard.strategy == "lock":
         if s.guard.lock is None:
             raise fail("guard.lock", "strategy 'lock' needs guard.lock with a service")
-        if s.guard.lock.service not in LOCK_SERVICES:
+        if s.guard.lock.service not in lock_names():
             raise fail(
                 "guard.lock.service",
-                f"unknown lock service {s.guard.lock.service!r}"
-                f" (known: {', '.join(LOCK_SERVICES)})",
+                f"unknown lock service {s.guard.lock.service!r} (known: {', '.join(lock_names())})",
             )
         if s.guard.lock.renew and not lock_class(s.guard.lock.service).renewable:
             raise fail(
                 "guard.lock.renew",
                 f"{s.guard.lock.service} has no lease to renew (renew applies to "
-                + ", ".join(n for n in LOCK_SERVICES if lock_class(n).renewable)
+                + ", ".join(n for n in lock_names() if lock_class(n).renewable)
                 + ")",
             )
     elif s.guard.fencing:

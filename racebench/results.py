@@ -11,6 +11,7 @@ import re
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from racebench.ownership import temp_file_prefix
 from racebench.redact import redact
 
 SCHEMA = "racebench.result/1"
-_DRIVERS = ("psycopg", "PyMySQL", "redis", "hiredis", "kazoo")
 
 
 def host_info() -> dict[str, Any]:
@@ -34,9 +34,10 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def driver_versions() -> dict[str, str]:
+def driver_versions(drivers: Iterable[str]) -> dict[str, str]:
+    """The installed version of each driver distribution (those not installed are left out)."""
     versions = {}
-    for name in _DRIVERS:
+    for name in drivers:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -71,8 +72,12 @@ def build_document(
     started_at: dt.datetime,
     partial: bool,
     servers: dict[str, Any],
+    drivers: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The whole result document; passwords are redacted from everything in it."""
+    """The whole result document; passwords are redacted from everything in it.
+
+    `drivers` are the distributions the runs' plug-ins declare (their versions are recorded).
+    """
     document = {
         "schema": SCHEMA,
         "racebench_version": __version__,
@@ -81,7 +86,7 @@ def build_document(
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "partial": partial,
         "host": host_info(),
-        "environment": {"drivers": driver_versions(), "servers": servers},
+        "environment": {"drivers": driver_versions(drivers), "servers": servers},
         "scenario": {"source": source, "hash": scenario_hash(raw), "resolved": raw},
         "trial_order": trial_order(runs),
         "runs": runs,

@@ -96,7 +96,7 @@ zookeeper_config() {  # zookeeper_config PORT [MYID]: zoo.cfg, an ensemble membe
     # tickTime 500: sessions as short as 1 s, expired within 0.5 s of their timeout.
     printf '%s\n' "tickTime=500" "dataDir=$dir/data" "clientPort=$port" \
         "clientPortAddress=127.0.0.1" "admin.enableServer=false" \
-        "4lw.commands.whitelist=ruok,srvr,stat" >"$dir/zoo.cfg"
+        "4lw.commands.whitelist=ruok,srvr,stat" "maxClientCnxns=0" >"$dir/zoo.cfg"
     if [[ -n "$myid" ]]; then
         echo "$myid" >"$dir/data/myid"
         printf '%s\n' "initLimit=10" "syncLimit=5" \

@@ -22,6 +22,10 @@ step "installing the example plug-in (examples/plugin) into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
     -e examples/plugin
 
+step "installing the outside lock-service plug-in (tests/plugins/racebench-mkdirlock) into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -e tests/plugins/racebench-mkdirlock
+
 # A fresh clone has no benchmarks/ until someone commits a file there.
 lint_dirs=()
 for dir in racebench tests benchmarks; do

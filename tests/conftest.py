@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,16 @@ def run_cli(
     )
 
 
+def unique_namespace(name: str) -> str:
+    """A namespace no other test, and no second copy of the suite, can be using."""
+    return f"racebench_{name}_{secrets.token_hex(4)}"
+
+
+def named_after(namespaces: list[str], names: list[str]) -> list[str]:
+    """Those of `names` (a store's or lock service's leftovers) that belong to `namespaces`."""
+    return [name for name in names if any(namespace in name for namespace in namespaces)]
+
+
 @pytest.fixture
 def write_scenario(tmp_path: Path):
     """Write a scenario mapping to a YAML file in tmp_path and return its path."""
@@ -42,14 +53,28 @@ def write_scenario(tmp_path: Path):
     return write
 
 
-# backend -> the server fixture that provides its URL (None: embedded, no server)
-BACKEND_FIXTURES = {
-    "sqlite": None,
-    "postgres": "postgres_url",
-    "mysql": "mysql_url",
-    "redis": "redis_url",
-    "zookeeper": "zookeeper_hosts",
-}
+def _no_test_server(reason: str) -> None:
+    """Skip, or fail under CI=true: a registered plug-in must not pass CI untested."""
+    from tests.server_fixtures import _in_ci
+
+    if _in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def server_for_plugin(request: pytest.FixtureRequest, cls: type) -> str | list[str] | None:
+    """The URL(s) of the test server a store or lock plug-in declares (`test_server`, the
+    name of a fixture); None for one that needs no server (`networked = False`)."""
+    fixture = cls.test_server  # type: ignore[attr-defined]
+    if fixture is None:
+        if not cls.networked:  # type: ignore[attr-defined]
+            return None
+        _no_test_server(f"{cls.__qualname__} is networked but declares no test_server fixture")
+    try:
+        return request.getfixturevalue(fixture)
+    except pytest.FixtureLookupError:
+        _no_test_server(f"{cls.__qualname__}.test_server names no fixture: {fixture!r}")
+    raise AssertionError("unreachable")  # _no_test_server skips or fails
 
 
 def run_scenario_data(data: dict, source: str = "test.yaml") -> list[dict]:
@@ -64,17 +89,15 @@ def run_scenario_data(data: dict, source: str = "test.yaml") -> list[dict]:
 
 @pytest.fixture
 def store_for(request):
-    """store_for(backend) -> the `store` mapping of a scenario, with the real server's URL."""
+    """store_for(backend) -> the `store` mapping of a scenario, with the URL of the test
+    server the store declares (registry -> `test_server`)."""
 
     def make(backend: str) -> dict:
-        from racebench.registry import STORES
+        from racebench.registry import store_class
 
-        if backend not in STORES:
-            pytest.skip(f"backend {backend} is not built yet")
-        fixture = BACKEND_FIXTURES[backend]
-        if fixture is None:
+        value = server_for_plugin(request, store_class(backend))
+        if value is None:
             return {"backend": backend}
-        value = request.getfixturevalue(fixture)
         return {"backend": backend, "url": value if isinstance(value, str) else value[0]}
 
     return make

@@ -56,6 +56,22 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def private_redis_url() -> str:
+    """URL of a Redis server this session started for itself: for tests that pause it.
+
+    ``CLIENT PAUSE ... ALL`` stalls every client of a server, so a test that pauses the
+    shared Redis would stall the other tests, and a second suite, using it meanwhile.
+    """
+    try:
+        return servers.private_redis()
+    except servers.ServerUnavailable as exc:
+        reason = f"a private Redis server could not be started: {exc}"
+    if _in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
 def redlock_urls() -> list[str]:
     """URLs of three independent Redis servers for Redlock.
 

@@ -52,6 +52,7 @@ class StartedServer:
 
 
 _started: list[StartedServer] = []
+_STARTER_PID = os.getpid()
 
 
 def _answers(port: int, request: bytes = b"", expect: bytes = b"") -> bool:
@@ -74,9 +75,9 @@ def _zookeeper_answers(port: int) -> bool:
     return _answers(port, b"ruok", b"imok")
 
 
-def _free_port(preferred: int | None = None) -> int:
-    if preferred is not None and not port_for.port_is_used(preferred, HOST):
-        return preferred
+def _free_port() -> int:
+    # Never the server's default port: a second copy of the suite would take a server we
+    # started on it for a long-lived one, and lose it when this session ends.
     return port_for.select_random()
 
 
@@ -276,7 +277,7 @@ def ensure_redis() -> str:
         return url
     if _redis_answers(6379):
         return f"redis://{HOST}:6379/0"
-    return start_redis(_free_port(6379))
+    return start_redis(_free_port())
 
 
 def start_redis(port: int) -> str:
@@ -297,6 +298,12 @@ def start_redis(port: int) -> str:
         timeout=20,
         expected_returncode=0,
     )
+
+
+@functools.cache
+def private_redis() -> str:
+    """A Redis server of our own, never one an environment variable or a default port names."""
+    return start_redis(_free_port())
 
 
 def ensure_redis_instances(n: int = 3) -> list[str]:
@@ -329,12 +336,16 @@ def restart_redis(url: str) -> None:
 
 @functools.cache
 def ensure_zookeeper() -> str:
-    """ZooKeeper hosts: $RACEBENCH_ZOOKEEPER_HOSTS, a server answering on 2181, or our own."""
+    """ZooKeeper hosts: $RACEBENCH_ZOOKEEPER_HOSTS, else our own.
+
+    Not whatever answers on 2181: unlike the PostgreSQL, MariaDB and Redis on their default
+    ports, no long-lived ZooKeeper is promised there, and one started by another test session
+    (an older copy of this module took 2181 when it was free) goes away when that session
+    ends, in the middle of this one. scripts/start-servers.sh prints the variable to set.
+    """
     if hosts := os.environ.get("RACEBENCH_ZOOKEEPER_HOSTS"):
         return hosts
-    if _zookeeper_answers(2181):
-        return f"{HOST}:2181"
-    return start_zookeeper(_free_port(2181))
+    return start_zookeeper(_free_port())
 
 
 def start_zookeeper(port: int) -> str:
@@ -352,6 +363,9 @@ def start_zookeeper(port: int) -> str:
         f"tickTime=500\ndataDir={workdir / 'data'}\nclientPort={port}\n"
         f"clientPortAddress={HOST}\nadmin.enableServer=false\n"
         "4lw.commands.whitelist=ruok,srvr,stat\n"
+        # Every client connects from 127.0.0.1, and the default allows 60 per host: a fault
+        # test's clients, kazoo's retries and a second suite beside this one exceed that.
+        "maxClientCnxns=0\n"
     )
     command = [java, "-Xmx256m", "-cp", f"{jar}:/usr/share/java/slf4j-simple.jar"]
     command += ["org.apache.zookeeper.server.ZooKeeperServerMain", str(config)]
@@ -456,6 +470,7 @@ def zookeeper_member_config(
         f"clientPortAddress={HOST}",
         "admin.enableServer=false",
         "4lw.commands.whitelist=ruok,srvr,stat",
+        "maxClientCnxns=0",  # all clients are on 127.0.0.1: no per-host cap
     ]
     lines += [f"server.{i}={HOST}:{q}:{e}" for i, (q, e) in enumerate(peers, start=1)]
     return "\n".join(lines) + "\n"
@@ -507,6 +522,10 @@ def stop_managed_server(server: ManagedServer) -> None:
 
 def stop_started() -> None:
     """Stop every server this process started and remove its files; others are untouched."""
+    if os.getpid() != _STARTER_PID:
+        # A forked child inherits the list (and this atexit hook): the servers are not its
+        # to stop, and stopping them would pull them from under the tests still running.
+        return
     while _started:
         server = _started.pop()
         with contextlib.suppress(Exception):
@@ -520,7 +539,14 @@ def stop_started() -> None:
     while _managed_children:
         with contextlib.suppress(subprocess.TimeoutExpired):
             _managed_children.pop().wait(timeout=10)
-    for cached in (ensure_postgres, ensure_mysql, ensure_redis, _redis_instances, ensure_zookeeper):
+    for cached in (
+        ensure_postgres,
+        ensure_mysql,
+        ensure_redis,
+        private_redis,
+        _redis_instances,
+        ensure_zookeeper,
+    ):
         cached.cache_clear()
 
 

@@ -14,22 +14,27 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.processes import wait_for_clients
+from tests.race import until_shown
 
 
 def test_quickstart_shows_lost_updates_only_without_a_guard(tmp_path: Path) -> None:
     result_path, history_path = tmp_path / "q.json", tmp_path / "h.jsonl"
-    proc = run_cli(
-        "run",
-        "scenarios/quickstart.yaml",
-        "-q",
-        "-o",
-        str(result_path),
-        "--history",
-        str(history_path),
+    argv = ["run", "scenarios/quickstart.yaml", "-q", "-o", str(result_path)]
+
+    def attempt(number: int) -> tuple:
+        history_path.unlink(missing_ok=True)  # one attempt's history
+        proc = run_cli(*argv, "--history", str(history_path))
+        assert proc.returncode == 0, proc.stderr
+        document = json.loads(result_path.read_text())
+        for run in document["runs"][1:]:  # the guarded ones: safety on every attempt
+            assert run["anomalies"] == {"lost_updates": 0, "oversold_units": 0}
+        return proc, document
+
+    # The race shows in one run in practice; bounded, until it does.
+    proc, document = until_shown(
+        attempt, lambda done: done[1]["runs"][0]["anomalies"]["lost_updates"] > 0
     )
-    assert proc.returncode == 0, proc.stderr
     assert "ANOMALIES" in proc.stdout and "safe" in proc.stdout
-    document = json.loads(result_path.read_text())
     assert document["schema"] == "racebench.result/1"
     assert document["partial"] is False
     runs = {r["strategy"]: r for r in document["runs"]}
@@ -200,15 +205,15 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
 
 
 def test_list_shows_every_registered_strategy() -> None:
-    from racebench.registry import LOCK_SERVICES, STORES, strategies_for
+    from racebench.registry import lock_names, store_names, strategies_for
 
     proc = run_cli("list")
-    assert proc.returncode == 0
-    for backend in STORES:
+    assert proc.returncode == 0, proc.stderr
+    for backend in store_names():
         assert backend in proc.stdout
         for strategy in strategies_for(backend):
             assert strategy in proc.stdout
-    for service in LOCK_SERVICES:
+    for service in lock_names():
         assert service in proc.stdout
 
 

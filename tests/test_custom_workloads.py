@@ -4,9 +4,12 @@ under their fixes; bad templates and broken plug-ins are one line and exit 2."""
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,9 @@ import yaml
 
 import racebench
 from tests.conftest import REPO, run_cli
+from tests.race import ATTEMPTS, until_shown
 
 EXAMPLES = REPO / "examples"
-MAX_ATTEMPTS = 4
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +34,10 @@ def checkout_plugin() -> str:
              "-e", str(EXAMPLES / "plugin")],
             check=True,
         )  # fmt: skip
+        # This interpreter read its .pth files at start-up: read the new one (pip's editable
+        # finder) too, or the first session after a fresh install cannot import the plug-in.
+        site.addsitedir(sysconfig.get_paths()["purelib"])
+        importlib.invalidate_caches()
     return "checkout"
 
 
@@ -46,14 +53,15 @@ def example(name: str, store: dict[str, Any] | None = None, **changes: Any) -> d
 
 def race_until_seen(data: dict[str, Any]) -> racebench.RunResult:
     """Run an unguarded scenario, doubling its operations until the race shows (bounded)."""
-    data = copy.deepcopy(data)
-    for _ in range(MAX_ATTEMPTS):
-        result = racebench.run(data)
-        (run,) = result.runs
-        if sum(run.anomalies.values()):
-            return run
-        data["operations"] *= 2
-    pytest.fail(f"no race in {MAX_ATTEMPTS} runs up to {data['operations']} operations")
+
+    def attempt(number: int) -> racebench.RunResult:
+        grown = {**copy.deepcopy(data), "operations": data["operations"] * 2**number}
+        (run,) = racebench.run(grown).runs
+        return run
+
+    run = until_shown(attempt, lambda run: sum(run.anomalies.values()) > 0)
+    assert sum(run.anomalies.values()) > 0, f"no race in {ATTEMPTS} runs"
+    return run
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])

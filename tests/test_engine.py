@@ -17,6 +17,7 @@ from racebench.runner import RunnerResult
 from racebench.verdict import load_figures
 from racebench.worker import WorkerOutput
 from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.race import until_shown
 
 LIKES_NONE = {
     "name": "engine",
@@ -31,14 +32,14 @@ LIKES_NONE = {
 def test_unguarded_likes_lose_updates_at_any_worker_count(backend, workers, store_for) -> None:
     """Clients of one worker interleave in the race window (an await, or a thread's sleep)."""
     scenario = {**LIKES_NONE, "store": store_for(backend), "clients": 4, "workers": workers}
-    lost = 0
-    for attempt in range(5):  # the race shows within one run in practice; bounded anyway
-        [run] = run_scenario_data({**scenario, "operations": 400 * (attempt + 1)})
+
+    def attempt(number: int) -> dict:
+        [run] = run_scenario_data({**scenario, "operations": 400 * (number + 1)})
         assert run["operations"]["ok"] == run["operations"]["attempted"]
-        lost = run["anomalies"]["lost_updates"]
-        if lost:
-            break
-    assert lost > 0
+        return run
+
+    run = until_shown(attempt, lambda run: run["anomalies"]["lost_updates"] > 0)
+    assert run["anomalies"]["lost_updates"] > 0
     assert run["workers"] == (4 if workers == "clients" else workers)
 
 
@@ -83,9 +84,15 @@ def test_postgres_on_the_event_loop_keeps_its_claims(postgres_url: str, workload
         assert sum(atomic["anomalies"].values()) == 0 and atomic["verdict"] == "safe"
     else:  # the guarded INSERT reads the sum from its statement's snapshot: overdrafts allowed
         assert atomic["verdict"] in ("ANOMALIES", "race not reproduced")
-    [unguarded] = run_scenario_data(
-        {**base, "workload": shape, "guard": {"strategy": "none"}, "operations": 400}
-    )
+
+    def unguarded_run(number: int) -> dict:
+        window = {"race_window_ms": 2 * 3**number}
+        [run] = run_scenario_data(
+            {**base, **window, "workload": shape, "guard": {"strategy": "none"}, "operations": 400}
+        )
+        return run
+
+    unguarded = until_shown(unguarded_run, lambda run: sum(run["anomalies"].values()) > 0)
     assert sum(unguarded["anomalies"].values()) > 0
 
 
@@ -130,11 +137,12 @@ def test_client_bound_when_a_worker_saturates_its_core() -> None:
 
 
 def _server_pause_run(redis_url: str, rate: str | None) -> dict:
+    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000}
     scenario = {
         "name": "stall",
         "workload": {"type": "likes"},
         "store": {"backend": "redis", "url": redis_url},
-        "guard": {"strategy": "lock", "lock": {"service": "redis_lock", "ttl_ms": 5000}},
+        "guard": {"strategy": "lock", "lock": lock},
         "clients": 4,
         "workers": 1,
         "duration": "3s",
@@ -146,11 +154,11 @@ def _server_pause_run(redis_url: str, rate: str | None) -> dict:
     return run
 
 
-def test_open_loop_shows_a_stall_that_the_closed_loop_hides(redis_url: str) -> None:
+def test_open_loop_shows_a_stall_that_the_closed_loop_hides(private_redis_url: str) -> None:
     """Coordinated omission: a closed loop stops sending while the server stalls, so only the
     few operations in flight see the stall; an open loop keeps the schedule and counts each
-    operation's latency from when it was due."""
-    open_loop = _server_pause_run(redis_url, "400/s")
+    operation's latency from when it was due. A private Redis: the pause stalls all its users."""
+    open_loop = _server_pause_run(private_redis_url, "400/s")
     assert open_loop["arrival"] == "400/s constant"
     response, service = open_loop["latency_ms"], open_loop["service_time_ms"]
     # ~200 of ~1,200 operations were due during the 500 ms stall: p99 is nearly all of it,
@@ -159,7 +167,7 @@ def test_open_loop_shows_a_stall_that_the_closed_loop_hides(redis_url: str) -> N
     assert service["p99"] < response["p99"] / 2
     assert response["p90"] > 2 * service["p90"]
     assert open_loop["load"]["open_loop"]["late"] > 100
-    closed = _server_pause_run(redis_url, None)
+    closed = _server_pause_run(private_redis_url, None)
     assert closed["service_time_ms"] is None and closed["arrival"] == "closed loop"
     assert closed["latency_ms"]["max"] >= 400  # the stall happened...
     # ...but the closed loop stopped sending meanwhile, so it hardly shows in its figures.

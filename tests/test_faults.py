@@ -8,7 +8,6 @@ is left stopped, and every server the test used still answers.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -19,10 +18,18 @@ import pytest
 
 from racebench.scenario import load_raw
 from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.race import cli_runs_until_shown, until_shown
 
 FAULTS = REPO / "scenarios" / "faults"
 STOCK = {"type": "stock", "initial": 100_000}
-SERVER_FIXTURES = ("redis_url", "redlock_urls", "postgres_url", "mysql_url", "zookeeper_hosts")
+SERVER_FIXTURES = (
+    "redis_url",
+    "private_redis_url",
+    "redlock_urls",
+    "postgres_url",
+    "mysql_url",
+    "zookeeper_hosts",
+)
 
 
 def _stopped_children() -> list[int]:
@@ -42,7 +49,7 @@ def _stopped_children() -> list[int]:
 
 
 def _server_answers(name: str, value: str | list[str]) -> None:
-    if name in ("redis_url", "redlock_urls"):
+    if name in ("redis_url", "private_redis_url", "redlock_urls"):
         from racebench.stores.redis import open_redis
 
         for url in [value] if isinstance(value, str) else value:
@@ -106,6 +113,26 @@ def _run(store: dict, lock: dict, faults: list[dict], fencing: bool = False, **e
     return run
 
 
+def _race(store: dict, lock: dict, faults: list[dict], fencing: bool = False, **extra) -> dict:
+    """`_run` until the exclusion violation shows (bounded), the race window doubling each time.
+
+    With fencing, no update may be lost in any attempt: that is checked on each, not retried.
+    """
+    window_ms = extra.pop("race_window_ms", 30)
+
+    def attempt(number: int) -> dict:
+        run = _run(store, lock, faults, fencing, race_window_ms=window_ms * 2**number, **extra)
+        if fencing:
+            assert run["anomalies"]["lost_updates"] == 0, run["anomalies"]
+        return run
+
+    def shown(run: dict) -> bool:
+        # Fenced, the race shows as a stale write rejected, not only as an overlap.
+        return _violations(run) > 0 and (not fencing or run["lock"]["stale_writes_rejected"] > 0)
+
+    return until_shown(attempt, shown)
+
+
 def _file_runs(name: str, **overrides) -> list[dict]:
     path = FAULTS / name
     raw = load_raw(path)
@@ -137,10 +164,20 @@ FAIRER = {"retry_delay_ms": 0.1}
 def test_gc_pause_past_a_redis_lease_breaks_exclusion_unless_fenced(
     redis_url: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "gc.json"
-    done = run_cli("run", str(FAULTS / "gc-pause.yaml"), "--output", str(out), "--quiet")
+    def fenced_loses_nothing(runs: list[dict]) -> None:
+        assert runs[1]["anomalies"]["lost_updates"] == 0, runs[1]["anomalies"]
+
+    done, (plain, fenced) = cli_runs_until_shown(
+        FAULTS / "gc-pause.yaml",
+        tmp_path / "gc.json",
+        lambda runs: (
+            min(map(_violations, runs)) > 0
+            and runs[0]["anomalies"]["lost_updates"] > 0
+            and runs[1]["lock"]["stale_writes_rejected"] > 0
+        ),
+        fenced_loses_nothing,
+    )
     assert done.returncode == 0, done.stderr
-    plain, fenced = json.loads(out.read_text())["runs"]
     assert _violations(plain) > 0 and plain["anomalies"]["lost_updates"] > 0
     assert plain["verdict"] == "ANOMALIES"
     assert _violations(fenced) > 0 and fenced["lock"]["stale_writes_rejected"] > 0
@@ -171,7 +208,7 @@ def test_pause_past_the_zookeeper_session_lets_the_next_client_in(
 ) -> None:
     lock = {"service": "zookeeper_lock", "url": zookeeper_hosts, "session_timeout_ms": 4000}
     pause = {"kind": "pause_client", **HOLDING, "duration_ms": 8000}
-    run = _run({"backend": "redis", "url": redis_url}, lock, [pause], duration="9s")
+    run = _race({"backend": "redis", "url": redis_url}, lock, [pause], duration="9s")
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"  # a pause past the session is not claimed safe
 
@@ -181,7 +218,9 @@ def test_pause_past_the_zookeeper_session_lets_the_next_client_in(
 
 @pytest.mark.parametrize(
     ("service", "low_ms", "high_ms"),
-    [("redis_lock", 400, 1500), ("advisory", 0, 200), ("zookeeper_lock", 2500, 9000)],
+    # The lower bounds are the point (a lease or a session outlives its holder); the upper
+    # ones only say the wait ended, with room for a loaded host to wake the next client.
+    [("redis_lock", 400, 2500), ("advisory", 0, 1000), ("zookeeper_lock", 2500, 9000)],
 )
 def test_a_killed_holder_keeps_the_resource_unavailable(
     request, redis_url: str, service: str, low_ms: float, high_ms: float
@@ -194,7 +233,7 @@ def test_a_killed_holder_keeps_the_resource_unavailable(
     else:
         lock.update(url=request.getfixturevalue("zookeeper_hosts"), session_timeout_ms=4000)
     kill = {"kind": "kill_client", **ANY_HOLDER}
-    duration = "9s" if service == "zookeeper_lock" else "2s"
+    duration = {"redis_lock": "3s", "advisory": "2s", "zookeeper_lock": "9s"}[service]
     run = _run({"backend": "redis", "url": redis_url}, lock, [kill], duration=duration)
     fault = _fault(run)
     assert fault["note"] == "SIGKILL inside its critical section"
@@ -214,9 +253,11 @@ def test_killed_sql_session_frees_the_lock_while_the_holder_writes_on(
 ) -> None:
     lock = {"service": service, "url": postgres_url if service == "advisory" else mysql_url}
     kill = {"kind": "kill_session", **HOLDING}
-    run = _run({"backend": "postgres", "url": postgres_url}, lock, [kill], fencing)
+    run = _race({"backend": "postgres", "url": postgres_url}, lock, [kill], fencing)
     assert _fault(run)["note"].startswith(("pg_terminate_backend(", "KILL "))
-    assert _fault(run)["unavailable_ms"] < 200  # the lock went with the session
+    # The lock went with the session: the next client got in at once (a loaded host may
+    # take a while to wake it, but nothing like a lease or a session time-out).
+    assert _fault(run)["unavailable_ms"] < 1000
     assert _violations(run) > 0  # the holder went on writing through its store connection
     if fencing:
         assert run["lock"]["stale_writes_rejected"] > 0
@@ -248,7 +289,7 @@ def test_redis_lock_forgetting_or_expiring_early_lets_two_in(redis_url: str, kin
     # still inside, even on a loaded host.
     lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000, **FAIRER}
     fault = {"kind": kind, **ANY_HOLDER}
-    run = _run({"backend": "redis", "url": redis_url}, lock, [fault], race_window_ms=100)
+    run = _race({"backend": "redis", "url": redis_url}, lock, [fault], race_window_ms=100)
     assert _fault(run)["note"].startswith("emulated: ")
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"
@@ -262,14 +303,20 @@ def _kept(run: dict) -> int:
 
 
 def test_redlock_survives_losing_one_instance_of_three_not_two(redlock_urls: list[str]) -> None:
-    one, two = _file_runs("redlock-lose-instances.yaml", duration="1.5s")
+
+    def attempt(number: int) -> list[dict]:
+        one, two = _file_runs("redlock-lose-instances.yaml", duration="1.5s")
+        # Granted by all three, the holder keeps a majority: nobody else can win one.
+        # Granted by a bare majority (a busy host splits the servers between contenders),
+        # it may not. Checked on every attempt.
+        if _kept(one) >= 2:
+            assert _violations(one) == 0 and one["verdict"] == "race not reproduced"
+        return [one, two]
+
+    one, two = until_shown(attempt, lambda runs: _violations(runs[1]) > 0)
     # client: any fires at the first grant, long before the end: the others are still trying.
-    assert _fault(one)["start_ms"] < 500 and _fault(two)["start_ms"] < 500
+    assert _fault(one)["start_ms"] < 750 and _fault(two)["start_ms"] < 750
     assert "on 1 of 3 servers" in _fault(one)["note"]
-    # Granted by all three, the holder keeps a majority: nobody else can win one. Granted by
-    # a bare majority (a busy host splits the servers between contenders), it may not.
-    if _kept(one) >= 2:
-        assert _violations(one) == 0 and one["verdict"] == "race not reproduced"
     assert "on 2 of 3 servers" in _fault(two)["note"]
     assert _kept(two) <= 1
     assert _violations(two) > 0 and two["verdict"] == "ANOMALIES"
@@ -282,14 +329,17 @@ def test_replies_slower_than_the_lease_let_two_in(redis_url: str) -> None:
     lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 100, **FAIRER}
     slow = {"kind": "latency", **HOLDING, "target": "store", "delay_ms": 150, "duration_ms": 1000}
     store = {"backend": "redis", "url": redis_url, "proxy": True}
-    run = _run(store, lock, [slow])
+    run = _race(store, lock, [slow])
     assert _fault(run)["note"] == "+150±0 ms for 1000 ms"
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"
 
 
 def test_zookeeper_partition_expires_the_holder_who_still_believes(zookeeper_hosts: str) -> None:
-    [run] = _file_runs("partition.yaml", matrix={"guard.fencing": [False]})
+    [run] = until_shown(
+        lambda _: _file_runs("partition.yaml", matrix={"guard.fencing": [False]}),
+        lambda runs: _violations(runs[0]) > 0,
+    )
     assert _fault(run)["kind"] == "partition"
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"
@@ -325,7 +375,7 @@ def test_partitioned_kazoo_lock_still_says_acquired(zookeeper_hosts: str) -> Non
 def test_reset_lock_connection_ends_the_advisory_session(postgres_url: str) -> None:
     lock = {"service": "advisory", "url": postgres_url, "proxy": True}
     reset = {"kind": "reset", **HOLDING}
-    run = _run({"backend": "postgres", "url": postgres_url}, lock, [reset])
+    run = _race({"backend": "postgres", "url": postgres_url}, lock, [reset])
     assert _fault(run)["note"] == "connections reset"
     assert _violations(run) > 0
     assert run["verdict"] == "ANOMALIES"
@@ -334,10 +384,12 @@ def test_reset_lock_connection_ends_the_advisory_session(postgres_url: str) -> N
 # server_pause
 
 
-def test_client_pause_stalls_everyone_and_keeps_exclusion(redis_url: str) -> None:
-    lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 2000}
+def test_client_pause_stalls_everyone_and_keeps_exclusion(private_redis_url: str) -> None:
+    # A private server: CLIENT PAUSE ALL would stall every other user of the shared one.
+    lock = {"service": "redis_lock", "url": private_redis_url, "ttl_ms": 2000}
     pause = {"kind": "server_pause", "at": 0.3, "duration_ms": 400}
-    run = _run({"backend": "redis", "url": redis_url}, lock, [pause], race_window_ms=2)
+    store = {"backend": "redis", "url": private_redis_url}
+    run = _run(store, lock, [pause], race_window_ms=2)
     assert _fault(run)["note"] == "CLIENT PAUSE 400 ALL"
     assert run["latency_ms"]["max"] >= 300
     assert sum(run["anomalies"].values()) == 0 and run["verdict"] == "safe"

@@ -6,7 +6,6 @@ is watched directly on the lock key.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import pytest
 from racebench.errors import ScenarioError
 from racebench.registry import lock_class
 from racebench.scenario import FaultConfig, LockConfig, expand
-from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.conftest import REPO, run_scenario_data, unique_namespace
+from tests.race import cli_runs_until_shown
 
 
 def _service(lock: dict, namespace: str):
@@ -27,14 +27,29 @@ def _violations(run: dict) -> int:
     return run["anomalies"]["mutual_exclusion_violations"]
 
 
+def _second_loses_nothing(runs: list[dict]) -> None:
+    """Safety of the renewed or fenced run, checked on every attempt."""
+    assert runs[1]["anomalies"]["lost_updates"] == 0, runs[1]["anomalies"]
+
+
+def _plain_and_second(scenario: Path, out: Path, fenced: bool) -> tuple[str, dict, dict]:
+    """Run a two-run scenario file until its plain run shows the violation and, when the
+    second run is fenced, the second run a rejected stale write (bounded)."""
+
+    def shown(runs: list[dict]) -> bool:
+        rejected = runs[1]["lock"]["stale_writes_rejected"] > 0
+        return _violations(runs[0]) > 0 and (rejected or not fenced)
+
+    done, (plain, second) = cli_runs_until_shown(scenario, out, shown, _second_loses_nothing)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, plain, second
+
+
 def test_renewal_keeps_a_section_longer_than_the_ttl_exclusive(
     redis_url: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "renewal.json"
     scenario = REPO / "scenarios" / "lease-renewal.yaml"
-    done = run_cli("run", str(scenario), "--output", str(out), "--quiet")
-    assert done.returncode == 0, done.stderr
-    plain, renewed = json.loads(out.read_text())["runs"]
+    stdout, plain, renewed = _plain_and_second(scenario, tmp_path / "renewal.json", fenced=False)
     assert not plain["lease_renewal"] and renewed["lease_renewal"]
     assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
     assert plain["claims_safety"] is False
@@ -42,7 +57,7 @@ def test_renewal_keeps_a_section_longer_than_the_ttl_exclusive(
     assert renewed["claims_safety"] is True and renewed["verdict"] == "safe"
     # Every renewed section outlasted the 300 ms lease, and none was shared.
     assert renewed["lock"]["hold_ms"]["p50"] >= 700
-    assert "lock:redis_lock+renew" in done.stdout
+    assert "lock:redis_lock+renew" in stdout
 
 
 def test_redlock_renewal_keeps_a_slow_section_exclusive(redlock_urls: list[str]) -> None:
@@ -68,11 +83,8 @@ def test_redlock_renewal_keeps_a_slow_section_exclusive(redlock_urls: list[str])
 def test_a_pause_stops_the_watchdog_too_and_only_fencing_saves_the_data(
     redis_url: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "gc.json"
     scenario = REPO / "scenarios" / "faults" / "gc-pause-renewal.yaml"
-    done = run_cli("run", str(scenario), "--output", str(out), "--quiet")
-    assert done.returncode == 0, done.stderr
-    plain, fenced = json.loads(out.read_text())["runs"]
+    _, plain, fenced = _plain_and_second(scenario, tmp_path / "gc.json", fenced=True)
     assert plain["lease_renewal"] and fenced["lease_renewal"]
     assert plain["claims_safety"] is False
     assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
@@ -83,11 +95,8 @@ def test_a_pause_stops_the_watchdog_too_and_only_fencing_saves_the_data(
 def test_a_partition_keeps_the_renewals_from_redis_and_the_lease_lapses(
     redis_url: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "partition.json"
     scenario = REPO / "scenarios" / "faults" / "partition-renewal.yaml"
-    done = run_cli("run", str(scenario), "--output", str(out), "--quiet")
-    assert done.returncode == 0, done.stderr
-    plain, fenced = json.loads(out.read_text())["runs"]
+    _, plain, fenced = _plain_and_second(scenario, tmp_path / "partition.json", fenced=True)
     assert plain["claims_safety"] is False
     assert _violations(plain) > 0 and plain["verdict"] == "ANOMALIES"
     assert fenced["lock"]["stale_writes_rejected"] > 0
@@ -99,12 +108,16 @@ def test_the_watchdog_renews_while_held_and_stops_at_release(
     redis_url: str, redlock_urls: list[str], service: str
 ) -> None:
     where = {"url": redis_url} if service == "redis_lock" else {"urls": redlock_urls}
-    lock = _service({"service": service, "ttl_ms": 300, "renew": True, **where}, "racebench_rn1")
+    # A lease long enough that a loaded host's scheduling delays do not lapse it between
+    # renewals (the watchdog renews every third of it).
+    lock = _service(
+        {"service": service, "ttl_ms": 600, "renew": True, **where}, unique_namespace("rn1")
+    )
     holder = lock.connect(0)
     leases = holder.leases if service == "redlock" else [holder.lease]
     try:
         holder.acquire()
-        time.sleep(1.0)  # more than three leases long
+        time.sleep(2.0)  # more than three leases long
         held = sum(lease.redis.pttl(lease.keys[0]) > 0 for lease in leases)
         assert held >= len(leases) // 2 + 1  # Redlock: a majority is enough
         watchdog = holder.watchdog
@@ -118,7 +131,8 @@ def test_the_watchdog_renews_while_held_and_stops_at_release(
 
 def test_the_watchdog_stops_when_the_lease_was_lost(redis_url: str) -> None:
     lock = _service(
-        {"service": "redis_lock", "url": redis_url, "ttl_ms": 60, "renew": True}, "racebench_rn2"
+        {"service": "redis_lock", "url": redis_url, "ttl_ms": 60, "renew": True},
+        unique_namespace("rn2"),
     )
     first, second = lock.connect(0), lock.connect(1)
     try:

@@ -13,6 +13,7 @@ import pytest
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
 from racebench.workloads import FinalState
 from tests.conftest import run_cli, run_scenario_data
+from tests.race import until_shown
 
 BOOKING = {"type": "booking", "seats": 20}
 TRANSFER = {"type": "transfer", "accounts": 4, "total": 400, "readers": 1}
@@ -36,13 +37,14 @@ def _scenario(store: dict, workload: dict, guard: dict, **extra) -> dict:
     }
 
 
-def _until_anomaly(scenario: dict, anomaly: str) -> dict:
-    """Run with more operations each time until `anomaly` shows (bounded: 4 runs)."""
-    for attempt in range(4):
-        [run] = run_scenario_data({**scenario, "operations": scenario["operations"] * 2**attempt})
-        if run["anomalies"][anomaly]:
-            return run
-    return run
+def _until_anomaly(scenario: dict, *anomalies: str) -> dict:
+    """Run with more operations each time until every one of `anomalies` shows (bounded)."""
+
+    def attempt(number: int) -> dict:
+        [run] = run_scenario_data({**scenario, "operations": scenario["operations"] * 2**number})
+        return run
+
+    return until_shown(attempt, lambda run: all(run["anomalies"][name] for name in anomalies))
 
 
 def _safe_strategies(backend: str, workload: str) -> list[dict]:
@@ -85,7 +87,7 @@ def test_safe_booking_strategies_sell_each_seat_once(store_for, backend: str, gu
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_unguarded_transfers_lose_money_and_readers_see_it(store_for, backend: str) -> None:
     scenario = _scenario(store_for(backend), TRANSFER, {"strategy": "none"})
-    run = _until_anomaly(scenario, "total_drift")
+    run = _until_anomaly(scenario, "total_drift", "read_skew")
     assert run["anomalies"]["total_drift"] > 0, run["invariants"]
     assert run["anomalies"]["read_skew"] > 0, run["invariants"]
     [reads] = [i for i in run["invariants"] if i["name"] == "every read sums to the total"]
@@ -126,14 +128,16 @@ def test_random_lock_order_deadlocks_and_sorted_does_not(store_for, backend: str
     workload = {"type": "transfer", "accounts": 2, "total": 200}
     store = store_for(backend)
     # Few operations: PostgreSQL finds each deadlock only after deadlock_timeout (1 s).
-    for attempt in range(5):
-        guard = {"strategy": "for_update", "lock_order": "random"}
+    guard = {"strategy": "for_update", "lock_order": "random"}
+
+    def attempt(number: int) -> dict:
         [run] = run_scenario_data(
-            _scenario(store, workload, guard, clients=2, operations=6 * (attempt + 1))
+            _scenario(store, workload, guard, clients=2, operations=6 * (number + 1))
         )
-        assert run["anomalies"]["total_drift"] == 0 and run["verdict"] == "safe"
-        if run["retries_by_code"].get(DEADLOCK[backend]):
-            break
+        assert run["anomalies"]["total_drift"] == 0 and run["verdict"] == "safe"  # every run
+        return run
+
+    run = until_shown(attempt, lambda run: run["retries_by_code"].get(DEADLOCK[backend], 0) > 0)
     assert run["retries_by_code"].get(DEADLOCK[backend], 0) > 0, run["retries_by_code"]
     assert run["operations"]["conflicts"] == 0  # every deadlock victim was retried
 

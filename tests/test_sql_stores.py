@@ -21,8 +21,9 @@ from racebench.stores.mysql import MysqlStore, connect_kwargs, open_connection
 from racebench.stores.postgres import PostgresStore, connect_args
 from racebench.stores.postgres import open_connection as open_pg
 from racebench.workloads import CounterPlan, LedgerPlan
-from tests.conftest import run_cli, run_scenario_data
+from tests.conftest import named_after, run_cli, run_scenario_data, unique_namespace
 from tests.processes import ours
+from tests.race import until_shown
 
 STOCK = {"type": "stock", "initial": 1000}
 # The deposit covers 3 withdrawals: 4 clients released together all read 30, so the zero
@@ -75,15 +76,24 @@ ISOLATION_TRUTHS = [
 def test_isolation_levels_do_what_the_servers_do(
     store_for, backend: str, workload: str, strategy: str, anomaly: bool, code: str | None
 ) -> None:
-    run = _run(store_for(backend), workload, {"strategy": strategy})
-    assert run["operations"]["errors"] == 0, run["errors_sample"]
+    def attempt(number: int) -> dict:
+        run = _run(
+            store_for(backend), workload, {"strategy": strategy}, race_window_ms=5 * 3**number
+        )
+        assert run["operations"]["errors"] == 0, run["errors_sample"]
+        if not anomaly:  # checked on every attempt: safety is never retried
+            assert sum(run["anomalies"].values()) == 0, run["anomalies"]
+        return run
+
     if anomaly:
+        run = until_shown(attempt, lambda run: run["anomalies"][ANOMALY[workload]] > 0)
         assert run["anomalies"][ANOMALY[workload]] > 0, run["anomalies"]
         assert run["verdict"] == "ANOMALIES"
         return
-    assert sum(run["anomalies"].values()) == 0, run["anomalies"]
+    # Prevention costs aborts, which show only when the clients really collided; each abort
+    # is retried and counted under its server error code.
+    run = until_shown(attempt, lambda run: run["retries_by_code"].get(code, 0) > 0)
     assert run["verdict"] == "safe"
-    # Prevention costs aborts: each is retried and counted under its server error code.
     assert run["retries_by_code"].get(code, 0) > 0, run["retries_by_code"]
     assert run["operations"]["conflicts"] == 0
     assert sum(run["retries_by_code"].values()) == run["operations"]["retries"]
@@ -118,7 +128,8 @@ def _store(backend: str, url: str, namespace: str):
 
 
 def test_fenced_primitives(sql_store: dict) -> None:
-    store = _store(sql_store["backend"], sql_store["url"], "racebench_test_fence")
+    namespace = unique_namespace("fence")
+    store = _store(sql_store["backend"], sql_store["url"], namespace)
     store.setup(CounterPlan(10, -1, 0), 2)
     try:
         client = store.connect(_options())
@@ -145,7 +156,7 @@ def test_fenced_primitives(sql_store: dict) -> None:
         client.close()
     finally:
         store.teardown()
-    assert "racebench_test_fence_counter" not in store.leftovers()
+    assert named_after([namespace], store.leftovers()) == []
 
 
 @pytest.mark.parametrize("service", ["advisory", "get_lock"])
@@ -154,7 +165,8 @@ def test_lock_service_times_out_and_hands_out_growing_tokens(
 ) -> None:
     cls, url = (AdvisoryLock, postgres_url) if service == "advisory" else (GetLock, mysql_url)
     config = LockConfig(service=service, url=url, acquire_timeout_ms=100)
-    lock = cls(config, "racebench_test_lock", None)
+    namespace = unique_namespace("lock")
+    lock = cls(config, namespace, None)
     lock.setup()
     try:
         holder, waiter = lock.connect(0), lock.connect(1)
@@ -162,7 +174,7 @@ def test_lock_service_times_out_and_hands_out_growing_tokens(
         started = time.monotonic()
         with pytest.raises(LockTimeout):
             waiter.acquire()
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5  # it gave up, long before a loaded host would
         waiter.release()  # not the holder: must not free the holder's lock
         with pytest.raises(LockTimeout):
             waiter.acquire()
@@ -173,7 +185,7 @@ def test_lock_service_times_out_and_hands_out_growing_tokens(
         waiter.close()
     finally:
         lock.teardown()
-    assert "racebench_test_lock_lock" not in lock.leftovers()
+    assert named_after([namespace], lock.leftovers()) == []
 
 
 @pytest.mark.parametrize(
@@ -204,7 +216,7 @@ def _kill(backend: str, url: str, client) -> None:
 
 def test_lost_connection_is_unknown_and_the_next_operation_recovers(sql_store: dict) -> None:
     backend, url = sql_store["backend"], sql_store["url"]
-    store = _store(backend, url, "racebench_test_lost")
+    store = _store(backend, url, unique_namespace("lost"))
     plan = CounterPlan(10, -1, 0)
     store.setup(plan, 1)
     try:

@@ -57,14 +57,13 @@ class IsolationMatrix:
 
 def resolve_target(target: str) -> tuple[str, Dialect]:
     """`postgres`, `mysql` (or `mariadb`) or a URL -> (url, dialect)."""
-    from racebench.scenario import expand_env
     from racebench.stores import mysql, postgres
 
     name = target.lower()
     if name in ("postgres", "postgresql"):
-        url = expand_env(postgres.DEFAULT_URL, "racebench isolation")
+        url = postgres.PostgresStore.configured_url() or postgres.DEFAULT_URL
     elif name in ("mysql", "mariadb"):
-        url = expand_env(mysql.DEFAULT_URL, "racebench isolation")
+        url = mysql.MysqlStore.configured_url() or mysql.DEFAULT_URL
     else:
         url = target
     if postgres.is_postgres_url(url):

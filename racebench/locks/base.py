@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from racebench.plugin_info import PluginInfo
+
 if TYPE_CHECKING:
     from racebench.scenario import FaultConfig, LockConfig
 
@@ -39,18 +41,19 @@ class LockClient(ABC):
         return 0
 
 
-class LockService(ABC):
-    """A lock service, created in the parent; `connect` runs in each client process."""
+class LockService(PluginInfo, ABC):
+    """A lock service, created in the parent; `connect` runs in each client process.
+
+    Registered under the `racebench.locks` entry point; what it declares about itself
+    (default URL, drivers, ports, test server) is described in `PluginInfo`.
+    """
 
     service: ClassVar[str]
-    description: ClassVar[str]
     failure_mode: ClassVar[str]
     lease: ClassVar[bool]
-    extra: ClassVar[str | None] = None
     # Fault kinds this service can suffer beyond the client-side ones (pause_client,
     # kill_client): any of expire_early, lose_lock_state, kill_session, server_pause.
     fault_kinds: ClassVar[frozenset[str]] = frozenset()
-    networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
     renewable: ClassVar[bool] = False  # a lease that guard.lock.renew can keep alive
 
     def __init__(self, config: LockConfig, namespace: str, store_url: str | None) -> None:

@@ -21,7 +21,6 @@ one, while the holder works on. Only fencing keeps the data safe then.
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
 import threading
@@ -308,7 +307,11 @@ class RedisLock(RenewableLease):
         "lock; guard.fencing (INCR token) keeps the data safe"
     )
     lease = True
+    default_url = DEFAULT_URL
+    url_env = "RACEBENCH_REDIS_URL"
     extra = "redis"
+    drivers = ("redis", "hiredis")
+    test_server = "redis_url"
     fault_kinds = frozenset({"expire_early", "lose_lock_state", "kill_session", "server_pause"})
 
     @property
@@ -318,7 +321,7 @@ class RedisLock(RenewableLease):
             return self.config.url
         if self.store_url and self.store_url.startswith(("redis://", "rediss://", "unix://")):
             return self.store_url
-        return os.environ.get("RACEBENCH_REDIS_URL", DEFAULT_URL)
+        return self.configured_url() or DEFAULT_URL
 
     def server_url(self) -> str:
         return self.url

@@ -29,7 +29,6 @@ no consensus to order grants; a lock service that does (ZooKeeper) gives sound t
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -188,7 +187,11 @@ class Redlock(RenewableLease):
         "are best effort and can tie after a server loses its counter"
     )
     lease = True
+    default_url = DEFAULT_URLS  # comma-separated, one URL per independent Redis server
+    url_env = "RACEBENCH_REDLOCK_URLS"
     extra = "redis"
+    drivers = ("redis", "hiredis")
+    test_server = "redlock_urls"  # a list of URLs: the scenario key is guard.lock.urls
     fault_kinds = frozenset({"expire_early", "lose_lock_state", "server_pause"})
 
     @property
@@ -198,8 +201,8 @@ class Redlock(RenewableLease):
             return self.config.urls
         if self.config.servers:
             return [server.url for server in self.config.servers]
-        env = os.environ.get("RACEBENCH_REDLOCK_URLS", DEFAULT_URLS)
-        return [url.strip() for url in env.split(",") if url.strip()]
+        listed = self.configured_url() or DEFAULT_URLS
+        return [url.strip() for url in listed.split(",") if url.strip()]
 
     def check_reachable(self) -> dict[str, str]:
         from racebench.errors import BackendUnavailable

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from contextlib import suppress
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from racebench.locks.base import LockClient, LockService, LockTimeout
-from racebench.scenario import FaultConfig, expand_env
 from racebench.stores import mysql, postgres
+
+if TYPE_CHECKING:
+    from racebench.scenario import FaultConfig
 
 
 class _SqlLockService(LockService):
@@ -27,7 +29,6 @@ class _SqlLockService(LockService):
 
     lease = False
     fault_kinds = frozenset({"kill_session"})
-    default_url: ClassVar[str]
 
     @abstractmethod
     def _is_same_kind(self, url: str | None) -> bool: ...
@@ -41,7 +42,9 @@ class _SqlLockService(LockService):
         if self._is_same_kind(self.store_url):
             assert self.store_url is not None
             return self.store_url
-        return expand_env(self.default_url, "guard.lock", "guard.lock.url")
+        url = self.configured_url()
+        assert url is not None  # both services declare a default_url
+        return url
 
     def server_url(self) -> str:
         return self.url()
@@ -123,6 +126,9 @@ class AdvisoryLock(_SqlLockService):
     )
     extra = "postgres"
     default_url = postgres.DEFAULT_URL
+    url_env = "RACEBENCH_POSTGRES_URL"
+    drivers = ("psycopg",)
+    test_server = "postgres_url"
 
     def _is_same_kind(self, url: str | None) -> bool:
         return postgres.is_postgres_url(url)
@@ -201,6 +207,9 @@ class GetLock(_SqlLockService):
     )
     extra = "mysql"
     default_url = mysql.DEFAULT_URL
+    url_env = "RACEBENCH_MYSQL_URL"
+    drivers = ("PyMySQL",)
+    test_server = "mysql_url"
 
     def _is_same_kind(self, url: str | None) -> bool:
         return mysql.is_mysql_url(url)

@@ -19,7 +19,6 @@ in the client's process, so kill_session is not offered.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from typing import TYPE_CHECKING
 
@@ -128,7 +127,11 @@ class ZookeeperLock(LockService):
         "sequence number"
     )
     lease = False
+    default_url = DEFAULT_HOSTS
+    url_env = "RACEBENCH_ZOOKEEPER_HOSTS"
     extra = "zookeeper"
+    drivers = ("kazoo",)
+    test_server = "zookeeper_hosts"
 
     @property
     def hosts(self) -> str:
@@ -140,7 +143,7 @@ class ZookeeperLock(LockService):
             return ",".join(server.url for server in self.config.servers)
         if self.store_url and _ZOOKEEPER_HOSTS.match(self.store_url):
             return self.store_url
-        return os.environ.get("RACEBENCH_ZOOKEEPER_HOSTS", DEFAULT_HOSTS)
+        return self.configured_url() or DEFAULT_HOSTS
 
     def server_url(self) -> str:
         return self.hosts

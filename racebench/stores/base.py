@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from racebench.history import Outcome
 from racebench.ownership import MIN_LEFTOVER_TTL_S
+from racebench.plugin_info import PluginInfo
 from racebench.workloads import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads_rows import RowPlan
 
@@ -239,15 +240,15 @@ class AsyncStoreClient(ABC):
         """Close the connection."""
 
 
-class Store(ABC):
-    """One server kind. Created in the parent; `connect` runs in each client process."""
+class Store(PluginInfo, ABC):
+    """One server kind. Created in the parent; `connect` runs in each client process.
+
+    Registered under the `racebench.stores` entry point; what it declares about itself
+    (default URL, drivers, ports, test server) is described in `PluginInfo`.
+    """
 
     backend: ClassVar[str]
-    description: ClassVar[str]
-    default_url: ClassVar[str | None]
-    extra: ClassVar[str | None] = None  # the pip extra that installs its driver
     strategies: ClassVar[dict[str, StrategySpec]]
-    networked: ClassVar[bool] = True  # reached over TCP (a proxy fault can sit in between)
     # The largest magnitude its counter and ledger values hold, checked at validation so an
     # out-of-range number is refused before a run, not an overflow in every operation.
     max_integer: ClassVar[int] = 2**63 - 1

@@ -35,7 +35,7 @@ from racebench.stores.sql import (
     common_strategies,
 )
 
-DEFAULT_URL = "${RACEBENCH_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
+DEFAULT_URL = "mysql://root@127.0.0.1:3306/test"
 SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
 # Client errors that mean the connection died with a statement in flight.
 _LOST = frozenset({2006, 2013, 2055})
@@ -206,7 +206,11 @@ class MysqlStore(SqlStore):
     description = "MySQL / MariaDB (InnoDB) through PyMySQL (one connection per client)"
     integer_type = "MySQL BIGINT"
     default_url = DEFAULT_URL
+    url_env = "RACEBENCH_MYSQL_URL"
     extra = "mysql"
+    drivers = ("PyMySQL",)
+    ports = {"mysql": 3306}
+    test_server = "mysql_url"
     id_column = "id BIGINT AUTO_INCREMENT PRIMARY KEY"
     table_options = " ENGINE=InnoDB"
     strategies = {

@@ -36,7 +36,7 @@ from racebench.stores.sql import (
     common_strategies,
 )
 
-DEFAULT_URL = "${RACEBENCH_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -169,7 +169,11 @@ class PostgresStore(SqlStore):
     description = "PostgreSQL through psycopg 3 (one connection per client)"
     integer_type = "PostgreSQL bigint"
     default_url = DEFAULT_URL
+    url_env = "RACEBENCH_POSTGRES_URL"
     extra = "postgres"
+    drivers = ("psycopg",)
+    ports = {"postgresql": 5432, "postgres": 5432}
+    test_server = "postgres_url"
     id_column = "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     strategies = {
         **common_strategies(),

@@ -447,8 +447,12 @@ class RedisStore(Store):
     backend = "redis"
     description = "Redis via redis-py + hiredis; keys under racebench:{run}:"
     integer_type = "a Redis integer (signed 64-bit, INCRBY)"
-    default_url = "${RACEBENCH_REDIS_URL:-" + DEFAULT_URL + "}"
+    default_url = DEFAULT_URL
+    url_env = "RACEBENCH_REDIS_URL"
     extra = "redis"
+    drivers = ("redis", "hiredis")
+    ports = {"redis": 6379, "rediss": 6379}
+    test_server = "redis_url"
     strategies = {
         "atomic": StrategySpec(
             "one server-side step: INCRBY for likes; a Lua script that checks the floor (stock)"

@@ -311,8 +311,13 @@ class ZookeeperStore(Store):
     backend = "zookeeper"
     description = "ZooKeeper via kazoo; znodes under /racebench/{run}"
     integer_type = "racebench's 64-bit fencing and history records"
-    default_url = "${RACEBENCH_ZOOKEEPER_HOSTS:-" + DEFAULT_HOSTS + "}"
+    default_url = DEFAULT_HOSTS
+    url_env = "RACEBENCH_ZOOKEEPER_HOSTS"
     extra = "zookeeper"
+    drivers = ("kazoo",)
+    # A hosts string has no scheme: the proxy looks its default port up under this name.
+    ports = {"zookeeper": 2181}
+    test_server = "zookeeper_hosts"
     strategies = {
         "optimistic": StrategySpec(
             "read the znode and its version, set(..., version=v); for the ledger, a "
