@@ -53,7 +53,7 @@ class RunResult:
     @property
     def safe(self) -> bool:
         """The strategy claims safety and the run showed no anomaly (verdict `safe`)."""
-        from racebench.verdict import SAFE
+        from racebench.naming import SAFE
 
         return self.verdict == SAFE
 
@@ -82,7 +82,7 @@ class RunResult:
 
     def explain(self) -> str:
         """A few lines saying what happened and why the verdict is what it is."""
-        from racebench.verdict import NOT_REPRODUCED, UNEXPECTED
+        from racebench.naming import NOT_REPRODUCED, UNEXPECTED
 
         ops = self.operations
         lines = [
@@ -168,7 +168,7 @@ def overrides_of(
         "workers": workers,
         "rate": rate,
     }
-    overrides = {k: v for k, v in values.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
     if duration is not None and operations is None:
         overrides["operations"] = None
     return overrides

@@ -60,7 +60,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj.debug = debug
 
 
-def _load_all(paths: tuple[Path, ...], overrides: dict[str, Any]):
+def _load_all(
+    paths: tuple[Path, ...], overrides: dict[str, Any]
+) -> list[tuple[Path, dict[str, Any], list[Any]]]:
     from racebench.api import load
 
     return [load(path, overrides) for path in paths]

@@ -222,7 +222,9 @@ def compare_metric(
         change.reason = "a side's median is 0: no ratio"
         return change
     change.ratio, change.interval = estimate.ratio, (estimate.low, estimate.high)
-    least_worse, most_worse = change.worse_interval()  # type: ignore[misc]
+    worse = change.worse_interval()
+    assert worse is not None  # the interval was set just above
+    least_worse, most_worse = worse
     if least_worse > max_slowdown:
         change.verdict = SLOWER
     elif most_worse > max_slowdown:

@@ -45,8 +45,8 @@ def decision_text(change: MetricChange) -> str:
         text += f", interval {interval[0] - 1:+.0%} to {interval[1] - 1:+.0%}"
     elif p_value is not None:
         text += f" (p={p_value:.3f})"
-    elif getattr(change, "reason", ""):
-        text += f" ({change.reason})"  # type: ignore[attr-defined]
+    elif reason := getattr(change, "reason", ""):
+        text += f" ({reason})"
     else:
         text += f" ({len(change.baseline_trials)} vs {len(change.candidate_trials)} trials)"
     return text

@@ -12,21 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from racebench.errors import RacebenchError
+from racebench.locks.base import LockService
 from racebench.ownership import new_namespace
 from racebench.redact import redact_text
 from racebench.stores.base import Store
 
 if TYPE_CHECKING:
     from racebench.cluster import ClusterSession
-
-
-class _Reachable(Protocol):
-    def check_reachable(self) -> dict[str, str]: ...
-
-    def leftovers(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,7 @@ def _namespace() -> str:
 
 
 # (kind, name, url, what to check); None: an embedded store on a temporary file, no server.
-Target = tuple[str, str, str, _Reachable | None]
+Target = tuple[str, str, str, Store | LockService | None]
 EMBEDDED = "embedded, no server needed"
 
 
@@ -85,7 +80,7 @@ def _defaults() -> Iterator[Target]:
         yield "lock", service, lock.server_url() or "", lock
 
 
-def _check(target: _Reachable | None) -> tuple[bool, str]:
+def _check(target: Store | LockService | None) -> tuple[bool, str]:
     if target is None:
         return True, EMBEDDED
     try:

@@ -27,7 +27,7 @@ from racebench.guards import (
     open_blocking,
 )
 from racebench.history import RunHistory
-from racebench.history_edn import write_jepsen_edn
+from racebench.history_edn import EdnValue, write_jepsen_edn
 from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
 from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
@@ -72,7 +72,7 @@ def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | Non
     workload = spec.scenario.workload
     if not is_custom(workload):
         return None
-    return workload.start(  # type: ignore[union-attr]
+    return workload.start(
         spec.scenario.store.backend, store.url, namespace, spec.source, spec.scenario.clients
     )
 
@@ -136,7 +136,9 @@ class ClientFactory:
             return await open_blocking(
                 client_id, lambda: _open_custom(custom, s, options, lock_service, probe)
             )
-        plan = s.workload.plan()  # type: ignore[union-attr]
+        workload = s.workload
+        assert not is_custom(workload)  # a custom workload was opened above
+        plan = workload.plan()
         model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
         if s.workload.type in ROW_WORKLOADS:
             model = "thread"  # booking and transfer have no asyncio implementation
@@ -266,7 +268,7 @@ def run_trial(
         environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
     custom = start_custom(spec, store, namespace)
-    plan = None if custom else s.workload.plan()  # type: ignore[union-attr]
+    plan = None if is_custom(s.workload) else s.workload.plan()
     workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run"), dir=_records_dir()))
     routes = ProxyRoutes(spec, store, lock_service)
     nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
@@ -316,7 +318,7 @@ def run_trial(
         check = custom.check(history) if custom is not None else None
         final = store.read_final(plan) if plan is not None else FinalState()
         if options.history is not None:
-            base = {"run": spec.label, "trial": trial}
+            base: dict[str, EdnValue] = {"run": spec.label, "trial": trial}
             kind = s.workload.operation_kind
             if options.history_format == "jepsen":
                 write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
@@ -414,7 +416,7 @@ def run_files(
 def _run_files(
     scenarios: list[tuple[Path, dict[str, Any], list[RunSpec]]],
     output: Path | None,
-    results_dir: Path,
+    results_dir: Path | None,
     history: Path | None,
     progress: ProgressFactory | None,
     history_format: str,

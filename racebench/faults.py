@@ -54,7 +54,8 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
     from racebench.registry import lock_class, store_class
 
     s = spec.scenario
-    service = s.guard.lock.service if s.guard.strategy == "lock" and s.guard.lock else None
+    lock = s.guard.lock if s.guard.strategy == "lock" else None
+    service = lock.service if lock else None
     validate_servers(s, fail)
     for i, fault in enumerate(s.faults):
         field = f"faults[{i}]"
@@ -117,9 +118,9 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
                         f"{field}.kind", f"{fault.kind} on the store needs store.proxy: true"
                     )
             else:
-                if service is None or not lock_class(service).networked:
+                if lock is None or not lock_class(lock.service).networked:
                     raise fail(f"{field}.target", "target: lock needs a networked lock service")
-                if not s.guard.lock.proxy:  # type: ignore[union-attr]
+                if not lock.proxy:
                     raise fail(
                         f"{field}.kind", f"{fault.kind} on the lock needs guard.lock.proxy: true"
                     )
@@ -139,8 +140,11 @@ class ProxyRoutes:
         self.lock_service = lock_service
         self.scenario = spec.scenario
         self.proxies: dict[tuple[tuple[str, int], int], Any] = {}
+        # validate_faults refuses `client: any` for a proxy fault (its proxy is set up first).
         self._wanted = {
-            (f.target, f.client) for f in spec.scenario.faults if f.kind in PROXY_FAULTS
+            (f.target, f.client)
+            for f in spec.scenario.faults
+            if f.kind in PROXY_FAULTS and f.client != "any"
         }
 
     def _upstream(self, target: str) -> str:

@@ -271,7 +271,9 @@ def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Oper
     return operation
 
 
-def _async_step(plan: Plan, strategy: str, client: AsyncStoreClient):
+def _async_step(
+    plan: Plan, strategy: str, client: AsyncStoreClient
+) -> Callable[[int], Awaitable[StepResult]]:
     """One attempt of the operation, for the strategies an asyncio store runs natively."""
     if strategy == "none" and isinstance(plan, CounterPlan):
         delta, floor = plan.delta, plan.floor

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -69,24 +69,25 @@ class Recorder:
     def __init__(self, path: Path) -> None:
         self._file = open(path, "w+b")  # noqa: SIM115 - lives as long as the client
         self.capacity_bytes = 0
-        self.buffer: mmap.mmap | None = None
-        self.grow()
+        # Always a mapping (never None) so that the hot loop packs into it without a check.
+        self.buffer = self._map_next_segment()
 
-    def grow(self) -> mmap.mmap:
-        """Extend the file by one segment; return the new mapping (the old one is closed)."""
+    def _map_next_segment(self) -> mmap.mmap:
         records = self.capacity_bytes // RECORD.size
         step = min(_SEGMENT_RECORDS, max(_FIRST_SEGMENT_RECORDS, records))
         self.capacity_bytes += step * RECORD.size
         self._file.truncate(self.capacity_bytes)
-        if self.buffer is not None:
-            self.buffer.close()
-        self.buffer = mmap.mmap(self._file.fileno(), self.capacity_bytes)
+        return mmap.mmap(self._file.fileno(), self.capacity_bytes)
+
+    def grow(self) -> mmap.mmap:
+        """Extend the file by one segment; return the new mapping (the old one is closed)."""
+        self.buffer.close()
+        self.buffer = self._map_next_segment()
         return self.buffer
 
     def close(self) -> None:
-        if self.buffer is not None:
+        if not self.buffer.closed:
             self.buffer.close()
-            self.buffer = None
         self._file.close()
 
 
@@ -123,7 +124,8 @@ class RunHistory:
             if not count:
                 continue
             with open(path, "rb") as source:
-                read = source.readinto(records[filled : filled + count].view(np.uint8))
+                # .data: the array's memoryview, a buffer to the type checker as well.
+                read = source.readinto(records[filled : filled + count].view(np.uint8).data)
             n = read // RECORD.size
             part = records[filled : filled + n]
             has_error = part["error"] >= 0
@@ -174,7 +176,7 @@ class RunHistory:
             tally[self.errors[v]] = tally.get(self.errors[v], 0) + c
         return dict(sorted(tally.items(), key=lambda kv: -kv[1])[:limit])
 
-    def iter_json(self, base: dict[str, object], kind: str, t0_ns: int) -> Iterator[str]:
+    def iter_json(self, base: Mapping[str, object], kind: str, t0_ns: int) -> Iterator[str]:
         """JSON lines, one per operation, ordered by start; times are relative to `t0_ns`."""
         order = np.argsort(self.records["start"], kind="stable")
         for i in order.tolist():
@@ -198,7 +200,9 @@ class RunHistory:
                 line["error"] = self.errors[int(r["error"])]
             yield json.dumps(line)
 
-    def write_json_lines(self, out: IO[str], base: dict[str, object], kind: str, t0: int) -> None:
+    def write_json_lines(
+        self, out: IO[str], base: Mapping[str, object], kind: str, t0: int
+    ) -> None:
         for line in self.iter_json(base, kind, t0):
             out.write(line)
             out.write("\n")

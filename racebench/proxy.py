@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 LOOPBACK = "127.0.0.1"
@@ -105,7 +105,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._family = socket.AF_INET
-        self._address: tuple = (host, port)
+        self._address: tuple[Any, ...] = (host, port)  # (host, port) or IPv6's 4-tuple
 
     def start(self) -> int:
         """Listen on 127.0.0.1 with an ephemeral port, start forwarding; return the port."""
@@ -184,7 +184,8 @@ class FaultProxy:
                     elif key.fileobj is self._wake_r:
                         self._run_commands()
                     else:
-                        self._on_ready(key.data, key.fileobj, mask)
+                        # Every other registered file object is a link's socket.
+                        self._on_ready(key.data, cast(socket.socket, key.fileobj), mask)
                 self._flush_waiting()
         finally:
             self._close_sockets()

@@ -21,7 +21,9 @@ from racebench.locks.base import LockService
 from racebench.stores.base import ROW_WORKLOADS, Store, StrategySpec
 
 if TYPE_CHECKING:
-    from racebench.scenario import RunSpec
+    from typing_extensions import TypeIs
+
+    from racebench.scenario import BuiltinWorkload, CustomWorkload, RunSpec
 
 STORE_GROUP = "racebench.stores"
 LOCK_GROUP = "racebench.locks"
@@ -118,7 +120,7 @@ def strategies_for(backend: str) -> dict[str, StrategySpec]:
     return {**GENERIC_STRATEGIES, **store_class(backend).strategies}
 
 
-def is_custom(workload: object) -> bool:
+def is_custom(workload: BuiltinWorkload | CustomWorkload) -> TypeIs[CustomWorkload]:
     """A user's own workload (template or plug-in): it brings its state, operation and checks."""
     return hasattr(workload, "start")
 
@@ -127,19 +129,21 @@ def run_strategies(spec: RunSpec) -> dict[str, StrategySpec]:
     """The strategies this run's workload can use on its backend."""
     workload = spec.scenario.workload
     if is_custom(workload):
-        return workload.strategies(spec.scenario.store.backend)  # type: ignore[union-attr]
+        return workload.strategies(spec.scenario.store.backend)
     return strategies_for(spec.scenario.store.backend)
 
 
-def _validate_integer_range(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
+def _validate_integer_range(
+    spec: RunSpec, workload: BuiltinWorkload, fail: Callable[[str, str], Exception]
+) -> None:
     """Refuse workload numbers the backend's integer columns or keys cannot hold."""
     s = spec.scenario
     cls = store_class(s.store.backend)
     limit = f"{cls.integer_type} (at most {cls.max_integer})"
-    for name, value in s.workload.integer_fields().items():
+    for name, value in workload.integer_fields().items():
         if abs(value) > cls.max_integer:
             raise fail(f"workload.{name}", f"{value} does not fit in {limit}")
-    if s.operations is not None and s.workload.largest_value(s.operations) > cls.max_integer:
+    if s.operations is not None and workload.largest_value(s.operations) > cls.max_integer:
         raise fail(
             "operations",
             f"{s.operations} operations can take the stored value beyond {limit}",
@@ -160,10 +164,10 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             f"unknown backend {s.store.backend!r} (known: {', '.join(store_names())})",
         )
     workload = s.workload
-    if is_custom(workload) and s.store.backend not in workload.backends:  # type: ignore[union-attr]
+    if is_custom(workload) and s.store.backend not in workload.backends:
         raise fail(
             "store.backend",
-            f"the {workload.type} workload runs on: {', '.join(workload.backends)}",  # type: ignore[union-attr]
+            f"the {workload.type} workload runs on: {', '.join(workload.backends)}",
         )
     strategies = run_strategies(spec)
     if s.guard.strategy not in strategies:
@@ -206,11 +210,11 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         )
     if is_custom(workload):
         # A custom workload's numbers live in its own SQL or commands, not in racebench's.
-        if problem := workload.validate_run(s.guard.fencing, s.guard.strategy):  # type: ignore[union-attr]
+        if problem := workload.validate_run(s.guard.fencing, s.guard.strategy):
             field, _, message = problem.partition(": ")
             raise fail(field, message)
     else:
-        _validate_integer_range(spec, fail)
+        _validate_integer_range(spec, workload, fail)
     if s.guard.fencing and s.workload.type in ROW_WORKLOADS:
         raise fail("guard.fencing", f"fencing does not apply to the {s.workload.type} workload")
     readers = getattr(s.workload, "readers", 0)

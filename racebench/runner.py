@@ -197,6 +197,7 @@ def run_clients(
         if nemesis is not None:
             pids = [0] * clients
             for spec, proc in zip(specs, procs, strict=True):
+                assert proc.pid is not None  # started above
                 for c in spec.clients:
                     pids[c] = proc.pid
             nemesis.start(pids, control.probe, t0)

@@ -10,7 +10,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -82,7 +82,7 @@ class StoreConfig(_Strict):
     servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
-FAULT_KINDS = (
+FaultKind = Literal[
     "pause_client",
     "kill_client",
     "kill_session",
@@ -96,13 +96,14 @@ FAULT_KINDS = (
     "kill_server",
     "pause_server",
     "restart_server",
-)
+]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
 class FaultConfig(_Strict):
     """One fault the nemesis injects during a run."""
 
-    kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    kind: FaultKind
     at: float | None = None  # seconds into the run
     when: Literal["holding", "acquiring"] | None = None
     # "any": whichever client is first seen in the `when` state (the nemesis picks the holder).
@@ -207,6 +208,12 @@ Workload = Annotated[
     | Annotated[PluginWorkload, Tag("plugin")],
     Discriminator(_workload_tag),
 ]
+# The two families of `Workload` (keep them in step with it): racebench's own, which the stores
+# run through a plan, and a user's own (templates, plug-ins: registry.is_custom).
+BuiltinWorkload = (
+    StockWorkload | WithdrawWorkload | LikesWorkload | BookingWorkload | TransferWorkload
+)
+CustomWorkload = SqlTemplateWorkload | RedisTemplateWorkload | PluginWorkload
 
 
 class Scenario(_Strict):

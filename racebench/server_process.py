@@ -14,6 +14,7 @@ sockets, open files) and is imported lazily, like the drivers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,10 @@ def _listens_on(process: psutil.Process, port: int) -> bool:
         connections = process.net_connections(kind="inet")
     except psutil.Error:
         return False
-    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
+    # psutil gives an empty laddr for a socket without a port (e.g. an unbound UDP one).
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections
+    )
 
 
 def _listener(port: int) -> psutil.Process | None:
@@ -85,7 +89,8 @@ def _listener(port: int) -> psutil.Process | None:
     import psutil
 
     for conn in psutil.net_connections(kind="inet"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        if listening and conn.pid:
             with contextlib.suppress(psutil.Error):
                 process = psutil.Process(conn.pid)
                 if _alive(process):
@@ -125,7 +130,8 @@ class ServerProcess:
     env: dict[str, str] | None = None
     log_path: str | None = None
     explicit_start: bool = False
-    spawned: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # dataclasses.field by its full name: the `field` attribute above shadows the bare name.
+    spawned: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def attach(cls, config: ServerConfig, field: str) -> ServerProcess:

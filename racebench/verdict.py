@@ -22,9 +22,15 @@ from racebench.metrics import latency_summary, new_histogram, record_durations, 
 from racebench.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.runner import RunnerResult
 from racebench.samples import within_run_samples
-from racebench.scenario import RunSpec
+from racebench.scenario import CustomWorkload, RunSpec
 from racebench.stores.base import StrategySpec
-from racebench.workloads import Check, FinalState, Invariant, count_overlapping_pairs
+from racebench.workloads import (
+    Check,
+    CounterPlan,
+    FinalState,
+    Invariant,
+    count_overlapping_pairs,
+)
 
 ME_VIOLATIONS = "mutual_exclusion_violations"
 # The error rate above which a run cannot vouch for a strategy, unless expect.max_error_rate
@@ -72,7 +78,7 @@ def _timeline(history: RunHistory, t0_ns: int) -> dict[str, Any] | None:
         return None
     order = np.argsort(starts, kind="stable")[:_TIMELINE_SECTIONS]
     c, s, e = clients[order], starts[order], ends[order]
-    overlaps = []
+    overlaps: list[list[float]] = []
     for i in range(len(s)):
         j = i + 1
         while j < len(s) and s[j] < e[i] and len(overlaps) < _TIMELINE_SECTIONS:
@@ -135,9 +141,13 @@ def analyze_trial(
     """Figures and anomalies of one trial; `check` is a custom workload's own check."""
     s = spec.scenario
     if check is None:
+        workload = s.workload
+        assert not isinstance(workload, CustomWorkload)  # a custom one brings its own check
         if s.guard.strategy == "crdt":
-            final.value = s.workload.plan().initial + final.slots_total  # type: ignore[union-attr]
-        check = s.workload.check(final, history)  # type: ignore[union-attr]
+            plan = workload.plan()
+            assert isinstance(plan, CounterPlan)  # crdt supports the likes counter only
+            final.value = plan.initial + final.slots_total
+        check = workload.check(final, history)
     anomalies = dict(check.anomalies)
     cs_client, cs_start, cs_end = history.critical_sections()
     possible_overlaps = None

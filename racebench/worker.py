@@ -22,7 +22,7 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -328,7 +328,9 @@ class _Worker:
                 os._exit(1)
             await asyncio.sleep(_PARENT_CHECK_S)
 
-    def _run_one(self, loop: asyncio.AbstractEventLoop, slot: _ClientSlot, client: OpenedClient):
+    def _run_one(
+        self, loop: asyncio.AbstractEventLoop, slot: _ClientSlot, client: OpenedClient
+    ) -> Awaitable[None]:
         if client.blocking_operation is not None and self.spec.rate is None:
             return loop.run_in_executor(client.executor, self.blocking_closed_loop, slot, client)
         return self.closed_loop(slot, client)

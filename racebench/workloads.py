@@ -7,13 +7,17 @@ every store implements: a *counter* (one integer with an optional floor) or a *l
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from racebench.history import Outcome, RunHistory
+
+if TYPE_CHECKING:
+    from racebench.workloads_rows import RowPlan
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,16 @@ class Check:
 class _WorkloadModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
+    anomaly_names: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def plan(self) -> Plan | RowPlan:
+        """The state shape (counter or ledger) and the numbers every store sets up."""
+
+    @abstractmethod
+    def check(self, final: FinalState, history: RunHistory) -> Check:
+        """The invariants over the final state and the history, and the anomalies counted."""
+
     def integer_fields(self) -> dict[str, int]:
         """The numbers of this workload that a store keeps (or adds up), by field name."""
         return {k: v for k, v in self if isinstance(v, int) and not isinstance(v, bool)}
@@ -83,9 +97,10 @@ class _WorkloadModel(BaseModel):
     def largest_value(self, operations: int) -> int:
         """A bound on the magnitude of any value stored during `operations` operations: the
         start value plus one step per operation (lost updates only ever undo steps)."""
-        plan = self.plan()  # type: ignore[attr-defined]
+        plan = self.plan()
         if isinstance(plan, CounterPlan):
             return abs(plan.initial) + operations * abs(plan.delta)
+        assert isinstance(plan, LedgerPlan)  # the row workloads give their own bound
         return plan.deposit + operations * plan.amount
 
 

@@ -75,7 +75,7 @@ def _children(node: Node) -> list[Node]:
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _ScenarioLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+class _ScenarioLoader(_BaseLoader):
     """The safe loader, refusing duplicate keys and documents that nest or expand too far."""
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -38,6 +38,9 @@ step "ruff check ${lint_dirs[*]}"
 step "ruff format --check ${lint_dirs[*]}"
 .venv/bin/ruff format --check "${lint_dirs[@]}"
 
+step "mypy racebench"
+.venv/bin/mypy racebench
+
 step "mkdocs build --strict (the documentation site, with link checking)"
 site=$(mktemp -d)
 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"

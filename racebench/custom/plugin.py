@@ -23,6 +23,7 @@ of an installed package.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import shutil
 import time
@@ -139,7 +140,8 @@ class PluginWorkload(BaseModel):
 
     operation_kind: ClassVar[str] = "operation"
     anomaly_names: ClassVar[tuple[str, ...]] = ()
-    _cls: type = PrivateAttr()
+    # builtins.type: the `type` field above shadows the name in this class body.
+    _cls: builtins.type[Any] = PrivateAttr()
 
     @model_validator(mode="after")
     def _load(self) -> PluginWorkload:

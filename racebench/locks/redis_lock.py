@@ -367,7 +367,7 @@ class RedisLock(RenewableLease):
     def kill_session(self, session_id: int) -> str:
         client = self._admin()
         try:
-            killed = client.client_kill_filter(_id=session_id) if session_id else 0
+            killed = client.client_kill_filter(_id=str(session_id)) if session_id else 0
         finally:
             client.close()
         # Redis ties no key to a connection: the lease lives on, and the holder's client

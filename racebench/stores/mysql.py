@@ -42,7 +42,7 @@ _LOST = frozenset({2006, 2013, 2055})
 
 
 def is_mysql_url(url: str | None) -> bool:
-    return bool(url) and url.split("://", 1)[0] in ("mysql", "mariadb")
+    return url is not None and url.split("://", 1)[0] in ("mysql", "mariadb")
 
 
 def _tls_kwargs(host: str, mode: str | None, ca: str | None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and url.split("://", 1)[0] in ("postgresql", "postgres")
+    return url is not None and url.split("://", 1)[0] in ("postgresql", "postgres")
 
 
 def advisory_key(name: str) -> int:

@@ -10,6 +10,7 @@ advisory locks, optimistic) keep the blocking client on a thread.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -25,7 +26,7 @@ from racebench.stores.base import (
 )
 from racebench.stores.postgres import connect_args
 from racebench.stores.sql import LOCK_WAIT_S, LockWaitTimeout
-from racebench.stores.sql_statements import SqlStatements
+from racebench.stores.sql_statements import SqlStatementTexts
 from racebench.workloads import CounterPlan, LedgerPlan
 
 CONFLICT_CODES = frozenset({"40001", "40P01"})
@@ -33,7 +34,7 @@ CONFLICT_CODES = frozenset({"40001", "40P01"})
 _PREPARE_THRESHOLD = 0
 
 
-class AsyncPostgresClient(AsyncStoreClient):
+class AsyncPostgresClient(SqlStatementTexts, AsyncStoreClient):
     """One client's AsyncConnection (autocommit), with the shared SQL statements."""
 
     placeholder = "%s"
@@ -41,8 +42,8 @@ class AsyncPostgresClient(AsyncStoreClient):
     def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
         self.url = url
-        # The same statement texts as the blocking client (a plain function over attributes).
-        SqlStatements._prepare_statements(self, namespace)  # type: ignore[arg-type]
+        # The same statement texts as the blocking client (SqlStatementTexts is a plain mixin).
+        self._prepare_statements(namespace)
         self.sql_guarded_insert = (
             f"INSERT INTO {self.operations} (amount, client, seq) "
             f"SELECT %s, %s, %s WHERE ({self.sql_balance}) >= %s"
@@ -102,7 +103,9 @@ class AsyncPostgresClient(AsyncStoreClient):
     async def write_slot(self, value: int) -> None:
         await self._run(self.sql_write_slot, (value, self.options.client_id))
 
-    def step_for(self, strategy: str, plan: CounterPlan | LedgerPlan):
+    def step_for(
+        self, strategy: str, plan: CounterPlan | LedgerPlan
+    ) -> Callable[[int], Awaitable[StepResult]]:
         assert strategy == "atomic"
         if isinstance(plan, CounterPlan):
             if plan.floor is None:

@@ -9,8 +9,9 @@ and a write sent as separate commands.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
@@ -31,6 +32,8 @@ from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, 
 
 if TYPE_CHECKING:
     import redis
+
+    from racebench.workloads_rows import RowPlan
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -146,6 +149,26 @@ def _entry(amount: int, client: int, seq: int) -> str:
     return f"{amount}:{client}:{seq}"
 
 
+def _raw_replies(replies: list[bytes | str]) -> list[bytes]:
+    """The replies as the bytes they are: `open_redis` never sets decode_responses.
+
+    redis-py types its replies `bytes | str` because a client may decode them; ours do not.
+    """
+    return cast(list[bytes], replies)
+
+
+def _ledger_balance(entries: list[bytes]) -> int:
+    """The sum of the amounts of ledger entries (`amount:client:seq`)."""
+    return sum(int(entry.split(b":", 1)[0]) for entry in entries)
+
+
+def _int_reply(reply: bytes | str | None, what: str) -> int:
+    """An integer stored in Redis; a key that is missing (None) is an error naming it."""
+    if reply is None:
+        raise ValueError(f"redis: {what} is missing")
+    return int(reply)
+
+
 def _parse_entry(raw: bytes) -> LedgerRow:
     amount, client, seq = raw.split(b":")
     return LedgerRow(int(amount), int(client), int(seq))
@@ -173,7 +196,7 @@ class RedisClient(StoreClient):
 
     def read_counter(self, token: int | None = None) -> int:
         if token is None:
-            return int(self.redis.get(self.keys.counter))
+            return _int_reply(self.redis.get(self.keys.counter), self.keys.counter)
         value = self.fenced_get(keys=[self.keys.fence, self.keys.counter], args=[token])
         if value is None:
             raise StaleToken
@@ -187,12 +210,12 @@ class RedisClient(StoreClient):
 
     def read_balance(self, token: int | None = None) -> int:
         if token is None:
-            entries = self.redis.lrange(self.keys.ledger, 0, -1)
+            entries = _raw_replies(self.redis.lrange(self.keys.ledger, 0, -1))
         else:
             entries = self.fenced_lrange(keys=[self.keys.fence, self.keys.ledger], args=[token])
             if entries is None:
                 raise StaleToken
-        return sum(int(entry.split(b":", 1)[0]) for entry in entries)
+        return _ledger_balance(entries)
 
     def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
         entry = _entry(amount, self.options.client_id, seq)
@@ -202,7 +225,7 @@ class RedisClient(StoreClient):
             raise StaleToken
 
     def read_slot(self) -> int:
-        return int(self.redis.hget(self.keys.slots, self.slot_field))
+        return _int_reply(self.redis.hget(self.keys.slots, self.slot_field), self.keys.slots)
 
     def write_slot(self, value: int) -> None:
         self.redis.hset(self.keys.slots, self.slot_field, value)
@@ -224,7 +247,7 @@ class RedisClient(StoreClient):
         # Leaving the `with` block resets the pipeline, which UNWATCHes on every path.
         with self.redis.pipeline() as pipe:
             pipe.watch(self.keys.counter)
-            value = int(pipe.get(self.keys.counter))
+            value = _int_reply(pipe.get(self.keys.counter), self.keys.counter)
             self.pause()
             if plan.floor is not None and value + plan.delta < plan.floor:
                 return Outcome.REJECTED
@@ -252,8 +275,7 @@ class RedisClient(StoreClient):
         # so the balance we checked is the balance we append to.
         with self.redis.pipeline() as pipe:
             pipe.watch(self.keys.ledger)
-            entries = pipe.lrange(self.keys.ledger, 0, -1)
-            balance = sum(int(entry.split(b":", 1)[0]) for entry in entries)
+            balance = _ledger_balance(_raw_replies(pipe.lrange(self.keys.ledger, 0, -1)))
             self.pause()
             if balance < plan.amount:
                 return Outcome.REJECTED
@@ -313,8 +335,7 @@ class AsyncRedisClient(AsyncStoreClient):
         await self.conn.call(self.encode("SET", self.keys.counter, value, "KEEPTTL"))
 
     async def read_balance(self) -> int:
-        entries = await self.conn.call(self.lrange_ledger)
-        return sum(int(entry.split(b":", 1)[0]) for entry in entries)
+        return _ledger_balance(await self.conn.call(self.lrange_ledger))
 
     async def append_entry(self, amount: int, seq: int) -> None:
         entry = _entry(amount, self.options.client_id, seq)
@@ -339,7 +360,9 @@ class AsyncRedisClient(AsyncStoreClient):
                 await self.conn.call(self.encode("SCRIPT", "LOAD", text))
             return await self.conn.call(payload)
 
-    def step_for(self, strategy: str, plan: CounterPlan | LedgerPlan):
+    def step_for(
+        self, strategy: str, plan: CounterPlan | LedgerPlan
+    ) -> Callable[[int], Awaitable[StepResult]]:
         if strategy == "atomic" and isinstance(plan, CounterPlan):
             if plan.floor is None:
                 incrby = self.encode("INCRBY", self.keys.counter, plan.delta)
@@ -453,7 +476,7 @@ class RedisStore(Store):
     def connection_limit(self) -> tuple[str, int] | None:
         client = open_redis(self.redis_url, timeout_s=2.0)
         try:
-            maxclients = int(client.config_get("maxclients")["maxclients"])
+            maxclients = _int_reply(client.config_get("maxclients")["maxclients"], "maxclients")
             connected = int(client.info("clients")["connected_clients"])
         except Exception:  # CONFIG may be renamed or refused (managed Redis): no check
             return None
@@ -475,7 +498,8 @@ class RedisStore(Store):
         facts = server_facts(self.redis_url, "redis store")
         return {"server": facts["server"], "version": facts["version"]}
 
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
+        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
         # Every key gets a time to live that outlasts the run (expire_after_s): a run killed
         # before its teardown leaves keys that `racebench clean` removes, or Redis in time.
         ttl = self.expire_after_s
@@ -494,14 +518,16 @@ class RedisStore(Store):
         finally:
             client.close()
 
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
+        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
         client = open_redis(self.redis_url)
         try:
             if isinstance(plan, CounterPlan):
-                value = int(client.get(self.keys.counter))
+                value = _int_reply(client.get(self.keys.counter), self.keys.counter)
                 slots = sum(int(v) for v in client.hvals(self.keys.slots))
                 return FinalState(value=value, slots_total=slots)
-            rows = [_parse_entry(raw) for raw in client.lrange(self.keys.ledger, 0, -1)]
+            entries = _raw_replies(client.lrange(self.keys.ledger, 0, -1))
+            rows = [_parse_entry(raw) for raw in entries]
             return FinalState(rows=rows)
         finally:
             client.close()

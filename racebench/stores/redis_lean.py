@@ -23,7 +23,7 @@ import hashlib
 import ssl
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -67,7 +67,8 @@ class RespProtocol(asyncio.Protocol):
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        # A stream connection's transport (asyncio.Protocol's signature says BaseTransport).
+        self._transport = cast(asyncio.Transport, transport)
         self._write = self._transport.write
 
     def data_received(self, data: bytes) -> None:

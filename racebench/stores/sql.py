@@ -96,6 +96,11 @@ class SqlClient(RowOperations):
     lock_wait_codes: ClassVar[frozenset[str]] = frozenset()
     native_lock: ClassVar[str]
     from_dual: ClassVar[str] = ""  # MySQL needs FROM DUAL for a SELECT with WHERE and no table
+    # Set by `_open`: the driver's connection and cursor (untyped across two drivers) and the
+    # base class of the driver's errors.
+    conn: Any
+    cur: Any
+    driver_error: type[Exception]
 
     def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)

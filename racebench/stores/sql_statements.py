@@ -29,17 +29,29 @@ def table_names(namespace: str) -> dict[str, str]:
     }
 
 
-class SqlStatements(StoreClient):
-    """Counter, ledger and slot reads and writes, with and without a fencing token."""
+class SqlStatementTexts:
+    """The statement texts for one namespace, built once by `_prepare_statements`.
+
+    A plain mixin (no driver, no run method) so that the blocking clients and the asyncio
+    PostgreSQL client share the same texts and the type checker knows every attribute.
+    """
 
     placeholder: ClassVar[str] = "%s"
-
-    @abstractmethod
-    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        """Execute one statement and return the cursor (rowcount, fetchone)."""
-
-    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self._run(sql, params).fetchone()[0]
+    counter: str
+    slots: str
+    account: str
+    operations: str
+    sql_read_counter: str
+    sql_write_counter: str
+    sql_fenced_write_counter: str
+    sql_register: dict[str, str]
+    sql_read_versioned: str
+    sql_counter_cas: str
+    sql_account_cas: str
+    sql_balance: str
+    sql_insert: str
+    sql_read_slot: str
+    sql_write_slot: str
 
     def _prepare_statements(self, namespace: str) -> None:
         p = self.placeholder
@@ -70,6 +82,17 @@ class SqlStatements(StoreClient):
         self.sql_insert = f"INSERT INTO {ops} (amount, client, seq) VALUES ({p}, {p}, {p})"
         self.sql_read_slot = f"SELECT value FROM {self.slots} WHERE client = {p}"
         self.sql_write_slot = f"UPDATE {self.slots} SET value = {p} WHERE client = {p}"
+
+
+class SqlStatements(SqlStatementTexts, StoreClient):
+    """Counter, ledger and slot reads and writes, with and without a fencing token."""
+
+    @abstractmethod
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Execute one statement and return the cursor (rowcount, fetchone)."""
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._run(sql, params).fetchone()[0]
 
     def _register(self, table: str, token: int) -> None:
         if self._run(self.sql_register[table], (token, token)).rowcount == 0:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
     from kazoo.client import KazooClient, TransactionRequest
 
+    from racebench.workloads_rows import RowPlan
+
 DEFAULT_HOSTS = "127.0.0.1:2181"
 ROOT = "/racebench"
 SESSION_TIMEOUT_S = 10.0
@@ -358,7 +360,8 @@ class ZookeeperStore(Store):
                 return ("maxClientCnxns (per client host)", limit) if limit else None
         return None
 
-    def setup(self, plan: Plan, clients: int) -> None:
+    def setup(self, plan: Plan | RowPlan, clients: int) -> None:
+        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
         p = self.paths
         client = self._open()
         try:
@@ -381,7 +384,8 @@ class ZookeeperStore(Store):
         finally:
             close_kazoo(client)
 
-    def read_final(self, plan: Plan) -> FinalState:
+    def read_final(self, plan: Plan | RowPlan) -> FinalState:
+        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
         p = self.paths
         client = self._open()
         try:
