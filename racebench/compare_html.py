@@ -182,7 +182,7 @@ def render_compare_html(comparison: Comparison) -> str:
     parts.append(
         f'<p class="note">Decision: {_e(METHOD)}; allowed slowdown '
         f"{comparison.max_slowdown:.0%} (throughput drop or p99 rise, beyond noise); a run safe"
-        " in the baseline must stay free of anomalies.</p>"
+        " in the baseline must stay safe, with no kind of anomaly it did not have.</p>"
     )
     parts += [f'<p class="note">warning: {_e(w)}</p>' for w in comparison.warnings]
     parts.append(comparison_table(comparison))

@@ -43,7 +43,7 @@ h3 { margin-top: 2rem; } h4 { margin: 1.5rem 0 0.3rem; font-size: 0.95rem; }
 code { overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.8rem; width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.35rem; vertical-align: top; }
-td.label { overflow-wrap: break-word; } td.label:first-child { min-width: 8rem; }
+td.label { overflow-wrap: anywhere; } td.label:first-child { min-width: 8rem; }
 th { background: #f3f3f3; font-weight: 600; text-align: left; font-size: 0.72rem; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td .sub { display: block; color: #666; font-size: 0.7rem; white-space: normal; }
