@@ -11,8 +11,9 @@ from pathlib import Path
 from tests.conftest import REPO
 
 
-def children(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is `pid`."""
+def children(pid: int, states: str | None = None) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`; with `states`, only those whose
+    /proc state letter is one of them (e.g. "Tt": stopped)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -23,7 +24,7 @@ def children(pid: int) -> list[int]:
             continue
         # The command name may hold spaces and parentheses: fields start after the last ')'.
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
+        if int(ppid) == pid and state != "Z" and (states is None or state in states):
             found.append(int(entry.name))
     return found
 

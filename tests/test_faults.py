@@ -18,6 +18,7 @@ import pytest
 
 from racebench.scenario import load_raw
 from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.processes import children
 from tests.race import cli_runs_until_shown, until_shown
 
 FAULTS = REPO / "scenarios" / "faults"
@@ -34,18 +35,7 @@ SERVER_FIXTURES = (
 
 def _stopped_children() -> list[int]:
     """Child processes of this one in state T (stopped)."""
-    stopped = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == os.getpid() and state in ("T", "t"):
-            stopped.append(int(entry.name))
-    return stopped
+    return children(os.getpid(), states="Tt")
 
 
 def _server_answers(name: str, value: str | list[str]) -> None:
