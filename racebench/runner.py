@@ -7,10 +7,12 @@ drivers, which starts them in milliseconds instead of the seconds of spawn.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import pickle
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,10 +53,51 @@ class Probe:
 OpenClient = Callable[..., Any]
 
 
+class ClientSignals(Protocol):
+    """How the nemesis reaches the process that runs one client alone: by pid here
+    (LocalClientSignals), through the Dask worker that runs it on a cluster
+    (racebench.cluster.ClusterClientSignals). Times are on this process's monotonic clock,
+    taken just before the signal was sent; a process that is gone is ignored."""
+
+    def signal(self, client: int, sig: int) -> int:
+        """Send `sig` to the process of `client`; when it was sent."""
+
+    def signal_when(
+        self, clients: list[int], state: str, sig: int, stopping: threading.Event
+    ) -> tuple[int, int] | None:
+        """Wait until one of `clients` is `holding` or `acquiring` its lock and send it `sig`
+        at once, from where it runs; (that client, when), or None if `stopping` came first."""
+
+
+@dataclass
+class LocalClientSignals:
+    """Clients in processes forked here: `pids[client]` is the one that runs it."""
+
+    pids: list[int]
+    probe: Probe
+
+    def signal(self, client: int, sig: int) -> int:
+        sent = time.monotonic_ns()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pids[client], sig)
+        return sent
+
+    def signal_when(
+        self, clients: list[int], state: str, sig: int, stopping: threading.Event
+    ) -> tuple[int, int] | None:
+        watched = getattr(self.probe, state)
+        while not stopping.is_set():
+            for client in clients:
+                if watched[client]:
+                    return client, self.signal(client, sig)
+            time.sleep(_POLL_S)
+        return None
+
+
 class Nemesis(Protocol):
     """Injects faults while the clients run (see racebench.faults)."""
 
-    def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None: ...
+    def start(self, clients: ClientSignals, probe: Probe, t0_ns: int) -> None: ...
 
     def stop(self) -> None:
         """Undo every fault still active (resume paused clients, heal proxies)."""
@@ -62,6 +105,7 @@ class Nemesis(Protocol):
 
 _READY_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 15.0
+_POLL_S = 0.0005  # how often a watched client's state is read
 
 
 @dataclass
@@ -200,7 +244,7 @@ def run_clients(
                 assert proc.pid is not None  # started above
                 for c in spec.clients:
                     pids[c] = proc.pid
-            nemesis.start(pids, control.probe, t0)
+            nemesis.start(LocalClientSignals(pids, control.probe), control.probe, t0)
         while alive := [p.sentinel for p in procs if p.is_alive()]:
             mp_connection.wait(alive, timeout=0.1)
             if progress is not None:

@@ -13,11 +13,8 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from racebench.cluster import (
-    SKEW_VARIABLE,
-    ClusterOptions,
-    count_overlaps_across_hosts,
-)
+from racebench.cluster import ClusterOptions, count_overlaps_across_hosts
+from racebench.cluster_task import SKEW_VARIABLE
 from racebench.engine import Execution, ExecutionOptions, execute
 from racebench.scenario import expand
 from tests.conftest import run_cli
