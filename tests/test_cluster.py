@@ -17,8 +17,8 @@ from racebench.cluster import ClusterOptions, count_overlaps_across_hosts
 from racebench.cluster_task import SKEW_VARIABLE
 from racebench.engine import Execution, ExecutionOptions, cluster_address, execute
 from racebench.errors import ScenarioError
-from racebench.scenario import expand
-from tests.conftest import run_cli
+from racebench.scenario import expand, load_raw
+from tests.conftest import REPO, run_cli
 from tests.race import until_shown
 
 SKEW_NS = 3_000_000_000  # worker "0" runs 3 s ahead of the coordinator
@@ -231,6 +231,24 @@ def test_kill_client_on_a_cluster_leaves_its_operation_unknown(
     assert run["verdict"] == "safe"
     assert not any(w["lost"] for w in run["load"]["cluster"]["workers"])
     assert session.client.run(os.getpid) == dask_pids
+
+
+def test_custom_workloads_run_on_the_cluster(cluster: ClusterOptions) -> None:
+    # A SQL template and a Python plug-in travel to the Dask workers. The template's own
+    # invariant counts the operations that ended ok (shipped back from both hosts) against
+    # the rows in its table; the plug-in's lock keeps the stock.
+    small = {"clients": 4, "workers": 2, "operations": 40}
+    seats = {**load_raw(REPO / "examples/seat-booking.yaml"), **small}
+    seats["matrix"] = {"guard.strategy": ["none"]}
+    checkout = {**load_raw(REPO / "examples/plugin/checkout.yaml"), **small}
+    checkout["matrix"] = {"guard": [{"strategy": "lock", "lock": {"service": "file_lock"}}]}
+    seat_run, checkout_run = (_runs(data, cluster)[0] for data in (seats, checkout))
+    for run in (seat_run, checkout_run):
+        assert run["operations"]["attempted"] == 40, run["label"]
+        assert len({w["address"] for w in run["load"]["cluster"]["workers"]}) == 2
+    assert seat_run["operations"]["ok"] > 0
+    assert seat_run["anomalies"]["acknowledged booking missing"] == 0
+    assert checkout_run["verdict"] == "safe" and checkout_run["anomalies"]["oversold_units"] == 0
 
 
 def test_doctor_checks_reachability_from_every_dask_worker(

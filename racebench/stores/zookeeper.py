@@ -168,14 +168,39 @@ class ZookeeperClient(StoreClient):
 
     A connection lost mid-request makes the operation's outcome unknown (the request may have
     been applied); kazoo reconnects in the background, and once the session has expired every
-    request fails with SessionExpiredError until a new session is established.
+    request fails with SessionExpiredError until a new session is established. kazoo would
+    retry a connection forever, and a request made meanwhile (an ensemble without quorum)
+    would wait as long: it gives up after the session timeout (the waiting request fails, its
+    outcome unknown), and the next request connects again, failing after CONNECT_TIMEOUT_S
+    while no member serves.
     """
 
     def __init__(self, hosts: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
-        self.zk = open_kazoo(hosts, "zookeeper store")
+        self._zk = self._open(hosts)
         self.paths = ZookeeperPaths(namespace)
         self.slot = f"{self.paths.slots}/{options.client_id}"
+
+    @staticmethod
+    def _open(hosts: str) -> KazooClient:
+        # Module constants read at each call: a test shortens them.
+        return open_kazoo(
+            hosts,
+            "zookeeper store",
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            session_timeout_s=SESSION_TIMEOUT_S,
+            reconnect_deadline_s=SESSION_TIMEOUT_S,
+        )
+
+    @property
+    def zk(self) -> KazooClient:
+        """The kazoo client, connected again if it gave up reconnecting."""
+        from kazoo.protocol.states import KeeperState
+
+        if self._zk.client_state == KeeperState.CLOSED:
+            self._zk.stop()
+            self._zk.start(timeout=CONNECT_TIMEOUT_S)  # KazooTimeoutError: an error
+        return self._zk
 
     def _register(self, token: int) -> None:
         from kazoo.exceptions import BadVersionError
@@ -302,7 +327,7 @@ class ZookeeperClient(StoreClient):
         return super().classify(exc)
 
     def close(self) -> None:
-        close_kazoo(self.zk)
+        close_kazoo(self._zk)
 
 
 class ZookeeperStore(Store):
