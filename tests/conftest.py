@@ -79,8 +79,8 @@ def server_for_plugin(request: pytest.FixtureRequest, cls: type) -> str | list[s
 
 def run_scenario_data(data: dict, source: str = "test.yaml") -> list[dict]:
     """Validate and execute a scenario mapping in-process; return the run summaries."""
-    from racebench.engine import Execution, ExecutionOptions, execute
-    from racebench.scenario import expand
+    from racebench.config.scenario import expand
+    from racebench.engine.trials import Execution, ExecutionOptions, execute
 
     execution = Execution()
     execute(expand(data, source), ExecutionOptions(), execution)
@@ -93,7 +93,7 @@ def store_for(request):
     server the store declares (registry -> `test_server`)."""
 
     def make(backend: str) -> dict:
-        from racebench.registry import store_class
+        from racebench.plugins.registry import store_class
 
         value = server_for_plugin(request, store_class(backend))
         if value is None:

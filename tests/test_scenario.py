@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from racebench.config.scenario import expand
 from racebench.errors import ScenarioError
-from racebench.redact import redact, redact_text
-from racebench.scenario import expand
+from racebench.util.redact import redact, redact_text
 
 
 def test_env_vars_expand_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,8 +29,8 @@ from racebench.stores.base import (
 )
 from racebench.stores.sql_rows import RowOperations, create_row_tables, read_row_final
 from racebench.stores.sql_statements import table_names
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
-from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
 
 # How long a client waits for a row lock or a native lock before the operation is recorded as
 # a lock timeout: long enough for any sane contention, short enough never to look like a hang.
