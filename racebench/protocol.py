@@ -36,6 +36,7 @@ class Probe:
 
     @classmethod
     def create(cls, ctx: Any, clients: int) -> Probe:
+        """Four shared int64 arrays of `clients` slots from a multiprocessing context."""
         return cls(*(ctx.RawArray("q", clients) for _ in range(4)))
 
 
@@ -46,7 +47,8 @@ OpenClient = Callable[..., Any]
 class Nemesis(Protocol):
     """Injects faults while the clients run (see racebench.faults)."""
 
-    def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None: ...
+    def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None:
+        """Begin firing: `pids[i]` is the process of client i, t0_ns the run's start."""
 
     def stop(self) -> None:
         """Undo every fault still active (resume paused clients, heal proxies)."""
@@ -63,6 +65,8 @@ class ClientRecord:
 
 @dataclass
 class RunnerResult:
+    """What a runner (local or Dask) hands to the analysis: every client's records and more."""
+
     t0_ns: int
     clients: list[ClientRecord]
     interrupted: bool
