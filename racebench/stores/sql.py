@@ -472,8 +472,14 @@ class SqlStore(Store):
             self._created = False
 
     def remove_namespace(self) -> None:
-        # With the fence table a SQL lock service (advisory, get_lock) keeps in this database.
-        self._drop([*self.tables.values(), f"{self.namespace}_lock"])
+        # With the fence table a SQL lock service (advisory, get_lock) keeps in this database,
+        # and every other table named after the namespace: a SQL template's `{{table:x}}`
+        # tables are `<namespace>_x`, and the namespace (owner pid and host) is unique.
+        prefix = self.namespace.replace("_", "\\_") + "\\_%"
+        with self._admin() as cur:
+            cur.execute(self._list_tables_sql(), (prefix,))
+            named = [name for (name,) in cur.fetchall()]
+        self._drop(sorted({*self.tables.values(), f"{self.namespace}_lock", *named}))
 
     def leftovers(self) -> list[str]:
         with self._admin() as cur:
