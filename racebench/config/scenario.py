@@ -54,8 +54,8 @@ class ServerConfig(_Strict):
     current directory) and checks that it listens on the URL's port before touching it.
     """
 
-    url: str
-    pid_file: str
+    url: str = Field(min_length=1)
+    pid_file: str = Field(min_length=1)
     # How to start it again after a kill; by default the command line, directory, user and
     # environment of the process found at setup (see docs/cluster.md).
     start: list[str] | None = None
@@ -77,7 +77,9 @@ class StoreConfig(_Strict):
     """Where the data lives."""
 
     backend: str = "sqlite"
-    url: str | None = None
+    # An empty string is refused, not taken for "the default": leave the key out for that
+    # (an unset `${VAR}` expands to "", and silently running elsewhere would mislead).
+    url: str | None = Field(default=None, min_length=1)
     proxy: bool = False  # route faulted clients through racebench's TCP proxy
     servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
