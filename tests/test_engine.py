@@ -274,3 +274,24 @@ def test_list_says_how_each_backend_runs_its_clients() -> None:
     assert "asyncio, lean RESP over hiredis" in done.stdout
     assert "a thread per client (blocking driver)" in done.stdout
     assert os.linesep in done.stdout
+
+
+def test_a_failing_teardown_never_masks_the_trials_own_error() -> None:
+    from racebench.engine.trials import _tear_down
+
+    ran: list[str] = []
+
+    def broken() -> None:
+        ran.append("broken")
+        raise ConnectionError("server gone")
+
+    with pytest.raises(ValueError, match="the trial's error"):
+        try:
+            raise ValueError("the trial's error")
+        finally:
+            _tear_down(broken, None, lambda: ran.append("next"))
+    assert ran == ["broken", "next"]  # every step ran after the failed one
+
+    with pytest.raises(ConnectionError):  # no error before: the teardown's own is raised
+        _tear_down(broken, lambda: ran.append("last"))
+    assert ran[-1] == "last"

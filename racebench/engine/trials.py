@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -340,17 +341,33 @@ def run_trial(
             analysis.faults_not_fired = nemesis.not_fired()
         return analysis, histogram, environment
     finally:
-        routes.stop()
+        _tear_down(
+            routes.stop,
+            custom.teardown if custom is not None else None,
+            store.teardown,
+            lock_service.teardown if lock_service is not None else None,
+            lambda: shutil.rmtree(workdir, ignore_errors=True),
+        )
+
+
+def _tear_down(*steps: Callable[[], object] | None) -> None:
+    """Run every teardown step, even after one failed.
+
+    When the trial itself failed, its error is the one to report: a teardown that fails too
+    (typically on the same dead server) must not mask it. Otherwise the first teardown
+    error is raised, after the other steps ran.
+    """
+    trial_failed = sys.exc_info()[1] is not None
+    first: Exception | None = None
+    for step in steps:
+        if step is None:
+            continue
         try:
-            try:
-                if custom is not None:
-                    custom.teardown()
-            finally:
-                store.teardown()
-        finally:
-            if lock_service is not None:
-                lock_service.teardown()
-            shutil.rmtree(workdir, ignore_errors=True)
+            step()
+        except Exception as error:
+            first = first or error
+    if first is not None and not trial_failed:
+        raise first
 
 
 def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Execution) -> None:
