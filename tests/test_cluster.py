@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from racebench.cluster import ClusterOptions, count_overlaps_across_hosts
-from racebench.cluster_task import SKEW_VARIABLE
-from racebench.engine import Execution, ExecutionOptions, cluster_address, execute
+from racebench.config.scenario import expand, load_raw
+from racebench.engine.cluster import ClusterOptions, count_overlaps_across_hosts
+from racebench.engine.cluster_task import SKEW_VARIABLE
+from racebench.engine.trials import Execution, ExecutionOptions, cluster_address, execute
 from racebench.errors import ScenarioError
-from racebench.scenario import expand, load_raw
 from tests.conftest import REPO, run_cli
 from tests.race import until_shown
 
