@@ -153,8 +153,10 @@ def test_a_server_killed_for_a_duration_is_started_again_after_it(
     assert "down 300 ms, started again as pid" in fault["note"], fault
     # Started again after the duration (the note says so), not at the run's end.
     assert fault["end_ms"] - fault["start_ms"] >= 300, fault
-    assert _violations(run) == 0 and run["verdict"] == "safe"
     assert fault["grants_after"] > 0
+    # Two of five back empty within the 5 s ttl could have forgotten a grant: no exclusion
+    # is claimed through them, so a run without overlap is not called safe.
+    assert _violations(run) == 0 and run["verdict"] == "race not reproduced"
 
 
 def test_a_paused_zookeeper_member_keeps_exclusion(
