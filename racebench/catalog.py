@@ -21,7 +21,7 @@ from racebench.registry import (
     store_names,
     strategies_for,
 )
-from racebench.stores.base import Store, StrategySpec
+from racebench.stores.base import ROW_WORKLOADS, Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
 from racebench.workloads_rows import ROW_WORKLOAD_TYPES
 
@@ -40,6 +40,9 @@ def client_model(cls: type[Store], strategies: list[str]) -> str:
     if threaded:
         what = ", ".join(threaded) if on_loop else "all strategies"
         parts.append(f"a thread per client (blocking driver): {what}")
+    if on_loop and (rows := sorted(cls.workloads & ROW_WORKLOADS)):
+        # The row workloads have no asyncio implementation (engine.py).
+        parts.append(f"{' and '.join(rows)} on a thread per client, whatever the strategy")
     return "; ".join(parts)
 
 
@@ -75,6 +78,7 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
         "backend",
         "what it is",
         "default url",
+        "workloads",
         "strategies",
         "clients run on",
         "package",
@@ -86,6 +90,7 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
             name,
             store.description,
             _default_url(store),
+            ", ".join(sorted(store.workloads)),
             ", ".join(strategies_for(name)),
             client_model(store, list(strategies_for(name))),
             _package(STORE_GROUP, name, store),

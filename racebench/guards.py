@@ -218,11 +218,9 @@ def _row_step(
     lock: LockClient | None,
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
-    """Booking and transfer (SQL stores only): a transfer reader's sum rides in `token`."""
-    from racebench.stores.sql_rows import RowOperations
-
+    """Booking and transfer (the stores that implement them): a transfer reader's sum rides
+    in `token`."""
     rows = client
-    assert isinstance(rows, RowOperations)
     if strategy != "lock":
         row_step = rows.row_step
         return lambda seq: row_step(strategy, plan, seq)
