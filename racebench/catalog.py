@@ -25,7 +25,10 @@ from racebench.stores.base import ROW_WORKLOADS, Store, StrategySpec
 from racebench.workloads import WORKLOAD_TYPES
 from racebench.workloads_rows import ROW_WORKLOAD_TYPES
 
-TEMPLATE_TYPES = {"sql": SqlTemplateWorkload, "redis": RedisTemplateWorkload}
+TEMPLATE_TYPES: dict[str, type[SqlTemplateWorkload] | type[RedisTemplateWorkload]] = {
+    "sql": SqlTemplateWorkload,
+    "redis": RedisTemplateWorkload,
+}
 
 
 def client_model(cls: type[Store], strategies: list[str]) -> str:
@@ -65,20 +68,22 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
     stores = _loadable(store_names(), store_class, broken)
     services = _loadable(lock_names(), lock_class, broken)
     workloads = Table(title="workloads", header_style="bold")
-    for header in ("type", "what it does", "anomalies checked"):
+    for header in ("type", "what it does", "backends", "anomalies checked"):
         workloads.add_column(header)
     for name, model in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
-        workloads.add_row(name, (model.__doc__ or "").strip(), ", ".join(model.anomaly_names))
+        runs_on = ", ".join(b for b in stores if name in store_class(b).workloads)
+        doc = " ".join((model.__doc__ or "").split())  # a docstring's line breaks: spaces
+        workloads.add_row(name, doc, runs_on, ", ".join(model.anomaly_names))
     for name, template in TEMPLATE_TYPES.items():
         doc = (template.__doc__ or "").strip()
-        workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")
+        own = "the template's own invariants (docs/workloads-custom.md)"
+        workloads.add_row(name, doc, ", ".join(template.backends), own)
 
     backends = Table(title="backends", header_style="bold")
     for header in (
         "backend",
         "what it is",
         "default url",
-        "workloads",
         "strategies",
         "clients run on",
         "package",
@@ -90,7 +95,6 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
             name,
             store.description,
             _default_url(store),
-            ", ".join(sorted(store.workloads)),
             ", ".join(strategies_for(name)),
             client_model(store, list(strategies_for(name))),
             _package(STORE_GROUP, name, store),

@@ -157,8 +157,8 @@ class TransferWorkload(_WorkloadModel):
     readers: int = Field(
         default=0,
         ge=0,
-        description="clients (the first N) that only read all balances in one read-only "
-        "transaction and check their sum",
+        description="clients (the first N) that only read all balances at once (one "
+        "statement on SQL, one MGET on Redis, validated gets on ZooKeeper) and check their sum",
     )
 
     operation_kind: ClassVar[str] = "transfer"

@@ -271,6 +271,8 @@ class Store(PluginInfo, ABC):
     async_strategies: ClassVar[frozenset[str]] = frozenset()
     # The workload types it implements; a strategy's `supports` narrows it further.
     workloads: ClassVar[frozenset[str]] = ALL_WORKLOADS
+    # The most accounts transfer can have here, and why; None: no limit of the store's own.
+    max_accounts: ClassVar[tuple[int, str] | None] = None
     async_driver: ClassVar[str] = ""  # what the asyncio path is built on, for `racebench list`
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.

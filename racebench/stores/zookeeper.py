@@ -30,6 +30,7 @@ from racebench.stores.base import (
 )
 from racebench.stores.kv_transfer import KEY_VALUE_WORKLOADS
 from racebench.stores.zookeeper_transfer import (
+    MAX_ACCOUNTS,
     ZookeeperTransfer,
     account_path,
     read_stats,
@@ -328,6 +329,7 @@ class ZookeeperStore(Store):
     ports = {"zookeeper": 2181}
     test_server = "zookeeper_hosts"
     workloads = KEY_VALUE_WORKLOADS
+    max_accounts = (MAX_ACCOUNTS, "a reader checks every account in one multi, one request")
     strategies = {
         "optimistic": StrategySpec(
             "read the znode and its version, set(..., version=v); for the ledger, a "
