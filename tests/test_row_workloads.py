@@ -258,6 +258,11 @@ def test_key_value_stores_refuse_what_they_do_not_implement(write_scenario) -> N
     assert "the zookeeper store does not implement the booking workload" in refusal
     redis = {**transfer, "store": {"backend": "redis"}, "guard": {"strategy": "crdt"}}
     assert "strategy 'crdt' does not apply to the transfer workload" in _refusal(redis)
+    # A ZooKeeper reader checks every account in one multi: one request, at most 1 MB.
+    many = {**transfer, "workload": {**TRANSFER, "accounts": 10_001, "total": 20_002}}
+    assert "workload.accounts: 10001 accounts; the zookeeper store takes at most 10000" in (
+        _refusal(many)
+    )
 
 
 def test_zookeeper_reads_are_a_snapshot_only_when_validated(store_for) -> None:
