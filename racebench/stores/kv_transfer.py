@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from racebench.history import Outcome
 from racebench.stores.base import ALL_WORKLOADS, ClientOptions, StepResult, StoreClient
-from racebench.workloads_rows import RowPlan, TransferPlan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 # What the Redis and ZooKeeper stores implement: of the row workloads, transfer alone (booking
 # is check-then-insert over a predicate, which needs a query language).

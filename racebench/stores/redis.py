@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     OK_STEP,
     REJECTED_STEP,
@@ -31,8 +30,9 @@ from racebench.stores.base import (
 )
 from racebench.stores.kv_transfer import KEY_VALUE_WORKLOADS
 from racebench.stores.redis_transfer import TRANSFER, RedisTransfer, read_balances, seed_accounts
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
-from racebench.workloads_rows import RowPlan, TransferPlan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 if TYPE_CHECKING:
     import redis

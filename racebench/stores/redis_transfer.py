@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from racebench.history import Outcome
 from racebench.stores.base import Conflict
 from racebench.stores.kv_transfer import KeyValueTransfer
-from racebench.workloads_rows import TransferPlan
+from racebench.workloads.rows import TransferPlan
 
 if TYPE_CHECKING:
     import redis

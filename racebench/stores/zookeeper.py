@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     ClientOptions,
     Conflict,
@@ -36,8 +35,9 @@ from racebench.stores.zookeeper_transfer import (
     read_stats,
     seed_accounts,
 )
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
-from racebench.workloads_rows import RowPlan, TransferPlan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 if TYPE_CHECKING:
     from collections.abc import Callable
