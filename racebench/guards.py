@@ -220,17 +220,16 @@ def _row_step(
 ) -> Callable[[int], StepResult]:
     """Booking and transfer (the stores that implement them): a transfer reader's sum rides
     in `token`."""
-    rows = client
     if strategy != "lock":
-        row_step = rows.row_step
+        row_step = client.row_step
         return lambda seq: row_step(strategy, plan, seq)
     assert lock is not None
     cid = client.options.client_id
-    locked = locked_step(lambda seq, token: rows.row_attempt(plan, seq), cid, lock, False, probe)
+    locked = locked_step(lambda seq, token: client.row_attempt(plan, seq), cid, lock, False, probe)
 
     def with_value(seq: int) -> StepResult:
         result = locked(seq)
-        return replace(result, token=rows.row_value) if rows.row_value else result
+        return replace(result, token=client.row_value) if client.row_value else result
 
     return with_value
 

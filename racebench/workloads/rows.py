@@ -158,7 +158,8 @@ class TransferWorkload(_WorkloadModel):
         default=0,
         ge=0,
         description="clients (the first N) that only read all balances at once (one "
-        "statement on SQL, one MGET on Redis, validated gets on ZooKeeper) and check their sum",
+        "statement on SQL, one MGET on Redis, a get of every znode on ZooKeeper, checked in a "
+        "multi under optimistic) and check their sum",
     )
 
     operation_kind: ClassVar[str] = "transfer"
