@@ -3,7 +3,7 @@
 Each znode's version counts its writes, so a `multi` that sets both accounts at the versions
 read commits only if neither changed since (`optimistic`). Readers are the subtle part: a get
 reads one znode, and a transfer can commit between two gets of one reader even when it writes
-both accounts in one `multi` (measured: tests/test_kv_transfer.py shows it). Under
+both accounts in one `multi` (tests/test_row_workloads.py shows it on a real server). Under
 `optimistic` a reader therefore validates what it read: a `multi` of `check(path, version)`
 for every account commits only if no account changed since its get, so the values read were
 all current at that one moment; otherwise it reads again (a retry, code `bad_version`).
