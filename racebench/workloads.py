@@ -14,6 +14,13 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from racebench.attribution import (
+    MAX_EXAMPLES,
+    Example,
+    lost_updates,
+    missing_acknowledged,
+    write_skews,
+)
 from racebench.history import Outcome, RunHistory
 
 if TYPE_CHECKING:
@@ -71,16 +78,20 @@ class Invariant:
 
 @dataclass(frozen=True)
 class Check:
-    """The verdict material of one run: invariants and anomaly counts (0 when absent)."""
+    """The verdict material of one run: invariants, anomaly counts (0 when absent) and the
+    first anomalies attributed to the operations that made them (racebench.attribution)."""
 
     invariants: list[Invariant]
     anomalies: dict[str, int]
+    examples: list[Example] = field(default_factory=list)
 
 
 class _WorkloadModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     anomaly_names: ClassVar[tuple[str, ...]]
+    # What the history records' `read` and `written` values hold for this workload.
+    value_columns: ClassVar[tuple[str, str]] = ("", "")
 
     @abstractmethod
     def plan(self) -> Plan | RowPlan:
@@ -113,6 +124,7 @@ class StockWorkload(_WorkloadModel):
 
     operation_kind: ClassVar[str] = "sale"
     anomaly_names: ClassVar[tuple[str, ...]] = ("lost_updates", "oversold_units")
+    value_columns: ClassVar[tuple[str, str]] = ("units in stock read", "units written")
 
     def plan(self) -> CounterPlan:
         return CounterPlan(initial=self.initial, delta=-self.quantity, floor=0)
@@ -138,7 +150,8 @@ class StockWorkload(_WorkloadModel):
                 + f", found {final.value}",
             ),
         ]
-        return Check(invariants, {"lost_updates": lost, "oversold_units": oversold})
+        examples = lost_updates(history) if lost or oversold else []
+        return Check(invariants, {"lost_updates": lost, "oversold_units": oversold}, examples)
 
 
 class WithdrawWorkload(_WorkloadModel):
@@ -149,6 +162,7 @@ class WithdrawWorkload(_WorkloadModel):
     amount: int = Field(default=10, gt=0, description="amount per withdrawal")
 
     operation_kind: ClassVar[str] = "withdraw"
+    value_columns: ClassVar[tuple[str, str]] = ("balance read", "amount appended (negative)")
     anomaly_names: ClassVar[tuple[str, ...]] = (
         "overdrafts",
         "overdrawn_amount",
@@ -185,7 +199,16 @@ class WithdrawWorkload(_WorkloadModel):
             "overdrawn_amount": max(0, -balance),
             "lost_withdrawals": missing,
         }
-        return Check(invariants, anomalies)
+        examples = []
+        if overdrafts:
+            rows = [(row.amount, row.client, row.seq) for row in final.rows]
+            deposits = next((i for i, row in enumerate(final.rows) if row.client >= 0), 0)
+            examples += write_skews(history, rows, deposits)
+        if missing:
+            examples += missing_acknowledged(
+                history, present, "lost_withdrawals", "ledger row", MAX_EXAMPLES - len(examples)
+            )
+        return Check(invariants, anomalies, examples)
 
 
 class LikesWorkload(_WorkloadModel):
@@ -196,6 +219,7 @@ class LikesWorkload(_WorkloadModel):
 
     operation_kind: ClassVar[str] = "like"
     anomaly_names: ClassVar[tuple[str, ...]] = ("lost_updates",)
+    value_columns: ClassVar[tuple[str, str]] = ("likes read", "likes written")
 
     def plan(self) -> CounterPlan:
         return CounterPlan(initial=self.initial, delta=1, floor=None)
@@ -215,7 +239,7 @@ class LikesWorkload(_WorkloadModel):
                 + f", found {final.value}",
             )
         ]
-        return Check(invariants, {"lost_updates": lost})
+        return Check(invariants, {"lost_updates": lost}, lost_updates(history) if lost else [])
 
 
 Workload = StockWorkload | WithdrawWorkload | LikesWorkload

@@ -10,7 +10,7 @@ import edn_format
 import numpy as np
 from edn_format import Keyword
 
-from racebench.history import RECORD_DTYPE, Outcome, RunHistory
+from racebench.history import NO_VALUE, RECORD_DTYPE, Outcome, RunHistory
 from racebench.history_edn import write_jepsen_edn
 from tests.conftest import run_cli
 
@@ -31,6 +31,7 @@ def _history(ops: list[tuple[int, int, int, Outcome]], errors: list[str]) -> Run
     records["end"] = [op[2] for op in ops]
     records["outcome"] = [int(op[3]) for op in ops]
     records["error"] = [i if i < len(errors) else -1 for i in range(len(ops))]
+    records["read"] = records["written"] = NO_VALUE
     clients = np.array([op[0] for op in ops], dtype=np.int32)
     seqs = np.array([sum(1 for o in ops[:i] if o[0] == op[0]) for i, op in enumerate(ops)])
     return RunHistory(records, clients, seqs.astype(np.int64), errors)

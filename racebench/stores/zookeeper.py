@@ -256,7 +256,7 @@ class ZookeeperClient(StoreClient):
         from kazoo.exceptions import BadVersionError
 
         data, stat = self.zk.get(self.paths.counter)
-        value = int(data)
+        value = self.read_value = int(data)
         self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
@@ -264,6 +264,7 @@ class ZookeeperClient(StoreClient):
             self.zk.set(self.paths.counter, str(value + plan.delta).encode(), stat.version)
         except BadVersionError:
             raise Conflict("bad_version") from None
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
@@ -277,7 +278,7 @@ class ZookeeperClient(StoreClient):
         # The version is read before the entries: a session's reads are in order, so the
         # entries seen include every withdrawal committed up to that version.
         version = self.zk.exists(self.paths.account).version
-        balance = self._balance()
+        balance = self.read_value = self._balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
@@ -291,6 +292,7 @@ class ZookeeperClient(StoreClient):
         for result in results:
             if isinstance(result, Exception):
                 raise result
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def classify(self, exc: BaseException) -> Outcome:
