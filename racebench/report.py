@@ -192,7 +192,7 @@ def _markdown_examples(runs: list[dict[str, Any]]) -> list[str]:
         if not shown:
             continue
         lines.append(f"- `{run['label']}`")
-        lines += [f"  - {text}" for text in shown]
+        lines += [f"  - {' '.join(text.split())}" for text in shown]  # one line each
         if more:
             lines.append(f"  - … {more} more in the result file")
     if not lines:
