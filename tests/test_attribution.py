@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from racebench.attribution import MAX_EXAMPLES, lost_updates, over_time, write_skews
 from racebench.history import NO_VALUE, RECORD_DTYPE, Outcome, RunHistory
-from racebench.workloads import (
+from racebench.workloads.attribution import MAX_EXAMPLES, lost_updates, over_time, write_skews
+from racebench.workloads.counters import (
     FinalState,
     LedgerRow,
     LikesWorkload,
     StockWorkload,
     WithdrawWorkload,
 )
-from racebench.workloads_rows import BookingWorkload, TransferWorkload
+from racebench.workloads.rows import BookingWorkload, TransferWorkload
 
 # (client, seq, start, end, read, written, outcome)
 Op = tuple[int, int, int, int, int, int, Outcome]

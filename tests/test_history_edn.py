@@ -12,7 +12,7 @@ import numpy as np
 from edn_format import Keyword
 
 from racebench.history import NO_VALUE, RECORD_DTYPE, Outcome, RunHistory
-from racebench.history_edn import write_jepsen_edn
+from racebench.output.history_edn import write_jepsen_edn
 from tests.conftest import run_cli
 
 
@@ -119,7 +119,7 @@ def _value(event: dict[str, object]) -> object:
 
 
 def test_completions_carry_the_values_each_workload_recorded() -> None:
-    from racebench.workloads_rows import pack_transfer
+    from racebench.workloads.rows import pack_transfer
 
     records = np.zeros(6, dtype=RECORD_DTYPE)
     records["start"] = np.arange(6) * 100
