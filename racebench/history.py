@@ -37,7 +37,8 @@ OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
 # intended_ns: when the operation was due (the open loop's schedule; = start_ns in a closed
 # loop), from which latency is measured so that a stalled server is not hidden by clients
 # that simply stopped sending (coordinated omission); and the values the operation read and
-# wrote (NO_VALUE when it has none), whose meaning is the workload's (`value_columns`).
+# wrote (NO_VALUE when it has none), whose meaning is the workload's (docs/results.md,
+# "History records").
 RECORD = struct.Struct("<qqqqqBxHiqqq")
 RECORD_DTYPE = np.dtype(
     [

@@ -90,8 +90,6 @@ class _WorkloadModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     anomaly_names: ClassVar[tuple[str, ...]]
-    # What the history records' `read` and `written` values hold for this workload.
-    value_columns: ClassVar[tuple[str, str]] = ("", "")
 
     @abstractmethod
     def plan(self) -> Plan | RowPlan:
@@ -124,7 +122,6 @@ class StockWorkload(_WorkloadModel):
 
     operation_kind: ClassVar[str] = "sale"
     anomaly_names: ClassVar[tuple[str, ...]] = ("lost_updates", "oversold_units")
-    value_columns: ClassVar[tuple[str, str]] = ("units in stock read", "units written")
 
     def plan(self) -> CounterPlan:
         return CounterPlan(initial=self.initial, delta=-self.quantity, floor=0)
@@ -162,7 +159,6 @@ class WithdrawWorkload(_WorkloadModel):
     amount: int = Field(default=10, gt=0, description="amount per withdrawal")
 
     operation_kind: ClassVar[str] = "withdraw"
-    value_columns: ClassVar[tuple[str, str]] = ("balance read", "amount appended (negative)")
     anomaly_names: ClassVar[tuple[str, ...]] = (
         "overdrafts",
         "overdrawn_amount",
@@ -219,7 +215,6 @@ class LikesWorkload(_WorkloadModel):
 
     operation_kind: ClassVar[str] = "like"
     anomaly_names: ClassVar[tuple[str, ...]] = ("lost_updates",)
-    value_columns: ClassVar[tuple[str, str]] = ("likes read", "likes written")
 
     def plan(self) -> CounterPlan:
         return CounterPlan(initial=self.initial, delta=1, floor=None)

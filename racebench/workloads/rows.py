@@ -95,10 +95,6 @@ class BookingWorkload(_WorkloadModel):
 
     operation_kind: ClassVar[str] = "book"
     anomaly_names: ClassVar[tuple[str, ...]] = ("double_bookings", "lost_bookings")
-    value_columns: ClassVar[tuple[str, str]] = (
-        "bookings of the seat seen by the check",
-        "the seat (booked when ok, tried otherwise)",
-    )
 
     def plan(self) -> BookingPlan:
         return BookingPlan(seats=self.seats, choice=self.choice)
@@ -210,10 +206,6 @@ class TransferWorkload(_WorkloadModel):
     )
 
     operation_kind: ClassVar[str] = "transfer"
-    value_columns: ClassVar[tuple[str, str]] = (
-        "readers: the sum of all balances; writers: the source account's balance",
-        "writers: from, to and amount (workloads_rows.transfer_parts)",
-    )
     anomaly_names: ClassVar[tuple[str, ...]] = ("total_drift", "negative_balances", "read_skew")
 
     def plan(self) -> TransferPlan:
