@@ -222,17 +222,14 @@ def _row_step(
     lock: LockClient | None,
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
-    """Booking and transfer (SQL stores only); the operation sets the client's values."""
-    from racebench.stores.sql_rows import RowOperations
-
-    rows = client
-    assert isinstance(rows, RowOperations)
+    """Booking and transfer (the stores that implement them); the operation sets the
+    client's values."""
     if strategy != "lock":
-        row_step = rows.row_step
+        row_step = client.row_step
         return lambda seq: row_step(strategy, plan, seq)
     assert lock is not None
     cid = client.options.client_id
-    return locked_step(lambda seq, token: rows.row_attempt(plan, seq), cid, lock, False, probe)
+    return locked_step(lambda seq, token: client.row_attempt(plan, seq), cid, lock, False, probe)
 
 
 def build_operation(

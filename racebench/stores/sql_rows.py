@@ -128,8 +128,7 @@ class RowOperations(SqlStatements):
         return Outcome.OK
 
     def _transfer(self, plan: TransferPlan, locking: bool) -> Outcome:
-        source, target = self._rng.sample(range(plan.accounts), 2)
-        amount = self._rng.randint(1, plan.max_amount)
+        source, target, amount = plan.pick(self._rng)
         if locking:
             # Sorted, every client locks the lower id first and no cycle can form; in the
             # transfer's own order two opposite transfers lock crosswise: a deadlock.
