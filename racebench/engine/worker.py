@@ -185,7 +185,7 @@ class _Worker:
 
     def _record(self, slot: _ClientSlot, intended: int, start: int, result: OpResult) -> None:
         end = time.monotonic_ns()
-        outcome, retries, cs_start, cs_end, token, message = result
+        outcome, retries, cs_start, cs_end, token, read, written, message = result
         error_index = -1
         if message is not None:
             error_index = slot.messages.setdefault(message, len(slot.messages))
@@ -203,6 +203,8 @@ class _Worker:
             retries,
             error_index,
             intended,
+            read,
+            written,
         )
         slot.offset += RECORD.size
         slot.seq += 1
@@ -241,7 +243,7 @@ class _Worker:
                 self.stop = True
                 break
             inflight[cid] = start
-            outcome, retries, cs_start, cs_end, token, message = await operation(seq)
+            outcome, retries, cs_start, cs_end, token, read, written, message = await operation(seq)
             end = monotonic_ns()
             inflight[cid] = 0
             error_index = -1
@@ -250,7 +252,7 @@ class _Worker:
                 if outcome == Outcome.ERROR:
                     control.add_error(cid)
             pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
-                 error_index, start)  # fmt: skip
+                 error_index, start, read, written)  # fmt: skip
             offset += size
             seq += 1
             slot.offset, slot.seq = offset, seq

@@ -291,7 +291,7 @@ class ZookeeperClient(ZookeeperTransfer):
         from kazoo.exceptions import BadVersionError
 
         data, stat = self.zk.get(self.paths.counter)
-        value = int(data)
+        value = self.read_value = int(data)
         self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
@@ -299,6 +299,7 @@ class ZookeeperClient(ZookeeperTransfer):
             self.zk.set(self.paths.counter, str(value + plan.delta).encode(), stat.version)
         except BadVersionError:
             raise Conflict("bad_version") from None
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
@@ -312,7 +313,7 @@ class ZookeeperClient(ZookeeperTransfer):
         # The version is read before the entries: a session's reads are in order, so the
         # entries seen include every withdrawal committed up to that version.
         version = self.zk.exists(self.paths.account).version
-        balance = self._balance()
+        balance = self.read_value = self._balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
@@ -326,6 +327,7 @@ class ZookeeperClient(ZookeeperTransfer):
         for result in results:
             if isinstance(result, Exception):
                 raise result
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def classify(self, exc: BaseException) -> Outcome:
