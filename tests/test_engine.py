@@ -273,3 +273,41 @@ def test_list_says_how_each_backend_runs_its_clients() -> None:
     assert "asyncio, lean RESP over hiredis" in done.stdout
     assert "a thread per client (blocking driver)" in done.stdout
     assert os.linesep in done.stdout
+
+
+def test_a_thousand_postgres_clients_run_on_two_workers(roomy_postgres_url: str) -> None:
+    # A private server with max_connections=1100: a thousand sessions on two event loops.
+    [run] = run_scenario_data(
+        {
+            "name": "thousand",
+            "workload": {"type": "stock", "initial": 10_000},
+            "store": {"backend": "postgres", "url": roomy_postgres_url},
+            "guard": {"strategy": "atomic"},
+            "clients": 1000,
+            "workers": 2,
+            "operations": 1000,
+        }
+    )
+    assert run["operations"]["attempted"] == 1000
+    assert run["operations"]["ok"] == 1000 and run["operations"]["errors"] == 0
+    assert all(invariant["holds"] for invariant in run["invariants"])
+    assert run["anomalies"] == {"lost_updates": 0, "oversold_units": 0}
+    assert run["verdict"] == "safe"
+    assert run["load"]["workers"] == 2
+
+
+def test_the_private_server_refuses_more_clients_than_its_max_connections(
+    roomy_postgres_url: str, write_scenario
+) -> None:
+    path = write_scenario(
+        {
+            "workload": {"type": "likes"},
+            "store": {"backend": "postgres", "url": roomy_postgres_url},
+            "clients": 1200,
+            "operations": 1200,
+        }
+    )
+    done = run_cli("run", str(path), "-q")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "clients" in line and "max_connections" in line
