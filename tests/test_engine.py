@@ -60,16 +60,32 @@ def test_atomic_redis_on_the_event_loop_loses_nothing(redis_url: str) -> None:
     assert run["verdict"] == "safe"
 
 
-@pytest.mark.parametrize("workload", ["stock", "withdraw"])
-def test_postgres_on_the_event_loop_keeps_its_claims(postgres_url: str, workload: str) -> None:
-    """40 clients on one worker: psycopg's AsyncConnection path (racebench list says when)."""
+def test_which_sql_clients_run_on_the_event_loop() -> None:
     from racebench.engine import execution_model
+    from racebench.stores.mysql import MysqlStore
     from racebench.stores.postgres import PostgresStore
 
-    assert execution_model(PostgresStore, "atomic", 40) == "asyncio"
-    assert execution_model(PostgresStore, "atomic", 8) == "thread"
-    store = {"backend": "postgres", "url": postgres_url}
-    base = {"name": "pg", "store": store, "clients": 40, "workers": 1, "race_window_ms": 2}
+    assert execution_model(PostgresStore, "atomic", 8) == "asyncio"
+    assert execution_model(PostgresStore, "for_update", 80) == "thread"
+    # The lean clients write on the bare socket: a session that may use TLS stays on threads.
+    assert execution_model(PostgresStore, "atomic", 8, "postgresql://db.example/x") == "thread"
+    remote = "postgresql://db.example/x?sslmode=disable"
+    assert execution_model(PostgresStore, "atomic", 8, remote) == "asyncio"
+    assert execution_model(MysqlStore, "atomic", 8) == "thread"
+    assert execution_model(MysqlStore, "atomic", 64) == "asyncio"
+    assert execution_model(MysqlStore, "atomic", 64, "mysql://root@db.example/test") == "thread"
+
+
+@pytest.mark.parametrize(
+    ("backend", "workload", "clients"),
+    [("postgres", "stock", 40), ("postgres", "withdraw", 40), ("mysql", "stock", 64)],
+)
+def test_sql_on_the_event_loop_keeps_its_claims(
+    store_for, backend: str, workload: str, clients: int
+) -> None:
+    """One worker with enough clients for the lean asyncio path (racebench list says when)."""
+    store = store_for(backend)
+    base = {"name": "sql", "store": store, "clients": clients, "workers": 1, "race_window_ms": 2}
     if workload == "stock":
         shape = {"type": "stock", "initial": 300}
     else:
