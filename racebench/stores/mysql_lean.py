@@ -9,9 +9,12 @@ statement (argument escaping, packet objects, a buffered reader, result metadata
 statement. Here a statement costs one pre-encoded COM_QUERY write (the same text protocol
 statement mysqlslap sends) and a parse of the reply's first byte and row count.
 
-PyMySQL still opens and authenticates each connection (every auth plugin, the URL rules of
-racebench.stores.mysql), off the loop; its socket is then detached and handed to the loop.
-TLS connections stay on PyMySQL threads (`MysqlStore.loop_supports`).
+Two ways to run it: below 64 clients per worker, the blocking client on its own thread
+sends the atomic statement this way on its PyMySQL socket (`MysqlClient._rowcount`, with
+this module's parser driven by `BlockingReplies`); from 64, `LeanMysqlClient` runs on the
+worker's loop. PyMySQL still opens and authenticates each connection (every auth plugin,
+the URL rules of racebench.stores.mysql), off the loop; its socket is then detached and
+handed to the loop. TLS sessions stay on PyMySQL threads (`MysqlStore.loop_supports`).
 """
 
 from __future__ import annotations
