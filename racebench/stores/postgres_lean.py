@@ -25,10 +25,10 @@ from contextlib import suppress
 from typing import Any
 
 from racebench.errors import BackendUnavailable
-from racebench.redact import redact_text
 from racebench.stores.base import ClientOptions
 from racebench.stores.sql import LOCK_WAIT_S
 from racebench.stores.sql_lean import LeanProtocol, LeanSqlClient, ServerError
+from racebench.util.redact import redact_text
 
 _EXECUTE_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + b"S\x00\x00\x00\x04"
 _I32 = struct.Struct("!i")

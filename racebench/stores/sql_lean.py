@@ -36,7 +36,7 @@ from racebench.stores.base import (
 )
 from racebench.stores.sql import LockWaitTimeout
 from racebench.stores.sql_statements import SqlStatementTexts
-from racebench.workloads import CounterPlan, LedgerPlan
+from racebench.workloads.counters import CounterPlan, LedgerPlan
 
 Reply = tuple[int, bytes | None]
 

@@ -21,8 +21,8 @@ from typing import Any
 from racebench.history import Outcome
 from racebench.stores.base import StepResult
 from racebench.stores.sql_statements import SqlStatements
-from racebench.workloads import FinalState
-from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
+from racebench.workloads.counters import FinalState
+from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
 
 Execute = Callable[..., Any]
 
@@ -68,10 +68,6 @@ def read_row_final(
 
 class RowOperations(SqlStatements):
     """Booking and transfer on a SQL client; `row_attempt` is the unguarded operation."""
-
-    # Set by every attempt: the sum a transfer reader saw, else 0. The history keeps it in
-    # the record's token field (fencing does not apply to these workloads).
-    row_value = 0
 
     @abstractmethod
     def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
@@ -128,8 +124,7 @@ class RowOperations(SqlStatements):
         return Outcome.OK
 
     def _transfer(self, plan: TransferPlan, locking: bool) -> Outcome:
-        source, target = self._rng.sample(range(plan.accounts), 2)
-        amount = self._rng.randint(1, plan.max_amount)
+        source, target, amount = plan.pick(self._rng)
         if locking:
             # Sorted, every client locks the lower id first and no cycle can form; in the
             # transfer's own order two opposite transfers lock crosswise: a deadlock.
