@@ -92,9 +92,11 @@ def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockServic
     return lock_class(guard.lock.service)(guard.lock, namespace, store.url)
 
 
-def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: int) -> str:
+def execution_model(
+    store_cls: type[Store], strategy: str, clients_per_worker: int, url: str | None = None
+) -> str:
     """`asyncio` when the store runs this strategy on the worker's loop, else `thread`."""
-    on_loop = strategy in store_cls.async_strategies
+    on_loop = strategy in store_cls.async_strategies and store_cls.loop_supports(url)
     many = clients_per_worker >= store_cls.async_from_clients_per_worker
     return "asyncio" if on_loop and many else "thread"
 
@@ -117,6 +119,11 @@ class ClientFactory:
     proxy_urls: dict[tuple[str, int], str]
     clients_per_worker: int = 1
     custom: CustomRun | None = None  # a user's own workload (template or plug-in)
+
+    @property
+    def connect_concurrency(self) -> int | None:
+        """How many clients a worker may connect at once (None: the worker's default)."""
+        return type(self.store).connect_concurrency
 
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
         s = self.spec.scenario
@@ -147,7 +154,7 @@ class ClientFactory:
         workload = s.workload
         assert not is_custom(workload)  # a custom workload was opened above
         plan = workload.plan()
-        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker, store.url)
         if s.workload.type in ROW_WORKLOADS:
             model = "thread"  # booking and transfer have no asyncio implementation
         if model == "asyncio":

@@ -144,9 +144,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _raise_fd_limit(clients: int) -> None:
-    # Each client holds a socket and its history file's mapping.
+    # Each client holds a socket (a lean SQL client also the driver's own descriptor of the
+    # same session) and its history file's mapping.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, max(soft, 2 * clients + 256))
+    wanted = min(hard, max(soft, 3 * clients + 256))
     if wanted > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
@@ -367,7 +368,9 @@ class _Worker:
 
 
 async def _open_all(spec: WorkerSpec, control: WorkerControl) -> dict[int, OpenedClient]:
-    gate = asyncio.Semaphore(_CONNECT_CONCURRENCY)
+    # A store may ask for fewer connects at once (a server that forks per session).
+    limit = getattr(spec.open_client, "connect_concurrency", None) or _CONNECT_CONCURRENCY
+    gate = asyncio.Semaphore(limit)
 
     async def open_one(client: int) -> OpenedClient:
         async with gate:

@@ -287,6 +287,8 @@ class Store(PluginInfo, ABC):
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.
     async_from_clients_per_worker: ClassVar[int] = 1
+    # Connections a worker opens at once, if fewer than its default (256) suit the server.
+    connect_concurrency: ClassVar[int | None] = None
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
@@ -299,6 +301,12 @@ class Store(PluginInfo, ABC):
         """(the server setting, how many more connections it accepts now), or None when the
         server has no such limit; read before a run so that it is refused up front."""
         return None
+
+    @classmethod
+    def loop_supports(cls, url: str | None) -> bool:
+        """Whether clients for `url` can run on the loop at all (a lean client that writes
+        on the bare socket cannot speak TLS: those clients then run on threads)."""
+        return True
 
     async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
         """Open one client's asyncio connection (for `async_strategies` only)."""
