@@ -47,13 +47,14 @@ def test_only_the_hot_commands_take_the_callback_loop(redis_url, strategy, expec
 @pytest.mark.parametrize("workers", [1, 2])
 def test_each_operation_is_recorded_once(redis_url: str, workers: int) -> None:
     """INCRBY's final count equals the acknowledged operations: each sent, applied and
-    recorded once; the stock script's replies give exactly `initial` sales."""
+    recorded once (past a history file's first segment of 1,024 records, which grows); the
+    stock script's replies give exactly `initial` sales."""
     [likes] = run_scenario_data(
         _scenario(
-            redis_url, {"type": "likes"}, "atomic", clients=12, workers=workers, operations=3001
+            redis_url, {"type": "likes"}, "atomic", clients=4, workers=workers, operations=5001
         )
     )
-    assert likes["operations"]["attempted"] == likes["operations"]["ok"] == 3001
+    assert likes["operations"]["attempted"] == likes["operations"]["ok"] == 5001
     assert all(i["holds"] for i in likes["invariants"]), likes["invariants"]
     assert likes["verdict"] == "safe"
     [stock] = run_scenario_data(
@@ -90,13 +91,13 @@ def test_a_reset_connection_is_unknown_and_the_loop_reconnects(redis_url: str) -
         "atomic",
         clients=2,
         workers=1,
-        operations=30000,
-        faults=[{"kind": "reset", "target": "store", "client": 0, "at": 0.05}],
+        duration="0.6s",
+        faults=[{"kind": "reset", "target": "store", "client": 0, "at": 0.1}],
     )
     [run] = run_scenario_data({**scenario, "store": {**scenario["store"], "proxy": True}})
     ops = run["operations"]
-    assert ops["attempted"] == 30000
-    assert ops["unknown"] >= 1 and ops["ok"] + ops["unknown"] + ops["errors"] == 30000
+    assert ops["unknown"] >= 1 and ops["ok"] > ops["unknown"]
+    assert ops["ok"] + ops["unknown"] + ops["errors"] == ops["attempted"]
     assert run["faults"][0]["note"] == "connections reset"
     assert run["anomalies"]["lost_updates"] == 0
 
