@@ -27,9 +27,9 @@ def _scenario(url: str, workload: dict, strategy: str, **extra) -> dict:
 
 @pytest.mark.parametrize(("strategy", "expected"), [("atomic", True), ("none", False)])
 def test_only_the_hot_commands_take_the_callback_loop(redis_url, strategy, expected) -> None:
-    from racebench.engine import ClientFactory, make_store
-    from racebench.runner import Probe
-    from racebench.scenario import expand
+    from racebench.config.scenario import expand
+    from racebench.engine.runner import Probe
+    from racebench.engine.trials import ClientFactory, make_store
 
     [spec] = expand(_scenario(redis_url, {"type": "likes"}, strategy, clients=8), "t.yaml")
     factory = ClientFactory(spec, make_store(spec, "ns"), None, {}, clients_per_worker=8)

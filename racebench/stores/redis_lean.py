@@ -36,7 +36,7 @@ import hiredis
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
+from racebench.util.redact import redact_text
 
 if TYPE_CHECKING:
     from racebench.guards import CallbackLoop, OperationSink
