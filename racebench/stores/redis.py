@@ -319,7 +319,7 @@ class AsyncRedisClient(AsyncStoreClient):
         self.encode, self.encode_cached = encode, encode_cached
         # Commands whose bytes never change, encoded once (and shared by the worker's clients).
         self.get_counter = encode_cached("GET", keys.counter)
-        self.get_slot = encode("HGET", keys.slots, self.slot_field)
+        self.get_slot = b""  # this client's own field: encoded on first use (crdt only)
         self.lrange_ledger = encode_cached("LRANGE", keys.ledger, 0, -1)
         self.watch_counter = encode_cached("WATCH", keys.counter)
         self.watch_ledger = encode_cached("WATCH", keys.ledger)
@@ -343,6 +343,8 @@ class AsyncRedisClient(AsyncStoreClient):
         await self.conn.call(self.encode("RPUSH", self.keys.ledger, entry))
 
     async def read_slot(self) -> int:
+        if not self.get_slot:
+            self.get_slot = self.encode("HGET", self.keys.slots, self.slot_field)
         return int(await self.conn.call(self.get_slot))
 
     async def write_slot(self, value: int) -> None:
