@@ -21,7 +21,7 @@ from racebench.engine.cluster import ClusterOptions, check_transport, run_client
 from racebench.engine.runner import default_workers, run_clients
 from racebench.engine.worker import RateSpec
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
-from racebench.faults.nemesis import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.faults.nemesis import CLIENT_FAULTS, PROXY_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
     OpenedClient,
     Operation,
@@ -234,8 +234,9 @@ def _records_dir() -> str | None:
 def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | None:
     """Where this run's workers go: the --cluster address, the scenario's, or None (here).
 
-    Refused before anything runs: faults (the nemesis watches and signals local processes
-    only), and credentials over clear text to another host.
+    Refused before anything runs: proxy faults (their proxies listen on this host's
+    loopback), a client fault on `client: any` with `when`, and credentials over clear
+    text to another host.
     """
     s = spec.scenario
     address = (clusters.address if clusters else None) or s.cluster
@@ -243,10 +244,22 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
         return None
     if clusters is None:
         raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
-    if s.faults:
-        raise ScenarioError(
-            spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
-        )
+    for i, fault in enumerate(s.faults):
+        if fault.kind in PROXY_FAULTS:
+            raise ScenarioError(
+                spec.source,
+                f"faults[{i}].kind",
+                f"{fault.kind} is not supported on a cluster: its proxy listens on this "
+                "host's loopback, out of the Dask workers' reach; run it locally",
+            )
+        if fault.kind in CLIENT_FAULTS and fault.when is not None and fault.client == "any":
+            # The client's own Dask worker watches it and signals it: watched on two hosts,
+            # two clients could be hit.
+            raise ScenarioError(
+                spec.source,
+                f"faults[{i}].client",
+                f"{fault.kind} with `when` on a cluster needs a numbered client, not any",
+            )
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
     urls += list(s.guard.lock.urls or []) if s.guard.lock else []
     check_transport(address, urls, clusters.insecure, spec.source)
@@ -311,6 +324,8 @@ def run_trial(
                 progress,
                 workers=workers,
                 rate=rate,
+                nemesis=nemesis,
+                own_processes=any(f.kind in CLIENT_FAULTS for f in s.faults),
             )
         else:
             result = run_clients(

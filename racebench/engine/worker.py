@@ -32,7 +32,7 @@ import numpy as np
 from racebench.analysis.metrics import new_histogram
 from racebench.errors import ExitStatus, RacebenchError
 from racebench.guards import OpenedClient, OpResult
-from racebench.history import RECORD, RECORD_DTYPE, Outcome, Recorder
+from racebench.history import NO_VALUE, RECORD, RECORD_DTYPE, Outcome, Recorder
 
 # An operation that started more than this after its intended start counts as late.
 LATE_NS = 1_000_000
@@ -202,8 +202,10 @@ class _Sink:
                 self.control.add_error(cid)
         recorder = slot.recorder
         offset = slot.offset
+        # No values, as the general path records none for an atomic command (`written`,
+        # INCRBY's reply, would give written and read = written - delta if it ever should).
         RECORD.pack_into(recorder.buffer, offset, start, end, 0, 0, 0, outcome, 0,
-                         error_index, start)  # fmt: skip
+                         error_index, start, NO_VALUE, NO_VALUE)  # fmt: skip
         offset += RECORD.size
         seq = slot.seq = slot.seq + 1
         slot.offset = offset
@@ -242,7 +244,7 @@ class _Worker:
 
     def _record(self, slot: _ClientSlot, intended: int, start: int, result: OpResult) -> None:
         end = time.monotonic_ns()
-        outcome, retries, cs_start, cs_end, token, message = result
+        outcome, retries, cs_start, cs_end, token, read, written, message = result
         error_index = -1
         if message is not None:
             error_index = slot.messages.setdefault(message, len(slot.messages))
@@ -260,6 +262,8 @@ class _Worker:
             retries,
             error_index,
             intended,
+            read,
+            written,
         )
         slot.offset += RECORD.size
         slot.seq += 1
@@ -315,7 +319,7 @@ class _Worker:
                 self.stop = True
                 break
             inflight[cid] = start
-            outcome, retries, cs_start, cs_end, token, message = await operation(seq)
+            outcome, retries, cs_start, cs_end, token, read, written, message = await operation(seq)
             end = monotonic_ns()
             inflight[cid] = 0
             error_index = -1
@@ -324,7 +328,7 @@ class _Worker:
                 if outcome == Outcome.ERROR:
                     control.add_error(cid)
             pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
-                 error_index, start)  # fmt: skip
+                 error_index, start, read, written)  # fmt: skip
             offset += size
             seq += 1
             slot.offset, slot.seq = offset, seq

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from racebench.history import Outcome
+from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
@@ -105,7 +105,16 @@ class Backoff:
 
 
 class StoreClient(ABC):
-    """One client's connection to the store, opened inside the client process."""
+    """One client's connection to the store, opened inside the client process.
+
+    `read_value` / `written_value`: what the current operation read and wrote, set by the
+    operation where it knows them and taken (then reset to NO_VALUE) into its history record
+    by `guards.as_operation`; attributes rather than return values, so that retries,
+    transactions and locks around the operation need not carry them.
+    """
+
+    read_value = NO_VALUE
+    written_value = NO_VALUE
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
@@ -147,10 +156,6 @@ class StoreClient(ABC):
         """Run one withdrawal under a store-native strategy."""
         raise NotImplementedError(strategy)
 
-    # Set by every booking or transfer operation: the sum a transfer reader saw, else 0. The
-    # history keeps it in the record's token field (fencing does not apply to these workloads).
-    row_value = 0
-
     def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
         """The unguarded booking or transfer operation (strategies `none` and `lock`), for the
         stores whose `workloads` include them."""
@@ -169,6 +174,7 @@ class StoreClient(ABC):
                     return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
                 return StepResult(outcome, attempt)
             except Conflict as conflict:
+                self.written_value = NO_VALUE  # that attempt's write did not stay
                 self.retry_codes[conflict.code] += 1
                 self.on_conflict()
                 if attempt < self.options.retries:
@@ -196,6 +202,9 @@ class AsyncStoreClient(ABC):
     native strategies through `step_for`; a lock-guarded run keeps the blocking client.
     """
 
+    read_value = NO_VALUE  # as on StoreClient
+    written_value = NO_VALUE
+
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.retry_codes: Counter[str] = Counter()
@@ -215,6 +224,7 @@ class AsyncStoreClient(ABC):
                     return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
                 return StepResult(outcome, attempt)
             except Conflict as conflict:
+                self.written_value = NO_VALUE
                 self.retry_codes[conflict.code] += 1
                 if attempt < options.retries and options.backoff_s > 0:
                     cap = min(options.max_backoff_s, options.backoff_s * (2**attempt))

@@ -260,7 +260,7 @@ class RedisClient(RedisTransfer):
         # Leaving the `with` block resets the pipeline, which UNWATCHes on every path.
         with self.redis.pipeline() as pipe:
             pipe.watch(self.keys.counter)
-            value = _int_reply(pipe.get(self.keys.counter), self.keys.counter)
+            value = self.read_value = _int_reply(pipe.get(self.keys.counter), self.keys.counter)
             self.pause()
             if plan.floor is not None and value + plan.delta < plan.floor:
                 return Outcome.REJECTED
@@ -270,6 +270,7 @@ class RedisClient(RedisTransfer):
                 pipe.execute()
             except redis.WatchError:
                 raise Conflict("watch") from None
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
@@ -289,6 +290,7 @@ class RedisClient(RedisTransfer):
         with self.redis.pipeline() as pipe:
             pipe.watch(self.keys.ledger)
             balance = _ledger_balance(_raw_replies(pipe.lrange(self.keys.ledger, 0, -1)))
+            self.read_value = balance
             self.pause()
             if balance < plan.amount:
                 return Outcome.REJECTED
@@ -298,6 +300,7 @@ class RedisClient(RedisTransfer):
                 pipe.execute()
             except redis.WatchError:
                 raise Conflict("watch") from None
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def classify(self, exc: BaseException) -> Outcome:
@@ -437,25 +440,29 @@ class AsyncRedisClient(AsyncStoreClient):
 
     async def _counter_watch(self, plan: CounterPlan) -> Outcome:
         await self.conn.call(self.watch_counter)
-        value = int(await self.conn.call(self.get_counter))
+        value = self.read_value = int(await self.conn.call(self.get_counter))
         await self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             await self.conn.call(self.unwatch)
             return Outcome.REJECTED
-        return await self._watched_write(
+        outcome = await self._watched_write(
             self.encode("SET", self.keys.counter, value + plan.delta, "KEEPTTL")
         )
+        self.written_value = value + plan.delta
+        return outcome
 
     async def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
         # WATCH the ledger list itself, as the blocking client does.
         await self.conn.call(self.watch_ledger)
-        balance = await self.read_balance()
+        balance = self.read_value = await self.read_balance()
         await self.pause()
         if balance < plan.amount:
             await self.conn.call(self.unwatch)
             return Outcome.REJECTED
         entry = _entry(-plan.amount, self.options.client_id, seq)
-        return await self._watched_write(self.encode("RPUSH", self.keys.ledger, entry))
+        outcome = await self._watched_write(self.encode("RPUSH", self.keys.ledger, entry))
+        self.written_value = -plan.amount
+        return outcome
 
     def classify(self, exc: BaseException) -> Outcome:
         # A lost connection may hide a write the server applied.

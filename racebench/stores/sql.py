@@ -246,9 +246,11 @@ class SqlClient(RowOperations):
         return result
 
     def _apply(self, plan: CounterPlan, value: int) -> Outcome:
+        self.read_value = value
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
         self.write_counter(value + plan.delta)
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def _counter_rw(self, plan: CounterPlan) -> Outcome:
@@ -276,11 +278,12 @@ class SqlClient(RowOperations):
         return Outcome.OK if cur.rowcount else Outcome.REJECTED
 
     def _ledger_rw(self, plan: LedgerPlan, seq: int) -> Outcome:
-        balance = self.read_balance()
+        balance = self.read_value = self.read_balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
         self._insert(-plan.amount, seq)
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def _ledger_locked(self, plan: LedgerPlan, seq: int) -> Outcome:
@@ -304,6 +307,7 @@ class SqlClient(RowOperations):
         version, balance = self._run(
             f"SELECT version, ({self.sql_balance}) FROM {self.account} WHERE id = 1"
         ).fetchone()
+        self.read_value = int(balance)
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
@@ -312,6 +316,7 @@ class SqlClient(RowOperations):
             if self._run(self.sql_account_cas, (version,)).rowcount == 0:
                 raise Conflict("version_changed")
             self._insert(-plan.amount, seq)
+            self.written_value = -plan.amount
             return Outcome.OK
 
         return self._transaction("READ COMMITTED", commit_if_unchanged)
