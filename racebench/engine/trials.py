@@ -137,14 +137,16 @@ class ClientFactory:
             lock_order=s.guard.lock_order,
         )
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
-        store = copy.copy(self.store)
-        lock_service = copy.copy(self.lock_service)
-        custom = copy.copy(self.custom)
+        # Only a rerouted client gets them: a worker opens thousands of clients.
+        store, lock_service, custom = self.store, self.lock_service, self.custom
         if url := self.proxy_urls.get(("store", client_id)):
+            store = copy.copy(store)
             store.url = url
             if custom is not None:
+                custom = copy.copy(custom)
                 custom.route_through(url)
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
+            lock_service = copy.copy(lock_service)
             lock_service.route_through(url)
         if custom is not None:
             # A user's workload runs its own blocking driver: always on a thread.
@@ -166,7 +168,8 @@ class ClientFactory:
 
             assert isinstance(plan, CounterPlan | LedgerPlan)  # row workloads run on threads
             operation = build_async_operation(plan, s.guard.strategy, async_client)
-            return OpenedClient(operation, close_async)
+            fast = async_client.callback_loop(s.guard.strategy, plan)
+            return OpenedClient(operation, close_async, callback_loop=fast)
 
         def open_sync() -> tuple[Operation, Callable[[], dict[str, int]]]:
             client = store.connect(options)

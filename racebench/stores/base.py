@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.rows import RowPlan
+
+if TYPE_CHECKING:
+    from racebench.guards import CallbackLoop
 
 
 class StaleToken(Exception):
@@ -251,6 +254,12 @@ class AsyncStoreClient(ABC):
         self, strategy: str, plan: CounterPlan | LedgerPlan
     ) -> Callable[[int], Awaitable[StepResult]]:
         """The coroutine function (seq -> StepResult) of a store-native strategy."""
+
+    def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
+        """A closed loop run from the driver's reply callbacks for this strategy's hot
+        command, when the store has one (racebench.guards.CallbackLoop); None: the worker
+        awaits `step_for`'s coroutine per operation."""
+        return None
 
     def classify(self, exc: BaseException) -> Outcome:
         """ERROR for a definite failure, UNKNOWN when the write may have happened."""
