@@ -18,7 +18,7 @@ from racebench.cluster import ClusterOptions, check_transport, run_clients_on_cl
 from racebench.custom.base import CustomClient, CustomRun
 from racebench.custom.operation import build_custom_operation
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
-from racebench.faults import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.faults import FaultNemesis, ProxyRoutes, signals_clients
 from racebench.guards import (
     OpenedClient,
     Operation,
@@ -94,7 +94,7 @@ def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: i
 def effective_workers(scenario: Scenario) -> int:
     """Worker processes for a run. A fault aimed at one client's process (a SIGSTOP, a
     SIGKILL) must hit that client alone, as a stop-the-world pause would: one process each."""
-    if scenario.workers == "clients" or any(f.kind in CLIENT_FAULTS for f in scenario.faults):
+    if scenario.workers == "clients" or signals_clients(scenario):
         return scenario.clients
     return min(scenario.clients, scenario.workers or default_workers())
 
@@ -237,7 +237,8 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
             spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
         )
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
-    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    # redlock's config alone has a list of URLs (racebench.locks.redlock.RedlockConfig).
+    urls += list(getattr(s.guard.lock, "urls", None) or [])
     check_transport(address, urls, clusters.insecure, spec.source)
     return address
 
@@ -249,7 +250,8 @@ def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str,
     except BackendUnavailable as error:
         lock = spec.scenario.guard.lock
         field = "store.url"
-        if lock is not None and (lock.url or lock.urls):
+        urls = getattr(lock, "urls", None)  # redlock's own key
+        if lock is not None and (lock.url or urls):
             field = "guard.lock.url" if lock.url else "guard.lock.urls"
         raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
 

@@ -15,7 +15,7 @@ import pytest
 
 from racebench.locks.base import LockTimeout
 from racebench.registry import lock_class, lock_names
-from racebench.scenario import LockConfig
+from racebench.scenario import lock_config
 from tests.conftest import run_cli, run_scenario_data, server_for_plugin, unique_namespace
 from tests.processes import ours
 from tests.race import until_shown
@@ -54,7 +54,7 @@ def _locked_run(store: dict, lock: dict, workload: dict, fencing: bool = False, 
 
 
 def _service(lock: dict, namespace: str):
-    config = LockConfig(**lock)
+    config = lock_config(lock)
     return lock_class(config.service)(config, namespace, None)
 
 
