@@ -94,7 +94,9 @@ class FaultConfig(Strict):
 class TimedFaultConfig(FaultConfig):
     """A fault that lasts `duration_ms` (a pause, a partition, added latency)."""
 
-    duration_ms: float | None = Field(default=None, gt=0)
+    duration_ms: float | None = Field(
+        default=None, gt=0, description="how long the fault lasts (required where it must end)"
+    )
 
     def lasts_ms(self) -> float:
         return self.duration_ms or 0.0
@@ -103,7 +105,9 @@ class TimedFaultConfig(FaultConfig):
 class ServerFaultConfig(TimedFaultConfig):
     """A fault on the first `instances` servers of its target."""
 
-    instances: int = Field(default=1, ge=1)
+    instances: int = Field(
+        default=1, ge=1, description="how many of the target's listed servers it hits"
+    )
 
 
 class LockConfig(Strict):
@@ -116,7 +120,9 @@ class LockConfig(Strict):
     service: str
     url: str | None = None
     proxy: bool = False
-    ttl_ms: float = Field(default=10_000, gt=0)
+    ttl_ms: float = Field(
+        default=10_000, gt=0, description="the lease's length (services whose lock is a lease)"
+    )
     acquire_timeout_ms: float = Field(default=10_000, gt=0)
     retry_delay_ms: float = Field(default=1.0, ge=0)
     # The processes behind the service, for server faults; redlock and zookeeper_lock take

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class LoseLockStateConfig(FaultConfig):
     """lose_lock_state: how many of the service's servers forget their locks."""
 
-    instances: int = Field(default=1, ge=1)
+    instances: int = Field(default=1, ge=1, description="how many of its servers forget")
 
 
 class LockFault(FaultKind):

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 class LatencyConfig(TimedFaultConfig):
     """latency: the delay added to every chunk each way, and its random spread."""
 
-    delay_ms: float = Field(default=0.0, ge=0)
-    jitter_ms: float = Field(default=0.0, ge=0)
+    delay_ms: float = Field(default=0.0, ge=0, description="added to every chunk, each way")
+    jitter_ms: float = Field(default=0.0, ge=0, description="a random 0..jitter_ms more")
 
 
 class ProxyFault(FaultKind):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import os
@@ -57,13 +58,6 @@ class StoreConfig(_Strict):
     servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
-def _tagged(model: type[BaseModel], key: str, name: str, title: str, doc: str | None) -> Any:
-    """`model` with `key` fixed to `name`: one member of a discriminated union."""
-    fields: Any = {key: (Literal[name], ...)}
-    tagged = create_model(title, __base__=model, __doc__=doc or model.__doc__, **fields)
-    return Annotated[tagged, Tag(name)]
-
-
 def _config_of(group: str, name: str) -> tuple[type[BaseModel], str, str | None]:
     """(config model, union member title, description) of a registered fault kind or lock
     service; PluginLoadError when it cannot be loaded."""
@@ -73,30 +67,41 @@ def _config_of(group: str, name: str) -> tuple[type[BaseModel], str, str | None]
         kind = fault_class(name)
         return kind.config, f"{kind.__name__}Fault", kind.__doc__
     service = lock_class(name)
-    return service.config_model, f"{service.__name__}Config", service.__doc__
+    return service.config_model, f"{service.__name__}Config", service.description
 
 
-def _plugin_union(group: str, key: str, base: type[BaseModel]) -> Any:
-    """The discriminated union (on `key`) of the config models of a group's plug-ins.
+@functools.cache
+def plugin_models(group: str) -> dict[str, Any]:
+    """The scenario models of a group's loadable plug-ins by name: each fault kind's (its
+    `kind` fixed to its name) or each lock service's (its `service` fixed).
 
     A plug-in that cannot be loaded is left out: a scenario that names it gets the
     plug-in's own error (see _pydantic_error), and every other scenario still validates.
     """
     from racebench.entry_points import _registered
 
-    members = []
-    try:
-        names = list(_registered(group))
-    except PluginLoadError:
-        return base  # stale metadata: validate_run reports it
-    for name in names:
+    key = "kind" if group == FAULT_GROUP else "service"
+    models = {}
+    for name in _registered(group):
         try:
             model, title, doc = _config_of(group, name)
         except PluginLoadError:
             continue
-        members.append(_tagged(model, key, name, title, doc))
-    if len(members) < 2:  # a union needs two members; racebench registers more
+        fields: Any = {key: (Literal[name], ...)}
+        models[name] = create_model(title, __base__=model, __doc__=doc, **fields)
+    return models
+
+
+def _plugin_union(group: str, base: type[BaseModel]) -> Any:
+    """The discriminated union of a group's plug-in models (see plugin_models)."""
+    try:
+        models = plugin_models(group)
+    except PluginLoadError:
+        return base  # stale metadata: validate_run reports it
+    if len(models) < 2:  # a union needs two members; racebench registers more
         return base
+    members = [Annotated[model, Tag(name)] for name, model in models.items()]
+    key = "kind" if group == FAULT_GROUP else "service"
     return Annotated[Union[tuple(members)], Discriminator(key)]  # noqa: UP007
 
 
@@ -104,8 +109,8 @@ if TYPE_CHECKING:
     FaultEntry = FaultConfig
     LockEntry = LockConfig
 else:
-    FaultEntry = _plugin_union(FAULT_GROUP, "kind", FaultConfig)
-    LockEntry = _plugin_union(LOCK_GROUP, "service", LockConfig)
+    FaultEntry = _plugin_union(FAULT_GROUP, FaultConfig)
+    LockEntry = _plugin_union(LOCK_GROUP, LockConfig)
 
 
 def fault_config(data: dict[str, Any]) -> FaultConfig:

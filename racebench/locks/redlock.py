@@ -35,6 +35,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from racebench.errors import RacebenchError
 from racebench.locks.base import LockClient
 from racebench.locks.redis_lock import (
@@ -175,7 +177,9 @@ class RedlockClient(LockClient):
 class RedlockConfig(RenewableLockConfig):
     """redlock's keys: the independent Redis servers it takes a majority of."""
 
-    urls: list[str] | None = None
+    urls: list[str] | None = Field(
+        default=None, description="one URL per independent Redis server (else servers' URLs)"
+    )
 
 
 class Redlock(RenewableLease):

@@ -117,8 +117,11 @@ class ZookeeperLockClient(LockClient):
 class ZookeeperLockConfig(LockConfig):
     """zookeeper_lock's keys: the session its holder's lock lives with."""
 
-    # The server clamps it to 2-20 times its tickTime.
-    session_timeout_ms: float = Field(default=10_000, gt=0)
+    session_timeout_ms: float = Field(
+        default=10_000,
+        gt=0,
+        description="the holder's session; the server clamps it to 2-20 times its tickTime",
+    )
 
 
 class ZookeeperLock(LockService):
