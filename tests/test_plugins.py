@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from racebench.registry import (
+from racebench.config.scenario import fault_config
+from racebench.plugins.registry import (
     FAULT_GROUP,
     LOCK_GROUP,
     STORE_GROUP,
@@ -27,7 +28,6 @@ from racebench.registry import (
     store_class,
     store_names,
 )
-from racebench.scenario import fault_config
 from tests.conftest import REPO, run_cli, server_for_plugin
 from tests.race import cli_runs_until_shown
 from tests.server_fixtures import _in_ci

@@ -12,11 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from racebench.config_base import LockConfig
-from racebench.plugin_info import PluginInfo
+from racebench.util.plugin_config import LockConfig
+from racebench.util.plugin_info import PluginInfo
 
 if TYPE_CHECKING:
-    from racebench.config_base import FaultConfig
+    from racebench.util.plugin_config import FaultConfig
 
 
 class LockTimeout(Exception):
@@ -52,7 +52,7 @@ class LockService(PluginInfo, ABC):
     service: ClassVar[str]
     failure_mode: ClassVar[str]
     lease: ClassVar[bool]
-    # The lock faults (racebench.lock_faults) this service has hooks for: any of
+    # The lock faults (racebench.faults.lock) this service has hooks for: any of
     # expire_early, lose_lock_state, kill_session, server_pause. Client, proxy and server
     # faults decide for themselves (FaultKind.can_suffer).
     fault_kinds: ClassVar[frozenset[str]] = frozenset()
@@ -75,12 +75,12 @@ class LockService(PluginInfo, ABC):
     def keeps_exclusion(self, fault: FaultConfig, race_window_ms: float) -> bool:
         """Whether this fault leaves mutual exclusion promised.
 
-        The fault kind knows what it breaks (racebench.fault_kind.FaultKind.keeps_exclusion:
+        The fault kind knows what it breaks (racebench.faults.kind.FaultKind.keeps_exclusion:
         ending the lock behind the holder's back breaks it by design; a pause, a slow or a
         cut-off link breaks a lease only when it can stretch a section past the lease); a
         service overrides this where it differs (a ZooKeeper session outlives a short pause).
         """
-        from racebench.entry_points import fault_class
+        from racebench.plugins.entry_points import fault_class
 
         return fault_class(fault.kind).keeps_exclusion(fault, self, race_window_ms)
 

@@ -31,9 +31,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from racebench.config_base import FaultConfig, LockConfig
 from racebench.locks.base import LockClient, LockService, LockTimeout
-from racebench.ownership import MIN_LEFTOVER_TTL_S
 from racebench.stores.redis import (
     DEFAULT_URL,
     connect_options,
@@ -41,6 +39,8 @@ from racebench.stores.redis import (
     scan_keys,
     server_facts,
 )
+from racebench.util.ownership import MIN_LEFTOVER_TTL_S
+from racebench.util.plugin_config import FaultConfig, LockConfig
 
 if TYPE_CHECKING:
     import redis
@@ -211,7 +211,7 @@ def renewal_keeps_exclusion(fault: FaultConfig, ttl_ms: float) -> bool:
     longer than that; racebench claims exclusion only below half the ttl, leaving the rest for
     the round trip and scheduling. Latency delays each renewal there and back.
     """
-    from racebench.proxy_faults import LatencyConfig
+    from racebench.faults.network import LatencyConfig
 
     if isinstance(fault, LatencyConfig):
         return 2 * (fault.delay_ms + fault.jitter_ms) < ttl_ms / 6

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from racebench.config_base import LockConfig
 from racebench.locks.base import LockClient, LockService, LockTimeout
 from racebench.stores.zookeeper import (
     DEFAULT_HOSTS,
@@ -34,11 +33,12 @@ from racebench.stores.zookeeper import (
     remove_namespace,
     server_facts,
 )
+from racebench.util.plugin_config import LockConfig
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
-    from racebench.config_base import FaultConfig
+    from racebench.util.plugin_config import FaultConfig
 
 # A ZooKeeper connection string: host:port[,host:port...][/chroot]; no scheme.
 _ZOOKEEPER_HOSTS = re.compile(r"^[^/:@,\s]+:\d+(,[^/:@,\s]+:\d+)*(/\S*)?$")

@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from racebench.config_base import FaultConfig
 from racebench.errors import BackendUnavailable
-from racebench.fault_kind import Fail, FaultContext, FaultKind
+from racebench.faults.kind import Fail, FaultContext, FaultKind
 from racebench.locks.base import LockClient, LockService, LockTimeout
-from racebench.plugin_info import PluginInfo
+from racebench.util.plugin_config import FaultConfig
+from racebench.util.plugin_info import PluginInfo
 
 if TYPE_CHECKING:
-    from racebench.scenario import Scenario
+    from racebench.config.scenario import Scenario
 
 
 class MkdirLockClient(LockClient):
