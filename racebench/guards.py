@@ -242,12 +242,7 @@ def _step(
     if strategy == "lock":
         assert lock is not None
         return locked_step(_unguarded(plan, client), client.options.client_id, lock, fencing, probe)
-    if isinstance(plan, CounterPlan):
-        counter_step = client.counter_step
-        return lambda seq: counter_step(strategy, plan)
-    assert isinstance(plan, LedgerPlan)
-    ledger_step = client.ledger_step
-    return lambda seq: ledger_step(strategy, plan, seq)
+    return client.native_step(strategy, plan)
 
 
 def _row_step(
@@ -260,8 +255,7 @@ def _row_step(
     """Booking and transfer (the stores that implement them); the operation sets the
     client's values."""
     if strategy != "lock":
-        row_step = client.row_step
-        return lambda seq: row_step(strategy, plan, seq)
+        return client.native_step(strategy, plan)
     assert lock is not None
     cid = client.options.client_id
     return locked_step(lambda seq, token: client.row_attempt(plan, seq), cid, lock, False, probe)

@@ -13,7 +13,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -148,22 +148,36 @@ class StoreClient(ABC):
     @abstractmethod
     def write_slot(self, value: int) -> None: ...
 
-    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
-        """Run one counter operation under a store-native strategy."""
-        raise NotImplementedError(strategy)
+    # The store-native strategies this client runs, per workload shape: strategy -> the name
+    # of the method that runs one operation under it (counter: `(strategy, plan)`; ledger and
+    # rows: `(strategy, plan, seq)`; each returns a StepResult). Names, not functions, so that
+    # a subclass's override is the one called. Built next to the store's `strategies` table;
+    # `none`, `crdt` and `lock` on counters and ledgers, and `lock` on rows, are racebench's
+    # own (racebench.guards) and need no entry; `none` on rows maps to `_row_none`.
+    counter_steps: ClassVar[Mapping[str, str]] = {}
+    ledger_steps: ClassVar[Mapping[str, str]] = {}
+    row_steps: ClassVar[Mapping[str, str]] = {}
 
-    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
-        """Run one withdrawal under a store-native strategy."""
-        raise NotImplementedError(strategy)
+    def native_step(self, strategy: str, plan: Plan | RowPlan) -> Callable[[int], StepResult]:
+        """The step (seq -> StepResult) of a store-native `strategy` for `plan`'s shape: one
+        lookup in the client's tables, made once per client, not per operation."""
+        if isinstance(plan, CounterPlan):
+            counter = getattr(self, _step_method(self.counter_steps, strategy))
+            return lambda seq: counter(strategy, plan)
+        if isinstance(plan, LedgerPlan):
+            ledger = getattr(self, _step_method(self.ledger_steps, strategy))
+            return lambda seq: ledger(strategy, plan, seq)
+        row = getattr(self, _step_method(self.row_steps, strategy))
+        return lambda seq: row(strategy, plan, seq)
 
     def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
         """The unguarded booking or transfer operation (strategies `none` and `lock`), for the
         stores whose `workloads` include them."""
         raise NotImplementedError(plan.shape)
 
-    def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
-        """One booking or transfer operation under `strategy` (any but `lock`)."""
-        raise NotImplementedError(strategy)
+    def _row_none(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        """Rows under `none`: the unguarded operation as it is."""
+        return StepResult(self.row_attempt(plan, seq))
 
     def retrying(self, attempt_once: Callable[[], Outcome]) -> StepResult:
         """Call `attempt_once()` until it returns an outcome, retrying Conflicts with backoff."""
@@ -193,6 +207,14 @@ class StoreClient(ABC):
 
     def close(self) -> None:
         """Close the connection."""
+
+
+def _step_method(steps: Mapping[str, str], strategy: str) -> str:
+    try:
+        return steps[strategy]
+    except KeyError:
+        # Validation refuses a strategy the store does not declare for the workload.
+        raise NotImplementedError(strategy) from None
 
 
 class AsyncStoreClient(ABC):

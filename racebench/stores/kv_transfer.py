@@ -4,8 +4,8 @@ Each account is one key or znode holding its balance. The unguarded transfer is 
 stores' own: read both balances, the race window, write both as two separate writes. Two
 transfers over a shared account overwrite each other (money appears or vanishes), and a reader
 between the two writes sees money in flight. A store subclass supplies the reads and writes,
-and its native strategies (`native_transfer`); what a reader's read of every balance means
-differs per store (`read_snapshot`):
+and its native strategies (`row_steps`, each a transfer move run by `_transfer_step`); what
+a reader's read of every balance means differs per store (`read_snapshot`):
 
 - Redis runs each command alone, so one `MGET` of every account is a snapshot: a reader can
   only see a wrong sum when a writer's two writes are separate commands (`none`, or a lease
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
+from collections.abc import Callable
 
 from racebench.history import Outcome
 from racebench.stores.base import ALL_WORKLOADS, ClientOptions, StepResult, StoreClient
@@ -28,6 +29,10 @@ from racebench.workloads.rows import RowPlan, TransferPlan, pack_transfer
 # What the Redis and ZooKeeper stores implement: of the row workloads, transfer alone (booking
 # is check-then-insert over a predicate, which needs a query language).
 KEY_VALUE_WORKLOADS = ALL_WORKLOADS | frozenset({"transfer"})
+
+
+# One attempt of a transfer under a native strategy: (source, target, amount) -> Outcome.
+TransferMove = Callable[[int, int, int], Outcome]
 
 
 class KeyValueTransfer(StoreClient):
@@ -54,10 +59,6 @@ class KeyValueTransfer(StoreClient):
     def write_balance(self, account: int, balance: int) -> None:
         """One unconditional write of one balance."""
 
-    @abstractmethod
-    def native_transfer(self, strategy: str, source: int, target: int, amount: int) -> Outcome:
-        """One attempt of the transfer under a native strategy; Conflict to retry it."""
-
     def _read_total(self, read: list[int]) -> Outcome:
         self.read_value = sum(read)
         return Outcome.OK
@@ -82,10 +83,10 @@ class KeyValueTransfer(StoreClient):
             return self._read_total(self.read_accounts(plan))
         return self._transfer(*plan.pick(self._rng))
 
-    def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+    def _transfer_step(self, move: TransferMove, plan: RowPlan) -> StepResult:
+        """One operation under a native strategy whose transfer attempt is `move` (Conflict
+        to retry it); a reader reads a snapshot."""
         assert isinstance(plan, TransferPlan)
-        if strategy == "none":
-            return StepResult(self.row_attempt(plan, seq))
         if self.options.client_id < plan.readers:
             self.pause()
             return self.retrying(lambda: self._read_total(self.read_snapshot(plan)))
@@ -97,6 +98,6 @@ class KeyValueTransfer(StoreClient):
             # The native strategies read the balances inside the store (a script, a multi):
             # only what the transfer moves is recorded.
             self.written_value = moved
-            return self.native_transfer(strategy, source, target, amount)
+            return move(source, target, amount)
 
         return self.retrying(attempt)

@@ -10,9 +10,9 @@ separate commands.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
@@ -243,16 +243,15 @@ class RedisClient(RedisTransfer):
     def write_slot(self, value: int) -> None:
         self.redis.hset(self.keys.slots, self.slot_field, value)
 
-    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
-        if strategy == "atomic":
-            if plan.floor is None:
-                self.redis.incrby(self.keys.counter, plan.delta)
-                return OK_STEP
-            done = self.add_with_floor(keys=[self.keys.counter], args=[plan.delta, plan.floor])
-            return OK_STEP if done else REJECTED_STEP
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._counter_watch(plan))
-        return super().counter_step(strategy, plan)
+    def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        if plan.floor is None:
+            self.redis.incrby(self.keys.counter, plan.delta)
+            return OK_STEP
+        done = self.add_with_floor(keys=[self.keys.counter], args=[plan.delta, plan.floor])
+        return OK_STEP if done else REJECTED_STEP
+
+    def _counter_watch_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self.retrying(lambda: self._counter_watch(plan))
 
     def _counter_watch(self, plan: CounterPlan) -> Outcome:
         import redis
@@ -273,14 +272,23 @@ class RedisClient(RedisTransfer):
         self.written_value = value + plan.delta
         return Outcome.OK
 
-    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
-        if strategy == "atomic":
-            entry = _entry(-plan.amount, self.options.client_id, seq)
-            done = self.withdraw(keys=[self.keys.ledger], args=[plan.amount, entry])
-            return OK_STEP if done else REJECTED_STEP
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._ledger_watch(plan, seq))
-        return super().ledger_step(strategy, plan, seq)
+    def _ledger_atomic_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        entry = _entry(-plan.amount, self.options.client_id, seq)
+        done = self.withdraw(keys=[self.keys.ledger], args=[plan.amount, entry])
+        return OK_STEP if done else REJECTED_STEP
+
+    def _ledger_watch_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self.retrying(lambda: self._ledger_watch(plan, seq))
+
+    # RedisStore.strategies, each run by (transfer: RedisTransfer.row_steps):
+    counter_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_counter_atomic_step",
+        "optimistic": "_counter_watch_step",
+    }
+    ledger_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_ledger_atomic_step",
+        "optimistic": "_ledger_watch_step",
+    }
 
     def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
         import redis

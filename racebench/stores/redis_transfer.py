@@ -7,12 +7,13 @@ Readers read every account with one `MGET`, which Redis runs alone: a snapshot.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 from racebench.history import Outcome
-from racebench.stores.base import Conflict
+from racebench.stores.base import Conflict, StepResult
 from racebench.stores.kv_transfer import KeyValueTransfer
-from racebench.workloads.rows import TransferPlan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 if TYPE_CHECKING:
     import redis
@@ -80,17 +81,29 @@ class RedisTransfer(KeyValueTransfer):
     def write_balance(self, account: int, balance: int) -> None:
         self.redis.set(f"{self.keys.account}{account}", balance, keepttl=True)
 
-    def native_transfer(self, strategy: str, source: int, target: int, amount: int) -> Outcome:
-        names = [f"{self.keys.account}{source}", f"{self.keys.account}{target}"]
-        if strategy == "atomic":
-            moved = self.transfer_script(keys=names, args=[amount])
-            return Outcome.OK if moved else Outcome.REJECTED
-        assert strategy == "optimistic"
-        return self._watched_transfer(names, amount)
+    def _row_atomic_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        return self._transfer_step(self._scripted_transfer, plan)
 
-    def _watched_transfer(self, names: list[str], amount: int) -> Outcome:
+    def _row_watch_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        return self._transfer_step(self._watched_transfer, plan)
+
+    row_steps: ClassVar[Mapping[str, str]] = {
+        "none": "_row_none",
+        "atomic": "_row_atomic_step",
+        "optimistic": "_row_watch_step",
+    }
+
+    def _names(self, source: int, target: int) -> list[str]:
+        return [f"{self.keys.account}{source}", f"{self.keys.account}{target}"]
+
+    def _scripted_transfer(self, source: int, target: int, amount: int) -> Outcome:
+        moved = self.transfer_script(keys=self._names(source, target), args=[amount])
+        return Outcome.OK if moved else Outcome.REJECTED
+
+    def _watched_transfer(self, source: int, target: int, amount: int) -> Outcome:
         import redis
 
+        names = self._names(source, target)
         # Leaving the `with` block resets the pipeline, which UNWATCHes on every path.
         with self.redis.pipeline() as pipe:
             pipe.watch(*names)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -101,6 +101,14 @@ class SqlClient(RowOperations):
     conn: Any
     cur: Any
     driver_error: type[Exception]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The server's native lock (`advisory`, `get_lock`) is a strategy of its own name.
+        native = cls.__dict__.get("native_lock")
+        if native:
+            cls.counter_steps = {**cls.counter_steps, native: "_counter_native_lock_step"}
+            cls.ledger_steps = {**cls.ledger_steps, native: "_ledger_native_lock_step"}
 
     def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
@@ -200,39 +208,56 @@ class SqlClient(RowOperations):
         self._transaction("READ COMMITTED", fenced)
 
     # -- strategies ---------------------------------------------------------------------
-    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
-        if strategy == "atomic":
-            return self.retrying(lambda: self._counter_atomic(plan))
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._counter_cas(plan))
-        if strategy == "for_update":
-            return self._critical(
-                lambda: self._transaction("READ COMMITTED", lambda: self._counter_locked(plan))
-            )
-        if strategy == self.native_lock:
-            return self._critical(lambda: self._native_locked(lambda: self._counter_rw(plan)))
-        if strategy in ISOLATION_LEVELS:
-            level = ISOLATION_LEVELS[strategy]
-            return self.retrying(lambda: self._transaction(level, lambda: self._counter_rw(plan)))
-        return super().counter_step(strategy, plan)
+    def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self.retrying(lambda: self._counter_atomic(plan))
 
-    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
-        if strategy == "atomic":
-            return self.retrying(lambda: self._ledger_atomic(plan, seq))
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._ledger_cas(plan, seq))
-        if strategy == "for_update":
-            return self._critical(
-                lambda: self._transaction("READ COMMITTED", lambda: self._ledger_locked(plan, seq))
-            )
-        if strategy == self.native_lock:
-            return self._critical(lambda: self._native_locked(lambda: self._ledger_rw(plan, seq)))
-        if strategy in ISOLATION_LEVELS:
-            level = ISOLATION_LEVELS[strategy]
-            return self.retrying(
-                lambda: self._transaction(level, lambda: self._ledger_rw(plan, seq))
-            )
-        return super().ledger_step(strategy, plan, seq)
+    def _counter_cas_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self.retrying(lambda: self._counter_cas(plan))
+
+    def _counter_for_update_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self._critical(
+            lambda: self._transaction("READ COMMITTED", lambda: self._counter_locked(plan))
+        )
+
+    def _counter_native_lock_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self._critical(lambda: self._native_locked(lambda: self._counter_rw(plan)))
+
+    def _counter_isolation_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        level = ISOLATION_LEVELS[strategy]
+        return self.retrying(lambda: self._transaction(level, lambda: self._counter_rw(plan)))
+
+    def _ledger_atomic_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self.retrying(lambda: self._ledger_atomic(plan, seq))
+
+    def _ledger_cas_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self.retrying(lambda: self._ledger_cas(plan, seq))
+
+    def _ledger_for_update_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self._critical(
+            lambda: self._transaction("READ COMMITTED", lambda: self._ledger_locked(plan, seq))
+        )
+
+    def _ledger_native_lock_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self._critical(lambda: self._native_locked(lambda: self._ledger_rw(plan, seq)))
+
+    def _ledger_isolation_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        level = ISOLATION_LEVELS[strategy]
+        return self.retrying(lambda: self._transaction(level, lambda: self._ledger_rw(plan, seq)))
+
+    # The tables of `common_strategies()` and the isolation levels; a server module's own
+    # `native_lock` is added by `__init_subclass__`.
+    counter_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_counter_atomic_step",
+        "optimistic": "_counter_cas_step",
+        "for_update": "_counter_for_update_step",
+        **dict.fromkeys(ISOLATION_LEVELS, "_counter_isolation_step"),
+    }
+    ledger_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_ledger_atomic_step",
+        "optimistic": "_ledger_cas_step",
+        "for_update": "_ledger_for_update_step",
+        **dict.fromkeys(ISOLATION_LEVELS, "_ledger_isolation_step"),
+    }
 
     def _critical(self, attempt: Callable[[], Outcome]) -> StepResult:
         """Retry `attempt` and report the critical section of the attempt that finished."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from racebench.history import Outcome
 from racebench.stores.base import StepResult
@@ -158,15 +158,30 @@ class RowOperations(SqlStatements):
             return self._read_total()
         return self._transfer(plan, locking=False)
 
-    def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
-        """One operation under `strategy` (any but `lock`), conflicts retried."""
-        if strategy == "none":
-            return StepResult(self.row_attempt(plan, seq))
-        kind = "serializable" if strategy == "serializable" else "lock"
+    def _row_serializable_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        """One operation in a SERIALIZABLE transaction, conflicts retried."""
+        return self._row_transacted("serializable", plan, seq)
+
+    def _row_locked_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        """One operation holding row locks (SQLite: the database's write lock)."""
+        return self._row_transacted("lock", plan, seq)
+
+    def _row_constraint_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        """A booking the unique constraint guards (the strategy supports booking alone)."""
+        assert isinstance(plan, BookingPlan)
+        return StepResult(self._book(plan, seq, constrained=True, lock_seat=False))
+
+    row_steps: ClassVar[Mapping[str, str]] = {
+        "none": "_row_none",
+        "for_update": "_row_locked_step",
+        "serializable": "_row_serializable_step",
+        "constraint": "_row_constraint_step",
+    }
+
+    def _row_transacted(self, kind: str, plan: RowPlan, seq: int) -> StepResult:
+        """One operation in a `_row_transaction` of `kind`, conflicts retried."""
         locking = kind == "lock"
         if isinstance(plan, BookingPlan):
-            if strategy == "constraint":
-                return StepResult(self._book(plan, seq, constrained=True, lock_seat=False))
             return self.retrying(
                 lambda: self._row_transaction(
                     kind, lambda: self._book(plan, seq, constrained=False, lock_seat=locking)
@@ -175,7 +190,7 @@ class RowOperations(SqlStatements):
         if self.options.client_id < plan.readers:
             # One statement reads every balance from one snapshot; SERIALIZABLE readers take
             # part in the writers' dependency tracking, so they run in such a transaction.
-            if strategy != "serializable":
+            if kind != "serializable":
                 return StepResult(self._read_total())
             return self.retrying(lambda: self._row_transaction(kind, self._read_total))
         return self.retrying(

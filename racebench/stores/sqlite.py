@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
@@ -85,9 +85,6 @@ class SqliteClient(RowOperations):
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
 
-    def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
-        return super().row_step("for_update" if strategy == "exclusive" else strategy, plan, seq)
-
     def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
         if token is None:
             self._insert(amount, seq)
@@ -105,17 +102,17 @@ class SqliteClient(RowOperations):
             self.conn.execute("ROLLBACK")
             raise
 
-    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
-        if strategy == "atomic":
-            cur = self.conn.execute(
-                self.atomic_counter_sql, (plan.delta, plan.floor, plan.delta, plan.floor)
-            )
-            return OK_STEP if cur.rowcount else REJECTED_STEP
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._counter_cas(plan))
-        if strategy == "exclusive":
-            return StepResult(self._counter_exclusive(plan))
-        return super().counter_step(strategy, plan)
+    def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        cur = self.conn.execute(
+            self.atomic_counter_sql, (plan.delta, plan.floor, plan.delta, plan.floor)
+        )
+        return OK_STEP if cur.rowcount else REJECTED_STEP
+
+    def _counter_cas_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self.retrying(lambda: self._counter_cas(plan))
+
+    def _counter_exclusive_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return StepResult(self._counter_exclusive(plan))
 
     def _counter_exclusive(self, plan: CounterPlan) -> Outcome:
         # BEGIN IMMEDIATE takes the database's write lock before the read.
@@ -135,17 +132,35 @@ class SqliteClient(RowOperations):
             self.conn.execute("ROLLBACK")
             raise
 
-    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
-        if strategy == "atomic":
-            cur = self.conn.execute(
-                self.atomic_ledger_sql, (-plan.amount, self.options.client_id, seq, plan.amount)
-            )
-            return OK_STEP if cur.rowcount else REJECTED_STEP
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._ledger_cas(plan, seq))
-        if strategy == "exclusive":
-            return StepResult(self._ledger_exclusive(plan, seq))
-        return super().ledger_step(strategy, plan, seq)
+    def _ledger_atomic_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        cur = self.conn.execute(
+            self.atomic_ledger_sql, (-plan.amount, self.options.client_id, seq, plan.amount)
+        )
+        return OK_STEP if cur.rowcount else REJECTED_STEP
+
+    def _ledger_cas_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self.retrying(lambda: self._ledger_cas(plan, seq))
+
+    def _ledger_exclusive_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return StepResult(self._ledger_exclusive(plan, seq))
+
+    # SqliteStore.strategies, each run by: (`exclusive` on rows is the locking transaction,
+    # which BEGIN IMMEDIATE makes here).
+    counter_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_counter_atomic_step",
+        "optimistic": "_counter_cas_step",
+        "exclusive": "_counter_exclusive_step",
+    }
+    ledger_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_ledger_atomic_step",
+        "optimistic": "_ledger_cas_step",
+        "exclusive": "_ledger_exclusive_step",
+    }
+    row_steps: ClassVar[Mapping[str, str]] = {
+        "none": "_row_none",
+        "exclusive": "_row_locked_step",
+        "constraint": "_row_constraint_step",
+    }
 
     def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
         # The account row's version stands for the whole ledger (the aggregate root).

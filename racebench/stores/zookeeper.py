@@ -14,7 +14,8 @@ import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
@@ -282,10 +283,8 @@ class ZookeeperClient(ZookeeperTransfer):
     def write_slot(self, value: int) -> None:
         self.zk.set(self.slot, str(value).encode())
 
-    def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._counter_cas(plan))
-        return super().counter_step(strategy, plan)
+    def _counter_cas_step(self, strategy: str, plan: CounterPlan) -> StepResult:
+        return self.retrying(lambda: self._counter_cas(plan))
 
     def _counter_cas(self, plan: CounterPlan) -> Outcome:
         from kazoo.exceptions import BadVersionError
@@ -302,10 +301,12 @@ class ZookeeperClient(ZookeeperTransfer):
         self.written_value = value + plan.delta
         return Outcome.OK
 
-    def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
-        if strategy == "optimistic":
-            return self.retrying(lambda: self._ledger_cas(plan, seq))
-        return super().ledger_step(strategy, plan, seq)
+    def _ledger_cas_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
+        return self.retrying(lambda: self._ledger_cas(plan, seq))
+
+    # ZookeeperStore.strategies, each run by (transfer: ZookeeperTransfer.row_steps):
+    counter_steps: ClassVar[Mapping[str, str]] = {"optimistic": "_counter_cas_step"}
+    ledger_steps: ClassVar[Mapping[str, str]] = {"optimistic": "_ledger_cas_step"}
 
     def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
         from kazoo.exceptions import BadVersionError

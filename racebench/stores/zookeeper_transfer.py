@@ -11,12 +11,13 @@ all current at that one moment; otherwise it reads again (a retry, code `bad_ver
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 from racebench.history import Outcome
-from racebench.stores.base import Conflict
+from racebench.stores.base import Conflict, StepResult
 from racebench.stores.kv_transfer import KeyValueTransfer
-from racebench.workloads.rows import TransferPlan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient, TransactionRequest
@@ -92,8 +93,13 @@ class ZookeeperTransfer(KeyValueTransfer):
     def write_balance(self, account: int, balance: int) -> None:
         self.zk.set(account_path(self.accounts, account), str(balance).encode())
 
-    def native_transfer(self, strategy: str, source: int, target: int, amount: int) -> Outcome:
-        assert strategy == "optimistic"
+    def _row_cas_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        return self._transfer_step(self._versioned_transfer, plan)
+
+    row_steps: ClassVar[Mapping[str, str]] = {"none": "_row_none", "optimistic": "_row_cas_step"}
+
+    def _versioned_transfer(self, source: int, target: int, amount: int) -> Outcome:
+        """Both writes in one `multi` at the versions read; Conflict when either changed."""
         paths = self._paths(source, target)
         [(balance, from_stat), (credit, to_stat)] = read_stats(self.zk, paths)
         self.pause()
