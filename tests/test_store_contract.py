@@ -119,3 +119,52 @@ def test_runs_leave_nothing_behind(store_for, backend: str, tmp_path) -> None:
     for workload in WORKLOADS:
         run_scenario_data(_scenario(store, workload, "none", operations=8))
     assert not ours(probe.leftovers())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_native_strategy_has_a_step(store_for, backend: str) -> None:
+    """Each strategy a store declares resolves, for every workload it supports, to a step in
+    its clients' tables (`native_step`, and `step_for` on the loop for `async_strategies`):
+    a strategy in the table with no callable would only fail in a run."""
+    import asyncio
+
+    from racebench.stores.base import ClientOptions
+    from racebench.workloads.counters import CounterPlan, LedgerPlan
+    from racebench.workloads.rows import BookingPlan, TransferPlan
+
+    plans = {
+        "stock": CounterPlan(10, -1, 0),
+        "likes": CounterPlan(0, 1, None),
+        "withdraw": LedgerPlan(50, 10),
+        "booking": BookingPlan(4, "in_order"),
+        "transfer": TransferPlan(4, 400, 10, 1),
+    }
+    cls = store_class(backend)
+    store = cls(store_for(backend).get("url"), f"steps{backend}")
+    options = ClientOptions(0, 0, 0, 0, client_id=0, clients=1)
+    store.setup(plans["likes"], 1)
+
+    async def check_loop() -> None:
+        # Opened, looked up and closed on one event loop, as a worker does.
+        async_client = await store.async_connect(options)
+        try:
+            for name in cls.async_strategies & cls.strategies.keys():
+                for workload in sorted(cls.strategies[name].supports & cls.workloads):
+                    plan = plans[workload]
+                    if isinstance(plan, CounterPlan | LedgerPlan):
+                        assert callable(async_client.step_for(name, plan)), (name, workload)
+        finally:
+            await async_client.close()
+
+    try:
+        client = store.connect(options)
+        try:
+            for name, spec in cls.strategies.items():
+                for workload in sorted(spec.supports & cls.workloads):
+                    assert callable(client.native_step(name, plans[workload])), (name, workload)
+        finally:
+            client.close()
+        if cls.async_strategies:
+            asyncio.run(check_loop())
+    finally:
+        store.teardown()

@@ -271,11 +271,22 @@ class AsyncStoreClient(ABC):
     @abstractmethod
     async def write_slot(self, value: int) -> None: ...
 
-    @abstractmethod
+    # As on StoreClient, the store-native strategies per workload shape: strategy -> the name
+    # of a method `(strategy, plan)` that returns the coroutine function (seq -> StepResult)
+    # running one operation; called once per client, so it can encode what does not change.
+    counter_steps: ClassVar[Mapping[str, str]] = {}
+    ledger_steps: ClassVar[Mapping[str, str]] = {}
+
     def step_for(
         self, strategy: str, plan: CounterPlan | LedgerPlan
     ) -> Callable[[int], Awaitable[StepResult]]:
-        """The coroutine function (seq -> StepResult) of a store-native strategy."""
+        """The coroutine function (seq -> StepResult) of a store-native strategy: one lookup
+        in the client's tables."""
+        steps = self.counter_steps if isinstance(plan, CounterPlan) else self.ledger_steps
+        step: Callable[[int], Awaitable[StepResult]] = getattr(self, _step_method(steps, strategy))(
+            strategy, plan
+        )
+        return step
 
     def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
         """A closed loop run from the driver's reply callbacks for this strategy's hot

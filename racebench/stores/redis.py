@@ -386,42 +386,58 @@ class AsyncRedisClient(AsyncStoreClient):
                 await self.conn.call(self.encode("SCRIPT", "LOAD", text))
             return await self.conn.call(payload)
 
-    def step_for(
-        self, strategy: str, plan: CounterPlan | LedgerPlan
+    def _counter_atomic_step(
+        self, strategy: str, plan: CounterPlan
     ) -> Callable[[int], Awaitable[StepResult]]:
-        if strategy == "atomic" and isinstance(plan, CounterPlan):
-            if plan.floor is None:
-                incrby = self.encode_cached("INCRBY", self.keys.counter, plan.delta)
-                call = self.conn.call
+        if plan.floor is None:
+            incrby = self.encode_cached("INCRBY", self.keys.counter, plan.delta)
+            call = self.conn.call
 
-                async def incr(seq: int) -> StepResult:
-                    await call(incrby)
-                    return OK_STEP
+            async def incr(seq: int) -> StepResult:
+                await call(incrby)
+                return OK_STEP
 
-                return incr
-            add = self.encode_cached(
-                "EVALSHA", self.add_with_floor_sha, 1, self.keys.counter, plan.delta, plan.floor
+            return incr
+        add = self.encode_cached(
+            "EVALSHA", self.add_with_floor_sha, 1, self.keys.counter, plan.delta, plan.floor
+        )
+
+        async def add_with_floor(seq: int) -> StepResult:
+            return OK_STEP if await self._evalsha(add) else REJECTED_STEP
+
+        return add_with_floor
+
+    def _ledger_atomic_step(
+        self, strategy: str, plan: LedgerPlan
+    ) -> Callable[[int], Awaitable[StepResult]]:
+        async def withdraw(seq: int) -> StepResult:
+            entry = _entry(-plan.amount, self.options.client_id, seq)
+            payload = self.encode(
+                "EVALSHA", self.withdraw_sha, 1, self.keys.ledger, plan.amount, entry
             )
+            return OK_STEP if await self._evalsha(payload) else REJECTED_STEP
 
-            async def add_with_floor(seq: int) -> StepResult:
-                return OK_STEP if await self._evalsha(add) else REJECTED_STEP
+        return withdraw
 
-            return add_with_floor
-        if strategy == "atomic":
-            assert isinstance(plan, LedgerPlan)
+    def _counter_watch_step(
+        self, strategy: str, plan: CounterPlan
+    ) -> Callable[[int], Awaitable[StepResult]]:
+        return lambda seq: self.retrying(lambda: self._counter_watch(plan))
 
-            async def withdraw(seq: int) -> StepResult:
-                entry = _entry(-plan.amount, self.options.client_id, seq)
-                payload = self.encode(
-                    "EVALSHA", self.withdraw_sha, 1, self.keys.ledger, plan.amount, entry
-                )
-                return OK_STEP if await self._evalsha(payload) else REJECTED_STEP
-
-            return withdraw
-        assert strategy == "optimistic"
-        if isinstance(plan, CounterPlan):
-            return lambda seq: self.retrying(lambda: self._counter_watch(plan))
+    def _ledger_watch_step(
+        self, strategy: str, plan: LedgerPlan
+    ) -> Callable[[int], Awaitable[StepResult]]:
         return lambda seq: self.retrying(lambda: self._ledger_watch(plan, seq))
+
+    # RedisStore.strategies on the loop, each built by:
+    counter_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_counter_atomic_step",
+        "optimistic": "_counter_watch_step",
+    }
+    ledger_steps: ClassVar[Mapping[str, str]] = {
+        "atomic": "_ledger_atomic_step",
+        "optimistic": "_ledger_watch_step",
+    }
 
     def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
         # likes (INCRBY) and stock (the floor script) atomic: one fixed command per operation,
