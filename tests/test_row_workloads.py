@@ -302,7 +302,7 @@ def test_zookeeper_reads_are_a_snapshot_only_when_validated(store_for) -> None:
         while not stop.is_set():
             # A Conflict: the other writer committed first; on to the next transfer.
             with contextlib.suppress(Conflict):
-                client.native_transfer("optimistic", *plan.pick(rng))
+                client._versioned_transfer(*plan.pick(rng))  # one optimistic attempt
 
     threads = [threading.Thread(target=transfer, args=(w,)) for w in writers]
     validated = 0

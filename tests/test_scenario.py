@@ -70,3 +70,49 @@ def test_an_empty_url_is_refused_not_taken_for_the_default() -> None:
     data = {"name": "u", "workload": {"type": "stock"}, "store": {"backend": "redis", "url": ""}}
     with pytest.raises(ScenarioError, match=r"u\.yaml: store\.url: String should have at least 1"):
         expand(data, "u.yaml")
+
+
+def test_store_section_is_its_backends_own_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`store:` is a union on `backend` built from each registered store's `config_model`: a
+    store's own key is accepted for it alone, and named as another store's elsewhere."""
+    from pydantic import Field, ValidationError, create_model
+
+    from racebench.config import scenario
+    from racebench.plugins.entry_points import STORE_GROUP, store_class
+    from racebench.util.plugin_config import StoreConfig
+
+    class RedisOnly(StoreConfig):
+        database: int = Field(default=0, ge=0)
+
+    monkeypatch.setattr(store_class("redis"), "config_model", RedisOnly)
+    scenario.plugin_models.cache_clear()
+    try:
+        # The scenario's `store` key, rebuilt from the registry as it is now.
+        section = scenario._plugin_union(STORE_GROUP, StoreConfig)
+        model = create_model("S", store=(section, ...))
+        assert (
+            model.model_validate({"store": {"backend": "redis", "database": 3}}).store.database == 3
+        )
+        assert model.model_validate({"store": {}}).store.backend == "sqlite"  # the default
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate({"store": {"backend": "postgres", "database": 3}})
+        error = scenario._pydantic_error("s.yaml", caught.value, "")
+        assert str(error) == "s.yaml: store.database: database is a key of redis, not of postgres"
+    finally:
+        scenario.plugin_models.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("store", "field", "problem"),
+    [
+        ({"backend": "oracle"}, "store.backend", "unknown backend 'oracle' (known: "),
+        ({"backend": "redis", "bogus": 1}, "store.bogus", "unknown key"),
+        ({"url": "x.db", "bogus": 1}, "store.bogus", "unknown key"),
+        ("postgres", "store.backend", "expected a mapping with a string `backend`"),
+    ],
+)
+def test_bad_store_section_is_one_line(store, field: str, problem: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        expand({"name": "s", "workload": {"type": "stock"}, "store": store}, "s.yaml")
+    assert caught.value.field == field
+    assert problem in str(caught.value)

@@ -29,10 +29,10 @@ from racebench.config.labels import matrix_labels, run_label
 from racebench.config.yaml_loader import YamlInputError, load_yaml
 from racebench.errors import ScenarioError
 from racebench.faults.kind import REMOVED_KINDS
-from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP
+from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP, STORE_GROUP
 from racebench.plugins.entry_points import PluginError as PluginLoadError
 from racebench.util.durations import parse_duration
-from racebench.util.plugin_config import FaultConfig, LockConfig, ServerConfig
+from racebench.util.plugin_config import FaultConfig, LockConfig, StoreConfig
 from racebench.util.plugin_config import Strict as _Strict
 from racebench.util.redact import redact_text
 from racebench.workloads.counters import LikesWorkload, StockWorkload, WithdrawWorkload
@@ -49,25 +49,22 @@ MAX_RUNS = 10_000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class StoreConfig(_Strict):
-    """Where the data lives."""
-
-    backend: str = "sqlite"
-    # An empty string is refused, not taken for "the default": leave the key out for that
-    # (an unset `${VAR}` expands to "", and silently running elsewhere would mislead).
-    url: str | None = Field(default=None, min_length=1)
-    proxy: bool = False  # route faulted clients through racebench's TCP proxy
-    servers: list[ServerConfig] = []  # the processes behind it, for server faults
+# The key that picks a plug-in's model in each group's union.
+_TAG_KEYS = {FAULT_GROUP: "kind", LOCK_GROUP: "service", STORE_GROUP: "backend"}
+DEFAULT_BACKEND = "sqlite"  # `store:` (or its `backend`) left out
 
 
 def _config_of(group: str, name: str) -> tuple[type[BaseModel], str, str | None]:
-    """(config model, union member title, description) of a registered fault kind or lock
-    service; PluginLoadError when it cannot be loaded."""
-    from racebench.plugins.entry_points import fault_class, lock_class
+    """(config model, union member title, description) of a registered store, fault kind or
+    lock service; PluginLoadError when it cannot be loaded."""
+    from racebench.plugins.entry_points import fault_class, lock_class, store_class
 
     if group == FAULT_GROUP:
         kind = fault_class(name)
         return kind.config, f"{kind.__name__}Fault", kind.__doc__
+    if group == STORE_GROUP:
+        store = store_class(name)
+        return store.config_model, f"{store.__name__}Config", store.description
     service = lock_class(name)
     return service.config_model, f"{service.__name__}Config", service.description
 
@@ -82,14 +79,16 @@ def plugin_models(group: str) -> dict[str, Any]:
     """
     from racebench.plugins.entry_points import _registered
 
-    key = "kind" if group == FAULT_GROUP else "service"
+    key = _TAG_KEYS[group]
     models = {}
     for name in _registered(group):
         try:
             model, title, doc = _config_of(group, name)
         except PluginLoadError:
             continue
-        fields: Any = {key: (Literal[name], ...)}
+        # `backend` may be left out for the default store; `kind` and `service` are required.
+        default = name if group == STORE_GROUP and name == DEFAULT_BACKEND else ...
+        fields: Any = {key: (Literal[name], default)}
         models[name] = create_model(title, __base__=model, __doc__=doc, **fields)
     return models
 
@@ -103,16 +102,32 @@ def _plugin_union(group: str, base: type[BaseModel]) -> Any:
     if len(models) < 2:  # a union needs two members; racebench registers more
         return base
     members = [Annotated[model, Tag(name)] for name, model in models.items()]
-    key = "kind" if group == FAULT_GROUP else "service"
+    key: Any = _store_tag if group == STORE_GROUP else _TAG_KEYS[group]
     return Annotated[Union[tuple(members)], Discriminator(key)]  # noqa: UP007
+
+
+def _store_tag(value: Any) -> str | None:
+    """The store model for a `store:` section: its `backend`, the default one when left out."""
+    if isinstance(value, dict):
+        backend = value.get("backend", DEFAULT_BACKEND)
+    else:
+        backend = getattr(value, "backend", None)
+    return backend if isinstance(backend, str) else None
 
 
 if TYPE_CHECKING:
     FaultEntry = FaultConfig
     LockEntry = LockConfig
+    StoreEntry = StoreConfig
 else:
     FaultEntry = _plugin_union(FAULT_GROUP, FaultConfig)
     LockEntry = _plugin_union(LOCK_GROUP, LockConfig)
+    StoreEntry = _plugin_union(STORE_GROUP, StoreConfig)
+
+
+def store_config(data: dict[str, Any]) -> StoreConfig:
+    """A `store` section validated as a scenario's (its backend's own model)."""
+    return TypeAdapter(StoreEntry).validate_python(data)
 
 
 def fault_config(data: dict[str, Any]) -> FaultConfig:
@@ -186,7 +201,7 @@ class Scenario(_Strict):
     name: str
     description: str | None = None
     workload: Workload
-    store: StoreConfig = StoreConfig()
+    store: StoreEntry = Field(default_factory=lambda: store_config({}))
     guard: GuardConfig = GuardConfig()
     clients: int = Field(default=4, ge=1, le=100_000)
     # Worker processes the clients are spread over; None: one per CPU; "clients": one each.
@@ -318,6 +333,8 @@ def _plugin_section(loc: list[str]) -> tuple[str, str] | None:
         return FAULT_GROUP, "kind"
     if len(loc) >= 3 and loc[:2] == ["guard", "lock"]:
         return LOCK_GROUP, "service"
+    if len(loc) >= 2 and loc[0] == "store":
+        return STORE_GROUP, "backend"
     return None
 
 
@@ -337,8 +354,10 @@ def _union_message(group: str, key: str, error_type: str, tag: Any) -> str:
     """Why a fault's kind or a lock's service picks no member of its union."""
     from racebench.plugins.entry_points import _registered
 
-    what = "fault kind" if group == FAULT_GROUP else "lock service"
+    what = {FAULT_GROUP: "fault kind", LOCK_GROUP: "lock service"}.get(group, "backend")
     known = ", ".join(_registered(group))
+    if error_type == "union_tag_not_found" and group == STORE_GROUP:
+        return f"expected a mapping with a string `backend` (known: {known})"
     if error_type == "union_tag_not_found":
         return f"{key} is missing (known: {known})"
     if group == FAULT_GROUP and tag in REMOVED_KINDS:
@@ -358,7 +377,8 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
     if len(loc) >= 2 and loc[0] == "workload" and loc[1] in {*BUILT_IN_WORKLOADS, "plugin"}:
         loc.pop(1)
     section = _plugin_section(loc)
-    owner = loc.pop(2) if section else ""
+    # The union member's tag follows the section's path (store.<backend>, guard.lock.<service>).
+    owner = loc.pop(1 if section == (STORE_GROUP, "backend") else 2) if section else ""
     if loc == ["workload"] and isinstance(first.get("ctx", {}).get("error"), PluginError):
         loc.append("type")
     elif loc == ["workload"] and (inner := _TEMPLATE_PLACE.match(first["msg"])):
@@ -367,8 +387,9 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         first = {**first, "msg": inner.group(2)}
     message = first["msg"].removeprefix("Value error, ")
     union_error = first["type"] in ("union_tag_invalid", "union_tag_not_found")
-    if union_error and (loc[:1] == ["faults"] or loc == ["guard", "lock"]):
-        group, key = (FAULT_GROUP, "kind") if loc[0] == "faults" else (LOCK_GROUP, "service")
+    if union_error and (loc[:1] == ["faults"] or loc in (["guard", "lock"], ["store"])):
+        group = {"faults": FAULT_GROUP, "guard": LOCK_GROUP}.get(loc[0], STORE_GROUP)
+        key = _TAG_KEYS[group]
         message = _union_message(group, key, first["type"], first.get("ctx", {}).get("tag"))
         loc.append(key)
     elif first["type"] == "extra_forbidden":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP
+from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP, STORE_GROUP
 
 # Keys of a scenario file that are not fields of one run: the matrix expands into runs.
 _MATRIX_SCHEMA = {
@@ -133,7 +133,7 @@ def scenario_reference_markdown() -> str:
         "",
         *_table(
             [
-                [row[0], _UNION_KEYS.get(row[0], row[1]), *row[2:]]
+                [row[0], _UNION_KEYS.get(row[0], row[1]), _DEFAULTS.get(row[0], row[2]), *row[3:]]
                 for row in _rows(schema, schema, "")
             ]
         ),
@@ -146,6 +146,7 @@ def scenario_reference_markdown() -> str:
         if model.get("description"):
             lines += [model["description"].strip(), ""]
         lines += _table(_rows(schema, model, "workload."))
+    lines += _plugin_sections(STORE_GROUP, "store")
     lines += _plugin_sections(LOCK_GROUP, "guard.lock")
     lines += _plugin_sections(FAULT_GROUP, "faults[]")
     return "\n".join(lines) + "\n"
@@ -153,13 +154,18 @@ def scenario_reference_markdown() -> str:
 
 # The union keys: their type cell points to the sections, one per plug-in.
 _UNION_KEYS = {
+    "`store`": "one of the `store: <backend>` sections below",
     "`guard.lock`": "one of the `guard.lock: <service>` sections below",
     "`faults`": "list of the `faults[]: <kind>` sections below",
 }
 
 
+# Defaults the schema cannot show (a section built when it is left out).
+_DEFAULTS = {"`store`": "backend sqlite"}
+
+
 def _plugin_sections(group: str, prefix: str) -> list[str]:
-    """A section per lock service or fault kind that racebench itself registers (the page
+    """A section per store, lock service or fault kind that racebench itself registers (the page
     must not depend on what else is installed; `racebench schema` shows those too)."""
     from racebench.config.scenario import plugin_models
     from racebench.plugins.entry_points import origin

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
+from racebench.util.plugin_config import StoreConfig
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.rows import RowPlan
@@ -314,6 +315,9 @@ class Store(PluginInfo, ABC):
 
     backend: ClassVar[str]
     strategies: ClassVar[dict[str, StrategySpec]]
+    # The model of its `store:` section; a store with keys of its own declares a subclass
+    # of StoreConfig (racebench.util.plugin_config), so a key of another store is refused.
+    config_model: ClassVar[type[StoreConfig]] = StoreConfig
     # The largest magnitude its counter and ledger values hold, checked at validation so an
     # out-of-range number is refused before a run, not an overflow in every operation.
     max_integer: ClassVar[int] = 2**63 - 1

@@ -1,10 +1,10 @@
-"""The base models of a scenario's plug-in sections: a fault and a lock service.
+"""The base models of a scenario's plug-in sections: a store, a fault and a lock service.
 
-Each fault kind and each lock service declares its own config model, a subclass of
-`FaultConfig` or `LockConfig` in its own module; racebench.config.scenario builds the scenario's
-discriminated unions (on `kind`, on `service`) from the registered ones. This module is a
-leaf (it imports no other racebench module but durations), so a plug-in's module can
-subclass these models without importing the scenario.
+Each store, fault kind and lock service declares its own config model, a subclass of
+`StoreConfig`, `FaultConfig` or `LockConfig` in its own module; racebench.config.scenario
+builds the scenario's discriminated unions (on `backend`, `kind`, `service`) from the
+registered ones. This module is a leaf (it imports no other racebench module but durations),
+so a plug-in's module can subclass these models without importing the scenario.
 """
 
 from __future__ import annotations
@@ -48,6 +48,22 @@ class ServerConfig(Strict):
         if value is not None and not value:
             raise ValueError("an empty command")
         return value
+
+
+class StoreConfig(Strict):
+    """Where the data lives: the keys every store takes.
+
+    A store with keys of its own declares a subclass as its `config_model`
+    (racebench.stores.base.Store); `backend` is set to the store's registered name when the
+    scenario's union is built.
+    """
+
+    backend: str = "sqlite"
+    # An empty string is refused, not taken for "the default": leave the key out for that
+    # (an unset `${VAR}` expands to "", and silently running elsewhere would mislead).
+    url: str | None = Field(default=None, min_length=1)
+    proxy: bool = False  # route faulted clients through racebench's TCP proxy
+    servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
 class FaultConfig(Strict):
