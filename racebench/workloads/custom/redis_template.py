@@ -321,13 +321,8 @@ class RedisTemplateClient(CustomClient):
 
         bound = draw_params(self.run.draws, self.options.client_id, seq)
         bound["token"] = token
-        for step in self.run.steps:
-            if step.when is not None and not step.when.evaluate(bound):
-                if step.skip_when_false:
-                    continue
-                return Outcome.REJECTED
-            if step.pause_before:
-                self.pause()
+
+        def execute(step: _Compiled) -> None:
             try:
                 if step.script is not None:
                     keys = resolve(step.keys, bound)
@@ -336,10 +331,12 @@ class RedisTemplateClient(CustomClient):
                 else:
                     reply = self.client.execute_command(*resolve(step.command, bound))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # The command may have reached Redis before the connection broke.
                 raise UnknownOutcome(str(exc)) from exc
             if step.bind is not None:
                 bound[step.bind] = _value(reply)
-        return Outcome.OK
+
+        return self.run_steps(self.run.steps, bound, execute)
 
     def classify(self, exc: BaseException) -> Outcome:
         return Outcome.UNKNOWN if isinstance(exc, UnknownOutcome) else Outcome.ERROR

@@ -338,13 +338,8 @@ class SqlTemplateClient(CustomClient):
     def run_operation(self, seq: int, token: int | None) -> Outcome:
         bound = draw_params(self.run.draws, self.options.client_id, seq)
         bound["token"] = token
-        for step in self.run.steps:
-            if step.when is not None and not step.when.evaluate(bound):
-                if step.skip_when_false:
-                    continue
-                return Outcome.REJECTED
-            if step.pause_before:
-                self.pause()
+
+        def execute(step: _Compiled) -> Outcome | None:
             cur = self._execute(step.sql, tuple(bound[n] for n in step.names))
             if cur.description:
                 row = cur.fetchone()
@@ -355,7 +350,9 @@ class SqlTemplateClient(CustomClient):
                 if step.on_no_rows == "stale":
                     raise StaleToken
                 return Outcome.REJECTED
-        return Outcome.OK
+            return None
+
+        return self.run_steps(self.run.steps, bound, execute)
 
     def step(self, strategy: str, seq: int) -> StepResult:
         """The operation in one transaction at `strategy`'s level, retried on conflicts."""
