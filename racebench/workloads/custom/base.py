@@ -153,6 +153,22 @@ class CustomRun(ABC):
         """Remove everything setup and the run created; must work after a failed setup."""
 
 
+def pause_points(reads: Sequence[bool]) -> list[bool]:
+    """Which of a template's steps (by whether each only reads) pause before they run.
+
+    Only the first write that follows a read: that gap is where a read-modify-write races,
+    and one pause per operation keeps the race window what the scenario says.
+    """
+    pauses = []
+    seen_read = paused = False
+    for step_reads in reads:
+        pause = seen_read and not step_reads and not paused
+        paused = paused or pause
+        seen_read = seen_read or step_reads
+        pauses.append(pause)
+    return pauses
+
+
 def history_figures(history: RunHistory) -> dict[str, int]:
     """Operation counts an invariant may use: `:ok`, `:rejected`, `:unknown`, `:operations`."""
     counts = history.outcome_counts()
