@@ -54,6 +54,8 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 
 @dataclass
 class ExecutionOptions:
+    """What a session writes besides results: the history stream, progress, clusters."""
+
     history: IO[str] | None = None
     history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
@@ -70,6 +72,7 @@ class Execution:
 
 
 def make_store(spec: RunSpec, namespace: str) -> Store:
+    """The trial's store; without a URL in the scenario, the backend's configured default."""
     cls = store_class(spec.scenario.store.backend)
     url = spec.scenario.store.url
     return cls(cls.configured_url() if url is None else url, namespace)
@@ -86,6 +89,8 @@ def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | Non
 
 
 def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockService | None:
+    """The trial's lock service under `guard.strategy: lock`; it may default to the store's
+    server (`store.url`), which is why the store comes first."""
     guard = spec.scenario.guard
     if guard.strategy != "lock" or guard.lock is None:
         return None
@@ -282,8 +287,12 @@ def run_trial(
     s = spec.scenario
     namespace = new_namespace()
     store = make_store(spec, namespace)
+    # Keys that expire on their own: a racebench killed with -9 skips teardown, and its keys
+    # must not stay on a shared Redis forever.
     store.expire_after_s = leftover_ttl_s(s.duration)
     lock_service = make_lock_service(spec, namespace, store)
+    # Reachability and the connection limit are checked before anything is created, so an
+    # unreachable server (exit 3) or too many clients (exit 2) leaves nothing to clean up.
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = _check_lock_reachable(spec, lock_service)
@@ -305,6 +314,7 @@ def run_trial(
         routes.start()
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
+        # Rounded up: the busiest worker decides whether the asyncio model pays off.
         per_worker = -(-s.clients // workers)
         factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker, custom)
         address = cluster_address(spec, options.clusters)
@@ -336,6 +346,8 @@ def run_trial(
                 workers=workers,
                 rate=rate,
             )
+        # `count` is the number of complete records: a client killed mid-write leaves a torn
+        # last record, which is not read.
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         # A custom workload checks its own state; a built-in one checks the store's.
         check = custom.check(history) if custom is not None else None
@@ -394,7 +406,9 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
     that Ctrl-C interrupted, or at a lost server; runs with at least one finished trial are
     still summarized into `execution.runs`, in matrix order.
     """
-    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+    # Refuse a run that cannot go to its cluster before any starts: finding out at run 5
+    # would leave a session of half the results.
+    for spec in specs:
         cluster_address(spec, options.clusters)
     trials: list[list[TrialAnalysis]] = [[] for _ in specs]
     histograms: list[list[HdrHistogram]] = [[] for _ in specs]
@@ -483,6 +497,7 @@ def _run_files(
             target = output
             if target is None and results_dir is not None:
                 target = default_path(results_dir, specs[0].scenario.name, started)
+            # Nothing finished: no result file, whose emptiness would read like a finding.
             if failure is not None and not execution.runs:
                 raise failure
             document = build_document(
@@ -502,6 +517,8 @@ def _run_files(
             if execution.interrupted:
                 break
     finally:
+        # The history is committed even after a failure: the operations recorded so far are
+        # what a user debugging the failure needs.
         if clusters is not None:
             clusters.close()
         if history_out is not None:
@@ -510,7 +527,11 @@ def _run_files(
 
 
 class _AtomicText:
-    """A text file written under a temporary name and renamed into place when done."""
+    """A text file written under a temporary name and renamed into place when done.
+
+    A reader (or a later run's compare) never sees half a history: the file at `path` is
+    the previous one or the complete new one.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
