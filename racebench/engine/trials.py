@@ -124,6 +124,7 @@ class ClientFactory:
     custom: CustomRun | None = None  # a user's own workload (template or plug-in)
 
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
+        """Open client `client_id` in this worker: its connections and its loop body."""
         s = self.spec.scenario
         options = ClientOptions(
             race_window_s=s.race_window_ms / 1000,
@@ -166,6 +167,8 @@ class ClientFactory:
             operation = build_async_operation(plan, s.guard.strategy, async_client)
             return OpenedClient(operation, close_async)
 
+        # Connecting blocks (a TLS handshake, a slow server): on a thread, so the worker's
+        # other clients connect meanwhile and the start barrier is not held up by one.
         def open_sync() -> tuple[Operation, Callable[[], dict[str, int]]]:
             client = store.connect(options)
             lock_client = lock_service.connect(client_id) if lock_service else None
@@ -230,6 +233,8 @@ def _records_dir() -> str | None:
     """Shared memory when the system has it: the clients' history files are written through
     mmap, and on a disk file system the first write to each page may wait for the disk."""
     shm = Path("/dev/shm")
+    # None: tempfile's default directory (macOS has no /dev/shm; a container may mount it
+    # read-only).
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
@@ -262,6 +267,7 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
                 f"faults[{i}].client",
                 f"{fault.kind} with `when` on a cluster needs a numbered client, not any",
             )
+    # Every URL the workers will be given, the lock ensemble's (`urls`) included.
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
     urls += list(s.guard.lock.urls or []) if s.guard.lock else []
     check_transport(address, urls, clusters.insecure, spec.source)
@@ -359,10 +365,13 @@ def run_trial(
                 write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
             else:
                 history.write_json_lines(options.history, base, kind, result.t0_ns)
+        # The strategy's claim (safe_for) is what the verdict compares the anomalies with.
         strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial, check
         )
+        # A fault that never fired fails the run's expectations: a run meant to be faulted
+        # that was not proves nothing about the fault.
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
             analysis.faults_not_fired = nemesis.not_fired()
