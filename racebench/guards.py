@@ -45,6 +45,38 @@ Operation = Callable[[int], OpResult]
 AsyncOperation = Callable[[int], Awaitable[OpResult]]
 
 
+class OperationSink(Protocol):
+    """Where a callback-driven closed loop records its operations (the worker's side).
+
+    A store's callback loop (`OpenedClient.callback_loop`) runs one client's operations from
+    its protocol's reply callback, with no task or future per operation; it asks the sink
+    when to start and hands it each completed operation, which the sink records as the
+    worker's general loop would (one fixed-size record, the same outcome and message).
+    """
+
+    def first(self) -> int:
+        """The start time (monotonic ns) of the next operation; 0: the run is over."""
+        ...
+
+    def complete(
+        self, start: int, outcome: int, written: int = 0, message: str | None = None
+    ) -> int:
+        """Record the operation that started at `start` and ended now; return the next
+        operation's start time, or 0 when the run is over (stop, deadline, quota).
+
+        `written` is the value the operation wrote when the reply tells it (INCRBY's reply),
+        kept at hand; like the general path for an atomic command, the record stores no
+        values (NO_VALUE) for it today.
+        """
+        ...
+
+
+# Runs a client's closed loop from its protocol's callbacks until the run is over (True) or
+# until it hands back (False): the worker then runs one operation on the general path (which
+# reconnects, reloads scripts and records failures as usual) and calls it again.
+CallbackLoop = Callable[[OperationSink], Awaitable[bool]]
+
+
 @dataclass
 class OpenedClient:
     """One logical client as a worker runs it.
@@ -60,6 +92,9 @@ class OpenedClient:
     close: Callable[[], Awaitable[dict[str, int]]]
     blocking_operation: Operation | None = None
     executor: ThreadPoolExecutor | None = None
+    # A closed loop driven by the driver's reply callbacks, for a store's hot commands
+    # (racebench.stores.redis_lean); `operation` stays the general path and the open loop's.
+    callback_loop: CallbackLoop | None = None
 
 
 async def open_blocking(

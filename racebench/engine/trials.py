@@ -21,7 +21,7 @@ from racebench.engine.cluster import ClusterOptions, check_transport, run_client
 from racebench.engine.runner import default_workers, run_clients
 from racebench.engine.worker import RateSpec
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
-from racebench.faults.nemesis import CLIENT_FAULTS, PROXY_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.faults.nemesis import FaultNemesis, ProxyRoutes, signals_clients
 from racebench.guards import (
     OpenedClient,
     Operation,
@@ -33,6 +33,7 @@ from racebench.history import RunHistory
 from racebench.locks.base import LockService
 from racebench.output.history_edn import EdnValue, write_jepsen_edn
 from racebench.output.results import build_document, default_path, new_file_mode, write_atomically
+from racebench.plugins.entry_points import fault_class
 from racebench.plugins.registry import (
     drivers_of,
     is_custom,
@@ -97,9 +98,11 @@ def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockServic
     return lock_class(guard.lock.service)(guard.lock, namespace, store.url)
 
 
-def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: int) -> str:
+def execution_model(
+    store_cls: type[Store], strategy: str, clients_per_worker: int, url: str | None = None
+) -> str:
     """`asyncio` when the store runs this strategy on the worker's loop, else `thread`."""
-    on_loop = strategy in store_cls.async_strategies
+    on_loop = strategy in store_cls.async_strategies and store_cls.loop_supports(url)
     many = clients_per_worker >= store_cls.async_from_clients_per_worker
     return "asyncio" if on_loop and many else "thread"
 
@@ -107,7 +110,7 @@ def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: i
 def effective_workers(scenario: Scenario) -> int:
     """Worker processes for a run. A fault aimed at one client's process (a SIGSTOP, a
     SIGKILL) must hit that client alone, as a stop-the-world pause would: one process each."""
-    if scenario.workers == "clients" or any(f.kind in CLIENT_FAULTS for f in scenario.faults):
+    if scenario.workers == "clients" or signals_clients(scenario):
         return scenario.clients
     return min(scenario.clients, scenario.workers or default_workers())
 
@@ -123,6 +126,11 @@ class ClientFactory:
     clients_per_worker: int = 1
     custom: CustomRun | None = None  # a user's own workload (template or plug-in)
 
+    @property
+    def connect_concurrency(self) -> int | None:
+        """How many clients a worker may connect at once (None: the worker's default)."""
+        return type(self.store).connect_concurrency
+
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
         """Open client `client_id` in this worker: its connections and its loop body."""
         s = self.spec.scenario
@@ -136,14 +144,16 @@ class ClientFactory:
             lock_order=s.guard.lock_order,
         )
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
-        store = copy.copy(self.store)
-        lock_service = copy.copy(self.lock_service)
-        custom = copy.copy(self.custom)
+        # Only a rerouted client gets them: a worker opens thousands of clients.
+        store, lock_service, custom = self.store, self.lock_service, self.custom
         if url := self.proxy_urls.get(("store", client_id)):
+            store = copy.copy(store)
             store.url = url
             if custom is not None:
+                custom = copy.copy(custom)
                 custom.route_through(url)
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
+            lock_service = copy.copy(lock_service)
             lock_service.route_through(url)
         if custom is not None:
             # A user's workload runs its own blocking driver: always on a thread.
@@ -153,7 +163,7 @@ class ClientFactory:
         workload = s.workload
         assert not is_custom(workload)  # a custom workload was opened above
         plan = workload.plan()
-        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker, store.url)
         if s.workload.type in ROW_WORKLOADS:
             model = "thread"  # booking and transfer have no asyncio implementation
         if model == "asyncio":
@@ -165,7 +175,8 @@ class ClientFactory:
 
             assert isinstance(plan, CounterPlan | LedgerPlan)  # row workloads run on threads
             operation = build_async_operation(plan, s.guard.strategy, async_client)
-            return OpenedClient(operation, close_async)
+            fast = async_client.callback_loop(s.guard.strategy, plan)
+            return OpenedClient(operation, close_async, callback_loop=fast)
 
         # Connecting blocks (a TLS handshake, a slow server): on a thread, so the worker's
         # other clients connect meanwhile and the start barrier is not held up by one.
@@ -252,14 +263,15 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
     if clusters is None:
         raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
     for i, fault in enumerate(s.faults):
-        if fault.kind in PROXY_FAULTS:
+        kind = fault_class(fault.kind)
+        if kind.uses_proxy:
             raise ScenarioError(
                 spec.source,
                 f"faults[{i}].kind",
                 f"{fault.kind} is not supported on a cluster: its proxy listens on this "
                 "host's loopback, out of the Dask workers' reach; run it locally",
             )
-        if fault.kind in CLIENT_FAULTS and fault.when is not None and fault.client == "any":
+        if kind.signals_clients and fault.when is not None and fault.client == "any":
             # The client's own Dask worker watches it and signals it: watched on two hosts,
             # two clients could be hit.
             raise ScenarioError(
@@ -269,7 +281,8 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
             )
     # Every URL the workers will be given, the lock ensemble's (`urls`) included.
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
-    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    # redlock's config alone has a list of URLs (racebench.locks.redlock.RedlockConfig).
+    urls += list(getattr(s.guard.lock, "urls", None) or [])
     check_transport(address, urls, clusters.insecure, spec.source)
     return address
 
@@ -281,7 +294,8 @@ def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str,
     except BackendUnavailable as error:
         lock = spec.scenario.guard.lock
         field = "store.url"
-        if lock is not None and (lock.url or lock.urls):
+        urls = getattr(lock, "urls", None)  # redlock's own key
+        if lock is not None and (lock.url or urls):
             field = "guard.lock.url" if lock.url else "guard.lock.urls"
         raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
 
@@ -338,7 +352,7 @@ def run_trial(
                 workers=workers,
                 rate=rate,
                 nemesis=nemesis,
-                own_processes=any(f.kind in CLIENT_FAULTS for f in s.faults),
+                own_processes=signals_clients(s),
             )
         else:
             result = run_clients(

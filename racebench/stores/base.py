@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.rows import RowPlan
+
+if TYPE_CHECKING:
+    from racebench.guards import CallbackLoop
 
 
 class StaleToken(Exception):
@@ -282,6 +285,12 @@ class AsyncStoreClient(ABC):
     ) -> Callable[[int], Awaitable[StepResult]]:
         """The coroutine function (seq -> StepResult) of a store-native strategy."""
 
+    def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
+        """A closed loop run from the driver's reply callbacks for this strategy's hot
+        command, when the store has one (racebench.guards.CallbackLoop); None: the worker
+        awaits `step_for`'s coroutine per operation."""
+        return None
+
     def classify(self, exc: BaseException) -> Outcome:
         """ERROR for a definite failure, UNKNOWN when the write may have happened."""
         return Outcome.UNKNOWN if isinstance(exc, UnknownOutcome) else Outcome.ERROR
@@ -317,6 +326,8 @@ class Store(PluginInfo, ABC):
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.
     async_from_clients_per_worker: ClassVar[int] = 1
+    # Connections a worker opens at once, if fewer than its default (256) suit the server.
+    connect_concurrency: ClassVar[int | None] = None
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
@@ -329,6 +340,12 @@ class Store(PluginInfo, ABC):
         """(the server setting, how many more connections it accepts now), or None when the
         server has no such limit; read before a run so that it is refused up front."""
         return None
+
+    @classmethod
+    def loop_supports(cls, url: str | None) -> bool:
+        """Whether clients for `url` can run on the loop at all (a lean client that writes
+        on the bare socket cannot speak TLS: those clients then run on threads)."""
+        return True
 
     async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
         """Open one client's asyncio connection (for `async_strategies` only)."""

@@ -163,6 +163,10 @@ class SqlClient(RowOperations):
             raise
         return self.cur
 
+    def _rowcount(self, sql: str, params: tuple[int, ...]) -> int:
+        """Rows a one-statement strategy (atomic) changed; a server may run it leaner."""
+        return int(self._run(sql, params).rowcount)
+
     def _transaction(self, level: str, body: Callable[[], Outcome]) -> Outcome:
         """`body` inside one transaction at `level`; rolled back on any failure."""
         self._begin(level)
@@ -271,11 +275,11 @@ class SqlClient(RowOperations):
     def _counter_atomic(self, plan: CounterPlan) -> Outcome:
         if plan.floor is None:
             sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1"
-            cur = self._run(sql, (plan.delta,))
+            rowcount = self._rowcount(sql, (plan.delta,))
         else:
             sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1 AND value + %s >= %s"
-            cur = self._run(sql, (plan.delta, plan.delta, plan.floor))
-        return Outcome.OK if cur.rowcount else Outcome.REJECTED
+            rowcount = self._rowcount(sql, (plan.delta, plan.delta, plan.floor))
+        return Outcome.OK if rowcount else Outcome.REJECTED
 
     def _ledger_rw(self, plan: LedgerPlan, seq: int) -> Outcome:
         balance = self.read_value = self.read_balance()
@@ -296,10 +300,10 @@ class SqlClient(RowOperations):
         return outcome
 
     def _ledger_atomic(self, plan: LedgerPlan, seq: int) -> Outcome:
-        cur = self._run(
+        rowcount = self._rowcount(
             self.sql_guarded_insert, (-plan.amount, self.options.client_id, seq, plan.amount)
         )
-        return Outcome.OK if cur.rowcount else Outcome.REJECTED
+        return Outcome.OK if rowcount else Outcome.REJECTED
 
     def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
         # Version and sum from one statement, hence one snapshot: a withdrawal committed after
