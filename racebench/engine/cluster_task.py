@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from racebench.engine.runner import LocalControl
+from racebench.engine.runner import LocalControl, record_inflight_as_unknown
 from racebench.engine.worker import WorkerOutput, WorkerSpec, run_worker, worker_process_main
 from racebench.errors import ExitStatus, RacebenchError
-from racebench.history import RECORD_DTYPE, append_record
+from racebench.history import RECORD_DTYPE
 
 # How often a remote worker ships its new records and polls the stop flag.
 SHIP_EVERY_S = 0.2
@@ -404,17 +404,9 @@ class _Children:
 
     def record_killed(self) -> None:
         """The operation each client of a killed worker had in flight is unknown."""
-        control = self.control
         for spec in self.specs:
-            if not self.killed(spec.worker):
-                continue
-            for client in spec.clients:
-                start = control.probe.inflight[client]
-                if start:
-                    path = spec.workdir / f"client-{client}.bin"
-                    append_record(path, control.done[client], start, time.monotonic_ns())
-                    control.done[client] += 1
-                    control.probe.inflight[client] = 0
+            if self.killed(spec.worker):
+                record_inflight_as_unknown(self.control, spec.clients, spec.workdir)
 
     def end(self) -> None:
         """Resume and kill what is left (the coordinator is gone or the grace ran out)."""

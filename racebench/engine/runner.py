@@ -220,13 +220,24 @@ def _record_lost_operations(
         # A negative exit code is death by a signal: a worker that returned wrote its own.
         if proc.exitcode is None or proc.exitcode >= 0:
             continue
-        for i in spec.clients:
-            start = control.probe.inflight[i]
-            if start:
-                append_record(
-                    workdir / f"client-{i}.bin", control.done[i], start, time.monotonic_ns()
-                )
-                control.done[i] += 1
+        record_inflight_as_unknown(control, spec.clients, workdir)
+
+
+def record_inflight_as_unknown(
+    control: LocalControl, clients: tuple[int, ...], workdir: Path
+) -> None:
+    """Append, as unknown, the operation each of `clients` had in flight when its process died.
+
+    It may have written before the process died, so it is neither failed nor done; it ends
+    now. The in-flight mark is cleared, so a second call records nothing twice.
+    """
+    for client in clients:
+        start = control.probe.inflight[client]
+        if start:
+            path = workdir / f"client-{client}.bin"
+            append_record(path, control.done[client], start, time.monotonic_ns())
+            control.done[client] += 1
+            control.probe.inflight[client] = 0
 
 
 def _read_output(workdir: Path, worker: int) -> WorkerOutput | dict[str, Any] | None:
