@@ -32,6 +32,7 @@ from racebench.interrupts import first_interrupt_only
 from racebench.locks.base import LockService
 from racebench.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
 from racebench.registry import drivers_of, is_custom, lock_class, run_strategies, store_class
+from racebench.result_model import RunEntry
 from racebench.results import build_document, default_path, new_file_mode, write_atomically
 from racebench.runner import Probe, ProgressCallback, RunnerResult, default_workers, run_clients
 from racebench.scenario import RunSpec, Scenario
@@ -56,7 +57,7 @@ class ExecutionOptions:
 class Execution:
     """What `execute` produced: one summary per run, and whether Ctrl-C cut it short."""
 
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunEntry] = field(default_factory=list)
     interrupted: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -385,7 +386,7 @@ class FileOutcome:
     """One scenario file's runs and where its result document was written."""
 
     source: str
-    runs: list[dict[str, Any]]
+    runs: list[RunEntry]
     result_path: Path | None  # None: the caller asked for no result file (the Python API)
     interrupted: bool
 
