@@ -5,19 +5,21 @@ with `model_dump`; reports, compare, JUnit and the Python API read result files 
 same classes and use attributes, never string keys. The JSON field names are the attribute
 names, so every file written since `racebench.result/1` began still reads.
 
-Result files are data from outside (hand-edited, truncated, produced by another version), so
-reading is strict: a wrong type is an error naming the field (racebench.results turns it into
-one line and exit 2), never a traceback deep inside a plot. Fields that older writers left out
-have defaults. Unknown keys are kept, so a newer writer's additions stay readable.
+Result files are data from outside (hand-edited, truncated, produced by another version),
+so reading is strict: a wrong type is an error naming the field (racebench.output.results
+turns it into one line and exit 2), never a traceback deep inside a plot. Fields that older
+writers left out have defaults. Unknown keys are kept, so a newer writer's additions stay
+readable.
 
 A leaf module (pydantic and the standard library only): the output layer imports it without
 the engine.
 
-How to add a field: declare it, with a default, on the section class it belongs to (one class
-per section: `RunEntry` for a run, `TrialEntry` for a trial, `LockFigures`, `Load`, ...), set
-it where the engine fills that section (racebench.verdict.summarize_run for a run), and read it
-as an attribute. An added field with a default keeps the version; renaming, removing or
-changing the meaning of a field bumps SCHEMA_VERSION and adds an upgrade to UPGRADES.
+How to add a field: declare it, with a default, on the section class it belongs to (one
+class per section: `RunEntry` for a run, `TrialEntry` for a trial, `LockFigures`, `Load`,
+...), set it where the analysis fills that section (racebench.analysis.verdict.summarize_run
+for a run), and read it as an attribute. An added field with a default keeps the version;
+renaming, removing or changing the meaning of a field bumps SCHEMA_VERSION and adds an
+upgrade to UPGRADES.
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ SampledOperation = Annotated[list[Number], Field(min_length=3, max_length=3)]
 
 
 class HistorySample(Section):
-    """A run's operation sample and completions per bucket (racebench.history_sample)."""
+    """A run's operation sample and completions per bucket (racebench.analysis.history_sample)."""
 
     outcomes: list[str]
     total_ops: int = Field(ge=0)
@@ -234,7 +236,8 @@ class HistorySample(Section):
 
 
 class Samples(Section):
-    """A trial's within-run samples (racebench.samples), the basis of compare's intervals."""
+    """A trial's within-run samples (racebench.analysis.samples): the basis of compare's
+    intervals."""
 
     bucket_ms: int = Field(gt=0)
     throughput_ops_s: list[float] = []
@@ -268,7 +271,7 @@ AGGREGATION = {
 class RunEntry(Section):
     """One run (one matrix cell) over all its trials: setup, figures, anomalies, verdict.
 
-    Written by racebench.verdict.summarize_run; only what every writer wrote is required.
+    Written by racebench.analysis.verdict.summarize_run; only what every writer wrote is required.
     """
 
     label: str

@@ -16,11 +16,11 @@ import yaml
 from junitparser import Failure, JUnitXml, Properties, Property, TestCase
 from rich.console import Console
 
-from racebench.compare import compare_results
-from racebench.gate_stats import block_bootstrap_medians, ratio_interval
-from racebench.render import results_table
-from racebench.results import read_result
-from racebench.samples import decode_histogram
+from racebench.analysis.gate_stats import block_bootstrap_medians, ratio_interval
+from racebench.analysis.samples import decode_histogram
+from racebench.output.compare import compare_results
+from racebench.output.render import results_table
+from racebench.output.results import read_result
 from tests.conftest import REPO, run_cli
 
 GOLDEN = REPO / "tests" / "golden"

@@ -14,8 +14,8 @@ import pytest
 
 from racebench import result_model
 from racebench.errors import ResultFileError
+from racebench.output.results import build_document, read_result, result_document, to_json
 from racebench.result_model import SCHEMA, ResultDocument, RunEntry
-from racebench.results import build_document, read_result, result_document, to_json
 from tests.conftest import REPO, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
