@@ -255,7 +255,8 @@ def result_document(path: object, document: object) -> ResultDocument:
     """A parsed JSON value as a result document (upgraded from an older version), checked
     field by field; errors as in `read_result`, naming `path`."""
     if not isinstance(document, dict):
-        raise ResultFileError(f"{path}: not a result file: a JSON {type(document).__name__}")
+        kind = _JSON_KINDS.get(type(document), type(document).__name__)
+        raise ResultFileError(f"{path}: not a result file: a JSON {kind}, not an object")
     try:
         model = ResultDocument.model_validate(upgraded(document))
     except ResultVersionError as exc:
@@ -273,6 +274,17 @@ def result_document(path: object, document: object) -> ResultDocument:
             )
         seen[run.label] = i
     return model
+
+
+# What json.loads gives, named as JSON names it.
+_JSON_KINDS: dict[type, str] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def _first_error(exc: ValidationError) -> str:
