@@ -35,7 +35,8 @@ SCHEMA_VERSION = 1
 SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
 
 # UPGRADES[n] turns a `racebench.result/n` document (a JSON mapping) into a /n+1 one; the
-# reader applies them in turn up to SCHEMA_VERSION. Version 1 is the first: none yet.
+# reader applies them in turn up to SCHEMA_VERSION, then the model checks the result, so an
+# upgrade must not assume the old document is well formed. Version 1 is the first: none yet.
 Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
 UPGRADES: dict[int, Upgrade] = {}
 
@@ -46,9 +47,12 @@ class ResultVersionError(ValueError):
 
 def schema_version(schema: object) -> int:
     """The version number in a `schema` field, e.g. 1 for `racebench.result/1`."""
-    match = re.fullmatch(re.escape(SCHEMA_PREFIX) + r"([1-9][0-9]{0,5})", str(schema))
-    if not isinstance(schema, str) or match is None:
-        raise ResultVersionError(f"schema is {schema!r}: not a racebench result file")
+    match = None
+    if isinstance(schema, str):
+        match = re.fullmatch(re.escape(SCHEMA_PREFIX) + r"([1-9][0-9]{0,5})", schema)
+    if match is None:
+        shown = repr(schema) if len(repr(schema)) <= 40 else repr(schema)[:39] + "…"
+        raise ResultVersionError(f"schema is {shown}: not a racebench result file")
     version = int(match.group(1))
     if version > SCHEMA_VERSION:
         raise ResultVersionError(
