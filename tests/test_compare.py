@@ -5,6 +5,7 @@ unusable input is exit 2 with one line."""
 from __future__ import annotations
 
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 
 from racebench.output.compare import compare_results
 from tests.conftest import REPO, run_cli
+from tests.race import until_shown
 
 # One label ("gate"), five short trials: too short for within-run buckets, so compare
 # decides from the per-trial figures (at least 3 per side).
@@ -59,16 +61,29 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         return dict(zip(variants, paths, strict=True))
 
 
-def test_same_code_passes(results: dict[str, Path]) -> None:
+def test_same_code_passes(results: dict[str, Path], tmp_path: Path) -> None:
     # Timings on this kind of machine differ by up to 2x between sessions; the gate's job
-    # here is to not cry wolf, so the allowed slowdown is set for such a runner.
-    result = run_cli(
-        "compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "50%"
-    )
+    # here is to not cry wolf, so the allowed slowdown is set for such a runner. On a loaded
+    # host five short trials a side may leave the speed undecided (exit 4, the honest
+    # answer): then both sides run again with more trials, bounded, until the gate decides.
+    # A false alarm (exit 1) fails at once, on any attempt.
+    def attempt(number: int) -> subprocess.CompletedProcess:
+        if number == 0:
+            baseline, same = results["baseline"], results["same"]
+        else:
+            more = {"trials": GATE["trials"] * 2**number}
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                baseline, same = pool.map(
+                    lambda name: _run(tmp_path, f"{name}{number}", **more), ("baseline", "same")
+                )
+        result = run_cli("compare", str(baseline), str(same), "--max-slowdown", "50%")
+        assert result.returncode != 1 and "REGRESSION" not in result.stdout, result.stdout
+        return result
+
+    result = until_shown(attempt, lambda result: result.returncode != 4, attempts=3)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "result: passed, no regression" in result.stdout
     assert "block bootstrap" in result.stdout and "per-trial figures" not in result.stderr
-    assert "REGRESSION" not in result.stdout
 
 
 def test_injected_slowdown_fails(results: dict[str, Path]) -> None:
@@ -128,7 +143,9 @@ def test_different_setup_warns(results: dict[str, Path], tmp_path: Path) -> None
     document["racebench_version"] = "9.0.0"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(document))
-    result = run_cli("compare", str(results["baseline"]), str(other), "--max-slowdown", "50%")
+    # Against its own figures, speed aside (short trials on a loaded host may leave it
+    # undecided, which test_same_code_passes covers): only the setup differs.
+    result = run_cli("compare", str(results["same"]), str(other), "--allow-undecided")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: different CPU count" in result.stderr and "candidate 64" in result.stderr
     assert "different sqlite (store) server version" in result.stderr
