@@ -167,7 +167,7 @@ def run(
     """
     from racebench.api import overrides_of, run_paths
     from racebench.engine.cluster import ClusterOptions
-    from racebench.output.render import progress_display, results_table
+    from racebench.output.render import anomaly_example_lines, progress_display, results_table
 
     try:
         if output is not None and len(scenarios) > 1:
@@ -200,6 +200,8 @@ def run(
     runs = [r.summary for o in outcomes for r in o.runs]
     if runs:
         stdout.print(results_table(runs, width=stdout.width))
+        for line in anomaly_example_lines(runs):
+            stdout.print(f"  e.g. {line}", markup=False, highlight=False)
     names = {str(path): specs[0].scenario.name for path, _, specs in loaded}
     _write_ci_outputs(outcomes, names, junit)
     for outcome in outcomes:

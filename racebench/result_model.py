@@ -239,6 +239,22 @@ class HistorySample(Section):
     completions: dict[str, list[int]]
 
 
+# [client, seq] of one operation.
+OperationId = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+class AnomalyExample(Section):
+    """One anomaly attributed to the operations that made it (racebench.workloads.attribution)."""
+
+    trial: int = Field(default=0, ge=0)
+    kind: str
+    text: str
+    ops: list[OperationId] = []
+    start_ms: float | None = None
+    end_ms: float | None = None
+    note: str = ""  # first / worst / last, for violations checked over time
+
+
 class Samples(Section):
     """A trial's within-run samples (racebench.analysis.samples): the basis of compare's
     intervals."""
@@ -312,6 +328,8 @@ class RunEntry(Section):
     faults_not_fired: list[UnfiredFault] = []
     timeline: Timeline | None = None
     history_sample: HistorySample | None = None
+    # The first anomalies with the operations involved (at most MAX_EXAMPLES, over trials).
+    anomaly_examples: list[AnomalyExample] = []
     trials: list[TrialEntry]
     evidence_missing: str | None = None
     verdict: str

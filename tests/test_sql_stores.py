@@ -240,7 +240,7 @@ def test_tables_are_dropped_after_a_failed_run(sql_store: dict, monkeypatch) -> 
     def fail(*args, **kwargs):
         raise RuntimeError("the run failed after setup")
 
-    monkeypatch.setattr(racebench.engine, "run_clients", fail)
+    monkeypatch.setattr(racebench.engine.trials, "run_clients", fail)
     with pytest.raises(RuntimeError):
         _run(sql_store, "withdraw", {"strategy": "none"})
     assert not ours(probe.leftovers())

@@ -7,12 +7,15 @@ drivers, which starts them in milliseconds instead of the seconds of spawn.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import pickle
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,32 @@ from racebench.protocol import (
 
 _READY_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 15.0
+_POLL_S = 0.0005  # how often a watched client's state is read
+
+
+@dataclass
+class LocalClientSignals:
+    """ClientSignals of clients in processes forked here: `pids[client]` runs it."""
+
+    pids: list[int]
+    probe: Probe
+
+    def signal(self, client: int, sig: int) -> int:
+        sent = time.monotonic_ns()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pids[client], sig)
+        return sent
+
+    def signal_when(
+        self, clients: list[int], state: str, sig: int, stopping: threading.Event
+    ) -> tuple[int, int] | None:
+        watched = getattr(self.probe, state)
+        while not stopping.is_set():
+            for client in clients:
+                if watched[client]:
+                    return client, self.signal(client, sig)
+            time.sleep(_POLL_S)
+        return None
 
 
 class LocalControl:
@@ -137,7 +166,7 @@ def run_clients(
                 assert proc.pid is not None  # started above
                 for c in spec.clients:
                     pids[c] = proc.pid
-            nemesis.start(pids, control.probe, t0)
+            nemesis.start(LocalClientSignals(pids, control.probe), control.probe, t0)
         while alive := [p.sentinel for p in procs if p.is_alive()]:
             mp_connection.wait(alive, timeout=0.1)
             if progress is not None:

@@ -21,7 +21,7 @@ from racebench.engine.cluster import ClusterOptions, check_transport, run_client
 from racebench.engine.runner import default_workers, run_clients
 from racebench.engine.worker import RateSpec
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
-from racebench.faults.nemesis import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.faults.nemesis import CLIENT_FAULTS, PROXY_FAULTS, FaultNemesis, ProxyRoutes
 from racebench.guards import (
     OpenedClient,
     Operation,
@@ -93,9 +93,11 @@ def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockServic
     return lock_class(guard.lock.service)(guard.lock, namespace, store.url)
 
 
-def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: int) -> str:
+def execution_model(
+    store_cls: type[Store], strategy: str, clients_per_worker: int, url: str | None = None
+) -> str:
     """`asyncio` when the store runs this strategy on the worker's loop, else `thread`."""
-    on_loop = strategy in store_cls.async_strategies
+    on_loop = strategy in store_cls.async_strategies and store_cls.loop_supports(url)
     many = clients_per_worker >= store_cls.async_from_clients_per_worker
     return "asyncio" if on_loop and many else "thread"
 
@@ -119,6 +121,11 @@ class ClientFactory:
     clients_per_worker: int = 1
     custom: CustomRun | None = None  # a user's own workload (template or plug-in)
 
+    @property
+    def connect_concurrency(self) -> int | None:
+        """How many clients a worker may connect at once (None: the worker's default)."""
+        return type(self.store).connect_concurrency
+
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
         s = self.spec.scenario
         options = ClientOptions(
@@ -131,14 +138,16 @@ class ClientFactory:
             lock_order=s.guard.lock_order,
         )
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
-        store = copy.copy(self.store)
-        lock_service = copy.copy(self.lock_service)
-        custom = copy.copy(self.custom)
+        # Only a rerouted client gets them: a worker opens thousands of clients.
+        store, lock_service, custom = self.store, self.lock_service, self.custom
         if url := self.proxy_urls.get(("store", client_id)):
+            store = copy.copy(store)
             store.url = url
             if custom is not None:
+                custom = copy.copy(custom)
                 custom.route_through(url)
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
+            lock_service = copy.copy(lock_service)
             lock_service.route_through(url)
         if custom is not None:
             # A user's workload runs its own blocking driver: always on a thread.
@@ -148,7 +157,7 @@ class ClientFactory:
         workload = s.workload
         assert not is_custom(workload)  # a custom workload was opened above
         plan = workload.plan()
-        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker, store.url)
         if s.workload.type in ROW_WORKLOADS:
             model = "thread"  # booking and transfer have no asyncio implementation
         if model == "asyncio":
@@ -160,7 +169,8 @@ class ClientFactory:
 
             assert isinstance(plan, CounterPlan | LedgerPlan)  # row workloads run on threads
             operation = build_async_operation(plan, s.guard.strategy, async_client)
-            return OpenedClient(operation, close_async)
+            fast = async_client.callback_loop(s.guard.strategy, plan)
+            return OpenedClient(operation, close_async, callback_loop=fast)
 
         def open_sync() -> tuple[Operation, Callable[[], dict[str, int]]]:
             client = store.connect(options)
@@ -232,8 +242,9 @@ def _records_dir() -> str | None:
 def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | None:
     """Where this run's workers go: the --cluster address, the scenario's, or None (here).
 
-    Refused before anything runs: faults (the nemesis watches and signals local processes
-    only), and credentials over clear text to another host.
+    Refused before anything runs: proxy faults (their proxies listen on this host's
+    loopback), a client fault on `client: any` with `when`, and credentials over clear
+    text to another host.
     """
     s = spec.scenario
     address = (clusters.address if clusters else None) or s.cluster
@@ -241,10 +252,22 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
         return None
     if clusters is None:
         raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
-    if s.faults:
-        raise ScenarioError(
-            spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
-        )
+    for i, fault in enumerate(s.faults):
+        if fault.kind in PROXY_FAULTS:
+            raise ScenarioError(
+                spec.source,
+                f"faults[{i}].kind",
+                f"{fault.kind} is not supported on a cluster: its proxy listens on this "
+                "host's loopback, out of the Dask workers' reach; run it locally",
+            )
+        if fault.kind in CLIENT_FAULTS and fault.when is not None and fault.client == "any":
+            # The client's own Dask worker watches it and signals it: watched on two hosts,
+            # two clients could be hit.
+            raise ScenarioError(
+                spec.source,
+                f"faults[{i}].client",
+                f"{fault.kind} with `when` on a cluster needs a numbered client, not any",
+            )
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
     urls += list(s.guard.lock.urls or []) if s.guard.lock else []
     check_transport(address, urls, clusters.insecure, spec.source)
@@ -309,6 +332,8 @@ def run_trial(
                 progress,
                 workers=workers,
                 rate=rate,
+                nemesis=nemesis,
+                own_processes=any(f.kind in CLIENT_FAULTS for f in s.faults),
             )
         else:
             result = run_clients(

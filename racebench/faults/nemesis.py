@@ -12,8 +12,6 @@ racebench.faults.server: the nemesis prepares them with the trial, fires them an
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import threading
 import time
@@ -30,7 +28,7 @@ from racebench.history import RunHistory
 if TYPE_CHECKING:
     from racebench.config.scenario import FaultConfig, RunSpec
     from racebench.locks.base import LockService
-    from racebench.protocol import Probe
+    from racebench.protocol import ClientSignals, Probe
     from racebench.stores.base import Store
 
 CLIENT_FAULTS = {"pause_client", "kill_client"}
@@ -38,6 +36,8 @@ LOCK_SERVER_FAULTS = {"kill_session", "lose_lock_state", "expire_early", "server
 PROXY_FAULTS = {"latency", "partition", "reset"}
 NEEDS_DURATION = {"pause_client", "latency", "partition", "server_pause"}
 _POLL_S = 0.0005
+# The signal that starts each client fault.
+_CLIENT_SIGNAL = {"pause_client": signal.SIGSTOP, "kill_client": signal.SIGKILL}
 
 
 def faults_supported_by(service: str) -> set[str]:
@@ -209,11 +209,11 @@ class FaultNemesis:
         self.lock_service = lock_service
         self.routes = routes
         self.events: list[dict[str, Any]] = []
-        self._ended_ns = 0  # set by a fault whose end is a moment inside _fire (SIGCONT)
+        # Set by a fault whose start or end is a moment inside the firing (a signal sent).
+        self._started_ns = self._ended_ns = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pids: list[int] = []
-        self._paused: set[int] = set()
+        self._paused: set[int] = set()  # clients stopped by a pause_client still going
         self._locked = spec.scenario.guard.strategy == "lock"
         # Found now, before the clients start: a missing server is a backend error (exit 3).
         attached: dict[str, ServerProcess] = {}
@@ -223,8 +223,10 @@ class FaultNemesis:
             if f.kind in SERVER_FAULTS
         }
 
-    def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None:
-        self._pids, self._probe, self._t0 = pids, probe, t0_ns
+    def start(self, clients: ClientSignals, probe: Probe, t0_ns: int) -> None:
+        """Start firing. `clients` reaches each client's process (here or on a Dask worker);
+        `probe` is what they are doing; `t0_ns` is when they started."""
+        self._clients, self._probe, self._t0 = clients, probe, t0_ns
         self._thread = threading.Thread(target=self._run, name="racebench-nemesis", daemon=True)
         self._thread.start()
 
@@ -234,8 +236,8 @@ class FaultNemesis:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for pid in list(self._paused):
-            self._signal(pid, signal.SIGCONT)
+        for client in list(self._paused):
+            self._signal(client, signal.SIGCONT)
         for proxy in self.routes.proxies.values():
             proxy.heal()
             proxy.clear_latency()
@@ -249,13 +251,31 @@ class FaultNemesis:
         if failures:
             raise failures[0]
 
-    def _signal(self, pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    def _signal(self, client: int, sig: int) -> int:
+        sent = self._clients.signal(client, sig)
+        self._track(client, sig)
+        return sent
+
+    def _track(self, client: int, sig: int) -> None:
         if sig == signal.SIGSTOP:
-            self._paused.add(pid)
+            self._paused.add(client)
         elif sig == signal.SIGCONT:
-            self._paused.discard(pid)
+            self._paused.discard(client)
+
+    def _signal_when(self, fault: FaultConfig) -> int | None:
+        """Signal the client the moment its state shows, from where it runs (a round trip to
+        another host could miss a short critical section); the client, or None when the run
+        ended first."""
+        assert fault.when is not None
+        count = len(self._probe.holding)
+        candidates = list(range(count)) if fault.client == "any" else [int(fault.client)]
+        sig = _CLIENT_SIGNAL[fault.kind]
+        fired = self._clients.signal_when(candidates, fault.when, sig, self._stopping)
+        if fired is None:
+            return None
+        client, self._started_ns = fired
+        self._track(client, sig)
+        return client
 
     def _wait_trigger(self, fault: FaultConfig) -> int | None:
         """Wait for the fault's trigger; the client it hits, or None when the run ended first."""
@@ -278,19 +298,21 @@ class FaultNemesis:
 
     def _run(self) -> None:
         for index, fault in enumerate(self.faults):
-            client = self._wait_trigger(fault)
+            self._started_ns = self._ended_ns = 0
+            signalled = fault.kind in _CLIENT_SIGNAL and fault.when is not None
+            client = self._signal_when(fault) if signalled else self._wait_trigger(fault)
             if client is None:
                 return
             start = time.monotonic_ns()
-            self._ended_ns = 0
             try:
                 server_fault = self._server_faults.get(index)
                 if server_fault is not None:
                     note = server_fault.fire(self._stopping.wait)
                 else:
-                    note = self._fire(fault, client)
+                    note = self._fire(fault, client, signalled)
             except Exception as exc:  # a fault that failed is reported, never fatal to the run
                 note = f"failed: {type(exc).__name__}: {exc}"
+            start = self._started_ns or start
             self.events.append(
                 {
                     "kind": fault.kind,
@@ -302,20 +324,23 @@ class FaultNemesis:
                 }
             )
 
-    def _fire(self, fault: FaultConfig, client: int) -> str:
-        pid = self._pids[client]
+    def _fire(self, fault: FaultConfig, client: int, signalled: bool = False) -> str:
+        """Fire `fault` at `client`; `signalled`: its first signal was sent already."""
         kind = fault.kind
         if kind == "pause_client":
-            self._signal(pid, signal.SIGSTOP)
-            self._hold(fault)
+            if not signalled:
+                self._started_ns = self._signal(client, signal.SIGSTOP)
+            assert fault.duration_ms is not None
+            until = self._started_ns + int(fault.duration_ms * 1e6)
+            self._stopping.wait(max(0.0, (until - time.monotonic_ns()) / 1e9))
             # The pause ends when SIGCONT is sent: a resumed client can finish its section
             # before this thread (on a busy host) gets to record the end.
-            self._ended_ns = time.monotonic_ns()
-            self._signal(pid, signal.SIGCONT)
+            self._ended_ns = self._signal(client, signal.SIGCONT)
             return f"SIGSTOP for {fault.duration_ms:g} ms"
         if kind == "kill_client":
-            holding = bool(self._probe.holding[client])
-            self._signal(pid, signal.SIGKILL)
+            holding = bool(self._probe.holding[client])  # a killed client's probe stays
+            if not signalled:
+                self._started_ns = self._signal(client, signal.SIGKILL)
             return "SIGKILL" + (" inside its critical section" if holding else "")
         service = self.lock_service
         if kind == "kill_session":

@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from racebench.history import Outcome
+from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.rows import RowPlan
+
+if TYPE_CHECKING:
+    from racebench.guards import CallbackLoop
 
 
 class StaleToken(Exception):
@@ -102,7 +105,16 @@ class Backoff:
 
 
 class StoreClient(ABC):
-    """One client's connection to the store, opened inside the client process."""
+    """One client's connection to the store, opened inside the client process.
+
+    `read_value` / `written_value`: what the current operation read and wrote, set by the
+    operation where it knows them and taken (then reset to NO_VALUE) into its history record
+    by `guards.as_operation`; attributes rather than return values, so that retries,
+    transactions and locks around the operation need not carry them.
+    """
+
+    read_value = NO_VALUE
+    written_value = NO_VALUE
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
@@ -144,10 +156,6 @@ class StoreClient(ABC):
         """Run one withdrawal under a store-native strategy."""
         raise NotImplementedError(strategy)
 
-    # Set by every booking or transfer operation: the sum a transfer reader saw, else 0. The
-    # history keeps it in the record's token field (fencing does not apply to these workloads).
-    row_value = 0
-
     def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
         """The unguarded booking or transfer operation (strategies `none` and `lock`), for the
         stores whose `workloads` include them."""
@@ -166,6 +174,7 @@ class StoreClient(ABC):
                     return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
                 return StepResult(outcome, attempt)
             except Conflict as conflict:
+                self.written_value = NO_VALUE  # that attempt's write did not stay
                 self.retry_codes[conflict.code] += 1
                 self.on_conflict()
                 if attempt < self.options.retries:
@@ -193,6 +202,9 @@ class AsyncStoreClient(ABC):
     native strategies through `step_for`; a lock-guarded run keeps the blocking client.
     """
 
+    read_value = NO_VALUE  # as on StoreClient
+    written_value = NO_VALUE
+
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.retry_codes: Counter[str] = Counter()
@@ -212,6 +224,7 @@ class AsyncStoreClient(ABC):
                     return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
                 return StepResult(outcome, attempt)
             except Conflict as conflict:
+                self.written_value = NO_VALUE
                 self.retry_codes[conflict.code] += 1
                 if attempt < options.retries and options.backoff_s > 0:
                     cap = min(options.max_backoff_s, options.backoff_s * (2**attempt))
@@ -241,6 +254,12 @@ class AsyncStoreClient(ABC):
         self, strategy: str, plan: CounterPlan | LedgerPlan
     ) -> Callable[[int], Awaitable[StepResult]]:
         """The coroutine function (seq -> StepResult) of a store-native strategy."""
+
+    def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
+        """A closed loop run from the driver's reply callbacks for this strategy's hot
+        command, when the store has one (racebench.guards.CallbackLoop); None: the worker
+        awaits `step_for`'s coroutine per operation."""
+        return None
 
     def classify(self, exc: BaseException) -> Outcome:
         """ERROR for a definite failure, UNKNOWN when the write may have happened."""
@@ -277,6 +296,8 @@ class Store(PluginInfo, ABC):
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.
     async_from_clients_per_worker: ClassVar[int] = 1
+    # Connections a worker opens at once, if fewer than its default (256) suit the server.
+    connect_concurrency: ClassVar[int | None] = None
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
@@ -289,6 +310,12 @@ class Store(PluginInfo, ABC):
         """(the server setting, how many more connections it accepts now), or None when the
         server has no such limit; read before a run so that it is refused up front."""
         return None
+
+    @classmethod
+    def loop_supports(cls, url: str | None) -> bool:
+        """Whether clients for `url` can run on the loop at all (a lean client that writes
+        on the bare socket cannot speak TLS: those clients then run on threads)."""
+        return True
 
     async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
         """Open one client's asyncio connection (for `async_strategies` only)."""

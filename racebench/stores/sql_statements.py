@@ -126,9 +126,11 @@ class SqlStatements(SqlStatementTexts, StoreClient):
     def _counter_cas(self, plan: CounterPlan) -> Outcome:
         """Compare-and-set on the version read; a miss is a Conflict, retried by the caller."""
         value, version = self._run(self.sql_read_versioned).fetchone()
+        self.read_value = value
         self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
         if self._run(self.sql_counter_cas, (value + plan.delta, version)).rowcount == 0:
             raise Conflict("version_changed")
+        self.written_value = value + plan.delta
         return Outcome.OK

@@ -121,12 +121,13 @@ class SqliteClient(RowOperations):
         # BEGIN IMMEDIATE takes the database's write lock before the read.
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            value = self.read_counter()
+            value = self.read_value = self.read_counter()
             self.pause()
             if plan.floor is not None and value + plan.delta < plan.floor:
                 outcome = Outcome.REJECTED
             else:
                 self.write_counter(value + plan.delta)
+                self.written_value = value + plan.delta
                 outcome = Outcome.OK
             self.conn.execute("COMMIT")
             return outcome
@@ -149,7 +150,7 @@ class SqliteClient(RowOperations):
     def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
         # The account row's version stands for the whole ledger (the aggregate root).
         version = self._scalar(f"SELECT version FROM {self.account} WHERE id = 1")
-        balance = self.read_balance()
+        balance = self.read_value = self.read_balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
@@ -158,6 +159,7 @@ class SqliteClient(RowOperations):
             if self._run(self.sql_account_cas, (version,)).rowcount == 0:
                 raise Conflict("version_changed")
             self._insert(-plan.amount, seq)
+            self.written_value = -plan.amount
             self.conn.execute("COMMIT")
             return Outcome.OK
         except BaseException:
@@ -167,11 +169,12 @@ class SqliteClient(RowOperations):
     def _ledger_exclusive(self, plan: LedgerPlan, seq: int) -> Outcome:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            balance = self.read_balance()
+            balance = self.read_value = self.read_balance()
             self.pause()
             outcome = Outcome.REJECTED
             if balance >= plan.amount:
                 self._insert(-plan.amount, seq)
+                self.written_value = -plan.amount
                 outcome = Outcome.OK
             self.conn.execute("COMMIT")
             return outcome

@@ -177,15 +177,40 @@ class ZookeeperClient(ZookeeperTransfer):
 
     A connection lost mid-request makes the operation's outcome unknown (the request may have
     been applied); kazoo reconnects in the background, and once the session has expired every
-    request fails with SessionExpiredError until a new session is established.
+    request fails with SessionExpiredError until a new session is established. kazoo would
+    retry a connection forever, and a request made meanwhile (an ensemble without quorum)
+    would wait as long: it gives up after the session timeout (the waiting request fails, its
+    outcome unknown), and the next request connects again, failing after CONNECT_TIMEOUT_S
+    while no member serves.
     """
 
     def __init__(self, hosts: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
-        self.zk = open_kazoo(hosts, "zookeeper store")
+        self._zk = self._open(hosts)
         self.paths = ZookeeperPaths(namespace)
         self.slot = f"{self.paths.slots}/{options.client_id}"
         self.accounts = self.paths.accounts
+
+    @staticmethod
+    def _open(hosts: str) -> KazooClient:
+        # Module constants read at each call: a test shortens them.
+        return open_kazoo(
+            hosts,
+            "zookeeper store",
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            session_timeout_s=SESSION_TIMEOUT_S,
+            reconnect_deadline_s=SESSION_TIMEOUT_S,
+        )
+
+    @property
+    def zk(self) -> KazooClient:
+        """The kazoo client, connected again if it gave up reconnecting."""
+        from kazoo.protocol.states import KeeperState
+
+        if self._zk.client_state == KeeperState.CLOSED:
+            self._zk.stop()
+            self._zk.start(timeout=CONNECT_TIMEOUT_S)  # KazooTimeoutError: an error
+        return self._zk
 
     def _register(self, token: int) -> None:
         from kazoo.exceptions import BadVersionError
@@ -266,7 +291,7 @@ class ZookeeperClient(ZookeeperTransfer):
         from kazoo.exceptions import BadVersionError
 
         data, stat = self.zk.get(self.paths.counter)
-        value = int(data)
+        value = self.read_value = int(data)
         self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
@@ -274,6 +299,7 @@ class ZookeeperClient(ZookeeperTransfer):
             self.zk.set(self.paths.counter, str(value + plan.delta).encode(), stat.version)
         except BadVersionError:
             raise Conflict("bad_version") from None
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
@@ -287,7 +313,7 @@ class ZookeeperClient(ZookeeperTransfer):
         # The version is read before the entries: a session's reads are in order, so the
         # entries seen include every withdrawal committed up to that version.
         version = self.zk.exists(self.paths.account).version
-        balance = self._balance()
+        balance = self.read_value = self._balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
@@ -301,6 +327,7 @@ class ZookeeperClient(ZookeeperTransfer):
         for result in results:
             if isinstance(result, Exception):
                 raise result
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def classify(self, exc: BaseException) -> Outcome:
@@ -312,7 +339,7 @@ class ZookeeperClient(ZookeeperTransfer):
         return super().classify(exc)
 
     def close(self) -> None:
-        close_kazoo(self.zk)
+        close_kazoo(self._zk)
 
 
 class ZookeeperStore(Store):

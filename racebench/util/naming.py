@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from racebench.result_model import FaultEntry, RunEntry, UnfiredFault
+    from racebench.result_model import AnomalyExample, FaultEntry, RunEntry, UnfiredFault
 
 SAFE = "safe"
 ANOMALIES = "ANOMALIES"
@@ -85,3 +85,24 @@ def client_bound_caption(runs: list[RunEntry]) -> str | None:
         if r.load is not None and r.load.client_bound
     ]
     return "\n".join(lines) or None
+
+
+def example_text(example: AnomalyExample, several_trials: bool = False) -> str:
+    """One attributed anomaly of a result file, as a reader sees it: its text, then when it
+    happened and its mark among violations checked over time (first, worst, last)."""
+    where = []
+    if example.end_ms is not None:
+        where.append(f"at {example.end_ms / 1000:.3f}s")
+    if several_trials:
+        where.append(f"trial {example.trial + 1}")
+    if example.note:
+        where.append(example.note)
+    return example.text + (f" [{', '.join(where)}]" if where else "")
+
+
+def anomaly_examples_summary(run: RunEntry, limit: int) -> tuple[list[str], int]:
+    """The first `limit` attributed anomalies of a run as text, and how many more the result
+    file lists."""
+    examples = run.anomaly_examples
+    several = len(run.trials) > 1
+    return [example_text(e, several) for e in examples[:limit]], max(0, len(examples) - limit)

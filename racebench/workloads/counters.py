@@ -15,6 +15,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from racebench.history import Outcome, RunHistory
+from racebench.workloads.attribution import (
+    MAX_EXAMPLES,
+    Example,
+    lost_updates,
+    missing_acknowledged,
+    write_skews,
+)
 
 if TYPE_CHECKING:
     from racebench.workloads.rows import RowPlan
@@ -71,10 +78,12 @@ class Invariant:
 
 @dataclass(frozen=True)
 class Check:
-    """The verdict material of one run: invariants and anomaly counts (0 when absent)."""
+    """The verdict material of one run: invariants, anomaly counts (0 when absent) and the
+    first anomalies attributed to the operations that made them (workloads.attribution)."""
 
     invariants: list[Invariant]
     anomalies: dict[str, int]
+    examples: list[Example] = field(default_factory=list)
 
 
 class _WorkloadModel(BaseModel):
@@ -138,7 +147,8 @@ class StockWorkload(_WorkloadModel):
                 + f", found {final.value}",
             ),
         ]
-        return Check(invariants, {"lost_updates": lost, "oversold_units": oversold})
+        examples = lost_updates(history) if lost or oversold else []
+        return Check(invariants, {"lost_updates": lost, "oversold_units": oversold}, examples)
 
 
 class WithdrawWorkload(_WorkloadModel):
@@ -185,7 +195,16 @@ class WithdrawWorkload(_WorkloadModel):
             "overdrawn_amount": max(0, -balance),
             "lost_withdrawals": missing,
         }
-        return Check(invariants, anomalies)
+        examples = []
+        if overdrafts:
+            rows = [(row.amount, row.client, row.seq) for row in final.rows]
+            deposits = next((i for i, row in enumerate(final.rows) if row.client >= 0), 0)
+            examples += write_skews(history, rows, deposits)
+        if missing:
+            examples += missing_acknowledged(
+                history, present, "lost_withdrawals", "ledger row", MAX_EXAMPLES - len(examples)
+            )
+        return Check(invariants, anomalies, examples)
 
 
 class LikesWorkload(_WorkloadModel):
@@ -215,7 +234,7 @@ class LikesWorkload(_WorkloadModel):
                 + f", found {final.value}",
             )
         ]
-        return Check(invariants, {"lost_updates": lost})
+        return Check(invariants, {"lost_updates": lost}, lost_updates(history) if lost else [])
 
 
 Workload = StockWorkload | WithdrawWorkload | LikesWorkload

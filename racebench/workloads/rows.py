@@ -18,7 +18,14 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from racebench.history import Outcome, RunHistory
+from racebench.history import NO_VALUE, Outcome, RunHistory
+from racebench.workloads.attribution import (
+    MAX_EXAMPLES,
+    Example,
+    missing_acknowledged,
+    over_time,
+    seats_booked_twice,
+)
 from racebench.workloads.counters import Check, FinalState, Invariant, _WorkloadModel
 
 
@@ -58,6 +65,28 @@ class TransferPlan:
 
 
 RowPlan = BookingPlan | TransferPlan
+
+# A transfer's (from, to, amount) in one history value: 20 bits per account id, the amount
+# above them. Accounts and amounts beyond that are not recorded (NO_VALUE).
+_ACCOUNT_BITS = 20
+_ACCOUNT_MASK = (1 << _ACCOUNT_BITS) - 1
+_MAX_PACKED_AMOUNT = 1 << 22
+
+
+def pack_transfer(source: int, target: int, amount: int) -> int:
+    """(from, to, amount) as one int64 for the history's `written` value."""
+    if max(source, target) > _ACCOUNT_MASK or amount >= _MAX_PACKED_AMOUNT:
+        return NO_VALUE
+    return (amount << (2 * _ACCOUNT_BITS)) | (source << _ACCOUNT_BITS) | target
+
+
+def transfer_parts(value: int) -> tuple[int, int, int]:
+    """(from, to, amount) of a value made by `pack_transfer`."""
+    return (
+        (value >> _ACCOUNT_BITS) & _ACCOUNT_MASK,
+        value & _ACCOUNT_MASK,
+        value >> (2 * _ACCOUNT_BITS),
+    )
 
 
 class BookingWorkload(_WorkloadModel):
@@ -105,7 +134,13 @@ class BookingWorkload(_WorkloadModel):
                 f"{len(acked)} acknowledged, {missing} missing",
             ),
         ]
-        return Check(invariants, {"double_bookings": double_bookings, "lost_bookings": missing})
+        examples = seats_booked_twice(history, final.bookings) if doubled else []
+        if missing:
+            examples += missing_acknowledged(
+                history, present, "lost_bookings", "booking", MAX_EXAMPLES - len(examples)
+            )
+        anomalies = {"double_bookings": double_bookings, "lost_bookings": missing}
+        return Check(invariants, anomalies, examples)
 
 
 @dataclass(frozen=True)
@@ -117,19 +152,33 @@ class BadRead:
     at_s: float  # when it started, from the first operation of the run
     total_read: int
 
+    start_ns: int
+    end_ns: int
+
     def describe(self, total: int) -> str:
         return (
             f"c{self.client}#{self.seq} at {self.at_s:.3f}s read {self.total_read} "
             f"({self.total_read - total:+d})"
         )
 
+    def example(self, total: int) -> Example:
+        return Example(
+            "read_skew",
+            f"c{self.client}#{self.seq} read a total of {self.total_read} "
+            f"({self.total_read - total:+d} against {total}) while transfers were in flight "
+            "(read skew)",
+            ((self.client, self.seq),),
+            self.start_ns,
+            self.end_ns,
+        )
+
 
 def bad_reads(history: RunHistory, readers: int, total: int) -> list[BadRead]:
-    """The readers' acknowledged sums (kept in the record's value field) that miss `total`,
-    in start order."""
+    """The readers' acknowledged sums (the record's `read` value) that miss `total`, in
+    start order."""
     r = history.records
-    read = (history.client < readers) & (r["outcome"] == Outcome.OK)
-    wrong = read & (r["token"] != total)
+    read = (history.client < readers) & (r["outcome"] == Outcome.OK) & (r["read"] != NO_VALUE)
+    wrong = read & (r["read"] != total)
     if not wrong.any():
         return []
     t0 = int(r["start"].min())
@@ -140,7 +189,9 @@ def bad_reads(history: RunHistory, readers: int, total: int) -> list[BadRead]:
             int(history.client[i]),
             int(history.seq[i]),
             (int(r["start"][i]) - t0) / 1e9,
-            int(r["token"][i]),
+            int(r["read"][i]),
+            int(r["start"][i]),
+            int(r["end"][i]),
         )
         for i in idx.tolist()
     ]
@@ -182,8 +233,11 @@ class TransferWorkload(_WorkloadModel):
             )
         )
         detail = f"{len(bad)} of {reads} reads summed to something else"
+        examples: list[Example] = []
         if bad:
-            worst = max(bad, key=lambda b: abs(b.total_read - self.total))
+            worst_at = max(range(len(bad)), key=lambda i: abs(bad[i].total_read - self.total))
+            worst = bad[worst_at]
+            examples = over_time([b.example(self.total) for b in bad], worst_at)
             detail += "; first " + bad[0].describe(self.total)
             detail += ", worst " + worst.describe(self.total)
             detail += ", last " + bad[-1].describe(self.total)
@@ -207,7 +261,7 @@ class TransferWorkload(_WorkloadModel):
             "negative_balances": negative,
             "read_skew": len(bad),
         }
-        return Check(invariants, anomalies)
+        return Check(invariants, anomalies, examples)
 
 
 ROW_WORKLOAD_TYPES: dict[str, type[_WorkloadModel]] = {

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any
 
-from racebench.history import Outcome, RunHistory
+from racebench.history import NO_VALUE, Outcome, RunHistory
 from racebench.stores.base import OK_STEP, ClientOptions, StepResult, StrategySpec
 from racebench.workloads.counters import Check
 
@@ -45,7 +45,14 @@ def generic_strategies(workload_type: str, claims_safe: bool) -> dict[str, Strat
 
 
 class CustomClient(ABC):
-    """One client's side of a custom workload, opened in the client process."""
+    """One client's side of a custom workload, opened in the client process.
+
+    A custom workload records no values unless its client sets `read_value` and
+    `written_value` during an operation (as the built-in stores do).
+    """
+
+    read_value = NO_VALUE
+    written_value = NO_VALUE
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
