@@ -54,6 +54,7 @@ def test_what_the_writer_wrote_reads_back_unchanged() -> None:
     document = read_result(WRITER_V1)
     assert document.to_dict() == raw  # no field lost, renamed or added on the way
     assert json.loads(to_json(document)) == raw
+    assert document.runs[0].anomaly_examples[0].ops  # the operations behind a lost update
     locked = document.runs[1]
     assert locked.strategy_label == "lock:file_lock+fencing"
     assert locked.lock is not None and locked.lock.acquisitions == 60
