@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from racebench.config.scenario import LockConfig
+from racebench.config.scenario import lock_config
 from racebench.guards import build_operation
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
@@ -164,7 +164,7 @@ def test_lock_service_times_out_and_hands_out_growing_tokens(
     postgres_url: str, mysql_url: str, service: str
 ) -> None:
     cls, url = (AdvisoryLock, postgres_url) if service == "advisory" else (GetLock, mysql_url)
-    config = LockConfig(service=service, url=url, acquire_timeout_ms=100)
+    config = lock_config({"service": service, "url": url, "acquire_timeout_ms": 100})
     namespace = unique_namespace("lock")
     lock = cls(config, namespace, None)
     lock.setup()

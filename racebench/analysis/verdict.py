@@ -413,7 +413,10 @@ def summarize_run(
         "strategy": s.guard.strategy,
         "lock_service": lock.service if s.guard.strategy == "lock" and lock else None,
         "fencing": s.guard.fencing,
-        "lease_renewal": bool(s.guard.strategy == "lock" and lock and lock.renew),
+        # Only a renewable lease's config has `renew` (racebench.locks.redis_lock).
+        "lease_renewal": bool(
+            s.guard.strategy == "lock" and lock and getattr(lock, "renew", False)
+        ),
         "clients": s.clients,
         "workers": trials[-1].load.get("workers"),
         "arrival": f"{s.rate:g}/s {s.arrival}" if s.rate is not None else "closed loop",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP
+
 # Keys of a scenario file that are not fields of one run: the matrix expands into runs.
 _MATRIX_SCHEMA = {
     "type": "object",
@@ -34,6 +36,11 @@ def scenario_json_schema() -> dict[str, Any]:
     schema["properties"]["matrix"] = _MATRIX_SCHEMA
     # `name` defaults to the file's stem when the file leaves it out.
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]
+    return _with_durations(schema)
+
+
+def _with_durations(schema: dict[str, Any]) -> dict[str, Any]:
+    """Say that the duration keys take `250ms`, `10s`...: pydantic sees their parsed float."""
     for model in [schema, *schema.get("$defs", {}).values()]:
         for key, prop in model.get("properties", {}).items():
             if key in _DURATION_KEYS:
@@ -124,7 +131,12 @@ def scenario_reference_markdown() -> str:
         "",
         "## Top level",
         "",
-        *_table(_rows(schema, schema, "")),
+        *_table(
+            [
+                [row[0], _UNION_KEYS.get(row[0], row[1]), *row[2:]]
+                for row in _rows(schema, schema, "")
+            ]
+        ),
     ]
     workload = schema["properties"]["workload"]
     for option in workload.get("oneOf", []):
@@ -134,8 +146,31 @@ def scenario_reference_markdown() -> str:
         if model.get("description"):
             lines += [model["description"].strip(), ""]
         lines += _table(_rows(schema, model, "workload."))
-    faults = schema["properties"].get("faults", {})
-    if "items" in faults:
-        lines += ["", "## faults[]", ""]
-        lines += _table(_rows(schema, _resolve(schema, faults["items"]), "faults[]."))
+    lines += _plugin_sections(LOCK_GROUP, "guard.lock")
+    lines += _plugin_sections(FAULT_GROUP, "faults[]")
     return "\n".join(lines) + "\n"
+
+
+# The union keys: their type cell points to the sections, one per plug-in.
+_UNION_KEYS = {
+    "`guard.lock`": "one of the `guard.lock: <service>` sections below",
+    "`faults`": "list of the `faults[]: <kind>` sections below",
+}
+
+
+def _plugin_sections(group: str, prefix: str) -> list[str]:
+    """A section per lock service or fault kind that racebench itself registers (the page
+    must not depend on what else is installed; `racebench schema` shows those too)."""
+    from racebench.config.scenario import plugin_models
+    from racebench.plugins.entry_points import origin
+
+    lines = []
+    for name, model in plugin_models(group).items():
+        if origin(group, name) != "racebench":
+            continue
+        schema = _with_durations(model.model_json_schema())
+        lines += ["", f"## {prefix}: `{name}`", ""]
+        if schema.get("description"):
+            lines += [" ".join(schema["description"].split()), ""]
+        lines += _table(_rows(schema, schema, f"{prefix}."))
+    return lines

@@ -21,7 +21,7 @@ from racebench.engine.cluster import ClusterOptions, check_transport, run_client
 from racebench.engine.runner import default_workers, run_clients
 from racebench.engine.worker import RateSpec
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
-from racebench.faults.nemesis import CLIENT_FAULTS, PROXY_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.faults.nemesis import FaultNemesis, ProxyRoutes, signals_clients
 from racebench.guards import (
     OpenedClient,
     Operation,
@@ -33,6 +33,7 @@ from racebench.history import RunHistory
 from racebench.locks.base import LockService
 from racebench.output.history_edn import EdnValue, write_jepsen_edn
 from racebench.output.results import build_document, default_path, new_file_mode, write_atomically
+from racebench.plugins.entry_points import fault_class
 from racebench.plugins.registry import (
     drivers_of,
     is_custom,
@@ -105,7 +106,7 @@ def execution_model(
 def effective_workers(scenario: Scenario) -> int:
     """Worker processes for a run. A fault aimed at one client's process (a SIGSTOP, a
     SIGKILL) must hit that client alone, as a stop-the-world pause would: one process each."""
-    if scenario.workers == "clients" or any(f.kind in CLIENT_FAULTS for f in scenario.faults):
+    if scenario.workers == "clients" or signals_clients(scenario):
         return scenario.clients
     return min(scenario.clients, scenario.workers or default_workers())
 
@@ -253,14 +254,15 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
     if clusters is None:
         raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
     for i, fault in enumerate(s.faults):
-        if fault.kind in PROXY_FAULTS:
+        kind = fault_class(fault.kind)
+        if kind.uses_proxy:
             raise ScenarioError(
                 spec.source,
                 f"faults[{i}].kind",
                 f"{fault.kind} is not supported on a cluster: its proxy listens on this "
                 "host's loopback, out of the Dask workers' reach; run it locally",
             )
-        if fault.kind in CLIENT_FAULTS and fault.when is not None and fault.client == "any":
+        if kind.signals_clients and fault.when is not None and fault.client == "any":
             # The client's own Dask worker watches it and signals it: watched on two hosts,
             # two clients could be hit.
             raise ScenarioError(
@@ -269,7 +271,8 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
                 f"{fault.kind} with `when` on a cluster needs a numbered client, not any",
             )
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
-    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    # redlock's config alone has a list of URLs (racebench.locks.redlock.RedlockConfig).
+    urls += list(getattr(s.guard.lock, "urls", None) or [])
     check_transport(address, urls, clusters.insecure, spec.source)
     return address
 
@@ -281,7 +284,8 @@ def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str,
     except BackendUnavailable as error:
         lock = spec.scenario.guard.lock
         field = "store.url"
-        if lock is not None and (lock.url or lock.urls):
+        urls = getattr(lock, "urls", None)  # redlock's own key
+        if lock is not None and (lock.url or urls):
             field = "guard.lock.url" if lock.url else "guard.lock.urls"
         raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
 
@@ -333,7 +337,7 @@ def run_trial(
                 workers=workers,
                 rate=rate,
                 nemesis=nemesis,
-                own_processes=any(f.kind in CLIENT_FAULTS for f in s.faults),
+                own_processes=signals_clients(s),
             )
         else:
             result = run_clients(
