@@ -8,7 +8,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.markup import escape
 from racebench import __version__
 from racebench.errors import ExitStatus, RacebenchError
 from racebench.util.redact import redact_text
+
+if TYPE_CHECKING:  # the CLI imports the model lazily: `racebench --help` stays fast
+    from racebench.result_model import RunEntry
 
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 200)
@@ -218,15 +221,13 @@ def run(
     for warning in _warmup_warnings(loaded, runs):
         stderr.print(f"warning: {warning}", markup=False, highlight=False)
     for r in runs:
-        for failure in r["expectation_failures"]:
-            stderr.print(
-                f"expectation failed: {r['label']}: {failure}", markup=False, highlight=False
-            )
+        for failure in r.expectation_failures:
+            stderr.print(f"expectation failed: {r.label}: {failure}", markup=False, highlight=False)
     # The exit code comes last, after every output is written: a CI job that fails on it
     # still has the result file, the JUnit XML and the summary that say why.
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
-    sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+    sys.exit(ExitStatus.OK if all(r.passed for r in runs) else ExitStatus.EXPECTATION_FAILED)
 
 
 def _append_step_summary(markdown: str) -> None:
@@ -254,7 +255,7 @@ def _write_ci_outputs(outcomes: list[Any], names: dict[str, str], junit: Path | 
             _append_step_summary(render_report(written, "markdown"))
 
 
-def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]:
+def _warmup_warnings(loaded: list[Any], runs: list[RunEntry]) -> list[str]:
     """Runs that ended inside their warmup: nothing was measured, so 0 ops/s means nothing.
 
     (A run with a duration is refused at validation when warmup >= duration; a run bounded
@@ -262,10 +263,10 @@ def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]
     """
     warmups = {spec.label: spec.scenario.warmup for _, _, specs in loaded for spec in specs}
     return [
-        f"{r['label']}: the run took {r['duration_s']:g}s, within its warmup of "
-        f"{warmups[r['label']]:g}s: no operation was measured (lower warmup or add operations)"
+        f"{r.label}: the run took {r.duration_s:g}s, within its warmup of "
+        f"{warmups[r.label]:g}s: no operation was measured (lower warmup or add operations)"
         for r in runs
-        if warmups.get(r["label"], 0) and r["duration_s"] <= warmups[r["label"]]
+        if warmups.get(r.label, 0) and r.duration_s <= warmups[r.label]
     ]
 
 

@@ -98,13 +98,14 @@ def server_for_plugin(request: pytest.FixtureRequest, cls: type) -> str | list[s
 
 
 def run_scenario_data(data: dict, source: str = "test.yaml") -> list[dict]:
-    """Validate and execute a scenario mapping in-process; return the run summaries."""
+    """Validate and execute a scenario mapping in-process; return the run summaries as the
+    result file has them (JSON mappings)."""
     from racebench.config.scenario import expand
     from racebench.engine.trials import Execution, ExecutionOptions, execute
 
     execution = Execution()
     execute(expand(data, source), ExecutionOptions(), execution)
-    return execution.runs
+    return [run.model_dump() for run in execution.runs]
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ def _write(path: Path, content: str) -> Path:
     [
         ("{broken", "not a JSON file"),
         ('{"schema": "racebench.result/2", "runs": []}', "this racebench reads"),
-        ('["a", "list"]', "schema is None"),
+        ('["a", "list"]', "not a result file: a JSON array, not an object"),
         ('{"schema": "racebench.result/1", "runs": []}', "no run label in common"),
     ],
 )

@@ -20,6 +20,7 @@ from racebench.analysis.gate_stats import block_bootstrap_medians, ratio_interva
 from racebench.analysis.samples import decode_histogram
 from racebench.output.compare import compare_results
 from racebench.output.render import results_table
+from racebench.output.results import read_result
 from tests.conftest import REPO, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
@@ -182,7 +183,7 @@ def test_github_step_summary_gets_marked_markdown(tmp_path: Path, timed: dict[st
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_table_never_cuts_verdict_strategy_or_run(width: int) -> None:
-    runs = json.loads((GOLDEN / "gc-pause.json").read_text())["runs"]
+    runs = read_result(GOLDEN / "gc-pause.json").runs
     console = Console(width=width, record=True, color_system=None)
     console.print(results_table(runs, width=width))
     text = console.export_text()

@@ -21,14 +21,15 @@ from rich.console import Console
 from racebench.config.scenario import expand, load, load_raw
 from racebench.errors import OutputPathError, ResultFileError, ScenarioError
 from racebench.output.render import results_table
-from racebench.output.result_schema import validated_document
 from racebench.output.results import (
     check_output_dir,
     check_output_file,
     default_path,
     file_stem,
+    result_document,
     write_text_atomically,
 )
+from racebench.result_model import RunEntry
 from racebench.util.redact import redact, redact_text
 from tests.conftest import REPO, run_cli
 
@@ -457,7 +458,7 @@ def test_wrong_typed_result_fields_name_the_field(mutate, field: str) -> None:
     document = json.loads(GOLDEN.read_text())
     mutate(document)
     with pytest.raises(ResultFileError, match=f"^r.json: {re.escape(field)}"):
-        validated_document("r.json", document)
+        result_document("r.json", document)
 
 
 def test_wrong_typed_result_is_one_line_for_report_and_compare(tmp_path: Path) -> None:
@@ -479,9 +480,10 @@ def test_emulated_faults_and_user_strings_survive_rich_markup() -> None:
     run["faults"][0]["note"] = "emulated: a lock service cannot lose state"
     run["workload"] = "[bold]stock"
     console = Console(record=True, width=300)
-    console.print(results_table([run], title="[red]title"))
+    entry = RunEntry.model_validate(run)
+    console.print(results_table([entry], title="[red]title"))
     # Without a title of its own, the table's title names the workload and backend.
-    console.print(results_table([run]))
+    console.print(results_table([entry]))
     text = console.export_text()
     assert "[emulated]" in text and "[bold]stock" in text and "[red]title" in text
 

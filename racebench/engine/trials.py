@@ -42,6 +42,7 @@ from racebench.plugins.registry import (
     store_class,
 )
 from racebench.protocol import Probe, ProgressCallback, RunnerResult
+from racebench.result_model import RunEntry
 from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.util.interrupts import first_interrupt_only
 from racebench.util.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
@@ -67,7 +68,7 @@ class ExecutionOptions:
 class Execution:
     """What `execute` produced: one summary per run, and whether Ctrl-C cut it short."""
 
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunEntry] = field(default_factory=list)
     interrupted: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -461,7 +462,7 @@ class FileOutcome:
     """One scenario file's runs and where its result document was written."""
 
     source: str
-    runs: list[dict[str, Any]]
+    runs: list[RunEntry]
     result_path: Path | None  # None: the caller asked for no result file (the Python API)
     interrupted: bool
 
