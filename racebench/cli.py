@@ -627,24 +627,35 @@ def _interrupt_once() -> None:
         signal.signal(sig, on_signal)
 
 
+def run_command(args: list[str]) -> int:
+    """Run one racebench command line (without the program name) and return its exit code.
+
+    The console script's whole behaviour short of its signal handling: errors are one line
+    on stderr, never a traceback. Tests call it in-process to spare a Python start-up.
+    """
+    debug = "--debug" in args
+    try:
+        status = cli.main(args=args, prog_name="racebench", standalone_mode=False)
+    except SystemExit as exit_:  # the commands end with sys.exit(status)
+        return ExitStatus.OK if exit_.code is None else int(exit_.code)
+    except click.exceptions.Abort:
+        stderr.print("racebench: interrupted")
+        return ExitStatus.INTERRUPTED
+    except click.ClickException as error:
+        error.show()
+        return ExitStatus.USAGE
+    except KeyboardInterrupt:
+        stderr.print("racebench: interrupted")
+        return ExitStatus.INTERRUPTED
+    except Exception as error:  # the last line of defence: one line, no traceback
+        return _fail(error, debug)
+    return status if isinstance(status, int) else ExitStatus.OK
+
+
 def main() -> None:
     """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
     _interrupt_once()
-    debug = "--debug" in sys.argv[1:]
-    try:
-        status = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        stderr.print("racebench: interrupted")
-        sys.exit(ExitStatus.INTERRUPTED)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(ExitStatus.USAGE)
-    except KeyboardInterrupt:
-        stderr.print("racebench: interrupted")
-        sys.exit(ExitStatus.INTERRUPTED)
-    except Exception as error:  # the last line of defence: one line, no traceback
-        sys.exit(_fail(error, debug))
-    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
+    sys.exit(run_command(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import racebench
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process
 from tests.race import ATTEMPTS, until_shown
 
 EXAMPLES = REPO / "examples"
@@ -162,7 +162,7 @@ def test_sql_template_under_a_lock_with_fencing_binds_the_token(tmp_path: Path) 
 
 
 def _cli_error(path: Path) -> str:
-    result = run_cli("run", str(path), "-q", "--results-dir", str(path.parent / "results"))
+    result = cli_in_process("run", str(path), "-q", "--results-dir", str(path.parent / "results"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -212,7 +212,7 @@ def test_an_unknown_workload_type_names_the_plugin_forms(write_scenario) -> None
 
 
 def test_list_shows_plugins_and_their_package(checkout_plugin: str) -> None:
-    result = run_cli("list")
+    result = cli_in_process("list")
     assert result.returncode == 0, result.stderr
     assert "racebench_checkout:Checkout" in result.stdout
     assert "racebench-checkout" in result.stdout

@@ -21,7 +21,11 @@ def test_doctor_prints_versions_of_every_server_a_scenario_needs(
         {"service": "advisory", "url": postgres_url},
     )
     result = run_cli("doctor", pg, my, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # 1 only for leftovers of dead runs: another suite beside this one may have killed a run
+    # (test_crash_cleanup does) and not cleaned up yet. This test is about the servers.
+    assert result.returncode == 0 or (
+        result.returncode == 1 and "leftover(s) of dead runs" in result.stderr
+    ), result.stdout + result.stderr
     assert "PostgreSQL" in result.stdout
     assert "MariaDB" in result.stdout or "mysql" in result.stdout
     assert "advisory" in result.stdout

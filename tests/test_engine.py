@@ -16,7 +16,7 @@ import pytest
 from racebench.runner import RunnerResult
 from racebench.verdict import load_figures
 from racebench.worker import WorkerOutput
-from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.conftest import REPO, cli_in_process, run_cli, run_scenario_data
 from tests.race import until_shown
 
 LIKES_NONE = {
@@ -261,14 +261,14 @@ def test_cli_workers_and_rate_flags_drive_an_open_loop(tmp_path: Path, write_sce
     ],
 )
 def test_bad_engine_settings_are_refused_with_one_line(write_scenario, changes, problem) -> None:
-    done = run_cli("run", str(write_scenario({**LIKES_NONE, **changes})))
+    done = cli_in_process("run", str(write_scenario({**LIKES_NONE, **changes})))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert problem in line
 
 
 def test_list_says_how_each_backend_runs_its_clients() -> None:
-    done = run_cli("list")
+    done = cli_in_process("list")
     assert done.returncode == 0
     assert "asyncio, lean RESP over hiredis" in done.stdout
     assert "a thread per client (blocking driver)" in done.stdout
