@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.processes import alive, start_run, wait_for_clients
+from tests.processes import alive, killing_and_cleaning_alone, start_run, wait_for_clients
 
 # (store backend, lock service): together they leave every kind of server object.
 SETUPS = [
@@ -22,6 +23,14 @@ SETUPS = [
     ("mysql", "get_lock"),  # tables, the lock's fence table
     ("sqlite", "file_lock"),  # a temporary database directory, a lock file
 ]
+
+
+@pytest.fixture(autouse=True)
+def _alone() -> Iterator[None]:
+    """No second copy of the suite may `clean` while this test's dead run is being looked
+    at (its doctor would miss what the other's clean removed)."""
+    with killing_and_cleaning_alone():
+        yield
 
 
 @pytest.mark.parametrize(("backend", "service"), SETUPS)

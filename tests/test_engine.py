@@ -17,6 +17,7 @@ from racebench.runner import RunnerResult
 from racebench.verdict import load_figures
 from racebench.worker import WorkerOutput
 from tests.conftest import REPO, cli_in_process, run_cli, run_scenario_data
+from tests.processes import killing_and_cleaning_alone
 from tests.race import until_shown
 
 LIKES_NONE = {
@@ -201,6 +202,12 @@ def _children(pid: int) -> list[int]:
 
 
 def test_workers_die_with_their_parent(tmp_path: Path, write_scenario) -> None:
+    # Its `clean` would remove the dead run of a crash test in a second copy of the suite.
+    with killing_and_cleaning_alone():
+        _workers_die_with_their_parent(tmp_path, write_scenario)
+
+
+def _workers_die_with_their_parent(tmp_path: Path, write_scenario) -> None:
     # The killed parent cannot tear down: its SQLite file stays in tmp_path.
     store = {"backend": "sqlite", "url": str(tmp_path / "data.db")}
     scenario = {**LIKES_NONE, "store": store, "clients": 2, "workers": 2, "duration": "60s"}
