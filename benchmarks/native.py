@@ -27,8 +27,8 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from racebench.engine import Execution, ExecutionOptions, execute, make_store
-from racebench.scenario import expand
+from racebench.config.scenario import expand
+from racebench.engine.trials import Execution, ExecutionOptions, execute, make_store
 
 URLS = {
     "redis": "redis://127.0.0.1:6379/0",

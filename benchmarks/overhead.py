@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from racebench.engine import Execution, ExecutionOptions, execute, make_store
-from racebench.scenario import expand
+from racebench.config.scenario import expand
+from racebench.engine.trials import Execution, ExecutionOptions, execute, make_store
 
 
 def _scenario(backend: str, strategy: str, clients: int, operations: int, url: str | None) -> dict:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from racebench.cluster import ClusterOptions
-    from racebench.engine import ProgressFactory
+    from racebench.engine.cluster import ClusterOptions
+    from racebench.engine.trials import ProgressFactory
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class RunResult:
     @property
     def safe(self) -> bool:
         """The strategy claims safety and the run showed no anomaly (verdict `safe`)."""
-        from racebench.naming import SAFE
+        from racebench.util.naming import SAFE
 
         return self.verdict == SAFE
 
@@ -82,7 +82,7 @@ class RunResult:
 
     def explain(self) -> str:
         """A few lines saying what happened and why the verdict is what it is."""
-        from racebench.naming import NOT_REPRODUCED, UNEXPECTED
+        from racebench.util.naming import NOT_REPRODUCED, UNEXPECTED
 
         ops = self.operations
         lines = [
@@ -178,7 +178,7 @@ def load(
     scenario: str | Path | Mapping[str, Any], overrides: dict[str, Any]
 ) -> tuple[Path, dict[str, Any], list[Any]]:
     """A scenario file or mapping, validated and expanded into runs."""
-    from racebench.scenario import expand, load_raw
+    from racebench.config.scenario import expand, load_raw
 
     if isinstance(scenario, Mapping):
         raw = copy.deepcopy(dict(scenario))
@@ -201,7 +201,7 @@ def run_paths(
     clusters: ClusterOptions | None = None,
 ) -> list[Result]:
     """Run loaded scenarios in order; one Result per scenario (the CLI's `run`)."""
-    from racebench.engine import run_files  # the engine's imports wait until something runs
+    from racebench.engine.trials import run_files  # the engine's imports wait until something runs
 
     outcomes = run_files(
         loaded,

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from racebench import __version__
 from racebench.errors import ExitStatus, RacebenchError
-from racebench.redact import redact_text
+from racebench.util.redact import redact_text
 
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 200)
@@ -163,8 +163,8 @@ def run(
     logs). With $GITHUB_STEP_SUMMARY set, a markdown report is appended to that file.
     """
     from racebench.api import overrides_of, run_paths
-    from racebench.cluster import ClusterOptions
-    from racebench.render import progress_display, results_table
+    from racebench.engine.cluster import ClusterOptions
+    from racebench.output.render import progress_display, results_table
 
     try:
         if output is not None and len(scenarios) > 1:
@@ -228,9 +228,9 @@ def _append_step_summary(markdown: str) -> None:
 def _write_ci_outputs(outcomes: list[Any], names: dict[str, str], junit: Path | None) -> None:
     """JUnit XML (--junit) and the GitHub step summary of a finished `run`; `names` maps
     each scenario file to its scenario name (the testcases' classname)."""
-    from racebench.junit import runs_junit
-    from racebench.report import render_report
-    from racebench.results import write_text_atomically
+    from racebench.output.junit import runs_junit
+    from racebench.output.report import render_report
+    from racebench.output.results import write_text_atomically
 
     if junit is not None:
         files = [(names[o.source], [r.summary for r in o.runs]) for o in outcomes]
@@ -259,7 +259,7 @@ def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]
 
 def _check_run_outputs(output: Path | None, results_dir: Path, history: Path | None) -> None:
     """Every path a run writes, checked before anything runs: a run is not lost at the end."""
-    from racebench.results import check_output_dir, check_output_file
+    from racebench.output.results import check_output_dir, check_output_file
 
     if output is not None:
         check_output_file(output, "--output")
@@ -295,7 +295,7 @@ def validate(obj: _Context, scenarios: tuple[Path, ...]) -> None:
 )
 def schema(fmt: str) -> None:
     """Print the scenario file's JSON Schema, or the scenario reference generated from it."""
-    from racebench.schema import scenario_json_schema, scenario_reference_markdown
+    from racebench.config.schema import scenario_json_schema, scenario_reference_markdown
 
     if fmt == "markdown":
         click.echo(scenario_reference_markdown(), nl=False)
@@ -307,7 +307,7 @@ def schema(fmt: str) -> None:
 def list_command() -> None:
     """List workloads (with installed plug-ins and their packages), backends, strategies and
     lock services, and which combine. Exit 2 if a plug-in cannot be loaded."""
-    from racebench.catalog import catalog_tables, plugin_table
+    from racebench.plugins.catalog import catalog_tables, plugin_table
 
     tables, broken = catalog_tables()
     for table in tables:
@@ -353,10 +353,10 @@ def doctor(
     """
     from rich.table import Table
 
-    from racebench.cluster import ClusterOptions
     from racebench.doctor import check_servers
+    from racebench.engine.cluster import ClusterOptions
     from racebench.leftovers import describe, survey
-    from racebench.ownership import Owner
+    from racebench.util.ownership import Owner
 
     clusters = ClusterOptions(cluster)
     try:
@@ -441,7 +441,7 @@ def clean(
 
 
 def _check_report_output(output: Path | None) -> None:
-    from racebench.results import check_output_file
+    from racebench.output.results import check_output_file
 
     if output is not None:
         check_output_file(output, "--output")
@@ -452,7 +452,7 @@ def _emit(text: str, output: Path | None) -> None:
 
     Result files are redacted when written, but a report may be given a hand-made one.
     """
-    from racebench.results import write_text_atomically
+    from racebench.output.results import write_text_atomically
 
     text = redact_text(text)
 
@@ -478,7 +478,7 @@ def _emit(text: str, output: Path | None) -> None:
 def report(obj: _Context, results: tuple[Path, ...], fmt: str, output: Path | None) -> None:
     """Report result files: tables per workload (markdown); per scenario, with plots over
     clients and per run over time (html, see docs/reports.md)."""
-    from racebench.report import render_report
+    from racebench.output.report import render_report
 
     try:
         _check_report_output(output)
@@ -550,8 +550,8 @@ def compare(
     acknowledged operations to show the race). With $GITHUB_STEP_SUMMARY set, the github
     format is appended to that file.
     """
-    from racebench.compare import compare_results
-    from racebench.compare_render import render_comparison
+    from racebench.output.compare import compare_results
+    from racebench.output.compare_render import render_comparison
 
     try:
         _check_report_output(output)
@@ -613,7 +613,7 @@ def _interrupt_once() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt once for the whole command; later ones are
     ignored. A late Ctrl-C (after a run saved its partial result) must not kill the process
     by the signal (exit -2) instead of ending it with exit 130."""
-    from racebench.interrupts import was_interrupted
+    from racebench.util.interrupts import was_interrupted
 
     received = 0
 

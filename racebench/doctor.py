@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from racebench.errors import RacebenchError
 from racebench.locks.base import LockService
-from racebench.ownership import new_namespace
-from racebench.redact import redact_text
 from racebench.stores.base import Store
+from racebench.util.ownership import new_namespace
+from racebench.util.redact import redact_text
 
 if TYPE_CHECKING:
-    from racebench.cluster import ClusterSession
+    from racebench.engine.cluster import ClusterSession
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ EMBEDDED = "embedded, no server needed"
 
 
 def _from_scenarios(paths: list[Path]) -> Iterator[Target]:
-    from racebench.engine import make_lock_service, make_store
-    from racebench.registry import store_class
-    from racebench.scenario import load
+    from racebench.config.scenario import load
+    from racebench.engine.trials import make_lock_service, make_store
+    from racebench.plugins.registry import store_class
 
     for path in paths:
         for spec in load(path):
@@ -65,8 +65,8 @@ def _from_scenarios(paths: list[Path]) -> Iterator[Target]:
 
 
 def _defaults() -> Iterator[Target]:
-    from racebench.registry import lock_class, lock_names, store_class, store_names
-    from racebench.scenario import LockConfig
+    from racebench.config.scenario import LockConfig
+    from racebench.plugins.registry import lock_class, lock_names, store_class, store_names
 
     for backend in store_names():
         cls = store_class(backend)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
-from racebench.redact import redact_text
 from racebench.stores.base import (
     ALL_WORKLOADS,
     OK_STEP,
@@ -29,12 +28,13 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
-from racebench.workloads import CounterPlan, LedgerPlan, Plan
-from racebench.workloads_rows import BookingPlan, TransferPlan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, LedgerPlan, Plan
+from racebench.workloads.rows import BookingPlan, TransferPlan
 
 if TYPE_CHECKING:
     from racebench.locks.base import LockClient
-    from racebench.runner import Probe
+    from racebench.protocol import Probe
     from racebench.stores.base import AsyncStoreClient
 
 # outcome, retries, critical section start, end, fencing token, error message or None

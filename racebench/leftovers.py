@@ -2,7 +2,7 @@
 them for `racebench doctor`, remove them for `racebench clean`.
 
 Each store and lock service lists racebench's objects on its server (`leftovers()`), and
-racebench.ownership groups them by namespace and tells whose they are. Removal goes through
+racebench.util.ownership groups them by namespace and tells whose they are. Removal goes through
 the same code that tears a run down, one namespace at a time, so it touches nothing but
 racebench's own namespaced objects. A namespace whose owner still runs is never removed; one
 whose owner cannot be checked (another host, an older racebench) only with `any_owner`.
@@ -18,9 +18,9 @@ from pathlib import Path
 from racebench.doctor import targets
 from racebench.errors import RacebenchError
 from racebench.locks.base import LockService
-from racebench.ownership import Leftover, Owner, group_by_namespace, temporary_leftovers
-from racebench.redact import redact_text
 from racebench.stores.base import Store
+from racebench.util.ownership import Leftover, Owner, group_by_namespace, temporary_leftovers
+from racebench.util.redact import redact_text
 
 
 @dataclass

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,25 @@ import yaml
 pytest_plugins = ["tests.server_fixtures", "pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
+_SESSION_PID = os.getpid()
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the suite like Ctrl-C: fixtures tear down and the private servers stop.
+
+    By default SIGTERM ends Python without running finalizers or atexit hooks, which left
+    the suite's private Redis and ZooKeeper servers running (e.g. after `timeout`). A process
+    forked from the test process keeps the default behaviour.
+    """
+    if os.getpid() != _SESSION_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def run_cli(
@@ -108,8 +128,8 @@ def server_for_plugin(request: pytest.FixtureRequest, cls: type) -> str | list[s
 
 def run_scenario_data(data: dict, source: str = "test.yaml") -> list[dict]:
     """Validate and execute a scenario mapping in-process; return the run summaries."""
-    from racebench.engine import Execution, ExecutionOptions, execute
-    from racebench.scenario import expand
+    from racebench.config.scenario import expand
+    from racebench.engine.trials import Execution, ExecutionOptions, execute
 
     execution = Execution()
     execute(expand(data, source), ExecutionOptions(), execution)
@@ -122,7 +142,7 @@ def store_for(request):
     server the store declares (registry -> `test_server`)."""
 
     def make(backend: str) -> dict:
-        from racebench.registry import store_class
+        from racebench.plugins.registry import store_class
 
         value = server_for_plugin(request, store_class(backend))
         if value is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from racebench.analysis.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED, decide_verdict
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
-from racebench.verdict import ANOMALIES, NOT_REPRODUCED, SAFE, UNEXPECTED, decide_verdict
-from racebench.workloads import (
+from racebench.workloads.counters import (
     FinalState,
     LedgerRow,
     LikesWorkload,

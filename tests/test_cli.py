@@ -207,7 +207,7 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
 
 
 def test_list_shows_every_registered_strategy() -> None:
-    from racebench.registry import lock_names, store_names, strategies_for
+    from racebench.plugins.registry import lock_names, store_names, strategies_for
 
     proc = cli_in_process("list")
     assert proc.returncode == 0, proc.stderr

@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from racebench.cluster import (
+from racebench.config.scenario import expand
+from racebench.engine.cluster import (
     SKEW_VARIABLE,
     ClusterOptions,
     count_overlaps_across_hosts,
 )
-from racebench.engine import Execution, ExecutionOptions, execute
-from racebench.scenario import expand
+from racebench.engine.trials import Execution, ExecutionOptions, execute
 from tests.conftest import run_cli
 from tests.race import until_shown
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from racebench.compare import compare_results
+from racebench.output.compare import compare_results
 from tests.conftest import REPO, cli_in_process, run_cli
 
 # One label ("gate"), five short trials: too short for within-run buckets, so compare

@@ -149,3 +149,41 @@ def test_clean_keeps_the_objects_of_a_run_that_is_still_going(
     assert run["verdict"] == "safe", run  # its final state was still there to check
     assert not list(client.scan_iter(match=f"racebench:{owner}*"))  # its own teardown
     client.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"])
+def test_clean_drops_a_dead_runs_sql_template_tables(
+    backend: str, tmp_path: Path, write_scenario, request: pytest.FixtureRequest
+) -> None:
+    """A SQL template's `{{table:x}}` tables are `<namespace>_x`: clean drops them too."""
+    import subprocess
+    import sys
+
+    from racebench.util.ownership import host_tag
+    from racebench.workloads.custom.sql_dialects import DIALECTS
+
+    url = request.getfixturevalue(f"{backend}_url")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no process has any more: the owner of the tables is dead
+    namespace = f"racebench_p{dead.pid}h{host_tag()}_0badcafe"
+    table = f"{namespace}_my_template_table"
+    conn = DIALECTS[backend]().open(url)
+    try:
+        conn.cursor().execute(f"CREATE TABLE {table} (seat INT)")
+        path = write_scenario(
+            {
+                "name": "template-leftover",
+                "workload": {"type": "stock"},
+                "store": {"backend": backend, "url": url},
+                "guard": {"strategy": "none"},
+            }
+        )
+        cleaned = run_cli("clean", str(path), "--dir", str(tmp_path))
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert namespace in cleaned.stdout, cleaned.stdout
+        cur = conn.cursor()
+        cur.execute(f"SELECT count(*) FROM information_schema.tables WHERE table_name = '{table}'")
+        assert cur.fetchone()[0] == 0, f"{table} was not dropped"
+    finally:
+        conn.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+        conn.close()

@@ -291,8 +291,8 @@ def _limiter(**workload: Any) -> dict[str, Any]:
     ],
 )
 def test_template_mistakes_name_their_place(data: dict, field: str, problem: str) -> None:
+    from racebench.config.scenario import expand
     from racebench.errors import ScenarioError
-    from racebench.scenario import expand
 
     with pytest.raises(ScenarioError) as caught:
         expand(data, "t.yaml")

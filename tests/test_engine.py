@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from racebench.runner import RunnerResult
-from racebench.verdict import load_figures
-from racebench.worker import WorkerOutput
+from racebench.analysis.verdict import load_figures
+from racebench.engine.worker import WorkerOutput
+from racebench.protocol import RunnerResult
 from tests.conftest import REPO, cli_in_process, run_cli, run_scenario_data
 from tests.processes import killing_and_cleaning_alone
 from tests.race import until_shown
@@ -64,7 +64,7 @@ def test_atomic_redis_on_the_event_loop_loses_nothing(redis_url: str) -> None:
 @pytest.mark.parametrize("workload", ["stock", "withdraw"])
 def test_postgres_on_the_event_loop_keeps_its_claims(postgres_url: str, workload: str) -> None:
     """40 clients on one worker: psycopg's AsyncConnection path (racebench list says when)."""
-    from racebench.engine import execution_model
+    from racebench.engine.trials import execution_model
     from racebench.stores.postgres import PostgresStore
 
     assert execution_model(PostgresStore, "atomic", 40) == "asyncio"
@@ -112,10 +112,10 @@ def test_a_client_fault_runs_every_client_in_its_own_process() -> None:
 
 def test_worker_specs_pickle(tmp_path: Path) -> None:
     """The worker unit can travel to another process or host (issue 15)."""
-    from racebench.engine import ClientFactory, make_store
-    from racebench.runner import plan_workers
-    from racebench.scenario import expand
-    from racebench.worker import RateSpec
+    from racebench.config.scenario import expand
+    from racebench.engine.runner import plan_workers
+    from racebench.engine.trials import ClientFactory, make_store
+    from racebench.engine.worker import RateSpec
 
     [spec] = expand({**LIKES_NONE, "store": {"backend": "redis"}, "clients": 5}, "t.yaml")
     factory = ClientFactory(spec, make_store(spec, "ns"), None, {})
@@ -234,7 +234,8 @@ def _workers_die_with_their_parent(tmp_path: Path, write_scenario) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-        # The killed run's temporary files (racebench.leftovers), so that no later test sees them.
+        # The killed run's temporary files (racebench.leftovers), so that no later test
+        # sees them.
         run_cli("clean", str(path), "--dir", str(path.parent))
 
 
@@ -280,3 +281,24 @@ def test_list_says_how_each_backend_runs_its_clients() -> None:
     assert "asyncio, lean RESP over hiredis" in done.stdout
     assert "a thread per client (blocking driver)" in done.stdout
     assert os.linesep in done.stdout
+
+
+def test_a_failing_teardown_never_masks_the_trials_own_error() -> None:
+    from racebench.engine.trials import _tear_down
+
+    ran: list[str] = []
+
+    def broken() -> None:
+        ran.append("broken")
+        raise ConnectionError("server gone")
+
+    with pytest.raises(ValueError, match="the trial's error"):
+        try:
+            raise ValueError("the trial's error")
+        finally:
+            _tear_down(broken, None, lambda: ran.append("next"))
+    assert ran == ["broken", "next"]  # every step ran after the failed one
+
+    with pytest.raises(ConnectionError):  # no error before: the teardown's own is raised
+        _tear_down(broken, lambda: ran.append("last"))
+    assert ran[-1] == "last"

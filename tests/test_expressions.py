@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from racebench.expressions import ExpressionError, parse_expression
+from racebench.workloads.custom.expressions import ExpressionError, parse_expression
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from racebench.scenario import load_raw
+from racebench.config.scenario import load_raw
 from tests.conftest import REPO, cli_in_process, run_scenario_data
 from tests.processes import children
 from tests.race import cli_runs_until_shown, until_shown
@@ -336,9 +336,9 @@ def test_zookeeper_partition_expires_the_holder_who_still_believes(zookeeper_hos
 
 
 def test_partitioned_kazoo_lock_still_says_acquired(zookeeper_hosts: str) -> None:
+    from racebench.config.scenario import LockConfig
+    from racebench.faults.proxy import FaultProxy, address_of, url_through
     from racebench.locks.zookeeper_lock import ZookeeperLock, ZookeeperLockClient
-    from racebench.proxy import FaultProxy, address_of, url_through
-    from racebench.scenario import LockConfig
 
     config = LockConfig(service="zookeeper_lock", url=zookeeper_hosts, session_timeout_ms=4000)
     service = ZookeeperLock(config, "racebench_partition", None)

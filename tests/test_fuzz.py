@@ -25,11 +25,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from racebench.compare import compare_results
-from racebench.compare_render import render_comparison
+from racebench.config.scenario import expand, load_raw
 from racebench.errors import RacebenchError
-from racebench.report import render_report
-from racebench.scenario import expand, load_raw
+from racebench.output.compare import compare_results
+from racebench.output.compare_render import render_comparison
+from racebench.output.report import render_report
 from tests.conftest import REPO, run_cli
 
 EXAMPLES = int(os.environ.get("RACEBENCH_FUZZ_EXAMPLES", "40"))

@@ -16,10 +16,10 @@ import yaml
 from junitparser import Failure, JUnitXml, Properties, Property, TestCase
 from rich.console import Console
 
-from racebench.compare import compare_results
-from racebench.gate_stats import block_bootstrap_medians, ratio_interval
-from racebench.render import results_table
-from racebench.samples import decode_histogram
+from racebench.analysis.gate_stats import block_bootstrap_medians, ratio_interval
+from racebench.analysis.samples import decode_histogram
+from racebench.output.compare import compare_results
+from racebench.output.render import results_table
 from tests.conftest import REPO, cli_in_process, run_cli
 
 GOLDEN = REPO / "tests" / "golden"

@@ -11,7 +11,7 @@ import numpy as np
 from edn_format import Keyword
 
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
-from racebench.history_edn import write_jepsen_edn
+from racebench.output.history_edn import write_jepsen_edn
 from tests.conftest import run_cli
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from racebench.verdict import missing_evidence
+from racebench.analysis.verdict import missing_evidence
 from tests.conftest import cli_in_process, run_cli
 
 

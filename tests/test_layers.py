@@ -1,4 +1,5 @@
-"""The layers point one way: no import cycle among racebench's modules, and the output layer
+"""The layers point one way: no import cycle among racebench's modules nor among its
+layers (sub-packages), the layers stack in the documented order, and the output layer
 (reports, plots, compare) never loads the engine.
 
 Module-level imports are what make a cycle (a `TYPE_CHECKING` import is not executed; an
@@ -105,12 +106,53 @@ def test_racebench_has_no_import_cycle() -> None:
 
 def test_the_output_layer_does_not_load_the_engine() -> None:
     code = (
-        "import sys, racebench.report, racebench.compare\n"
+        "import sys, racebench.output.report, racebench.output.compare\n"
         "loaded = [m for m in sys.modules if m.startswith('racebench.')]\n"
         "print(','.join(sorted(loaded)))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout.strip()
-    for engine_module in ("racebench.engine", "racebench.runner", "racebench.worker"):
-        assert engine_module not in loaded.split(","), loaded
+    engine = [m for m in loaded.split(",") if m.startswith("racebench.engine")]
+    assert engine == [], loaded
+
+
+# The layers from the bottom up (docs/ARCHITECTURE.md): a layer imports only layers below it
+# (or its own modules). Top-level modules count as layers of their own; `workloads.custom`
+# (users' workloads, which drive their own stores) sits above the stores and the guards.
+LAYERS: list[set[str]] = [
+    # `racebench` is the package's __init__: its version, and the API behind a lazy getattr.
+    {"racebench", "errors", "history", "util", "protocol"},
+    {"workloads"},
+    {"stores"},
+    {"locks"},
+    {"faults"},
+    {"guards"},
+    {"workloads.custom"},
+    {"config", "plugins", "isolation", "doctor"},
+    {"analysis", "leftovers"},
+    {"output"},
+    {"engine"},
+    {"api", "plugin", "pytest_plugin"},
+    {"cli", "__main__"},
+]
+
+
+def _layer_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[1:3] == ["workloads", "custom"]:
+        return "workloads.custom"
+    return parts[1] if len(parts) > 1 else "racebench"
+
+
+def test_layers_point_one_way() -> None:
+    rank = {name: level for level, names in enumerate(LAYERS) for name in names}
+    graph = _graph()
+    wrong = []
+    for module, targets in graph.items():
+        for target in targets:
+            source_layer, target_layer = _layer_of(module), _layer_of(target)
+            assert source_layer in rank, f"{module}: add its layer {source_layer!r} to LAYERS"
+            if rank[target_layer] > rank[source_layer]:
+                wrong.append(f"{module} -> {target}")
+    assert wrong == [], "an import points up the layers"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from racebench.config.scenario import FaultConfig, LockConfig, expand
 from racebench.errors import ScenarioError
-from racebench.registry import lock_class
-from racebench.scenario import FaultConfig, LockConfig, expand
+from racebench.plugins.registry import lock_class
 from tests.conftest import REPO, run_scenario_data, unique_namespace
 from tests.race import cli_runs_until_shown
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import port_for
 import pytest
 
+from racebench.config.scenario import LockConfig
 from racebench.locks.base import LockTimeout
-from racebench.registry import lock_class, lock_names
-from racebench.scenario import LockConfig
+from racebench.plugins.registry import lock_class, lock_names
 from tests.conftest import run_cli, run_scenario_data, server_for_plugin, unique_namespace
 from tests.processes import ours
 from tests.race import until_shown

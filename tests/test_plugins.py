@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from racebench.registry import (
+from racebench.plugins.registry import (
     LOCK_GROUP,
     STORE_GROUP,
     lock_class,

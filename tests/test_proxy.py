@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from racebench.proxy import FaultProxy, address_of, url_through
+from racebench.faults.proxy import FaultProxy, address_of, url_through
 
 
 @pytest.fixture

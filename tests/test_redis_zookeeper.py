@@ -14,9 +14,9 @@ import port_for
 import pytest
 
 from racebench.history import Outcome
-from racebench.registry import store_class
+from racebench.plugins.registry import store_class
 from racebench.stores.base import ClientOptions, StaleToken, Store, StoreClient
-from racebench.workloads import CounterPlan, LedgerPlan
+from racebench.workloads.counters import CounterPlan, LedgerPlan
 from tests.conftest import run_cli, run_scenario_data
 from tests.race import until_shown
 

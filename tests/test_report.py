@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from racebench.plots import FAULT_COLOR, SECTION_COLOR, VIOLATION_COLOR, timeline_window
-from racebench.report import render_report
+from racebench.output.plots import FAULT_COLOR, SECTION_COLOR, VIOLATION_COLOR, timeline_window
+from racebench.output.report import render_report
 from tests.conftest import REPO, cli_in_process, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
@@ -110,11 +110,11 @@ def test_timeline_without_faults_shows_the_start_of_the_run() -> None:
 def test_output_layer_never_imports_the_engine() -> None:
     """Reports and compare read result files: the runner, engine and checkers stay out."""
     code = (
-        "import sys, racebench.report, racebench.report_html, racebench.plots,"
-        " racebench.run_plots, racebench.compare, racebench.compare_render,"
-        " racebench.compare_html;"
-        "engine = {'racebench.runner', 'racebench.engine', 'racebench.verdict',"
-        " 'racebench.workloads', 'racebench.render'} & set(sys.modules);"
+        "import sys, racebench.output.report, racebench.output.report_html, racebench.output.plots,"
+        " racebench.output.run_plots, racebench.output.compare, racebench.output.compare_render,"
+        " racebench.output.compare_html;"
+        "engine = {m for m in sys.modules if m.startswith(('racebench.engine', 'racebench.workloads'))"
+        " or m in ('racebench.analysis.verdict', 'racebench.output.render')};"
         "assert not engine, engine"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -122,7 +122,7 @@ def test_output_layer_never_imports_the_engine() -> None:
 
 def test_report_imports_nothing_heavy_until_needed() -> None:
     code = (
-        "import sys, racebench.cli, racebench.report, racebench.compare;"
+        "import sys, racebench.cli, racebench.output.report, racebench.output.compare;"
         "heavy = {'matplotlib', 'scipy'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

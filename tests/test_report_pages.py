@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from racebench.analysis.history_sample import MAX_SAMPLED_OPS, sample_history
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
-from racebench.history_sample import MAX_SAMPLED_OPS, sample_history
-from racebench.naming import params_text, short_param
-from racebench.plots import FAULT_COLOR, VIOLATION_COLOR
-from racebench.report import render_report
-from racebench.results import to_json
+from racebench.output.plots import FAULT_COLOR, VIOLATION_COLOR
+from racebench.output.report import render_report
+from racebench.output.results import to_json
+from racebench.util.naming import params_text, short_param
 from tests.conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden"
@@ -174,8 +174,8 @@ def test_compare_html_shows_before_after_and_the_decision(tmp_path: Path) -> Non
     atomic_1 = next(r for r in rows if r.startswith("contention[guard.strategy=atomic,clients=1]"))
     assert "23,318" in atomic_1 and "9,327" in atomic_1 and "-60%" in atomic_1
     # The decision is compare's own, whatever its statistics say.
-    from racebench.compare import compare_results
-    from racebench.compare_html import decision_text
+    from racebench.output.compare import compare_results
+    from racebench.output.compare_html import decision_text
 
     comparison = compare_results(CONTENTION, candidate, 0.10)
     for run, row in zip(comparison.runs, rows, strict=True):
@@ -255,8 +255,8 @@ def test_report_fits_1280_and_every_plot_has_ink(browser: Any, page: str, tmp_pa
 
 @pytest.mark.chromium
 def test_compare_page_fits_1280_and_has_ink(browser: Any, tmp_path: Path) -> None:
-    from racebench.compare import compare_results
-    from racebench.compare_html import render_compare_html
+    from racebench.output.compare import compare_results
+    from racebench.output.compare_html import render_compare_html
 
     path = tmp_path / "compare.html"
     path.write_text(render_compare_html(compare_results(ISOLATION, ISOLATION, 0.10)))
@@ -264,8 +264,8 @@ def test_compare_page_fits_1280_and_has_ink(browser: Any, tmp_path: Path) -> Non
 
 
 def test_compare_decision_shows_the_interval_when_compare_gives_one() -> None:
-    from racebench.compare import compare_results
-    from racebench.compare_html import decision_text
+    from racebench.output.compare import compare_results
+    from racebench.output.compare_html import decision_text
 
     change = compare_results(CONTENTION, CONTENTION, 0.10).runs[0].throughput
     assert decision_text(change).startswith(change.verdict)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
-from racebench.workloads import FinalState
+from racebench.workloads.counters import FinalState
 from tests.conftest import cli_in_process, run_scenario_data
 from tests.race import until_shown
 
@@ -112,8 +112,8 @@ def test_safe_transfer_strategies_conserve_money(store_for, backend: str, guard:
 @pytest.mark.parametrize("workload", [BOOKING, TRANSFER])
 @pytest.mark.parametrize("backend", ["postgres", "mysql"])
 def test_row_workloads_leave_no_table_behind(store_for, backend: str, workload: dict) -> None:
-    from racebench.ownership import new_namespace
-    from racebench.registry import store_class
+    from racebench.plugins.registry import store_class
+    from racebench.util.ownership import new_namespace
 
     store = store_for(backend)
     run_scenario_data(_scenario(store, workload, {"strategy": "none"}, operations=8))
@@ -165,7 +165,7 @@ def _history(ops: list[tuple[int, int, int, Outcome]]) -> RunHistory:
 
 
 def test_booking_checker_names_the_double_booked_seat() -> None:
-    from racebench.workloads_rows import BookingWorkload
+    from racebench.workloads.rows import BookingWorkload
 
     history = _history([(0, 1, 0, Outcome.OK), (1, 2, 0, Outcome.OK), (1, 3, 0, Outcome.OK)])
     # c0#0 and c1#0 both booked seat 7; c1#1's acknowledged booking is missing.
@@ -178,7 +178,7 @@ def test_booking_checker_names_the_double_booked_seat() -> None:
 
 
 def test_transfer_checker_reports_first_worst_and_last_bad_read() -> None:
-    from racebench.workloads_rows import TransferWorkload
+    from racebench.workloads.rows import TransferWorkload
 
     reader, writer = 0, 1
     history = _history(
@@ -202,9 +202,9 @@ def test_transfer_checker_reports_first_worst_and_last_bad_read() -> None:
 
 
 def _refusal(data: dict) -> str:
+    from racebench.config.scenario import expand
     from racebench.errors import ScenarioError
-    from racebench.registry import validate_run
-    from racebench.scenario import expand
+    from racebench.plugins.registry import validate_run
 
     with pytest.raises(ScenarioError) as refused:
         for spec in expand(data, "s.yaml"):

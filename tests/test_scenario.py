@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from racebench.config.scenario import expand
 from racebench.errors import ScenarioError
-from racebench.redact import redact, redact_text
-from racebench.scenario import expand
+from racebench.util.redact import redact, redact_text
 
 
 def test_env_vars_expand_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,3 +64,9 @@ def test_passwords_are_redacted() -> None:
         "password": "***",
         "n": 1,
     }
+
+
+def test_an_empty_url_is_refused_not_taken_for_the_default() -> None:
+    data = {"name": "u", "workload": {"type": "stock"}, "store": {"backend": "redis", "url": ""}}
+    with pytest.raises(ScenarioError, match="u.yaml: store.url: String should have at least 1"):
+        expand(data, "u.yaml")

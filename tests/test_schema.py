@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from racebench.schema import scenario_json_schema, scenario_reference_markdown
+from racebench.config.schema import scenario_json_schema, scenario_reference_markdown
 from tests.conftest import REPO, cli_in_process
 
 

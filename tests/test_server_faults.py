@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from racebench.scenario import load_raw
+from racebench.config.scenario import load_raw
 from tests import servers
 from tests.conftest import REPO, cli_in_process, run_cli, run_scenario_data
 from tests.race import until_shown

@@ -11,16 +11,16 @@ import time
 
 import pytest
 
+from racebench.config.scenario import LockConfig
 from racebench.guards import build_operation
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
 from racebench.locks.sql_locks import AdvisoryLock, GetLock
-from racebench.scenario import LockConfig
 from racebench.stores.base import ClientOptions, StaleToken
 from racebench.stores.mysql import MysqlStore, connect_kwargs, open_connection
 from racebench.stores.postgres import PostgresStore, connect_args
 from racebench.stores.postgres import open_connection as open_pg
-from racebench.workloads import CounterPlan, LedgerPlan
+from racebench.workloads.counters import CounterPlan, LedgerPlan
 from tests.conftest import named_after, run_cli, run_scenario_data, unique_namespace
 from tests.processes import ours
 from tests.race import until_shown
@@ -233,7 +233,7 @@ def test_lost_connection_is_unknown_and_the_next_operation_recovers(sql_store: d
 
 
 def test_tables_are_dropped_after_a_failed_run(sql_store: dict, monkeypatch) -> None:
-    import racebench.engine
+    import racebench.engine.trials
 
     probe = _store(sql_store["backend"], sql_store["url"], "racebench_probe")
 

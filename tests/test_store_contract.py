@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from racebench.registry import store_class, store_names, strategies_for
+from racebench.plugins.registry import store_class, store_names, strategies_for
 from tests.conftest import run_scenario_data
 from tests.processes import ours
 from tests.race import until_shown

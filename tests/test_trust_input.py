@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from racebench.config.scenario import expand, load, load_raw
 from racebench.errors import OutputPathError, ResultFileError, ScenarioError
-from racebench.redact import redact, redact_text
-from racebench.render import results_table
-from racebench.result_schema import validated_document
-from racebench.results import (
+from racebench.output.render import results_table
+from racebench.output.result_schema import validated_document
+from racebench.output.results import (
     check_output_dir,
     check_output_file,
     default_path,
     file_stem,
     write_text_atomically,
 )
-from racebench.scenario import expand, load, load_raw
+from racebench.util.redact import redact, redact_text
 from tests.conftest import REPO, cli_in_process, run_cli
 
 SECRET = "Sekret-4711"

@@ -12,7 +12,7 @@ from typing import Any
 
 from racebench.errors import BackendUnavailable, RacebenchError
 from racebench.isolation.sessions import ServerError, StatementResult
-from racebench.redact import redact_text
+from racebench.util.redact import redact_text
 
 # Long enough never to cut a probe short, short enough that a broken probe ends.
 LOCK_WAIT_S = 10

@@ -16,7 +16,7 @@ from racebench.errors import RacebenchError
 from racebench.isolation.dialects import Level, MysqlDialect, PostgresDialect, ServerInfo
 from racebench.isolation.probes import PROBES, Probe
 from racebench.isolation.sessions import Interleaving, ProbeStuck, Session, Step
-from racebench.redact import redact_text
+from racebench.util.redact import redact_text
 
 Status = Literal["prevented", "allowed", "unknown"]
 

@@ -1,1 +1,1 @@
-"""Lock services: one module per service, registered in racebench.registry."""
+"""Lock services: one module per service, registered in racebench.plugins.registry."""

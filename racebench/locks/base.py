@@ -12,10 +12,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from racebench.plugin_info import PluginInfo
+from racebench.util.plugin_info import PluginInfo
 
 if TYPE_CHECKING:
-    from racebench.scenario import FaultConfig, LockConfig
+    from racebench.config.scenario import FaultConfig, LockConfig
 
 
 class LockTimeout(Exception):

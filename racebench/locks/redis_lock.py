@@ -30,7 +30,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from racebench.locks.base import LockClient, LockService, LockTimeout
-from racebench.ownership import MIN_LEFTOVER_TTL_S
 from racebench.stores.redis import (
     DEFAULT_URL,
     connect_options,
@@ -38,11 +37,12 @@ from racebench.stores.redis import (
     scan_keys,
     server_facts,
 )
+from racebench.util.ownership import MIN_LEFTOVER_TTL_S
 
 if TYPE_CHECKING:
     import redis
 
-    from racebench.scenario import FaultConfig
+    from racebench.config.scenario import FaultConfig
 
 # Grant and fencing token in one step: no later grant can take a token before this one.
 # The token counter expires MIN_LEFTOVER_TTL_S after the last grant (a killed run's does not

@@ -45,8 +45,8 @@ from racebench.locks.redis_lock import (
     lock_keys,
     sleep_before_retry,
 )
-from racebench.redact import redact_text
 from racebench.stores.redis import open_redis, scan_keys, server_facts
+from racebench.util.redact import redact_text
 
 if TYPE_CHECKING:
     import redis

@@ -35,7 +35,7 @@ from racebench.stores.zookeeper import (
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
-    from racebench.scenario import FaultConfig
+    from racebench.config.scenario import FaultConfig
 
 # A ZooKeeper connection string: host:port[,host:port...][/chroot]; no scheme.
 _ZOOKEEPER_HOSTS = re.compile(r"^[^/:@,\s]+:\d+(,[^/:@,\s]+:\d+)*(/\S*)?$")

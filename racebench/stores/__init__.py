@@ -1,1 +1,1 @@
-"""Stores: one module per server kind, registered in racebench.registry."""
+"""Stores: one module per server kind, registered in racebench.plugins.registry."""

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from racebench.history import Outcome
-from racebench.ownership import MIN_LEFTOVER_TTL_S
-from racebench.plugin_info import PluginInfo
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, Plan
-from racebench.workloads_rows import RowPlan
+from racebench.util.ownership import MIN_LEFTOVER_TTL_S
+from racebench.util.plugin_info import PluginInfo
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
+from racebench.workloads.rows import RowPlan
 
 
 class StaleToken(Exception):
@@ -41,7 +41,7 @@ class UnknownOutcome(Exception):
 
 
 ALL_WORKLOADS = frozenset({"stock", "withdraw", "likes"})
-ROW_WORKLOADS = frozenset({"booking", "transfer"})  # racebench.workloads_rows, SQL stores only
+ROW_WORKLOADS = frozenset({"booking", "transfer"})  # racebench.workloads.rows, SQL stores only
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from racebench.errors import BackendUnavailable, RacebenchError
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     ALL_WORKLOADS,
     ROW_WORKLOADS,
@@ -34,6 +33,7 @@ from racebench.stores.sql import (
     SqlStore,
     common_strategies,
 )
+from racebench.util.redact import redact_text
 
 DEFAULT_URL = "mysql://root@127.0.0.1:3306/test"
 SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")

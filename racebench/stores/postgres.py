@@ -17,7 +17,6 @@ from typing import Any
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     ALL_WORKLOADS,
     ROW_WORKLOADS,
@@ -35,6 +34,7 @@ from racebench.stores.sql import (
     SqlStore,
     common_strategies,
 )
+from racebench.util.redact import redact_text
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

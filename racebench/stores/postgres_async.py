@@ -16,7 +16,6 @@ from typing import Any
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     OK_STEP,
     AsyncStoreClient,
@@ -27,7 +26,8 @@ from racebench.stores.base import (
 from racebench.stores.postgres import connect_args
 from racebench.stores.sql import LOCK_WAIT_S, LockWaitTimeout
 from racebench.stores.sql_statements import SqlStatementTexts
-from racebench.workloads import CounterPlan, LedgerPlan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, LedgerPlan
 
 CONFLICT_CODES = frozenset({"40001", "40P01"})
 # Prepare a statement on its first use: the hot loop runs the same few statements.

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     OK_STEP,
     REJECTED_STEP,
@@ -28,12 +27,13 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
 
 if TYPE_CHECKING:
     import redis
 
-    from racebench.workloads_rows import RowPlan
+    from racebench.workloads.rows import RowPlan
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 

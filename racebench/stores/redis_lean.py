@@ -28,7 +28,7 @@ from typing import Any, cast
 import hiredis
 
 from racebench.errors import BackendUnavailable
-from racebench.redact import redact_text
+from racebench.util.redact import redact_text
 
 
 class RedisReplyError(Exception):

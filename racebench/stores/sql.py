@@ -29,8 +29,8 @@ from racebench.stores.base import (
 )
 from racebench.stores.sql_rows import RowOperations, create_row_tables, read_row_final
 from racebench.stores.sql_statements import table_names
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
-from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
 
 # How long a client waits for a row lock or a native lock before the operation is recorded as
 # a lock timeout: long enough for any sane contention, short enough never to look like a hang.
@@ -472,8 +472,14 @@ class SqlStore(Store):
             self._created = False
 
     def remove_namespace(self) -> None:
-        # With the fence table a SQL lock service (advisory, get_lock) keeps in this database.
-        self._drop([*self.tables.values(), f"{self.namespace}_lock"])
+        # With the fence table a SQL lock service (advisory, get_lock) keeps in this database,
+        # and every other table named after the namespace: a SQL template's `{{table:x}}`
+        # tables are `<namespace>_x`, and the namespace (owner pid and host) is unique.
+        prefix = self.namespace.replace("_", "\\_") + "\\_%"
+        with self._admin() as cur:
+            cur.execute(self._list_tables_sql(), (prefix,))
+            named = [name for (name,) in cur.fetchall()]
+        self._drop(sorted({*self.tables.values(), f"{self.namespace}_lock", *named}))
 
     def leftovers(self) -> list[str]:
         with self._admin() as cur:

@@ -21,8 +21,8 @@ from typing import Any
 from racebench.history import Outcome
 from racebench.stores.base import StepResult
 from racebench.stores.sql_statements import SqlStatements
-from racebench.workloads import FinalState
-from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
+from racebench.workloads.counters import FinalState
+from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
 
 Execute = Callable[..., Any]
 

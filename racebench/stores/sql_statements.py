@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from racebench.history import Outcome
 from racebench.stores.base import Conflict, StaleToken, StoreClient
-from racebench.workloads import CounterPlan
+from racebench.workloads.counters import CounterPlan
 
 
 def table_names(namespace: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ from typing import Any
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.ownership import temp_prefix
 from racebench.stores.base import (
     ALL_WORKLOADS,
     OK_STEP,
@@ -33,8 +32,9 @@ from racebench.stores.base import (
 from racebench.stores.sql import CONSTRAINT_STRATEGY
 from racebench.stores.sql_rows import RowOperations, create_row_tables, read_row_final
 from racebench.stores.sql_statements import table_names
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
-from racebench.workloads_rows import BookingPlan, RowPlan, TransferPlan
+from racebench.util.ownership import temp_prefix
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
 
 _BUSY_TIMEOUT_S = 30.0
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.redact import redact_text
 from racebench.stores.base import (
     ClientOptions,
     Conflict,
@@ -27,14 +26,15 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
-from racebench.workloads import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kazoo.client import KazooClient, TransactionRequest
 
-    from racebench.workloads_rows import RowPlan
+    from racebench.workloads.rows import RowPlan
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
 ROOT = "/racebench"

@@ -1,0 +1,1 @@
+"""From a recorded history to figures, anomalies and verdicts."""

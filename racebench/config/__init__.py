@@ -1,0 +1,1 @@
+"""Configuration: scenario files read defensively, validated and expanded into runs."""

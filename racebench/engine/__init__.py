@@ -1,0 +1,1 @@
+"""The run engine: trials, the local and Dask runners, workers, the client guards."""

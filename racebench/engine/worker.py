@@ -1,0 +1,453 @@
+"""The worker: one process running its share of the logical clients on one event loop.
+
+`run_worker(spec, control)` is the unit of work: a picklable `WorkerSpec` in (which clients,
+their quotas, the rate, how to open a client), a `WorkerOutput` out (per-client counts,
+messages, retries, the worker's own CPU and event-loop lag). Records go to one memory-mapped
+file per client, so a worker killed by a fault keeps what it recorded. The start barrier,
+the stop flag and the per-client progress counters are behind `WorkerControl`, so the same
+function can run in a forked process (racebench.engine.runner) or, later, as a task on another host.
+
+Clients whose driver has an asyncio API run as tasks on the loop; the others (sqlite3, kazoo,
+any store not ported yet) run their blocking loop on a thread of their own, in the same
+worker (see racebench.guards.OpenedClient).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import random
+import resource
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from racebench.analysis.metrics import new_histogram
+from racebench.errors import ExitStatus, RacebenchError
+from racebench.guards import OpenedClient, OpResult
+from racebench.history import RECORD, RECORD_DTYPE, Outcome, Recorder
+
+# An operation that started more than this after its intended start counts as late.
+LATE_NS = 1_000_000
+# How often the lag sampler wakes: a due timer that fires late measures the loop's backlog.
+_LAG_SAMPLE_S = 0.005
+# Connections opened at once while a worker starts: far below the server's listen backlog
+# (Redis' tcp-backlog is 511), so 8,000 clients connect without SYN retransmits.
+_CONNECT_CONCURRENCY = 256
+_PARENT_CHECK_S = 0.25
+
+
+@dataclass(frozen=True)
+class RateSpec:
+    """Open loop: `ops_per_s` intended starts per second (this worker's share)."""
+
+    ops_per_s: float
+    arrival: str = "constant"  # or "poisson"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything one worker needs; picklable, so it can travel to another process or host.
+
+    `open_client(client_id, probe)` is a picklable async callable returning an OpenedClient
+    (racebench.engine.trials.ClientFactory). `quotas[i]` is the operation count of `clients[i]`
+    (None: until the deadline or stop); an open loop spreads their sum over the clients.
+    """
+
+    worker: int
+    clients: tuple[int, ...]
+    open_client: Callable[..., Any]
+    quotas: tuple[int | None, ...]
+    workdir: Path
+    rate: RateSpec | None = None
+    return_records: bool = False  # ship the records in the output (a remote worker)
+
+
+@dataclass
+class WorkerOutput:
+    """What a worker hands back: per-client results and its own load figures."""
+
+    worker: int
+    counts: dict[int, int] = field(default_factory=dict)  # client -> valid records
+    errors: dict[int, list[str]] = field(default_factory=dict)  # client -> message table
+    retry_codes: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    lag_histogram: bytes = b""  # HDR histogram (µs) of event-loop lag, encoded
+    late: int = 0
+    dropped: int = 0
+    max_rss_mb: float = 0.0
+    records: dict[int, np.ndarray] | None = None
+
+    @property
+    def cpu_share(self) -> float:
+        """Share of one core the worker used while the clients ran."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class WorkerControl(Protocol):
+    """The start barrier and the shared state between a worker and whoever runs it."""
+
+    probe: Any  # racebench.engine.runner.Probe: per-client integers the nemesis watches
+
+    def ready(self, worker: int) -> None:
+        """Every client of `worker` is connected."""
+
+    def wait_start(self) -> int | None:
+        """Block until the run starts; return the deadline (monotonic ns) or None."""
+
+    def stopping(self) -> bool:
+        """Whether the run was told to stop (Ctrl-C, a failed sibling)."""
+
+    def add_done(self, client: int, count: int) -> None:
+        """Client `client` has `count` valid records (progress, and what survives a kill)."""
+
+    def add_error(self, client: int) -> None:
+        """One more operation of `client` ended in an error (progress display)."""
+
+    def failed(self, worker: int) -> None:
+        """`worker` could not open its clients (its output says why)."""
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphans left running).
+
+    PR_SET_PDEATHSIG is per process and survives nothing but the fork it is called after,
+    so each worker calls it first thing; elsewhere than Linux it is a no-op, and the
+    worker's parent-liveness check is the backstop.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (about 2x asyncio's throughput per core), asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _raise_fd_limit(clients: int) -> None:
+    # Each client holds a socket and its history file's mapping.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, 2 * clients + 256))
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+class _ClientSlot:
+    """One client's recording state: its history file and its error-message table."""
+
+    __slots__ = ("client", "messages", "offset", "quota", "recorder", "seq")
+
+    def __init__(self, client: int, quota: int | None, workdir: Path) -> None:
+        self.client = client
+        self.quota = quota if quota is not None else 2**62
+        self.recorder = Recorder(workdir / f"client-{client}.bin")
+        self.messages: dict[str, int] = {}
+        self.offset = 0
+        self.seq = 0
+
+
+class _Worker:
+    """The worker's run phase: client loops, scheduler, lag sampler, figures."""
+
+    def __init__(self, spec: WorkerSpec, control: WorkerControl) -> None:
+        self.spec = spec
+        self.control = control
+        self.slots = {
+            c: _ClientSlot(c, q, spec.workdir)
+            for c, q in zip(spec.clients, spec.quotas, strict=True)
+        }
+        self.deadline: int | None = None
+        self.stop = False
+        self.lag = new_histogram()
+        self.late = 0
+        self.dropped = 0
+        # The worker's CPU time and wall time between the start and the end of the run.
+        self.cpu0 = self.cpu_s = self.wall_s = 0.0
+
+    def _record(self, slot: _ClientSlot, intended: int, start: int, result: OpResult) -> None:
+        end = time.monotonic_ns()
+        outcome, retries, cs_start, cs_end, token, message = result
+        error_index = -1
+        if message is not None:
+            error_index = slot.messages.setdefault(message, len(slot.messages))
+            if outcome == Outcome.ERROR:
+                self.control.add_error(slot.client)
+        RECORD.pack_into(
+            slot.recorder.buffer,
+            slot.offset,
+            start,
+            end,
+            cs_start,
+            cs_end,
+            token,
+            outcome,
+            retries,
+            error_index,
+            intended,
+        )
+        slot.offset += RECORD.size
+        slot.seq += 1
+        self.control.add_done(slot.client, slot.seq)
+        if slot.offset == slot.recorder.capacity_bytes:
+            slot.recorder.grow()
+
+    def _over(self) -> bool:
+        """Whether the run is over: told to stop, or past the deadline."""
+        if self.stop:
+            return True
+        if self.control.stopping() or (
+            self.deadline is not None and time.monotonic_ns() >= self.deadline
+        ):
+            self.stop = True
+        return self.stop
+
+    async def closed_loop(self, slot: _ClientSlot, client: OpenedClient) -> None:
+        """Start the next operation as soon as the previous one completed.
+
+        The hottest loop of racebench: `_over` and `_record` are inlined and everything it
+        touches is a local, since each method call costs about as much as the recording.
+        The shared stop flag is not read here but by `sample_lag`, every 5 ms, which sets
+        `self.stop`; the deadline is checked against the start time read anyway.
+        """
+        operation = client.operation
+        control = self.control
+        inflight, add_done = control.probe.inflight, control.add_done
+        cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
+        monotonic_ns, pack, size = time.monotonic_ns, RECORD.pack_into, RECORD.size
+        recorder = slot.recorder
+        buffer, offset, seq = recorder.buffer, slot.offset, slot.seq
+        while seq < quota and not self.stop:
+            start = monotonic_ns()
+            if start >= deadline:
+                self.stop = True
+                break
+            inflight[cid] = start
+            outcome, retries, cs_start, cs_end, token, message = await operation(seq)
+            end = monotonic_ns()
+            inflight[cid] = 0
+            error_index = -1
+            if message is not None:
+                error_index = slot.messages.setdefault(message, len(slot.messages))
+                if outcome == Outcome.ERROR:
+                    control.add_error(cid)
+            pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
+                 error_index, start)  # fmt: skip
+            offset += size
+            seq += 1
+            slot.offset, slot.seq = offset, seq
+            add_done(cid, seq)
+            if offset == recorder.capacity_bytes:
+                buffer = recorder.grow()
+
+    def blocking_closed_loop(self, slot: _ClientSlot, client: OpenedClient) -> None:
+        """The closed loop of a blocking driver, on the client's own thread: no per-operation
+        hop between the loop and the thread, so a blocking store runs at its native pace."""
+        operation = client.blocking_operation
+        assert operation is not None
+        inflight = self.control.probe.inflight
+        cid = slot.client
+        monotonic_ns = time.monotonic_ns
+        while slot.seq < slot.quota and not self._over():
+            start = inflight[cid] = monotonic_ns()
+            result = operation(slot.seq)
+            inflight[cid] = 0
+            self._record(slot, start, start, result)
+
+    async def open_loop_client(
+        self, slot: _ClientSlot, client: OpenedClient, due: asyncio.Queue[int | None]
+    ) -> None:
+        """Take intended start times off the queue; one that waited for a free client starts
+        late, and its latency still counts from when it was due (wrk2's correction)."""
+        operation = client.operation
+        inflight = self.control.probe.inflight
+        cid = slot.client
+        while (intended := await due.get()) is not None:
+            if self._over():
+                self.dropped += 1
+                continue
+            start = inflight[cid] = time.monotonic_ns()
+            if start - intended > LATE_NS:
+                self.late += 1
+            result = await operation(slot.seq)
+            inflight[cid] = 0
+            self._record(slot, intended, start, result)
+
+    async def schedule(self, rate: RateSpec, due: asyncio.Queue[int | None], t0: int) -> None:
+        """Put intended start times on the queue at the rate, whatever the clients do."""
+        gap_ns = 1e9 / rate.ops_per_s
+        poisson = rate.arrival == "poisson"
+        next_due = float(t0)
+        remaining = sum(s.quota for s in self.slots.values())
+        while remaining > 0 and not self._over():
+            remaining -= 1
+            now = time.monotonic_ns()
+            if next_due > now:
+                await asyncio.sleep((next_due - now) / 1e9)
+            due.put_nowait(int(next_due))
+            next_due += random.expovariate(1.0) * gap_ns if poisson else gap_ns
+        # Operations still queued when the run ends were never started: dropped.
+        for _ in self.slots:
+            due.put_nowait(None)
+
+    async def sample_lag(self) -> None:
+        """How late a due timer fires: the loop's own backlog, as a client would feel it.
+
+        Also reads the shared stop flag for the closed loops, which do not (see closed_loop).
+        """
+        while not self.stop:
+            if self.control.stopping():
+                self.stop = True
+                break
+            expected = time.monotonic_ns() + int(_LAG_SAMPLE_S * 1e9)
+            await asyncio.sleep(_LAG_SAMPLE_S)
+            self.lag.record_value(max(1, (time.monotonic_ns() - expected) // 1000))
+
+    async def watch_parent(self, parent: int) -> None:
+        """Backstop for PR_SET_PDEATHSIG: leave when the parent is gone."""
+        while not self.stop:
+            if os.getppid() != parent:
+                os._exit(1)
+            await asyncio.sleep(_PARENT_CHECK_S)
+
+    def _run_one(
+        self, loop: asyncio.AbstractEventLoop, slot: _ClientSlot, client: OpenedClient
+    ) -> Awaitable[None]:
+        if client.blocking_operation is not None and self.spec.rate is None:
+            return loop.run_in_executor(client.executor, self.blocking_closed_loop, slot, client)
+        return self.closed_loop(slot, client)
+
+    async def run(self, clients: dict[int, OpenedClient], parent: int) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = asyncio.ensure_future(self.watch_parent(parent))
+        self.control.ready(self.spec.worker)
+        self.deadline = await loop.run_in_executor(None, self.control.wait_start)
+        t0 = time.monotonic_ns()
+        self.cpu0 = time.process_time()
+        rate = self.spec.rate
+        helpers = [watcher]
+        # Loop lag measures racebench only when clients run on the loop; blocking clients'
+        # threads would show the GIL they hold, which their own CPU share already tells.
+        if rate is not None or any(c.blocking_operation is None for c in clients.values()):
+            helpers.append(asyncio.ensure_future(self.sample_lag()))
+        if rate is None:
+            loops = [self._run_one(loop, self.slots[c], clients[c]) for c in self.spec.clients]
+        else:
+            due: asyncio.Queue[int | None] = asyncio.Queue()
+            loops = [self.schedule(rate, due, t0)]
+            loops += [self.open_loop_client(self.slots[c], clients[c], due) for c in clients]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            self.stop = True
+            self.cpu_s = time.process_time() - self.cpu0
+            self.wall_s = (time.monotonic_ns() - t0) / 1e9
+            for helper in helpers:
+                helper.cancel()
+
+
+async def _open_all(spec: WorkerSpec, control: WorkerControl) -> dict[int, OpenedClient]:
+    gate = asyncio.Semaphore(_CONNECT_CONCURRENCY)
+
+    async def open_one(client: int) -> OpenedClient:
+        async with gate:
+            return await spec.open_client(client, control.probe)
+
+    opened = await asyncio.gather(*(open_one(c) for c in spec.clients), return_exceptions=True)
+    clients: dict[int, OpenedClient] = {}
+    failure: BaseException | None = None
+    for client_id, result in zip(spec.clients, opened, strict=True):
+        if isinstance(result, BaseException):
+            failure = failure or result
+        else:
+            clients[client_id] = result
+    if failure is not None:
+        await _close_all(clients)
+        raise failure
+    return clients
+
+
+async def _close_all(clients: dict[int, OpenedClient]) -> dict[str, int]:
+    retry_codes: dict[str, int] = {}
+    for client in clients.values():
+        with contextlib.suppress(Exception):
+            for code, n in (await client.close()).items():
+                retry_codes[code] = retry_codes.get(code, 0) + n
+        if client.executor is not None:
+            client.executor.shutdown(wait=False)
+    return retry_codes
+
+
+def run_worker(spec: WorkerSpec, control: WorkerControl) -> WorkerOutput:
+    """Connect the worker's clients, wait at the barrier, run them, hand back the output.
+
+    Raises what opening a client raised (before the barrier was reached).
+    """
+    _raise_fd_limit(len(spec.clients))
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = _Worker(spec, control)
+    output = WorkerOutput(spec.worker)
+    parent = os.getppid()
+    try:
+        clients = loop.run_until_complete(_open_all(spec, control))
+        try:
+            loop.run_until_complete(worker.run(clients, parent))
+        finally:
+            output.cpu_s, output.wall_s = worker.cpu_s, worker.wall_s
+            output.retry_codes = loop.run_until_complete(_close_all(clients))
+    finally:
+        loop.close()
+    for client, slot in worker.slots.items():
+        slot.recorder.close()
+        output.counts[client] = slot.seq
+        output.errors[client] = list(slot.messages)
+    output.lag_histogram = worker.lag.encode()
+    output.late, output.dropped = worker.late, worker.dropped
+    output.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if spec.return_records:
+        output.records = {
+            c: np.fromfile(spec.workdir / f"client-{c}.bin", RECORD_DTYPE, count=n)
+            for c, n in output.counts.items()
+        }
+    return output
+
+
+def worker_process_main(spec: WorkerSpec, control: WorkerControl, parent: int) -> None:
+    """Entry point of a forked worker process: run the worker, leave its output in a file."""
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died between the fork and the prctl
+        os._exit(1)
+    # The parent owns Ctrl-C: it tells workers to stop through the control's stop flag.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sidecar = spec.workdir / f"worker-{spec.worker}.pkl"
+    try:
+        output: WorkerOutput | dict[str, Any] = run_worker(spec, control)
+    except BaseException as exc:
+        status = getattr(exc, "exit_status", ExitStatus.USAGE)
+        message = str(exc) if isinstance(exc, RacebenchError) else f"{type(exc).__name__}: {exc}"
+        output = {"startup_error": message, "exit_status": int(status)}
+    tmp = sidecar.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(output))
+    os.replace(tmp, sidecar)
+    if isinstance(output, dict):
+        control.failed(spec.worker)

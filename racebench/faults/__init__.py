@@ -1,0 +1,1 @@
+"""Fault kinds and the nemesis that fires them during a run."""

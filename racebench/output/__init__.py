@@ -1,0 +1,1 @@
+"""Result documents and everything rendered from them (tables, reports, compare)."""

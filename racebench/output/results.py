@@ -1,0 +1,235 @@
+"""The versioned result document (`racebench.result/1`): build, write atomically, read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from racebench import __version__
+from racebench.errors import OutputPathError, ResultFileError
+from racebench.util.ownership import temp_file_prefix
+from racebench.util.redact import redact
+
+SCHEMA = "racebench.result/1"
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+
+
+def driver_versions(drivers: Iterable[str]) -> dict[str, str]:
+    """The installed version of each driver distribution (those not installed are left out)."""
+    versions = {}
+    for name in drivers:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the racebench checkout, when it runs from one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def scenario_hash(raw: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_document(
+    *,
+    source: str,
+    raw: dict[str, Any],
+    runs: list[dict[str, Any]],
+    started_at: dt.datetime,
+    partial: bool,
+    servers: dict[str, Any],
+    drivers: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The whole result document; passwords are redacted from everything in it.
+
+    `drivers` are the distributions the runs' plug-ins declare (their versions are recorded).
+    """
+    document = {
+        "schema": SCHEMA,
+        "racebench_version": __version__,
+        "git_commit": git_commit(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "partial": partial,
+        "host": host_info(),
+        "environment": {"drivers": driver_versions(drivers), "servers": servers},
+        "scenario": {"source": source, "hash": scenario_hash(raw), "resolved": raw},
+        "trial_order": trial_order(runs),
+        "runs": runs,
+    }
+    return redact(document)
+
+
+def trial_order(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order the trials ran in (interleaved across runs): [{"label", "trial"}, ...]."""
+    done = [(t.get("sequence", 0), run["label"], t["trial"]) for run in runs for t in run["trials"]]
+    return [{"label": label, "trial": trial} for _, label, trial in sorted(done)]
+
+
+# An array of numbers only, as json.dumps(indent=...) spreads it over one line per number.
+_NUMBER_ARRAY = re.compile(r"\[\s+(-?[0-9][-+0-9.eE]*(?:,\s+-?[0-9][-+0-9.eE]*)*)\s+\]")
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """Indented JSON with each array of numbers on one line.
+
+    Timelines and operation samples are thousands of short [t, latency, outcome] rows; one
+    line per number would make the file five times longer and no easier to read. (Strings
+    cannot match: json.dumps escapes their newlines.)
+    """
+    text = json.dumps(document, indent=2, default=str)
+    return _NUMBER_ARRAY.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+
+
+def write_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+    write_text_atomically(path, to_json(document) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write text to a temp file beside `path`, fsync it, then rename over `path`.
+
+    A reader (or a CI step) never sees a half-written file, even if racebench is killed.
+    The file gets the mode a plain `open()` would give (0666 less the umask), not mkstemp's
+    0600: results are shared artefacts, and they hold no secret.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
+    try:
+        os.fchmod(fd, new_file_mode())
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_file_mode() -> int:
+    """0666 less the process umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def file_stem(name: str) -> str:
+    """A scenario name made safe as a file name: no path separators, NULs or leading dots."""
+    stem = _UNSAFE_NAME_CHARS.sub("_", name).strip("._")[:100]
+    return stem or "scenario"
+
+
+def default_path(results_dir: Path, name: str, started_at: dt.datetime) -> Path:
+    stamp = started_at.strftime("%Y%m%d-%H%M%S")
+    return results_dir / f"{file_stem(name)}-{stamp}.json"
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before anything runs, a file path that racebench could not write atomically.
+
+    The path must be absent or a regular file (never a device, FIFO, directory or symlink,
+    which the final rename would replace), and its directory must exist or be creatable,
+    and accept new files.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # the directory check below names the part that is not a directory
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path}: {exc.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a symbolic link (the atomic rename would replace it)"
+            if stat.S_ISLNK(mode)
+            else "not a regular file (a device or FIFO)"
+        )
+        raise OutputPathError(f"{option} {path}: exists and is {kind}")
+    check_output_dir(path.parent, option, shown=path)
+
+
+def check_output_dir(directory: Path, option: str, shown: Path | None = None) -> None:
+    """Create `directory` if needed and prove a file can be created in it."""
+    shown = shown or directory
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(
+            f"{option} {shown}: {_first_non_directory(directory)} is not a directory"
+        ) from None
+    except OSError as exc:
+        raise OutputPathError(
+            f"{option} {shown}: cannot create {directory}: {exc.strerror}"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".racebench-write-check.", dir=directory)
+    except OSError as exc:
+        raise OutputPathError(
+            f"{option} {shown}: cannot write in {directory}: {exc.strerror}"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _first_non_directory(directory: Path) -> Path:
+    for candidate in [*reversed(directory.parents), directory]:
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return directory
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Read a result file, refusing anything that is not a racebench.result/1 document."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ResultFileError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ResultFileError(f"{path}: not a JSON file: {exc}") from None
+    except RecursionError:
+        raise ResultFileError(f"{path}: not a result file: JSON nested too deeply") from None
+    schema = document.get("schema") if isinstance(document, dict) else None
+    if schema != SCHEMA:
+        raise ResultFileError(f"{path}: schema is {schema!r}, this racebench reads {SCHEMA!r}")
+    if not isinstance(document.get("runs"), list):
+        raise ResultFileError(f"{path}: runs: missing or not a list")
+    return document

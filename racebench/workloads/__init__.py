@@ -1,0 +1,1 @@
+"""Workloads: what the clients do and which invariants must hold afterwards."""
