@@ -218,21 +218,18 @@ def _row_step(
     lock: LockClient | None,
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
-    """Booking and transfer (SQL stores only): a transfer reader's sum rides in `token`."""
-    from racebench.stores.sql_rows import RowOperations
-
-    rows = client
-    assert isinstance(rows, RowOperations)
+    """Booking and transfer (the stores that implement them): a transfer reader's sum rides
+    in `token`."""
     if strategy != "lock":
-        row_step = rows.row_step
+        row_step = client.row_step
         return lambda seq: row_step(strategy, plan, seq)
     assert lock is not None
     cid = client.options.client_id
-    locked = locked_step(lambda seq, token: rows.row_attempt(plan, seq), cid, lock, False, probe)
+    locked = locked_step(lambda seq, token: client.row_attempt(plan, seq), cid, lock, False, probe)
 
     def with_value(seq: int) -> StepResult:
         result = locked(seq)
-        return replace(result, token=rows.row_value) if rows.row_value else result
+        return replace(result, token=client.row_value) if client.row_value else result
 
     return with_value
 

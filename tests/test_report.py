@@ -113,7 +113,8 @@ def test_output_layer_never_imports_the_engine() -> None:
         "import sys, racebench.output.report, racebench.output.report_html, racebench.output.plots,"
         " racebench.output.run_plots, racebench.output.compare, racebench.output.compare_render,"
         " racebench.output.compare_html;"
-        "engine = {m for m in sys.modules if m.startswith(('racebench.engine', 'racebench.workloads'))"
+        "engine = {m for m in sys.modules"
+        " if m.startswith(('racebench.engine', 'racebench.workloads'))"
         " or m in ('racebench.analysis.verdict', 'racebench.output.render')};"
         "assert not engine, engine"
     )

@@ -1,4 +1,5 @@
-"""The booking and transfer workloads on SQLite, PostgreSQL and MySQL/MariaDB (real servers).
+"""The booking and transfer workloads on SQLite, PostgreSQL and MySQL/MariaDB, and transfer
+on Redis and ZooKeeper (real servers).
 
 Each unguarded run must show its anomaly (runs grow until it shows, bounded), each safe
 strategy must show none, and transfer's random lock order must deadlock and be retried.
@@ -22,6 +23,21 @@ LOCK_SERVICE = {"sqlite": "file_lock", "postgres": "advisory", "mysql": "get_loc
 # SQLite has no row locks: its BEGIN IMMEDIATE (`exclusive`) takes the database write lock.
 LOCKING = {"sqlite": "exclusive", "postgres": "for_update", "mysql": "for_update"}
 DEADLOCK = {"postgres": "40P01", "mysql": "1213"}
+SQL = ["sqlite", "postgres", "mysql"]
+KEY_VALUE = ["redis", "zookeeper"]
+# Transfer's safe strategies on the key-value stores; each lock service defaults to the
+# store's own server.
+KEY_VALUE_SAFE = {
+    "redis": [
+        {"strategy": "atomic"},
+        {"strategy": "optimistic"},
+        {"strategy": "lock", "lock": {"service": "redis_lock"}},
+    ],
+    "zookeeper": [
+        {"strategy": "optimistic"},
+        {"strategy": "lock", "lock": {"service": "zookeeper_lock"}},
+    ],
+}
 
 
 def _scenario(store: dict, workload: dict, guard: dict, **extra) -> dict:
@@ -48,6 +64,8 @@ def _until_anomaly(scenario: dict, *anomalies: str) -> dict:
 
 
 def _safe_strategies(backend: str, workload: str) -> list[dict]:
+    if backend in KEY_VALUE:
+        return KEY_VALUE_SAFE[backend]
     guards = [
         {"strategy": LOCKING[backend]},
         {"strategy": "lock", "lock": {"service": LOCK_SERVICE[backend]}},
@@ -59,7 +77,7 @@ def _safe_strategies(backend: str, workload: str) -> list[dict]:
     return guards
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+@pytest.mark.parametrize("backend", SQL)
 def test_unguarded_booking_sells_seats_twice(store_for, backend: str) -> None:
     run = _until_anomaly(
         _scenario(store_for(backend), BOOKING, {"strategy": "none"}), "double_bookings"
@@ -71,7 +89,7 @@ def test_unguarded_booking_sells_seats_twice(store_for, backend: str) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "guard"),
-    [(b, g) for b in ("sqlite", "postgres", "mysql") for g in _safe_strategies(b, "booking")],
+    [(b, g) for b in SQL for g in _safe_strategies(b, "booking")],
     ids=lambda v: v if isinstance(v, str) else v["strategy"],
 )
 def test_safe_booking_strategies_sell_each_seat_once(store_for, backend: str, guard: dict) -> None:
@@ -84,7 +102,7 @@ def test_safe_booking_strategies_sell_each_seat_once(store_for, backend: str, gu
     assert run["verdict"] == "safe"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+@pytest.mark.parametrize("backend", SQL + KEY_VALUE)
 def test_unguarded_transfers_lose_money_and_readers_see_it(store_for, backend: str) -> None:
     scenario = _scenario(store_for(backend), TRANSFER, {"strategy": "none"})
     run = _until_anomaly(scenario, "total_drift", "read_skew")
@@ -97,7 +115,7 @@ def test_unguarded_transfers_lose_money_and_readers_see_it(store_for, backend: s
 
 @pytest.mark.parametrize(
     ("backend", "guard"),
-    [(b, g) for b in ("sqlite", "postgres", "mysql") for g in _safe_strategies(b, "transfer")],
+    [(b, g) for b in SQL + KEY_VALUE for g in _safe_strategies(b, "transfer")],
     ids=lambda v: v if isinstance(v, str) else v["strategy"],
 )
 def test_safe_transfer_strategies_conserve_money(store_for, backend: str, guard: dict) -> None:
@@ -109,8 +127,12 @@ def test_safe_transfer_strategies_conserve_money(store_for, backend: str, guard:
     assert run["verdict"] == "safe"
 
 
-@pytest.mark.parametrize("workload", [BOOKING, TRANSFER])
-@pytest.mark.parametrize("backend", ["postgres", "mysql"])
+@pytest.mark.parametrize(
+    ("backend", "workload"),
+    [(b, w) for b in ("postgres", "mysql") for w in (BOOKING, TRANSFER)]
+    + [(b, TRANSFER) for b in KEY_VALUE],
+    ids=lambda v: v if isinstance(v, str) else v["type"],
+)
 def test_row_workloads_leave_no_table_behind(store_for, backend: str, workload: dict) -> None:
     from racebench.plugins.registry import store_class
     from racebench.util.ownership import new_namespace
@@ -119,7 +141,7 @@ def test_row_workloads_leave_no_table_behind(store_for, backend: str, workload: 
     run_scenario_data(_scenario(store, workload, {"strategy": "none"}, operations=8))
     own = new_namespace().rsplit("_", 1)[0]  # racebench_p<this pid>h<host>: this process's
     probe = store_class(backend)(store["url"], "racebench_probe")
-    assert [t for t in probe.leftovers() if t.startswith(own + "_")] == []
+    assert [t for t in probe.leftovers() if own + "_" in t] == []  # tables, keys, znodes
 
 
 @pytest.mark.parametrize("backend", ["postgres", "mysql"])
@@ -224,3 +246,81 @@ def test_row_workloads_refuse_what_does_not_implement_them(write_scenario) -> No
     assert "workload.readers: 4 readers leave no client to transfer" in refusal
     guard = {"strategy": "lock", "fencing": True, "lock": {"service": "file_lock"}}
     assert "guard.fencing" in _refusal({**sqlite, "guard": guard})
+
+
+def test_key_value_stores_refuse_what_they_do_not_implement(write_scenario) -> None:
+    transfer = {"name": "t", "workload": TRANSFER, "store": {"backend": "zookeeper"}}
+    result = run_cli("validate", str(write_scenario({**transfer, "guard": {"strategy": "atomic"}})))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "guard.strategy: unknown strategy 'atomic' for backend zookeeper" in line
+    refusal = _refusal({**transfer, "workload": BOOKING})
+    assert "the zookeeper store does not implement the booking workload" in refusal
+    redis = {**transfer, "store": {"backend": "redis"}, "guard": {"strategy": "crdt"}}
+    assert "strategy 'crdt' does not apply to the transfer workload" in _refusal(redis)
+    # A ZooKeeper reader checks every account in one multi: one request, at most 1 MB.
+    many = {**transfer, "workload": {**TRANSFER, "accounts": 10_001, "total": 20_002}}
+    assert "workload.accounts: 10001 accounts; the zookeeper store takes at most 10000" in (
+        _refusal(many)
+    )
+
+
+def test_zookeeper_reads_are_a_snapshot_only_when_validated(store_for) -> None:
+    """Why a ZooKeeper reader under `optimistic` checks the versions it read in a multi:
+    writers that commit both accounts in one multi still land between a reader's gets."""
+    import contextlib
+    import random
+    import threading
+    import time
+
+    from racebench.plugins.registry import store_class
+    from racebench.stores.base import ClientOptions, Conflict
+    from racebench.workloads.rows import TransferPlan
+    from tests.conftest import unique_namespace
+
+    store = store_class("zookeeper")(store_for("zookeeper")["url"], unique_namespace("snap"))
+    plan = TransferPlan(accounts=4, total=400, max_amount=5, readers=1)
+    store.setup(plan, clients=3)
+    clients = [store.connect(ClientOptions(0, 0, 0, 0, client_id=i, clients=3)) for i in range(3)]
+    reader, writers = clients[0], clients[1:]
+    stop = threading.Event()
+
+    def transfer(client) -> None:
+        rng = random.Random()
+        while not stop.is_set():
+            # A Conflict: the other writer committed first; on to the next transfer.
+            with contextlib.suppress(Conflict):
+                client.native_transfer("optimistic", *plan.pick(rng))
+
+    threads = [threading.Thread(target=transfer, args=(w,)) for w in writers]
+    validated = 0
+
+    def attempt(number: int) -> int:
+        """Reads for a while (longer each attempt); how many plain reads missed the total."""
+        nonlocal validated
+        missed = 0
+        deadline = time.monotonic() + 0.5 * (number + 1)
+        while time.monotonic() < deadline:
+            missed += sum(reader.read_accounts(plan)) != plan.total
+            try:
+                assert sum(reader.read_snapshot(plan)) == plan.total  # every validated read
+                validated += 1
+            except Conflict:
+                pass  # a transfer committed between the gets and the checks: read again
+        return missed
+
+    try:
+        for thread in threads:
+            thread.start()
+        missed = until_shown(attempt, lambda missed: missed > 0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for client in clients:
+            client.close()
+        final = store.read_final(plan)
+        store.teardown()
+    assert missed > 0  # plain gets saw a committed multi halfway
+    assert validated > 0
+    assert sum(final.balances) == plan.total

@@ -68,5 +68,5 @@ def test_passwords_are_redacted() -> None:
 
 def test_an_empty_url_is_refused_not_taken_for_the_default() -> None:
     data = {"name": "u", "workload": {"type": "stock"}, "store": {"backend": "redis", "url": ""}}
-    with pytest.raises(ScenarioError, match="u.yaml: store.url: String should have at least 1"):
+    with pytest.raises(ScenarioError, match=r"u\.yaml: store\.url: String should have at least 1"):
         expand(data, "u.yaml")

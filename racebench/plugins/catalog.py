@@ -17,7 +17,7 @@ from racebench.plugins.registry import (
     store_names,
     strategies_for,
 )
-from racebench.stores.base import Store, StrategySpec
+from racebench.stores.base import ROW_WORKLOADS, Store, StrategySpec
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import WORKLOAD_TYPES
 from racebench.workloads.custom.plugin import PluginError, installed_plugins, load_plugin
@@ -25,7 +25,10 @@ from racebench.workloads.custom.redis_template import RedisTemplateWorkload
 from racebench.workloads.custom.sql_template import SqlTemplateWorkload
 from racebench.workloads.rows import ROW_WORKLOAD_TYPES
 
-TEMPLATE_TYPES = {"sql": SqlTemplateWorkload, "redis": RedisTemplateWorkload}
+TEMPLATE_TYPES: dict[str, type[SqlTemplateWorkload] | type[RedisTemplateWorkload]] = {
+    "sql": SqlTemplateWorkload,
+    "redis": RedisTemplateWorkload,
+}
 
 
 def client_model(cls: type[Store], strategies: list[str]) -> str:
@@ -40,6 +43,9 @@ def client_model(cls: type[Store], strategies: list[str]) -> str:
     if threaded:
         what = ", ".join(threaded) if on_loop else "all strategies"
         parts.append(f"a thread per client (blocking driver): {what}")
+    if on_loop and (rows := sorted(cls.workloads & ROW_WORKLOADS)):
+        # The row workloads have no asyncio implementation (engine.py).
+        parts.append(f"{' and '.join(rows)} on a thread per client, whatever the strategy")
     return "; ".join(parts)
 
 
@@ -62,13 +68,16 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
     stores = _loadable(store_names(), store_class, broken)
     services = _loadable(lock_names(), lock_class, broken)
     workloads = Table(title="workloads", header_style="bold")
-    for header in ("type", "what it does", "anomalies checked"):
+    for header in ("type", "what it does", "backends", "anomalies checked"):
         workloads.add_column(header)
     for name, model in {**WORKLOAD_TYPES, **ROW_WORKLOAD_TYPES}.items():
-        workloads.add_row(name, (model.__doc__ or "").strip(), ", ".join(model.anomaly_names))
+        runs_on = ", ".join(b for b in stores if name in store_class(b).workloads)
+        doc = " ".join((model.__doc__ or "").split())  # a docstring's line breaks: spaces
+        workloads.add_row(name, doc, runs_on, ", ".join(model.anomaly_names))
     for name, template in TEMPLATE_TYPES.items():
         doc = (template.__doc__ or "").strip()
-        workloads.add_row(name, doc, "the template's own invariants (docs/workloads-custom.md)")
+        own = "the template's own invariants (docs/workloads-custom.md)"
+        workloads.add_row(name, doc, ", ".join(template.backends), own)
 
     backends = Table(title="backends", header_style="bold")
     for header in (

@@ -217,6 +217,14 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
         _validate_integer_range(spec, workload, fail)
     if s.guard.fencing and s.workload.type in ROW_WORKLOADS:
         raise fail("guard.fencing", f"fencing does not apply to the {s.workload.type} workload")
+    limit = store_class(s.store.backend).max_accounts
+    accounts = getattr(s.workload, "accounts", 0)
+    if s.workload.type == "transfer" and limit is not None and accounts > limit[0]:
+        raise fail(
+            "workload.accounts",
+            f"{accounts} accounts; the {s.store.backend} store takes at most {limit[0]} "
+            f"({limit[1]})",
+        )
     readers = getattr(s.workload, "readers", 0)
     if readers >= s.clients:
         raise fail("workload.readers", f"{readers} readers leave no client to transfer")

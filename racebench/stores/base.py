@@ -41,7 +41,7 @@ class UnknownOutcome(Exception):
 
 
 ALL_WORKLOADS = frozenset({"stock", "withdraw", "likes"})
-ROW_WORKLOADS = frozenset({"booking", "transfer"})  # racebench.workloads.rows, SQL stores only
+ROW_WORKLOADS = frozenset({"booking", "transfer"})  # racebench.workloads.rows
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,19 @@ class StoreClient(ABC):
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
         """Run one withdrawal under a store-native strategy."""
+        raise NotImplementedError(strategy)
+
+    # Set by every booking or transfer operation: the sum a transfer reader saw, else 0. The
+    # history keeps it in the record's token field (fencing does not apply to these workloads).
+    row_value = 0
+
+    def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
+        """The unguarded booking or transfer operation (strategies `none` and `lock`), for the
+        stores whose `workloads` include them."""
+        raise NotImplementedError(plan.shape)
+
+    def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
+        """One booking or transfer operation under `strategy` (any but `lock`)."""
         raise NotImplementedError(strategy)
 
     def retrying(self, attempt_once: Callable[[], Outcome]) -> StepResult:
@@ -258,6 +271,8 @@ class Store(PluginInfo, ABC):
     async_strategies: ClassVar[frozenset[str]] = frozenset()
     # The workload types it implements; a strategy's `supports` narrows it further.
     workloads: ClassVar[frozenset[str]] = ALL_WORKLOADS
+    # The most accounts transfer can have here, and why; None: no limit of the store's own.
+    max_accounts: ClassVar[tuple[int, str] | None] = None
     async_driver: ClassVar[str] = ""  # what the asyncio path is built on, for `racebench list`
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.

@@ -2,9 +2,10 @@
 
 Keys live under `racebench:{namespace}:`. The counter is a string key (so INCRBY applies),
 the G-counter a hash with one field per client, and the withdraw ledger a list of
-`amount:client:seq` entries whose sum is the balance. Redis runs each command and each Lua
-script alone, so a script that reads, checks and writes is atomic; the races come from a read
-and a write sent as separate commands.
+`amount:client:seq` entries whose sum is the balance; transfer's accounts are one key each
+(stores/redis_transfer.py). Redis runs each command and each Lua script alone, so a script
+that reads, checks and writes is atomic; the races come from a read and a write sent as
+separate commands.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
+from racebench.stores.kv_transfer import KEY_VALUE_WORKLOADS
+from racebench.stores.redis_transfer import TRANSFER, RedisTransfer, read_balances, seed_accounts
 from racebench.util.redact import redact_text
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 if TYPE_CHECKING:
     import redis
-
-    from racebench.workloads.rows import RowPlan
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -132,17 +134,25 @@ def delete_matching(client: redis.Redis, pattern: str) -> None:
 
 @dataclass(frozen=True)
 class RedisKeys:
-    """The keys of one namespace; `fence` holds the newest fencing token of the resource."""
+    """The keys of one namespace; `fence` holds the newest fencing token of the resource;
+    transfer's account `i` is `account` + `i`."""
 
     counter: str
     slots: str
     ledger: str
     fence: str
+    account: str
 
     @classmethod
     def of(cls, namespace: str) -> RedisKeys:
         prefix = f"racebench:{namespace}:"
-        return cls(prefix + "counter", prefix + "slots", prefix + "ledger", prefix + "fence")
+        return cls(
+            prefix + "counter",
+            prefix + "slots",
+            prefix + "ledger",
+            prefix + "fence",
+            prefix + "account:",
+        )
 
 
 def _entry(amount: int, client: int, seq: int) -> str:
@@ -174,7 +184,7 @@ def _parse_entry(raw: bytes) -> LedgerRow:
     return LedgerRow(int(amount), int(client), int(seq))
 
 
-class RedisClient(StoreClient):
+class RedisClient(RedisTransfer):
     """One client's redis-py connection, with its Lua scripts registered.
 
     A connection lost or timed out mid-command makes the operation's outcome unknown (the
@@ -193,6 +203,7 @@ class RedisClient(StoreClient):
         self.fenced_lrange = register(FENCED_LRANGE)
         self.fenced_set = register(FENCED_SET)
         self.fenced_rpush = register(FENCED_RPUSH)
+        self.transfer_script = register(TRANSFER)
 
     def read_counter(self, token: int | None = None) -> int:
         if token is None:
@@ -453,16 +464,24 @@ class RedisStore(Store):
     drivers = ("redis", "hiredis")
     ports = {"redis": 6379, "rediss": 6379}
     test_server = "redis_url"
+    workloads = KEY_VALUE_WORKLOADS
     strategies = {
         "atomic": StrategySpec(
             "one server-side step: INCRBY for likes; a Lua script that checks the floor (stock)"
-            " or the ledger's sum (withdraw) and writes",
-            prevents="lost update, oversell, overdraft (Redis runs a script alone, start to end)",
+            ", the ledger's sum (withdraw) or the source's balance (transfer) and writes",
+            prevents="lost update, oversell, overdraft, lost transfer, read skew (Redis runs a "
+            "script alone, start to end; transfer readers read every account with one MGET)",
+            safe_for=KEY_VALUE_WORKLOADS,
+            supports=KEY_VALUE_WORKLOADS,
         ),
         "optimistic": StrategySpec(
-            "WATCH the key (the counter, or the ledger list), read, MULTI/write/EXEC; EXEC "
-            "aborts if the key changed since WATCH, and the operation is retried",
-            prevents="lost update, oversell, overdraft",
+            "WATCH the key (the counter, the ledger list, or both accounts), read, "
+            "MULTI/write/EXEC; EXEC aborts if a watched key changed since WATCH, and the "
+            "operation is retried",
+            prevents="lost update, oversell, overdraft, lost transfer, read skew (a transfer's "
+            "two writes commit in one EXEC; readers read every account with one MGET)",
+            safe_for=KEY_VALUE_WORKLOADS,
+            supports=KEY_VALUE_WORKLOADS,
         ),
     }
 
@@ -499,7 +518,7 @@ class RedisStore(Store):
         return {"server": facts["server"], "version": facts["version"]}
 
     def setup(self, plan: Plan | RowPlan, clients: int) -> None:
-        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
+        assert isinstance(plan, CounterPlan | LedgerPlan | TransferPlan)  # workloads: no booking
         # Every key gets a time to live that outlasts the run (expire_after_s): a run killed
         # before its teardown leaves keys that `racebench clean` removes, or Redis in time.
         ttl = self.expire_after_s
@@ -511,6 +530,8 @@ class RedisStore(Store):
                 pipe.set(self.keys.counter, plan.initial, ex=ttl)
                 pipe.hset(self.keys.slots, mapping={str(i): 0 for i in range(clients)})
                 pipe.expire(self.keys.slots, ttl)
+            elif isinstance(plan, TransferPlan):
+                seed_accounts(pipe, self.keys, plan, ttl)
             else:
                 pipe.rpush(self.keys.ledger, _entry(plan.deposit, -1, 0))
                 pipe.expire(self.keys.ledger, ttl)
@@ -519,9 +540,11 @@ class RedisStore(Store):
             client.close()
 
     def read_final(self, plan: Plan | RowPlan) -> FinalState:
-        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
+        assert isinstance(plan, CounterPlan | LedgerPlan | TransferPlan)  # workloads: no booking
         client = open_redis(self.redis_url)
         try:
+            if isinstance(plan, TransferPlan):
+                return FinalState(balances=read_balances(client, self.keys, plan))
             if isinstance(plan, CounterPlan):
                 value = _int_reply(client.get(self.keys.counter), self.keys.counter)
                 slots = sum(int(v) for v in client.hvals(self.keys.slots))

@@ -69,10 +69,6 @@ def read_row_final(
 class RowOperations(SqlStatements):
     """Booking and transfer on a SQL client; `row_attempt` is the unguarded operation."""
 
-    # Set by every attempt: the sum a transfer reader saw, else 0. The history keeps it in
-    # the record's token field (fencing does not apply to these workloads).
-    row_value = 0
-
     @abstractmethod
     def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
         """`body` in one transaction: kind `lock` (rows locked as read, or SQLite's database
@@ -128,8 +124,7 @@ class RowOperations(SqlStatements):
         return Outcome.OK
 
     def _transfer(self, plan: TransferPlan, locking: bool) -> Outcome:
-        source, target = self._rng.sample(range(plan.accounts), 2)
-        amount = self._rng.randint(1, plan.max_amount)
+        source, target, amount = plan.pick(self._rng)
         if locking:
             # Sorted, every client locks the lower id first and no cycle can form; in the
             # transfer's own order two opposite transfers lock crosswise: a deadlock.

@@ -5,6 +5,7 @@ only native guard is the version every znode carries: `set(path, data, version=v
 only if nobody wrote since the read of version v. The withdraw ledger is a parent whose
 sequential children are the entries; the `account` znode's version stands for the whole
 ledger, and a withdrawal commits as one transaction that bumps it and creates the entry.
+Transfer's accounts are one znode each (stores/zookeeper_transfer.py).
 """
 
 from __future__ import annotations
@@ -26,15 +27,22 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
+from racebench.stores.kv_transfer import KEY_VALUE_WORKLOADS
+from racebench.stores.zookeeper_transfer import (
+    MAX_ACCOUNTS,
+    ZookeeperTransfer,
+    account_path,
+    read_stats,
+    seed_accounts,
+)
 from racebench.util.redact import redact_text
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
+from racebench.workloads.rows import RowPlan, TransferPlan
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kazoo.client import KazooClient, TransactionRequest
-
-    from racebench.workloads.rows import RowPlan
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
 ROOT = "/racebench"
@@ -161,9 +169,10 @@ class ZookeeperPaths:
         self.account = f"{self.root}/account"
         self.ledger = f"{self.root}/ledger"
         self.entry = f"{self.ledger}/entry-"
+        self.accounts = f"{self.root}/accounts"
 
 
-class ZookeeperClient(StoreClient):
+class ZookeeperClient(ZookeeperTransfer):
     """One client's kazoo session.
 
     A connection lost mid-request makes the operation's outcome unknown (the request may have
@@ -176,6 +185,7 @@ class ZookeeperClient(StoreClient):
         self.zk = open_kazoo(hosts, "zookeeper store")
         self.paths = ZookeeperPaths(namespace)
         self.slot = f"{self.paths.slots}/{options.client_id}"
+        self.accounts = self.paths.accounts
 
     def _register(self, token: int) -> None:
         from kazoo.exceptions import BadVersionError
@@ -318,12 +328,18 @@ class ZookeeperStore(Store):
     # A hosts string has no scheme: the proxy looks its default port up under this name.
     ports = {"zookeeper": 2181}
     test_server = "zookeeper_hosts"
+    workloads = KEY_VALUE_WORKLOADS
+    max_accounts = (MAX_ACCOUNTS, "a reader checks every account in one multi, one request")
     strategies = {
         "optimistic": StrategySpec(
             "read the znode and its version, set(..., version=v); for the ledger, a "
             "transaction that sets the account znode at the version read and creates the "
-            "entry; retried on BadVersion",
-            prevents="lost update, oversell, overdraft",
+            "entry; for transfer, a transaction that sets both accounts at the versions read, "
+            "and readers check every account's version in one transaction; retried on "
+            "BadVersion",
+            prevents="lost update, oversell, overdraft, lost transfer, read skew",
+            safe_for=KEY_VALUE_WORKLOADS,
+            supports=KEY_VALUE_WORKLOADS,
         ),
     }
 
@@ -361,7 +377,7 @@ class ZookeeperStore(Store):
         return None
 
     def setup(self, plan: Plan | RowPlan, clients: int) -> None:
-        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
+        assert isinstance(plan, CounterPlan | LedgerPlan | TransferPlan)  # workloads: no booking
         p = self.paths
         client = self._open()
         try:
@@ -374,21 +390,26 @@ class ZookeeperStore(Store):
                 tx.create(p.slots)
                 for i in range(clients):
                     tx.create(f"{p.slots}/{i}", b"0")
-            else:
+            elif isinstance(plan, LedgerPlan):
                 tx.create(p.account)
                 tx.create(p.ledger)
                 tx.create(p.entry, _entry(plan.deposit, -1, 0), sequence=True)
             for result in tx.commit():
                 if isinstance(result, Exception):
                     raise result
+            if isinstance(plan, TransferPlan):
+                seed_accounts(client, p.accounts, plan)
         finally:
             close_kazoo(client)
 
     def read_final(self, plan: Plan | RowPlan) -> FinalState:
-        assert isinstance(plan, CounterPlan | LedgerPlan)  # validate_run: no row workload here
+        assert isinstance(plan, CounterPlan | LedgerPlan | TransferPlan)  # workloads: no booking
         p = self.paths
         client = self._open()
         try:
+            if isinstance(plan, TransferPlan):
+                paths = [account_path(p.accounts, a) for a in range(plan.accounts)]
+                return FinalState(balances=[b for b, _ in read_stats(client, paths)])
             if isinstance(plan, CounterPlan):
                 value = int(client.get(p.counter)[0])
                 slots = client.get_children(p.slots)

@@ -4,11 +4,13 @@ Unlike the counter and the ledger (one logical value), these touch a row chosen 
 so their anomalies are about pairs of rows or predicates: a seat booked twice (write skew over
 a predicate, the phantom of "SELECT count(*) ... then INSERT"), money created or destroyed by
 two transfers that overwrite each other, and a reader that sums the accounts halfway through a
-transfer (read skew, G-single). Only the SQL stores implement them.
+transfer (read skew, G-single). The SQL stores implement both (stores/sql_rows.py); Redis and
+ZooKeeper implement transfer (stores/kv_transfer.py and their own modules).
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -43,6 +45,11 @@ class TransferPlan:
     max_amount: int
     readers: int
     shape: Literal["transfer"] = "transfer"
+
+    def pick(self, rng: random.Random) -> tuple[int, int, int]:
+        """A transfer at random: (source, target, amount) between two different accounts."""
+        source, target = rng.sample(range(self.accounts), 2)
+        return source, target, rng.randint(1, self.max_amount)
 
     def opening_balances(self) -> list[int]:
         """The total spread evenly, the remainder on the first accounts."""
@@ -150,8 +157,9 @@ class TransferWorkload(_WorkloadModel):
     readers: int = Field(
         default=0,
         ge=0,
-        description="clients (the first N) that only read all balances in one read-only "
-        "transaction and check their sum",
+        description="clients (the first N) that only read all balances at once (one "
+        "statement on SQL, one MGET on Redis, a get of every znode on ZooKeeper, checked in a "
+        "multi under optimistic) and check their sum",
     )
 
     operation_kind: ClassVar[str] = "transfer"

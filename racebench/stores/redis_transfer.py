@@ -1,0 +1,110 @@
+"""Transfer on Redis: one string key per account, `racebench:{run}:account:<id>`.
+
+A key per account, not a hash: WATCH watches whole keys, so with a hash every transfer would
+abort every other one in flight; with keys only the transfers sharing an account conflict.
+Readers read every account with one `MGET`, which Redis runs alone: a snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from racebench.history import Outcome
+from racebench.stores.base import Conflict
+from racebench.stores.kv_transfer import KeyValueTransfer
+from racebench.workloads.rows import TransferPlan
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
+
+    from racebench.stores.redis import RedisKeys
+
+# Move ARGV[1] from KEYS[1] to KEYS[2] only if KEYS[1] holds that much: the check and both
+# writes in one script, which Redis runs alone. DECRBY and INCRBY keep the keys' time to live.
+TRANSFER = """
+local balance = redis.call('GET', KEYS[1])
+if not balance or redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('racebench: account key missing')
+end
+if tonumber(balance) < tonumber(ARGV[1]) then return 0 end
+redis.call('DECRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def account_keys(keys: RedisKeys, accounts: int) -> list[str]:
+    return [f"{keys.account}{i}" for i in range(accounts)]
+
+
+def balances_of(replies: list[bytes | str | None], names: list[str]) -> list[int]:
+    """The balances an MGET returned; a missing account is an error naming its key."""
+    missing = [name for name, reply in zip(names, replies, strict=True) if reply is None]
+    if missing:
+        raise ValueError(f"redis: {missing[0]} is missing")
+    return [int(reply) for reply in replies if reply is not None]
+
+
+def seed_accounts(
+    pipe: redis.client.Pipeline, keys: RedisKeys, plan: TransferPlan, ttl: int
+) -> None:
+    """Queue the opening balances on `pipe`, each key expiring after `ttl` seconds."""
+    for name, balance in zip(
+        account_keys(keys, plan.accounts), plan.opening_balances(), strict=True
+    ):
+        pipe.set(name, balance, ex=ttl)
+
+
+def read_balances(client: redis.Redis, keys: RedisKeys, plan: TransferPlan) -> list[int]:
+    names = account_keys(keys, plan.accounts)
+    return balances_of(client.mget(names), names)
+
+
+class RedisTransfer(KeyValueTransfer):
+    """Transfer on one client's redis-py connection (`redis`, `keys` and the registered
+    `transfer_script`: set by the client)."""
+
+    redis: redis.Redis
+    keys: RedisKeys
+    transfer_script: Script
+
+    def read_accounts(self, plan: TransferPlan) -> list[int]:
+        return read_balances(self.redis, self.keys, plan)
+
+    def read_pair(self, source: int, target: int) -> tuple[int, int]:
+        names = [f"{self.keys.account}{source}", f"{self.keys.account}{target}"]
+        balance, credit = balances_of(self.redis.mget(names), names)
+        return balance, credit
+
+    def write_balance(self, account: int, balance: int) -> None:
+        self.redis.set(f"{self.keys.account}{account}", balance, keepttl=True)
+
+    def native_transfer(self, strategy: str, source: int, target: int, amount: int) -> Outcome:
+        names = [f"{self.keys.account}{source}", f"{self.keys.account}{target}"]
+        if strategy == "atomic":
+            moved = self.transfer_script(keys=names, args=[amount])
+            return Outcome.OK if moved else Outcome.REJECTED
+        assert strategy == "optimistic"
+        return self._watched_transfer(names, amount)
+
+    def _watched_transfer(self, names: list[str], amount: int) -> Outcome:
+        import redis
+
+        # Leaving the `with` block resets the pipeline, which UNWATCHes on every path.
+        with self.redis.pipeline() as pipe:
+            pipe.watch(*names)
+            balance, credit = balances_of(pipe.mget(names), names)
+            self.pause()
+            if balance < amount:
+                return Outcome.REJECTED
+            # Both writes in one MULTI/EXEC: no reader's MGET runs between them, and EXEC
+            # aborts if either account changed since WATCH.
+            pipe.multi()
+            pipe.set(names[0], balance - amount, keepttl=True)
+            pipe.set(names[1], credit + amount, keepttl=True)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise Conflict("watch") from None
+        return Outcome.OK
