@@ -250,7 +250,9 @@ def test_row_workloads_refuse_what_does_not_implement_them(write_scenario) -> No
 
 def test_key_value_stores_refuse_what_they_do_not_implement(write_scenario) -> None:
     transfer = {"name": "t", "workload": TRANSFER, "store": {"backend": "zookeeper"}}
-    result = run_cli("validate", str(write_scenario({**transfer, "guard": {"strategy": "atomic"}})))
+    result = cli_in_process(
+        "validate", str(write_scenario({**transfer, "guard": {"strategy": "atomic"}}))
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "guard.strategy: unknown strategy 'atomic' for backend zookeeper" in line
