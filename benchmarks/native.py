@@ -1,7 +1,8 @@
 """racebench against each server's own benchmark tool, on the same statement and client count.
 
 - redis: `redis-benchmark -t incr` against racebench's likes/atomic (INCRBY on one key), and
-  stock/atomic (EVALSHA of the floor-checking script) against the same INCR figure;
+  `redis-benchmark ... EVALSHA <sha> 1 <key> -1 0` (the same floor-checking script, loaded
+  first) against racebench's stock/atomic;
 - postgres: `pgbench -M prepared -f` running the stock/atomic UPDATE on racebench's own
   one-row counter table against racebench's stock/atomic;
 - mysql: `mysqlslap --query` with the same UPDATE against racebench's stock/atomic.
@@ -11,11 +12,16 @@ is of the medians of at least 3 runs per side.
 
     python benchmarks/native.py --backend redis --clients 16 --clients 256 [--trials 3]
         [--operations 200000] [--workers 2]
+    python benchmarks/native.py --startup 8000   # Redis clients: ready time and memory
+
+Each figure is printed with the 1-minute load average when it was taken: on a shared machine
+a ratio means little without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import secrets
 import statistics
@@ -66,17 +72,41 @@ def racebench_ops(
     return run["throughput_ops_s"]
 
 
-def redis_benchmark_ops(clients: int, ops: int) -> float:
+def _load() -> str:
+    return os.getloadavg()[0].__format__(".1f")
+
+
+def _redis_benchmark(clients: int, ops: int, *what: str) -> float:
     url = urlparse(URLS["redis"])
     command = ["redis-benchmark", "-h", url.hostname or "127.0.0.1", "-p", str(url.port or 6379)]
-    command += ["-t", "incr", "-c", str(clients), "-n", str(ops), "-q"]
+    command += ["-c", str(clients), "-n", str(ops), "-q", *what]
     out = subprocess.run(
         command,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return float(re.findall(r"INCR: ([\d.]+) requests per second", out)[-1])
+    return float(re.findall(r": ([\d.]+) requests per second", out)[-1])
+
+
+def redis_benchmark_ops(clients: int, ops: int) -> float:
+    return _redis_benchmark(clients, ops, "-t", "incr")
+
+
+def redis_benchmark_evalsha_ops(clients: int, ops: int) -> float:
+    """The stock/atomic script through redis-benchmark's arbitrary-command form: the same
+    EVALSHA racebench sends (sell one unit if that leaves at least 0), on a key of its own."""
+    from racebench.stores.redis import COUNTER_ADD_WITH_FLOOR, open_redis
+
+    client = open_redis(URLS["redis"])
+    key = f"racebench:native_{secrets.token_hex(4)}:counter"
+    try:
+        sha = client.script_load(COUNTER_ADD_WITH_FLOOR)
+        client.set(key, ops * 4, ex=3600)
+        return _redis_benchmark(clients, ops, "EVALSHA", sha, "1", key, "-1", "0")
+    finally:
+        client.delete(key)
+        client.close()
 
 
 def _with_counter_table(backend: str, ops: int, run) -> float:
@@ -130,39 +160,67 @@ def mysqlslap_ops(clients: int, ops: int) -> float:
     return _with_counter_table("mysql", ops, run)
 
 
-NATIVE = {"redis": redis_benchmark_ops, "postgres": pgbench_ops, "mysql": mysqlslap_ops}
-# (label, workload) of the racebench side, per backend
-RACEBENCH_SIDES = {
-    "redis": [("likes atomic (INCRBY)", "likes"), ("stock atomic (EVALSHA)", "stock")],
-    "postgres": [("stock atomic", "stock")],
-    "mysql": [("stock atomic", "stock")],
+# (label, native tool, racebench workload) per backend: each pair runs the same command.
+PAIRS = {
+    "redis": [
+        ("likes atomic (INCRBY) vs redis-benchmark -t incr", redis_benchmark_ops, "likes"),
+        ("stock atomic (EVALSHA) vs redis-benchmark EVALSHA", redis_benchmark_evalsha_ops, "stock"),
+    ],
+    "postgres": [("stock atomic vs pgbench -M prepared", pgbench_ops, "stock")],
+    "mysql": [("stock atomic vs mysqlslap", mysqlslap_ops, "stock")],
 }
+
+
+def startup(clients: int, workers: int | None) -> tuple[float, float, float]:
+    """(ready seconds, the workers' summed peak RSS in MB, this process's peak RSS in MB) of
+    `clients` Redis clients doing two INCRBYs each."""
+    import resource
+
+    execution = Execution()
+    data = _scenario("redis", "likes", clients, clients * 2, workers)
+    execute(expand(data, "native"), ExecutionOptions(), execution)
+    [run] = execution.runs
+    load = run["load"]
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return load["ready_s"], sum(load["worker_max_rss_mb"]), parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", action="append", choices=list(NATIVE))
+    parser.add_argument("--backend", action="append", choices=list(PAIRS))
     parser.add_argument("--clients", action="append", type=int)
     parser.add_argument("--operations", type=int, default=100_000)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--startup", type=int, metavar="CLIENTS", help="time Redis start-up")
     args = parser.parse_args()
+    if args.startup:
+        for _ in range(max(3, args.trials)):
+            ready, workers_mb, parent_mb = startup(args.startup, args.workers)
+            print(
+                f"redis {args.startup} clients: ready {ready:.2f} s, workers {workers_mb:,.0f} MB"
+                f" + parent {parent_mb:,.0f} MB (load {_load()})",
+                flush=True,
+            )
+        return
     for backend in args.backend or ["redis"]:
         for clients in args.clients or [16]:
             ops = args.operations if backend == "redis" else args.operations // 10
-            native: list[float] = []
-            ours: dict[str, list[float]] = {label: [] for label, _ in RACEBENCH_SIDES[backend]}
-            for _ in range(max(3, args.trials)):
-                native.append(NATIVE[backend](clients, ops))
-                for label, workload in RACEBENCH_SIDES[backend]:
-                    ours[label].append(racebench_ops(backend, workload, clients, ops, args.workers))
-            base = statistics.median(native)
-            print(f"{backend} clients={clients}: native median {base:,.0f} ops/s {native}")
-            for label, values in ours.items():
-                median = statistics.median(values)
+            for label, native_fn, workload in PAIRS[backend]:
+                native: list[float] = []
+                ours: list[float] = []
+                loads: list[str] = []
+                for _ in range(max(3, args.trials)):
+                    native.append(native_fn(clients, ops))
+                    ours.append(racebench_ops(backend, workload, clients, ops, args.workers))
+                    loads.append(_load())
+                base, median = statistics.median(native), statistics.median(ours)
                 print(
-                    f"  racebench {label}: median {median:,.0f} ops/s "
-                    f"ratio {median / base:.2f}x  {[round(v) for v in values]}"
+                    f"{backend} clients={clients} {label}: racebench {median:,.0f} ops/s, "
+                    f"native {base:,.0f} ops/s, ratio {median / base:.2f}x  "
+                    f"(racebench {[round(v) for v in ours]}, native {[round(v) for v in native]},"
+                    f" load {loads})",
+                    flush=True,
                 )
 
 

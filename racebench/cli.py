@@ -24,6 +24,12 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 
 class _Context:
+    """What the group passes to its commands: only --debug.
+
+    Each command imports what it needs inside its body, so that `racebench --help` and a
+    sqlite run import no server driver.
+    """
+
     debug = False
 
 
@@ -65,6 +71,8 @@ def _load_all(
 ) -> list[tuple[Path, dict[str, Any], list[Any]]]:
     from racebench.api import load
 
+    # Every file is loaded and validated before any runs: a typo in the third file must not
+    # surface after the first file's long run.
     return [load(path, overrides) for path in paths]
 
 
@@ -164,7 +172,7 @@ def run(
     """
     from racebench.api import overrides_of, run_paths
     from racebench.engine.cluster import ClusterOptions
-    from racebench.output.render import progress_display, results_table
+    from racebench.output.render import anomaly_example_lines, progress_display, results_table
 
     try:
         if output is not None and len(scenarios) > 1:
@@ -197,6 +205,8 @@ def run(
     runs = [r.summary for o in outcomes for r in o.runs]
     if runs:
         stdout.print(results_table(runs, width=stdout.width))
+        for line in anomaly_example_lines(runs):
+            stdout.print(f"  e.g. {line}", markup=False, highlight=False)
     names = {str(path): specs[0].scenario.name for path, _, specs in loaded}
     _write_ci_outputs(outcomes, names, junit)
     for outcome in outcomes:
@@ -212,6 +222,8 @@ def run(
             stderr.print(
                 f"expectation failed: {r['label']}: {failure}", markup=False, highlight=False
             )
+    # The exit code comes last, after every output is written: a CI job that fails on it
+    # still has the result file, the JUnit XML and the summary that say why.
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
     sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
@@ -314,6 +326,7 @@ def list_command() -> None:
         stdout.print(table)
     plugins, broken_workloads = plugin_table()
     stdout.print(plugins)
+    # Everything that loaded is listed first: one broken plug-in must not hide the others.
     broken += broken_workloads
     for problem in broken:
         stderr.print(f"racebench: {problem}", markup=False, highlight=False)
@@ -436,11 +449,14 @@ def clean(
         stderr.print(f"racebench: {problem}", markup=False, highlight=False)
     if not (done.removed or done.kept or done.failed):
         click.echo("nothing to clean")
+    # Something left on a server is not a finding but a cleanup that did not finish: exit 3,
+    # as for a server that could not be reached.
     failed = done.failed or found.problems
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 
 def _check_report_output(output: Path | None) -> None:
+    """Refuse an unusable --output before the (possibly slow) report is built."""
     from racebench.output.results import check_output_file
 
     if output is not None:
@@ -561,6 +577,7 @@ def compare(
     for warning in comparison.warnings:
         stderr.print(f"warning: {redact_text(warning)}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
+    # Always the github format there, whatever --format: the step summary renders markdown.
     _append_step_summary(render_comparison(comparison, "github"))
     for label, reason in comparison.regressions:
         line = redact_text(f"regression: {label}: {reason}")
@@ -605,6 +622,7 @@ def isolation(
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     _emit(render(matrix, fmt), output)
+    # A matrix with a hole must not pass for a complete one in a script that checks $?.
     undecided = any(c.status == "unknown" for c in matrix.cells.values())
     sys.exit(ExitStatus.EXPECTATION_FAILED if undecided else ExitStatus.OK)
 
@@ -633,15 +651,18 @@ def run_command(args: list[str]) -> int:
     The console script's whole behaviour short of its signal handling: errors are one line
     on stderr, never a traceback. Tests call it in-process to spare a Python start-up.
     """
+    # Read by hand: an error can escape before click has run the group and set the context.
     debug = "--debug" in args
     try:
         status = cli.main(args=args, prog_name="racebench", standalone_mode=False)
     except SystemExit as exit_:  # the commands end with sys.exit(status)
         return ExitStatus.OK if exit_.code is None else int(exit_.code)
     except click.exceptions.Abort:
+        # click turns a KeyboardInterrupt raised inside a command into Abort.
         stderr.print("racebench: interrupted")
         return ExitStatus.INTERRUPTED
     except click.ClickException as error:
+        # A bad option or a missing argument: exit 2 as documented, whatever click's own code.
         error.show()
         return ExitStatus.USAGE
     except KeyboardInterrupt:

@@ -37,6 +37,8 @@ class ServerCheck:
 
 
 def _namespace() -> str:
+    # A fresh namespace per target, as a run would have: the probe table of
+    # check_can_create can never be another run's table.
     return new_namespace()
 
 
@@ -65,7 +67,7 @@ def _from_scenarios(paths: list[Path]) -> Iterator[Target]:
 
 
 def _defaults() -> Iterator[Target]:
-    from racebench.config.scenario import LockConfig
+    from racebench.config.scenario import lock_config
     from racebench.plugins.registry import lock_class, lock_names, store_class, store_names
 
     for backend in store_names():
@@ -76,7 +78,7 @@ def _defaults() -> Iterator[Target]:
             continue
         yield "store", backend, url, cls(url, _namespace())
     for service in lock_names():
-        lock = lock_class(service)(LockConfig(service=service), _namespace(), None)
+        lock = lock_class(service)(lock_config({"service": service}), _namespace(), None)
         yield "lock", service, lock.server_url() or "", lock
 
 

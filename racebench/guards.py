@@ -13,10 +13,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from racebench.history import Outcome
+from racebench.history import NO_VALUE, Outcome
 from racebench.locks.base import LockTimeout
 from racebench.stores.base import (
     ALL_WORKLOADS,
@@ -37,11 +37,44 @@ if TYPE_CHECKING:
     from racebench.protocol import Probe
     from racebench.stores.base import AsyncStoreClient
 
-# outcome, retries, critical section start, end, fencing token, error message or None
-OpResult = tuple[int, int, int, int, int, str | None]
+# outcome, retries, critical section start, end, fencing token, value read, value written
+# (history.NO_VALUE: none), error message or None
+OpResult = tuple[int, int, int, int, int, int, int, str | None]
 AnyPlan = Plan | BookingPlan | TransferPlan
 Operation = Callable[[int], OpResult]
 AsyncOperation = Callable[[int], Awaitable[OpResult]]
+
+
+class OperationSink(Protocol):
+    """Where a callback-driven closed loop records its operations (the worker's side).
+
+    A store's callback loop (`OpenedClient.callback_loop`) runs one client's operations from
+    its protocol's reply callback, with no task or future per operation; it asks the sink
+    when to start and hands it each completed operation, which the sink records as the
+    worker's general loop would (one fixed-size record, the same outcome and message).
+    """
+
+    def first(self) -> int:
+        """The start time (monotonic ns) of the next operation; 0: the run is over."""
+        ...
+
+    def complete(
+        self, start: int, outcome: int, written: int = 0, message: str | None = None
+    ) -> int:
+        """Record the operation that started at `start` and ended now; return the next
+        operation's start time, or 0 when the run is over (stop, deadline, quota).
+
+        `written` is the value the operation wrote when the reply tells it (INCRBY's reply),
+        kept at hand; like the general path for an atomic command, the record stores no
+        values (NO_VALUE) for it today.
+        """
+        ...
+
+
+# Runs a client's closed loop from its protocol's callbacks until the run is over (True) or
+# until it hands back (False): the worker then runs one operation on the general path (which
+# reconnects, reloads scripts and records failures as usual) and calls it again.
+CallbackLoop = Callable[[OperationSink], Awaitable[bool]]
 
 
 @dataclass
@@ -59,6 +92,9 @@ class OpenedClient:
     close: Callable[[], Awaitable[dict[str, int]]]
     blocking_operation: Operation | None = None
     executor: ThreadPoolExecutor | None = None
+    # A closed loop driven by the driver's reply callbacks, for a store's hot commands
+    # (racebench.stores.redis_lean); `operation` stays the general path and the open loop's.
+    callback_loop: CallbackLoop | None = None
 
 
 async def open_blocking(
@@ -115,11 +151,12 @@ def _unguarded(plan: Plan, client: StoreClient) -> Callable[[int, int | None], O
         delta, floor = plan.delta, plan.floor
 
         def counter(seq: int, token: int | None) -> Outcome:
-            value = client.read_counter(token)
+            value = client.read_value = client.read_counter(token)
             client.pause()
             if floor is not None and value + delta < floor:
                 return Outcome.REJECTED
             client.write_counter(value + delta, token)
+            client.written_value = value + delta
             return Outcome.OK
 
         return counter
@@ -127,11 +164,12 @@ def _unguarded(plan: Plan, client: StoreClient) -> Callable[[int, int | None], O
     amount = plan.amount
 
     def withdraw(seq: int, token: int | None) -> Outcome:
-        balance = client.read_balance(token)
+        balance = client.read_value = client.read_balance(token)
         client.pause()
         if balance < amount:
             return Outcome.REJECTED
         client.append_entry(-amount, seq, token)
+        client.written_value = -amount
         return Outcome.OK
 
     return withdraw
@@ -194,9 +232,10 @@ def _step(
     if strategy == "crdt":
 
         def crdt(seq: int) -> StepResult:
-            slot = client.read_slot()
+            slot = client.read_value = client.read_slot()
             client.pause()
             client.write_slot(slot + 1)
+            client.written_value = slot + 1
             return OK_STEP
 
         return crdt
@@ -218,20 +257,14 @@ def _row_step(
     lock: LockClient | None,
     probe: Probe | None,
 ) -> Callable[[int], StepResult]:
-    """Booking and transfer (the stores that implement them): a transfer reader's sum rides
-    in `token`."""
+    """Booking and transfer (the stores that implement them); the operation sets the
+    client's values."""
     if strategy != "lock":
         row_step = client.row_step
         return lambda seq: row_step(strategy, plan, seq)
     assert lock is not None
     cid = client.options.client_id
-    locked = locked_step(lambda seq, token: client.row_attempt(plan, seq), cid, lock, False, probe)
-
-    def with_value(seq: int) -> StepResult:
-        result = locked(seq)
-        return replace(result, token=client.row_value) if client.row_value else result
-
-    return with_value
+    return locked_step(lambda seq, token: client.row_attempt(plan, seq), cid, lock, False, probe)
 
 
 def build_operation(
@@ -247,23 +280,32 @@ def build_operation(
 
 
 class _Classifier(Protocol):
+    read_value: int
+    written_value: int
+
     def classify(self, exc: BaseException) -> Outcome: ...
 
     def recover(self) -> None: ...
 
 
 def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Operation:
-    """`step` as an Operation: an exception becomes an outcome the client classifies."""
+    """`step` as an Operation: an exception becomes an outcome the client classifies; the
+    values the step left on the client go into the record (and are reset for the next)."""
 
     def operation(seq: int) -> OpResult:
         try:
             r = step(seq)
-            return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, None
+            read, written = client.read_value, client.written_value
+            client.read_value = client.written_value = NO_VALUE
+            return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, read, written, None
         except Exception as exc:
+            # What it read is kept: the value it acted on before failing, for the history.
+            read = client.read_value
+            client.read_value = client.written_value = NO_VALUE
             outcome = client.classify(exc)
             client.recover()
             message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
-            return outcome, 0, 0, 0, 0, message
+            return outcome, 0, 0, 0, 0, read, NO_VALUE, message
 
     return operation
 
@@ -276,11 +318,12 @@ def _async_step(
         delta, floor = plan.delta, plan.floor
 
         async def counter(seq: int) -> StepResult:
-            value = await client.read_counter()
+            value = client.read_value = await client.read_counter()
             await client.pause()  # other clients of this worker run meanwhile: the race
             if floor is not None and value + delta < floor:
                 return REJECTED_STEP
             await client.write_counter(value + delta)
+            client.written_value = value + delta
             return OK_STEP
 
         return counter
@@ -289,20 +332,22 @@ def _async_step(
         amount = plan.amount
 
         async def withdraw(seq: int) -> StepResult:
-            balance = await client.read_balance()
+            balance = client.read_value = await client.read_balance()
             await client.pause()
             if balance < amount:
                 return REJECTED_STEP
             await client.append_entry(-amount, seq)
+            client.written_value = -amount
             return OK_STEP
 
         return withdraw
     if strategy == "crdt":
 
         async def crdt(seq: int) -> StepResult:
-            slot = await client.read_slot()
+            slot = client.read_value = await client.read_slot()
             await client.pause()
             await client.write_slot(slot + 1)
+            client.written_value = slot + 1
             return OK_STEP
 
         return crdt
@@ -312,18 +357,22 @@ def _async_step(
 def build_async_operation(plan: Plan, strategy: str, client: AsyncStoreClient) -> AsyncOperation:
     """The async twin of `build_operation`, for a store client with an asyncio API."""
     step = _async_step(plan, strategy, client)
-    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, None)
+    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
 
     async def operation(seq: int) -> OpResult:
         try:
             r = await step(seq)
-            if r is OK_STEP:  # the common case, without building a tuple
+            read, written = client.read_value, client.written_value
+            if r is OK_STEP and read == written == NO_VALUE:  # atomic: no tuple to build
                 return ok
-            return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, None
+            client.read_value = client.written_value = NO_VALUE
+            return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, read, written, None
         except Exception as exc:
+            read = client.read_value
+            client.read_value = client.written_value = NO_VALUE
             outcome = client.classify(exc)
             await client.recover()
             message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
-            return outcome, 0, 0, 0, 0, message
+            return outcome, 0, 0, 0, 0, read, NO_VALUE, message
 
     return operation

@@ -33,11 +33,13 @@ class Outcome(IntEnum):
 
 OUTCOME_NAMES = {o: o.name.lower() for o in Outcome}
 
-# start_ns, end_ns, cs_start_ns, cs_end_ns, token, outcome, retries, error index, and
+# start_ns, end_ns, cs_start_ns, cs_end_ns, token, outcome, retries, error index,
 # intended_ns: when the operation was due (the open loop's schedule; = start_ns in a closed
 # loop), from which latency is measured so that a stalled server is not hidden by clients
-# that simply stopped sending (coordinated omission).
-RECORD = struct.Struct("<qqqqqBxHiq")
+# that simply stopped sending (coordinated omission); and the values the operation read and
+# wrote (NO_VALUE when it has none), whose meaning is the workload's (docs/results.md,
+# "History records").
+RECORD = struct.Struct("<qqqqqBxHiqqq")
 RECORD_DTYPE = np.dtype(
     [
         ("start", "<i8"),
@@ -50,9 +52,15 @@ RECORD_DTYPE = np.dtype(
         ("retries", "<u2"),
         ("error", "<i4"),
         ("intended", "<i8"),
+        ("read", "<i8"),
+        ("written", "<i8"),
     ]
 )
 assert RECORD_DTYPE.itemsize == RECORD.size
+# "No value": an operation that read or wrote nothing (a failure before its read, an atomic
+# statement whose server does not return the value). Stored values are bounded far below it
+# (each store's `max_integer`, checked before a run).
+NO_VALUE = -(2**63)
 _SEGMENT_RECORDS = 65536
 # The first segment is small, so that thousands of clients of one worker map little memory.
 _FIRST_SEGMENT_RECORDS = 1024
@@ -95,7 +103,9 @@ def append_record(path: Path, index: int, start: int, end: int) -> None:
     """Write record `index` of a dead client's file: an operation with an unknown outcome."""
     with open(path, "r+b") as out:
         out.seek(index * RECORD.size)
-        out.write(RECORD.pack(start, end, 0, 0, 0, Outcome.UNKNOWN, 0, -1, start))
+        out.write(
+            RECORD.pack(start, end, 0, 0, 0, Outcome.UNKNOWN, 0, -1, start, NO_VALUE, NO_VALUE)
+        )
 
 
 @dataclass
@@ -112,7 +122,7 @@ class RunHistory:
         """Read (file, valid record count, error messages) of each client, in client order.
 
         Records are read straight into one preallocated array: the parent holds each
-        operation once (1M operations: ~56 MB of records, plus client and seq columns).
+        operation once (1M operations: ~72 MB of records, plus client and seq columns).
         """
         total = sum(count for _, count, _ in files)
         records = np.empty(total, dtype=RECORD_DTYPE)
@@ -198,6 +208,10 @@ class RunHistory:
                 line["token"] = int(r["token"])
             if r["error"] >= 0:
                 line["error"] = self.errors[int(r["error"])]
+            if r["read"] != NO_VALUE:
+                line["read"] = int(r["read"])
+            if r["written"] != NO_VALUE:
+                line["written"] = int(r["written"])
             yield json.dumps(line)
 
     def write_json_lines(

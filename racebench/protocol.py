@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import threading
+
     from hdrh.histogram import HdrHistogram
 
     from racebench.engine.worker import WorkerOutput
@@ -44,11 +46,29 @@ class Probe:
 OpenClient = Callable[..., Any]
 
 
+class ClientSignals(Protocol):
+    """How the nemesis reaches the process that runs one client alone: by pid here
+    (racebench.engine.runner.LocalClientSignals), through the Dask worker that runs it on a
+    cluster (racebench.engine.cluster.ClusterClientSignals). Times are on this process's
+    monotonic clock, taken just before the signal was sent; a process that is gone is
+    ignored."""
+
+    def signal(self, client: int, sig: int) -> int:
+        """Send `sig` to the process of `client`; when it was sent."""
+
+    def signal_when(
+        self, clients: list[int], state: str, sig: int, stopping: threading.Event
+    ) -> tuple[int, int] | None:
+        """Wait until one of `clients` is `holding` or `acquiring` its lock and send it `sig`
+        at once, from where it runs; (that client, when), or None if `stopping` came first."""
+
+
 class Nemesis(Protocol):
     """Injects faults while the clients run (see racebench.faults)."""
 
-    def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None:
-        """Begin firing: `pids[i]` is the process of client i, t0_ns the run's start."""
+    def start(self, clients: ClientSignals, probe: Probe, t0_ns: int) -> None:
+        """Begin firing: `clients` reaches each client's process, `probe` says what they
+        do, t0_ns is the run's start."""
 
     def stop(self) -> None:
         """Undo every fault still active (resume paused clients, heal proxies)."""

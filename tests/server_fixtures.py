@@ -44,6 +44,18 @@ def postgres_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def roomy_postgres_url() -> str:
+    """URL of a PostgreSQL server this session started with ``max_connections=1100``."""
+    try:
+        return servers.roomy_postgres()
+    except servers.ServerUnavailable as exc:
+        reason = f"a private PostgreSQL server could not be started: {exc}"
+    if _in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
 def mysql_url() -> str:
     """URL of a MariaDB/MySQL server: ``mysql://root@127.0.0.1:PORT/test``."""
     return _obtain("MariaDB", "RACEBENCH_MYSQL_URL", servers.ensure_mysql)

@@ -202,8 +202,9 @@ def _version_key(path: str) -> tuple[int, ...]:
     return tuple(int(part) for part in Path(path).parent.name.split(".") if part.isdigit())
 
 
-def start_postgres(port: int) -> str:
-    """Start a private PostgreSQL (trust auth) on `port`; return its URL."""
+def start_postgres(port: int, settings: tuple[str, ...] = ()) -> str:
+    """Start a private PostgreSQL (trust auth) on `port`, with extra `name=value` server
+    `settings`; return its URL."""
     bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key)
     initdb = _binary("initdb", *bindirs[-1:])
     if initdb is None:
@@ -216,6 +217,8 @@ def start_postgres(port: int) -> str:
     _run(_as_user(user, initdb_command), workdir, "initdb")
     server = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
     server += ["-c", f"listen_addresses={HOST}", "-c", f"unix_socket_directories={workdir}"]
+    for setting in settings:
+        server += ["-c", setting]
     pg_isready = [str(bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(port)]
     return _start(
         f"postgresql://postgres@{HOST}:{port}/postgres",
@@ -229,6 +232,15 @@ def start_postgres(port: int) -> str:
         stop_signal=signal.SIGINT,  # fast shutdown; SIGTERM waits for clients to leave
         expected_returncode=0,
     )
+
+
+@functools.cache
+def roomy_postgres() -> str:
+    """A PostgreSQL of our own that accepts 1,100 sessions (the default is 100): for a run of
+    a thousand clients, which must not take every slot of a shared server. Commits skip the
+    WAL flush wait (synchronous_commit=off), so a short run is not a test of the disk."""
+    settings = ("max_connections=1100", "shared_buffers=32MB", "synchronous_commit=off")
+    return start_postgres(_free_port(), settings)
 
 
 @functools.cache

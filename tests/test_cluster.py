@@ -13,14 +13,12 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from racebench.config.scenario import expand
-from racebench.engine.cluster import (
-    SKEW_VARIABLE,
-    ClusterOptions,
-    count_overlaps_across_hosts,
-)
-from racebench.engine.trials import Execution, ExecutionOptions, execute
-from tests.conftest import run_cli
+from racebench.config.scenario import expand, load_raw
+from racebench.engine.cluster import ClusterOptions, count_overlaps_across_hosts
+from racebench.engine.cluster_task import SKEW_VARIABLE
+from racebench.engine.trials import Execution, ExecutionOptions, cluster_address, execute
+from racebench.errors import ScenarioError
+from tests.conftest import REPO, run_cli
 from tests.race import until_shown
 
 SKEW_NS = 3_000_000_000  # worker "0" runs 3 s ahead of the coordinator
@@ -151,20 +149,106 @@ def test_credentials_are_not_sent_in_clear_text_to_another_host(write_scenario) 
     assert "hunter2" not in result.stderr + result.stdout
 
 
-def test_faults_on_a_cluster_are_refused_with_one_line(write_scenario) -> None:
-    path = write_scenario(
-        {
-            "name": "faults",
-            "workload": {"type": "stock", "initial": 100},
-            "guard": {"strategy": "lock", "lock": {"service": "file_lock"}},
-            "cluster": "local:1",
-            "faults": [{"kind": "pause_client", "at": "10ms", "duration_ms": 5}],
-            "operations": 10,
-        }
+def test_faults_a_cluster_cannot_do_are_refused_before_anything_runs() -> None:
+    base = {
+        "name": "faults",
+        "workload": {"type": "stock", "initial": 100},
+        "store": {"backend": "redis", "proxy": True},
+        "guard": {"strategy": "lock", "lock": {"service": "redis_lock"}},
+        "cluster": "local:1",
+        "operations": 10,
+    }
+    partition = {"kind": "partition", "target": "store", "at": "10ms", "duration_ms": 5}
+    anyone = {"kind": "pause_client", "when": "holding", "client": "any", "duration_ms": 5}
+    for fault, field in ((partition, "faults[0].kind"), (anyone, "faults[0].client")):
+        (spec,) = expand({**base, "faults": [fault]}, "x.yaml")
+        with pytest.raises(ScenarioError, match="cluster") as refused:
+            cluster_address(spec, ClusterOptions())  # refused before any cluster is started
+        assert field in str(refused.value)
+
+
+def _lease(redis_url: str, ttl_ms: int, fault: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "cluster-fault",
+        "workload": {"type": "stock", "initial": 1000},
+        "store": {"backend": "redis", "url": redis_url},
+        "guard": {
+            "strategy": "lock",
+            "lock": {
+                "service": "redis_lock",
+                "url": redis_url,
+                "ttl_ms": ttl_ms,
+                "acquire_timeout_ms": 5000,
+                "retry_delay_ms": 0.1,
+            },
+        },
+        "clients": 4,
+        "duration": "1s",
+        "race_window_ms": 5,
+        "faults": [fault],
+        **extra,
+    }
+
+
+def test_pause_client_stops_one_remote_client_past_its_lease(
+    cluster: ClusterOptions, redis_url: str
+) -> None:
+    # gc-pause.yaml on the cluster: client 0 (on the Dask worker whose clock is 3 s ahead)
+    # is stopped for 300 ms while it holds a 50 ms lease; the others take the lock meanwhile,
+    # and client 0 wakes inside its section: overlaps.
+    session = cluster.session("local:2")
+    dask_pids = session.client.run(os.getpid)
+    pause = {"kind": "pause_client", "when": "holding", "client": 0, "duration_ms": 300}
+    run = until_shown(
+        lambda number: _runs(_lease(redis_url, 50, pause), cluster)[0],
+        lambda run: run["anomalies"]["mutual_exclusion_violations"] > 0,
     )
-    result = run_cli("run", str(path))
-    assert result.returncode == 2, result.stderr
-    assert "faults are not supported on a cluster" in result.stderr
+    (fault,) = run["faults"]
+    assert fault["note"] == "SIGSTOP for 300 ms" and fault["client"] == 0
+    # On the coordinator's timeline, skewed clock or not: inside the run, about 300 ms long.
+    assert 0 <= fault["start_ms"] < fault["end_ms"] <= run["duration_s"] * 1000
+    assert 300 <= fault["end_ms"] - fault["start_ms"] < 1000
+    assert run["anomalies"]["mutual_exclusion_violations"] > 0
+    assert run["operations"]["unknown"] == 0
+    # Each client ran alone in a process of its own: the Dask workers were not stopped.
+    assert session.client.run(os.getpid) == dask_pids
+    assert len(run["load"]["cluster"]["workers"]) == 4
+
+
+def test_kill_client_on_a_cluster_leaves_its_operation_unknown(
+    cluster: ClusterOptions, redis_url: str
+) -> None:
+    session = cluster.session("local:2")
+    dask_pids = session.client.run(os.getpid)
+    kill = {"kind": "kill_client", "when": "holding", "client": 1}
+    run = _runs(_lease(redis_url, 200, kill), cluster)[0]
+    (fault,) = run["faults"]
+    assert fault["note"] == "SIGKILL inside its critical section"
+    # The killed client's operation may have happened or not: unknown. Its lock expired with
+    # its lease (200 ms), then the others went on; the run completed and nothing was lost.
+    assert run["operations"]["unknown"] == 1
+    assert 100 <= fault["unavailable_ms"] < 1000
+    assert run["verdict"] == "safe"
+    assert not any(w["lost"] for w in run["load"]["cluster"]["workers"])
+    assert session.client.run(os.getpid) == dask_pids
+
+
+def test_custom_workloads_run_on_the_cluster(cluster: ClusterOptions) -> None:
+    # A SQL template and a Python plug-in travel to the Dask workers. The template's own
+    # invariant counts the operations that ended ok (shipped back from both hosts) against
+    # the rows in its table; the plug-in's lock keeps the stock.
+    small = {"clients": 4, "workers": 2, "operations": 40}
+    seats = {**load_raw(REPO / "examples/seat-booking.yaml"), **small}
+    seats["matrix"] = {"guard.strategy": ["none"]}
+    checkout = {**load_raw(REPO / "examples/plugin/checkout.yaml"), **small}
+    checkout["matrix"] = {"guard": [{"strategy": "lock", "lock": {"service": "file_lock"}}]}
+    seat_run, checkout_run = (_runs(data, cluster)[0] for data in (seats, checkout))
+    for run in (seat_run, checkout_run):
+        assert run["operations"]["attempted"] == 40, run["label"]
+        assert len({w["address"] for w in run["load"]["cluster"]["workers"]}) == 2
+    assert seat_run["operations"]["ok"] > 0
+    assert seat_run["anomalies"]["acknowledged booking missing"] == 0
+    assert checkout_run["verdict"] == "safe" and checkout_run["anomalies"]["oversold_units"] == 0
 
 
 def test_doctor_checks_reachability_from_every_dask_worker(

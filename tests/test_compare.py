@@ -5,6 +5,7 @@ unusable input is exit 2 with one line."""
 from __future__ import annotations
 
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 
 from racebench.output.compare import compare_results
 from tests.conftest import REPO, cli_in_process, run_cli
+from tests.race import until_shown
 
 # One label ("gate"), five short trials: too short for within-run buckets, so compare
 # decides from the per-trial figures (at least 3 per side).
@@ -59,23 +61,29 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         return dict(zip(variants, paths, strict=True))
 
 
-def test_same_code_passes(results: dict[str, Path]) -> None:
+def test_same_code_passes(results: dict[str, Path], tmp_path: Path) -> None:
     # Timings on this kind of machine differ by up to 2x between sessions; the gate's job
-    # here is to not cry wolf, so the allowed slowdown is set for such a runner. On a host
-    # loaded far past its cores (a second suite beside this one and more) the noise can
-    # grow past that allowance: then "undecided" (exit 4) is the honest answer, never a
-    # regression. test_injected_slowdown_fails proves the gate can still decide.
-    result = run_cli(
-        "compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "50%"
-    )
-    assert result.returncode in (0, 4), result.stdout + result.stderr
-    assert "regression" not in result.stderr
-    if result.returncode == 0:
-        assert "result: passed, no regression" in result.stdout
-    else:
-        assert "result: UNDECIDED" in result.stdout
+    # here is to not cry wolf, so the allowed slowdown is set for such a runner. On a loaded
+    # host five short trials a side may leave the speed undecided (exit 4, the honest
+    # answer): then both sides run again with more trials, bounded, until the gate decides.
+    # A false alarm (exit 1) fails at once, on any attempt.
+    def attempt(number: int) -> subprocess.CompletedProcess:
+        if number == 0:
+            baseline, same = results["baseline"], results["same"]
+        else:
+            more = {"trials": GATE["trials"] * 2**number}
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                baseline, same = pool.map(
+                    lambda name: _run(tmp_path, f"{name}{number}", **more), ("baseline", "same")
+                )
+        result = run_cli("compare", str(baseline), str(same), "--max-slowdown", "50%")
+        assert result.returncode != 1 and "REGRESSION" not in result.stdout, result.stdout
+        return result
+
+    result = until_shown(attempt, lambda result: result.returncode != 4, attempts=3)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "result: passed, no regression" in result.stdout
     assert "block bootstrap" in result.stdout and "per-trial figures" not in result.stderr
-    assert "REGRESSION" not in result.stdout
 
 
 def test_injected_slowdown_fails(results: dict[str, Path]) -> None:
@@ -135,9 +143,9 @@ def test_different_setup_warns(results: dict[str, Path], tmp_path: Path) -> None
     document["racebench_version"] = "9.0.0"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(document))
-    # --allow-undecided: this test is about the warnings, not about deciding the speed.
-    compare = ("compare", str(results["baseline"]), str(other), "--max-slowdown", "50%")
-    result = cli_in_process(*compare, "--allow-undecided")
+    # Against its own figures, speed aside (short trials on a loaded host may leave it
+    # undecided, which test_same_code_passes covers): only the setup differs.
+    result = cli_in_process("compare", str(results["same"]), str(other), "--allow-undecided")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: different CPU count" in result.stderr and "candidate 64" in result.stderr
     assert "different sqlite (store) server version" in result.stderr

@@ -110,7 +110,10 @@ def test_kill_9_kills_clients_and_clean_removes_what_the_run_left(
 
     again = run_cli("clean", str(path), "--dir", str(results))
     assert again.returncode == 0, again.stderr
-    assert "removed:" not in again.stdout and owner not in again.stdout
+    # Only this run's objects: another run on the machine may have died meanwhile.
+    assert not [
+        line for line in again.stdout.splitlines() if owner in line or f"-p{proc.pid}-" in line
+    ]
     after = run_cli("doctor", str(path), "--dir", str(results))
     assert owner not in after.stdout
 

@@ -93,10 +93,14 @@ def test_seat_booking_under_serializable_is_safe_with_retries(backend: str, stor
 def test_seat_booking_leaves_no_table_behind(postgres_url: str) -> None:
     import psycopg
 
+    from racebench.util.ownership import new_namespace
+
     racebench.run(example("seat-booking.yaml", {"backend": "postgres", "url": postgres_url}))
+    # Only this process's tables: other tests, or a second suite, may be booking right now.
+    own = new_namespace().rsplit("_", 1)[0].replace("_", "\\_")  # racebench_p<pid>h<host>
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'racebench%bookings%'"
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (own + "\\_%",)
         ).fetchall()
     assert rows == []
 

@@ -61,16 +61,32 @@ def test_atomic_redis_on_the_event_loop_loses_nothing(redis_url: str) -> None:
     assert run["verdict"] == "safe"
 
 
-@pytest.mark.parametrize("workload", ["stock", "withdraw"])
-def test_postgres_on_the_event_loop_keeps_its_claims(postgres_url: str, workload: str) -> None:
-    """40 clients on one worker: psycopg's AsyncConnection path (racebench list says when)."""
+def test_which_sql_clients_run_on_the_event_loop() -> None:
     from racebench.engine.trials import execution_model
+    from racebench.stores.mysql import MysqlStore
     from racebench.stores.postgres import PostgresStore
 
-    assert execution_model(PostgresStore, "atomic", 40) == "asyncio"
-    assert execution_model(PostgresStore, "atomic", 8) == "thread"
-    store = {"backend": "postgres", "url": postgres_url}
-    base = {"name": "pg", "store": store, "clients": 40, "workers": 1, "race_window_ms": 2}
+    assert execution_model(PostgresStore, "atomic", 8) == "asyncio"
+    assert execution_model(PostgresStore, "for_update", 80) == "thread"
+    # The lean clients write on the bare socket: a session that may use TLS stays on threads.
+    assert execution_model(PostgresStore, "atomic", 8, "postgresql://db.example/x") == "thread"
+    remote = "postgresql://db.example/x?sslmode=disable"
+    assert execution_model(PostgresStore, "atomic", 8, remote) == "asyncio"
+    assert execution_model(MysqlStore, "atomic", 8) == "thread"
+    assert execution_model(MysqlStore, "atomic", 64) == "asyncio"
+    assert execution_model(MysqlStore, "atomic", 64, "mysql://root@db.example/test") == "thread"
+
+
+@pytest.mark.parametrize(
+    ("backend", "workload", "clients"),
+    [("postgres", "stock", 40), ("postgres", "withdraw", 40), ("mysql", "stock", 64)],
+)
+def test_sql_on_the_event_loop_keeps_its_claims(
+    store_for, backend: str, workload: str, clients: int
+) -> None:
+    """One worker with enough clients for the lean asyncio path (racebench list says when)."""
+    store = store_for(backend)
+    base = {"name": "sql", "store": store, "clients": clients, "workers": 1, "race_window_ms": 2}
     if workload == "stock":
         shape = {"type": "stock", "initial": 300}
     else:
@@ -281,6 +297,44 @@ def test_list_says_how_each_backend_runs_its_clients() -> None:
     assert "asyncio, lean RESP over hiredis" in done.stdout
     assert "a thread per client (blocking driver)" in done.stdout
     assert os.linesep in done.stdout
+
+
+def test_a_thousand_postgres_clients_run_on_two_workers(roomy_postgres_url: str) -> None:
+    # A private server with max_connections=1100: a thousand sessions on two event loops.
+    [run] = run_scenario_data(
+        {
+            "name": "thousand",
+            "workload": {"type": "stock", "initial": 10_000},
+            "store": {"backend": "postgres", "url": roomy_postgres_url},
+            "guard": {"strategy": "atomic"},
+            "clients": 1000,
+            "workers": 2,
+            "operations": 1000,
+        }
+    )
+    assert run["operations"]["attempted"] == 1000
+    assert run["operations"]["ok"] == 1000 and run["operations"]["errors"] == 0
+    assert all(invariant["holds"] for invariant in run["invariants"])
+    assert run["anomalies"] == {"lost_updates": 0, "oversold_units": 0}
+    assert run["verdict"] == "safe"
+    assert run["load"]["workers"] == 2
+
+
+def test_the_private_server_refuses_more_clients_than_its_max_connections(
+    roomy_postgres_url: str, write_scenario
+) -> None:
+    path = write_scenario(
+        {
+            "workload": {"type": "likes"},
+            "store": {"backend": "postgres", "url": roomy_postgres_url},
+            "clients": 1200,
+            "operations": 1200,
+        }
+    )
+    done = run_cli("run", str(path), "-q")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "clients" in line and "max_connections" in line
 
 
 def test_a_failing_teardown_never_masks_the_trials_own_error() -> None:

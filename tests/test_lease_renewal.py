@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from racebench.config.scenario import FaultConfig, LockConfig, expand
+from racebench.config.scenario import FaultConfig, expand, fault_config, lock_config
 from racebench.errors import ScenarioError
 from racebench.plugins.registry import lock_class
 from tests.conftest import REPO, run_scenario_data, unique_namespace
@@ -19,7 +19,7 @@ from tests.race import cli_runs_until_shown
 
 
 def _service(lock: dict, namespace: str):
-    config = LockConfig(**lock)
+    config = lock_config(lock)
     return lock_class(config.service)(config, namespace, None)
 
 
@@ -159,7 +159,7 @@ def test_claims_follow_what_renewal_can_and_cannot_do() -> None:
     assert not plain.claims_exclusion(race_window_ms=500)
 
     def fault(kind: str, **extra) -> FaultConfig:
-        return FaultConfig(kind=kind, **extra)
+        return fault_config({"kind": kind, **extra})
 
     pause = fault("pause_client", when="holding", client=0, duration_ms=400)
     assert not renewed.claims_exclusion(5, [pause])
@@ -175,5 +175,8 @@ def test_renew_on_a_lock_without_a_lease_is_a_scenario_error() -> None:
         "store": {"backend": "postgres"},
         "guard": {"strategy": "lock", "lock": {"service": "advisory", "renew": True}},
     }
-    with pytest.raises(ScenarioError, match=r"guard\.lock\.renew: advisory has no lease to renew"):
+    with pytest.raises(
+        ScenarioError,
+        match=r"guard\.lock\.renew: renew is a key of redis_lock, redlock, not of advisory",
+    ):
         expand(data, "x.yaml")

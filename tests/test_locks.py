@@ -13,7 +13,7 @@ from pathlib import Path
 import port_for
 import pytest
 
-from racebench.config.scenario import LockConfig
+from racebench.config.scenario import lock_config
 from racebench.locks.base import LockTimeout
 from racebench.plugins.registry import lock_class, lock_names
 from tests.conftest import run_cli, run_scenario_data, server_for_plugin, unique_namespace
@@ -54,7 +54,7 @@ def _locked_run(store: dict, lock: dict, workload: dict, fencing: bool = False, 
 
 
 def _service(lock: dict, namespace: str):
-    config = LockConfig(**lock)
+    config = lock_config(lock)
     return lock_class(config.service)(config, namespace, None)
 
 

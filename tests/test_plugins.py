@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from racebench.config.scenario import fault_config
 from racebench.plugins.registry import (
+    FAULT_GROUP,
     LOCK_GROUP,
     STORE_GROUP,
+    fault_class,
+    fault_names,
     lock_class,
     lock_names,
     origin,
@@ -25,6 +29,7 @@ from racebench.plugins.registry import (
     store_names,
 )
 from tests.conftest import REPO, run_cli, server_for_plugin
+from tests.race import cli_runs_until_shown
 from tests.server_fixtures import _in_ci
 
 OUTSIDE = REPO / "tests" / "plugins" / "racebench-mkdirlock"
@@ -50,6 +55,8 @@ def test_racebench_registers_its_own_plugins_like_a_third_party() -> None:
     assert origin(STORE_GROUP, "postgres") == "racebench"
     assert store_class("postgres").backend == "postgres"
     assert lock_class("redlock").service == "redlock"
+    assert {"pause_client", "kill_client", "latency", "partition", "reset"} <= set(fault_names())
+    assert origin(FAULT_GROUP, "kill_server") == "racebench"
 
 
 @pytest.mark.parametrize("name", store_names())
@@ -68,6 +75,17 @@ def test_every_lock_service_declares_itself(name: str) -> None:
     if cls.networked:
         assert cls.default_url and cls.url_env and cls.extra and cls.drivers
         assert cls.test_server, f"{name} is networked: it needs a test server"
+
+
+@pytest.mark.parametrize("name", fault_names())
+def test_every_fault_kind_declares_itself(name: str) -> None:
+    """Each fault kind says what it breaks, takes its own keys (a model with `kind` fixed to
+    its name in the scenario's union) and is suffered by at least one registered plug-in."""
+    cls = fault_class(name)
+    assert cls.kind == name and cls.breaks and cls.__doc__
+    assert fault_config({"kind": name}).kind == name
+    suffering = [n for n in lock_names() if cls.can_suffer(lock_class(n), "lock")]
+    assert suffering, f"no registered lock service can suffer {name}"
 
 
 class _UntestedStore:
@@ -136,6 +154,65 @@ def test_a_cli_run_uses_the_outside_lock_service(
     assert run["lock"]["acquisitions"] == 60
     assert run["anomalies"]["mutual_exclusion_violations"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "scenario.yaml"]
+
+
+def test_an_outside_fault_kind_is_validated_listed_and_fired(
+    outside_plugin: str, write_scenario, tmp_path: Path
+) -> None:
+    """steal_mkdir_lock comes from the outside package's racebench.faults entry point: the
+    schema takes it, its own validate refuses it elsewhere, and the nemesis fires it."""
+    assert origin(FAULT_GROUP, "steal_mkdir_lock") == "racebench-mkdirlock"
+    steal = {"kind": "steal_mkdir_lock", "when": "holding", "client": "any"}
+    elsewhere = write_scenario(
+        {
+            "workload": {"type": "stock"},
+            "guard": {"strategy": "lock", "lock": {"service": "file_lock"}},
+            "faults": [steal],
+        },
+        "elsewhere.yaml",
+    )
+    refused = run_cli("validate", str(elsewhere))
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert "faults[0].kind: steal_mkdir_lock needs guard.lock.service: mkdir_lock" in line
+    foreign = write_scenario(
+        {"workload": {"type": "stock"}, "faults": [{**steal, "delay_ms": 5}]}, "foreign.yaml"
+    )
+    [line] = run_cli("validate", str(foreign)).stderr.strip().splitlines()
+    assert "faults.0.delay_ms: delay_ms is a key of latency, not of steal_mkdir_lock" in line
+
+    path = write_scenario(
+        {
+            "name": "stolen",
+            "workload": {"type": "stock", "initial": 1000},
+            "guard": {
+                "strategy": "lock",
+                "lock": {"service": outside_plugin, "url": str(tmp_path)},
+            },
+            "clients": 4,
+            "operations": 60,
+            "race_window_ms": 10,
+            "faults": [steal],
+        }
+    )
+
+    def each(runs: list[dict]) -> None:
+        [run] = runs
+        [fault] = run["faults"]
+        assert fault["kind"] == "steal_mkdir_lock" and fault["note"] == "removed the lock directory"
+
+    done, [run] = cli_runs_until_shown(
+        path,
+        tmp_path / "result.json",
+        lambda runs: runs[0]["anomalies"]["mutual_exclusion_violations"] > 0,
+        each,
+    )
+    # The fault declares that it breaks exclusion: the violations are expected, not UNEXPECTED.
+    assert done.returncode == 0, done.stderr
+    assert run["anomalies"]["mutual_exclusion_violations"] > 0
+    assert run["verdict"] == "ANOMALIES"
+    listed = run_cli("list")
+    assert "steal_mkdir_lock" in listed.stdout and "racebench-mkdirlock" in listed.stdout
 
 
 def _with_broken_plugin(tmp_path: Path) -> dict[str, str]:

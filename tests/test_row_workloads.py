@@ -8,6 +8,8 @@ The checkers are also tested on hand-made histories, where the right answer is k
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,12 @@ def test_unguarded_booking_sells_seats_twice(store_for, backend: str) -> None:
     assert run["anomalies"]["double_bookings"] > 0, run["invariants"]
     assert run["anomalies"]["lost_bookings"] == 0
     assert run["verdict"] == "ANOMALIES"
+    example = run["anomaly_examples"][0]
+    assert example["kind"] == "double_bookings" and len(example["ops"]) >= 2
+    assert re.fullmatch(
+        r"c\d+#\d+.* and c\d+#\d+ (both|all) found seat \d+ free and booked it \(double booking\)",
+        example["text"],
+    ), example["text"]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +119,10 @@ def test_unguarded_transfers_lose_money_and_readers_see_it(store_for, backend: s
     [reads] = [i for i in run["invariants"] if i["name"] == "every read sums to the total"]
     assert "first c0#" in reads["detail"] and "worst c0#" in reads["detail"]
     assert run["verdict"] == "ANOMALIES"
+    skews = [e for e in run["anomaly_examples"] if e["kind"] == "read_skew"]
+    assert skews[0]["note"].startswith("first") and skews[0]["ops"][0][0] == 0  # the reader
+    assert any("worst" in e.get("note", "") for e in skews)
+    assert re.fullmatch(r"c0#\d+ read a total of \d+ \([+-]\d+ against 400\).*", skews[0]["text"])
 
 
 @pytest.mark.parametrize(
@@ -177,7 +189,7 @@ def _history(ops: list[tuple[int, int, int, Outcome]]) -> RunHistory:
     for i, (client, start, value, outcome) in enumerate(ops):
         records[i]["start"] = start
         records[i]["end"] = start + 10
-        records[i]["token"] = value
+        records[i]["read"] = value
         records[i]["outcome"] = outcome
         records[i]["error"] = -1
         seq.append(seqs.get(client, 0))

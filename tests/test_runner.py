@@ -23,7 +23,7 @@ def test_a_client_history_grows_past_one_segment() -> None:
     assert run["operations"]["attempted"] == operations
     assert run["operations"]["ok"] == operations
     assert run["anomalies"] == {"lost_updates": 0}
-    assert RECORD.size == 56
+    assert RECORD.size == 72
 
 
 def test_duration_stops_the_run_and_counts_every_operation() -> None:

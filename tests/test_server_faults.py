@@ -9,6 +9,7 @@ test every server is running again (not stopped) and answers.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import psutil
@@ -111,6 +112,97 @@ def test_a_paused_redlock_server_holds_its_callers_not_the_lock(
     assert run["lock"]["acquire_ms"]["max"] >= 200, run["lock"]
     assert fault["grants_after"] > 0
     assert _violations(run) == 0 and run["verdict"] == "safe"
+
+
+def test_a_paused_store_server_holds_its_clients(redis_cluster: list[dict]) -> None:
+    # target: store: the store's own server is stopped; its clients wait for it, then go on.
+    server = redis_cluster[4]
+    [run] = run_scenario_data(
+        {
+            "name": "store-pause",
+            "workload": {"type": "stock", "initial": 100000},
+            "store": {"backend": "redis", "url": server["url"], "servers": [server]},
+            "guard": {"strategy": "atomic"},
+            "clients": 2,
+            "duration": "1s",
+            "faults": [
+                {"kind": "pause_server", "target": "store", "at": "0.2s", "duration_ms": 300}
+            ],
+        }
+    )
+    fault = _fault(run)
+    assert fault["target"] == "store" and fault["note"].endswith("for 300 ms"), fault
+    assert run["latency_ms"]["max"] >= 250, run["latency_ms"]  # the operations it held
+    assert run["operations"]["ok"] > 0 and run["operations"]["errors"] == 0
+    assert run["verdict"] == "safe"
+
+
+def test_a_server_killed_for_a_duration_is_started_again_after_it(
+    redis_url: str, redis_cluster: list[dict]
+) -> None:
+    kill = {"kind": "kill_server", "at": "0.2s", "instances": 2, "duration_ms": 300}
+    [run] = _cluster_runs(
+        "redlock-5.yaml",
+        redis_cluster,
+        faults=[kill],
+        matrix={},
+        race_window_ms=5,
+        duration="1.2s",
+    )
+    fault = _fault(run)
+    assert "down 300 ms, started again as pid" in fault["note"], fault
+    # Started again after the duration (the note says so), not at the run's end.
+    assert fault["end_ms"] - fault["start_ms"] >= 300, fault
+    assert fault["grants_after"] > 0
+    # Two of five back empty within the 5 s ttl could have forgotten a grant: no exclusion
+    # is claimed through them, so a run without overlap is not called safe.
+    assert _violations(run) == 0 and run["verdict"] == "race not reproduced"
+
+
+def test_a_paused_zookeeper_member_keeps_exclusion(
+    redis_url: str, zookeeper_ensemble: list[dict]
+) -> None:
+    pause = {"kind": "pause_server", "at": "0.3s", "instances": 1, "duration_ms": 500}
+    [run] = _cluster_runs(
+        "zookeeper-ensemble.yaml",
+        zookeeper_ensemble,
+        faults=[pause],
+        matrix={},
+        duration="1.5s",
+    )
+    fault = _fault(run)
+    assert fault["note"].startswith("SIGSTOP pid ") and fault["note"].endswith("for 500 ms")
+    assert _violations(run) == 0 and run["verdict"] == "safe"
+    assert fault["grants_after"] > 0
+
+
+def test_a_zookeeper_store_without_quorum_fails_its_operations_and_the_run_ends(
+    zookeeper_ensemble: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from racebench.stores import zookeeper
+
+    # Shorter than the defaults (10 s, 3 s), for a fast test; the clients are forked.
+    monkeypatch.setattr(zookeeper, "SESSION_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(zookeeper, "CONNECT_TIMEOUT_S", 0.5)
+    hosts = ",".join(server["url"] for server in zookeeper_ensemble)
+    started = time.monotonic()
+    [run] = run_scenario_data(
+        {
+            "name": "zk-store-quorum",
+            "workload": {"type": "stock", "initial": 100000},
+            "store": {"backend": "zookeeper", "url": hosts, "servers": zookeeper_ensemble},
+            "guard": {"strategy": "optimistic"},
+            "clients": 2,
+            "duration": "2s",
+            "faults": [{"kind": "kill_server", "target": "store", "at": "0.3s", "instances": 2}],
+        }
+    )
+    # Without quorum every call would wait forever; here each gives up and the run ends.
+    assert time.monotonic() - started < 40
+    ops = run["operations"]
+    assert ops["ok"] > 0 and ops["unknown"] + ops["errors"] > 0, ops
+    assert 1.5 <= run["duration_s"] < 10
+    assert run["anomalies"]["lost_updates"] == 0
 
 
 def _one_line_error(done, code: int, *needles: str) -> None:

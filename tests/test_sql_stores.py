@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from racebench.config.scenario import LockConfig
+from racebench.config.scenario import lock_config
 from racebench.guards import build_operation
 from racebench.history import Outcome
 from racebench.locks.base import LockTimeout
@@ -164,7 +164,7 @@ def test_lock_service_times_out_and_hands_out_growing_tokens(
     postgres_url: str, mysql_url: str, service: str
 ) -> None:
     cls, url = (AdvisoryLock, postgres_url) if service == "advisory" else (GetLock, mysql_url)
-    config = LockConfig(service=service, url=url, acquire_timeout_ms=100)
+    config = lock_config({"service": service, "url": url, "acquire_timeout_ms": 100})
     namespace = unique_namespace("lock")
     lock = cls(config, namespace, None)
     lock.setup()
@@ -240,7 +240,7 @@ def test_tables_are_dropped_after_a_failed_run(sql_store: dict, monkeypatch) -> 
     def fail(*args, **kwargs):
         raise RuntimeError("the run failed after setup")
 
-    monkeypatch.setattr(racebench.engine, "run_clients", fail)
+    monkeypatch.setattr(racebench.engine.trials, "run_clients", fail)
     with pytest.raises(RuntimeError):
         _run(sql_store, "withdraw", {"strategy": "none"})
     assert not ours(probe.leftovers())

@@ -6,6 +6,8 @@ safety for a workload must show none, with its invariants holding; nothing is le
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from racebench.plugins.registry import store_class, store_names, strategies_for
@@ -23,6 +25,14 @@ WORKLOADS = {
     "likes": {"type": "likes", "initial": 0},
 }
 RACE_ANOMALY = {"stock": "lost_updates", "withdraw": "overdrafts", "likes": "lost_updates"}
+_LOST = (
+    r"c\d+#\d+ read (\d+) and wrote (\d+) over c\d+#\d+, which had also written \2 \(lost update\)"
+)
+ATTRIBUTED = {
+    "stock": _LOST,
+    "likes": _LOST,
+    "withdraw": r"c\d+#\d+ (and c\d+#\d+ both checked|checked) balance \d+ .*\(write skew\).*",
+}
 
 
 def _scenario(store: dict, workload: str, strategy: str, **extra) -> dict:
@@ -68,6 +78,11 @@ def test_unguarded_strategy_shows_the_race(store_for, backend: str, workload: st
     assert run["anomalies"][anomaly] > 0, run
     assert run["verdict"] == "ANOMALIES"
     assert not run["claims_safety"]
+    # The anomaly is attributed to the operations that made it, from the values they recorded.
+    example = run["anomaly_examples"][0]
+    assert example["kind"] == anomaly, example
+    assert re.fullmatch(ATTRIBUTED[workload], example["text"]), example["text"]
+    assert len(example["ops"]) == 2 and example["ops"][0] != example["ops"][1]
 
 
 @pytest.mark.parametrize(("backend", "strategy", "workload"), _safe_cases())

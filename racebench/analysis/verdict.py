@@ -30,6 +30,7 @@ from racebench.locks.base import LockService
 from racebench.protocol import RunnerResult
 from racebench.stores.base import StrategySpec
 from racebench.util.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
+from racebench.workloads.attribution import MAX_EXAMPLES, Example
 from racebench.workloads.counters import (
     Check,
     CounterPlan,
@@ -69,9 +70,26 @@ class TrialAnalysis:
     service_time_ms: dict[str, float] | None = None
     service_histogram: HdrHistogram | None = None  # open loop: merged over trials
     load: dict[str, Any] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)  # attributed anomalies
 
 
 _TIMELINE_SECTIONS = 5000
+
+
+def example_entries(examples: list[Example], trial: int, t0_ns: int) -> list[dict[str, Any]]:
+    """Attributed anomalies as result-file entries, times in ms from the run's start."""
+    return [
+        {
+            "trial": trial,
+            "kind": e.kind,
+            "text": e.text,
+            "ops": [list(op) for op in e.ops],
+            "start_ms": round((e.start_ns - t0_ns) / 1e6, 3) if e.start_ns else None,
+            "end_ms": round((e.end_ns - t0_ns) / 1e6, 3) if e.end_ns else None,
+            **({"note": e.note} if e.note else {}),
+        }
+        for e in examples[:MAX_EXAMPLES]
+    ]
 
 
 def _timeline(history: RunHistory, t0_ns: int) -> dict[str, Any] | None:
@@ -211,6 +229,7 @@ def analyze_trial(
         service_time_ms=latency_summary(service) if service is not None else None,
         service_histogram=service,
         load=load_figures(result, s.rate),
+        examples=example_entries(check.examples, trial, result.t0_ns),
     )
     if result.cluster is not None:
         analysis.load["cluster"] = {**result.cluster, "possible_overlaps": possible_overlaps}
@@ -393,7 +412,10 @@ def summarize_run(
         "strategy": s.guard.strategy,
         "lock_service": lock.service if s.guard.strategy == "lock" and lock else None,
         "fencing": s.guard.fencing,
-        "lease_renewal": bool(s.guard.strategy == "lock" and lock and lock.renew),
+        # Only a renewable lease's config has `renew` (racebench.locks.redis_lock).
+        "lease_renewal": bool(
+            s.guard.strategy == "lock" and lock and getattr(lock, "renew", False)
+        ),
         "clients": s.clients,
         "workers": trials[-1].load.get("workers"),
         "arrival": f"{s.rate:g}/s {s.arrival}" if s.rate is not None else "closed loop",
@@ -426,6 +448,8 @@ def summarize_run(
         # From the first trial that missed one: a fault asked for must fire in every trial.
         "faults_not_fired": next((t.faults_not_fired for t in trials if t.faults_not_fired), []),
         "timeline": trials[-1].timeline,
+        # The first anomalies attributed to operations (workloads.attribution), trial by trial.
+        "anomaly_examples": [e for t in trials for e in t.examples][:MAX_EXAMPLES],
         "history_sample": trials[-1].history_sample,
         "trials": [
             {

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import itertools
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -26,7 +28,12 @@ from pydantic import (
 from racebench.config.labels import matrix_labels, run_label
 from racebench.config.yaml_loader import YamlInputError, load_yaml
 from racebench.errors import ScenarioError
+from racebench.faults.kind import REMOVED_KINDS
+from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP
+from racebench.plugins.entry_points import PluginError as PluginLoadError
 from racebench.util.durations import parse_duration
+from racebench.util.plugin_config import FaultConfig, LockConfig, ServerConfig
+from racebench.util.plugin_config import Strict as _Strict
 from racebench.util.redact import redact_text
 from racebench.workloads.counters import LikesWorkload, StockWorkload, WithdrawWorkload
 from racebench.workloads.custom.plugin import PluginError, PluginWorkload
@@ -42,37 +49,6 @@ MAX_RUNS = 10_000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class _Strict(BaseModel):
-    # strict: `clients: true` or `retries: "3"` is a mistake, not a number; no inf or nan.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class ServerConfig(_Strict):
-    """A server process on this host that server faults (kill, pause, restart) may hit.
-
-    racebench finds the process through its pid file (a relative path is taken from the
-    current directory) and checks that it listens on the URL's port before touching it.
-    """
-
-    url: str = Field(min_length=1)
-    pid_file: str = Field(min_length=1)
-    # How to start it again after a kill; by default the command line, directory, user and
-    # environment of the process found at setup (see docs/cluster.md).
-    start: list[str] | None = None
-
-    @field_validator("start", mode="before")
-    @classmethod
-    def _split_command(cls, value: Any) -> Any:
-        return shlex.split(value) if isinstance(value, str) else value
-
-    @field_validator("start")
-    @classmethod
-    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("an empty command")
-        return value
-
-
 class StoreConfig(_Strict):
     """Where the data lives."""
 
@@ -84,83 +60,69 @@ class StoreConfig(_Strict):
     servers: list[ServerConfig] = []  # the processes behind it, for server faults
 
 
-FaultKind = Literal[
-    "pause_client",
-    "kill_client",
-    "kill_session",
-    "lose_lock_state",
-    "expire_early",
-    "clock_skew",
-    "latency",
-    "partition",
-    "reset",
-    "server_pause",
-    "kill_server",
-    "pause_server",
-    "restart_server",
-]
-FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+def _config_of(group: str, name: str) -> tuple[type[BaseModel], str, str | None]:
+    """(config model, union member title, description) of a registered fault kind or lock
+    service; PluginLoadError when it cannot be loaded."""
+    from racebench.plugins.entry_points import fault_class, lock_class
+
+    if group == FAULT_GROUP:
+        kind = fault_class(name)
+        return kind.config, f"{kind.__name__}Fault", kind.__doc__
+    service = lock_class(name)
+    return service.config_model, f"{service.__name__}Config", service.description
 
 
-class FaultConfig(_Strict):
-    """One fault the nemesis injects during a run."""
+@functools.cache
+def plugin_models(group: str) -> dict[str, Any]:
+    """The scenario models of a group's loadable plug-ins by name: each fault kind's (its
+    `kind` fixed to its name) or each lock service's (its `service` fixed).
 
-    kind: FaultKind
-    at: float | None = None  # seconds into the run
-    when: Literal["holding", "acquiring"] | None = None
-    # "any": whichever client is first seen in the `when` state (the nemesis picks the holder).
-    client: int | Literal["any"] = 0
-    target: Literal["store", "lock"] = "lock"
-    duration_ms: float | None = Field(default=None, gt=0)
-    instances: int = Field(default=1, ge=1)
-    delay_ms: float = Field(default=0.0, ge=0)
-    jitter_ms: float = Field(default=0.0, ge=0)
-    skew_ms: float = 0.0
+    A plug-in that cannot be loaded is left out: a scenario that names it gets the
+    plug-in's own error (see _pydantic_error), and every other scenario still validates.
+    """
+    from racebench.plugins.entry_points import _registered
 
-    @field_validator("at", mode="before")
-    @classmethod
-    def _parse_at(cls, value: Any) -> Any:
-        return None if value is None else parse_duration(value)
-
-    @field_validator("client", mode="before")
-    @classmethod
-    def _client_number_or_any(cls, value: Any) -> Any:
-        # One message instead of one per member of the union.
-        is_number = isinstance(value, int) and not isinstance(value, bool)
-        if value == "any" or (is_number and value >= 0):
-            return value
-        raise ValueError(f"expected a client number (0 or more) or any, got {value!r}")
-
-    @model_validator(mode="after")
-    def _one_trigger(self) -> FaultConfig:
-        if self.at is not None and self.when is not None:
-            raise ValueError("give either `at` or `when`, not both")
-        if self.at is None and self.when is None:
-            self.at = 0.0
-        return self
+    key = "kind" if group == FAULT_GROUP else "service"
+    models = {}
+    for name in _registered(group):
+        try:
+            model, title, doc = _config_of(group, name)
+        except PluginLoadError:
+            continue
+        fields: Any = {key: (Literal[name], ...)}
+        models[name] = create_model(title, __base__=model, __doc__=doc, **fields)
+    return models
 
 
-class LockConfig(_Strict):
-    """The lock service that guards the read-then-write when `guard.strategy` is `lock`."""
+def _plugin_union(group: str, base: type[BaseModel]) -> Any:
+    """The discriminated union of a group's plug-in models (see plugin_models)."""
+    try:
+        models = plugin_models(group)
+    except PluginLoadError:
+        return base  # stale metadata: validate_run reports it
+    if len(models) < 2:  # a union needs two members; racebench registers more
+        return base
+    members = [Annotated[model, Tag(name)] for name, model in models.items()]
+    key = "kind" if group == FAULT_GROUP else "service"
+    return Annotated[Union[tuple(members)], Discriminator(key)]  # noqa: UP007
 
-    service: str
-    url: str | None = None
-    urls: list[str] | None = None
-    proxy: bool = False
-    ttl_ms: float = Field(default=10_000, gt=0)
-    acquire_timeout_ms: float = Field(default=10_000, gt=0)
-    retry_delay_ms: float = Field(default=1.0, ge=0)
-    renew: bool = Field(
-        default=False,
-        description="redis_lock, redlock: a watchdog in the holder's process renews the lease "
-        "every ttl/3 while it is held",
-    )
-    # zookeeper_lock: the session a holder's lock lives with (the server clamps it to 2-20
-    # times its tickTime).
-    session_timeout_ms: float = Field(default=10_000, gt=0)
-    # The processes behind the service, for server faults; redlock and zookeeper_lock take
-    # their URLs from here when `urls`/`url` are not given.
-    servers: list[ServerConfig] = []
+
+if TYPE_CHECKING:
+    FaultEntry = FaultConfig
+    LockEntry = LockConfig
+else:
+    FaultEntry = _plugin_union(FAULT_GROUP, FaultConfig)
+    LockEntry = _plugin_union(LOCK_GROUP, LockConfig)
+
+
+def fault_config(data: dict[str, Any]) -> FaultConfig:
+    """One fault entry validated as a scenario's `faults` item (its kind's own model)."""
+    return TypeAdapter(FaultEntry).validate_python(data)
+
+
+def lock_config(data: dict[str, Any]) -> LockConfig:
+    """A `guard.lock` section validated as a scenario's (its service's own model)."""
+    return TypeAdapter(LockEntry).validate_python(data)
 
 
 class GuardConfig(_Strict):
@@ -170,7 +132,7 @@ class GuardConfig(_Strict):
     retries: int = Field(default=100, ge=0, le=65535)  # a record keeps 16 bits of it
     backoff_ms: float = Field(default=1.0, ge=0)
     max_backoff_ms: float = Field(default=50.0, ge=0)
-    lock: LockConfig | None = None
+    lock: LockEntry | None = None
     fencing: bool = False
     # transfer under for_update: lock the two accounts by id (never deadlocks) or in the
     # transfer's own direction (opposite transfers deadlock; the victim is retried)
@@ -241,7 +203,7 @@ class Scenario(_Strict):
     race_window_ms: float = Field(default=0.0, ge=0, le=60_000)
     trials: int = Field(default=1, ge=1, le=1000)
     expect: Expectation = Expectation()
-    faults: list[FaultConfig] = []
+    faults: list[FaultEntry] = []
 
     @field_validator("duration", "warmup", mode="before")
     @classmethod
@@ -350,22 +312,69 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         node[last] = copy.deepcopy(value)
 
 
+def _plugin_section(loc: list[str]) -> tuple[str, str] | None:
+    """(entry-point group, tag key) when `loc` runs through a plug-in's union member."""
+    if len(loc) >= 3 and loc[0] == "faults":
+        return FAULT_GROUP, "kind"
+    if len(loc) >= 3 and loc[:2] == ["guard", "lock"]:
+        return LOCK_GROUP, "service"
+    return None
+
+
+def _owners(group: str, key: str) -> list[str]:
+    """The registered fault kinds or lock services whose config has this key."""
+    from racebench.plugins.entry_points import _registered
+
+    owners = []
+    for name in _registered(group):
+        with contextlib.suppress(PluginLoadError):
+            if key in _config_of(group, name)[0].model_fields:
+                owners.append(name)
+    return owners
+
+
+def _union_message(group: str, key: str, error_type: str, tag: Any) -> str:
+    """Why a fault's kind or a lock's service picks no member of its union."""
+    from racebench.plugins.entry_points import _registered
+
+    what = "fault kind" if group == FAULT_GROUP else "lock service"
+    known = ", ".join(_registered(group))
+    if error_type == "union_tag_not_found":
+        return f"{key} is missing (known: {known})"
+    if group == FAULT_GROUP and tag in REMOVED_KINDS:
+        return REMOVED_KINDS[tag]
+    if tag in _registered(group):
+        try:  # registered, left out of the union: the plug-in's own error says why
+            _config_of(group, tag)
+        except PluginLoadError as exc:
+            return str(exc)
+    return f"unknown {what} {tag!r} (known: {known})"
+
+
 def _pydantic_error(source: str, error: ValidationError, context: str) -> ScenarioError:
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # Discriminated unions put the tag in the path (workload.stock.initial): drop it.
     if len(loc) >= 2 and loc[0] == "workload" and loc[1] in {*BUILT_IN_WORKLOADS, "plugin"}:
         loc.pop(1)
+    section = _plugin_section(loc)
+    owner = loc.pop(2) if section else ""
     if loc == ["workload"] and isinstance(first.get("ctx", {}).get("error"), PluginError):
         loc.append("type")
     elif loc == ["workload"] and (inner := _TEMPLATE_PLACE.match(first["msg"])):
         # A template's own check names the place: operation[1].when: ... -> the field path.
         loc.append(inner.group(1))
         first = {**first, "msg": inner.group(2)}
-    field = ".".join(loc) or None
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    union_error = first["type"] in ("union_tag_invalid", "union_tag_not_found")
+    if union_error and (loc[:1] == ["faults"] or loc == ["guard", "lock"]):
+        group, key = (FAULT_GROUP, "kind") if loc[0] == "faults" else (LOCK_GROUP, "service")
+        message = _union_message(group, key, first["type"], first.get("ctx", {}).get("tag"))
+        loc.append(key)
+    elif first["type"] == "extra_forbidden":
         message = "unknown key"
+        if section and (owners := _owners(section[0], loc[-1])):
+            message = f"{loc[-1]} is a key of {', '.join(owners)}, not of {owner}"
     elif first["type"] == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag")
         message = f"unknown workload type {tag!r} (known: {', '.join(BUILT_IN_WORKLOADS)})"
@@ -373,7 +382,7 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         message = f"type is missing (known: {', '.join(BUILT_IN_WORKLOADS)}, or a plug-in)"
     elif first["type"] == "missing":
         message = "required key is missing"
-    return ScenarioError(source, field, message + context)
+    return ScenarioError(source, ".".join(loc) or None, message + context)
 
 
 def expand(

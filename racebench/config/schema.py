@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from racebench.plugins.entry_points import FAULT_GROUP, LOCK_GROUP
+
 # Keys of a scenario file that are not fields of one run: the matrix expands into runs.
 _MATRIX_SCHEMA = {
     "type": "object",
@@ -34,6 +36,14 @@ def scenario_json_schema() -> dict[str, Any]:
     schema["properties"]["matrix"] = _MATRIX_SCHEMA
     # `name` defaults to the file's stem when the file leaves it out.
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]
+    return _with_durations(schema)
+
+
+def _with_durations(schema: dict[str, Any]) -> dict[str, Any]:
+    """Say that the duration keys take `250ms`, `10s`...: pydantic sees their parsed float."""
+    # The models declare seconds (a float) and parse strings in a before-validator, so their
+    # own schema would refuse `10s`; this states the accepted forms, and an editor flags
+    # `10 sec` before a run does.
     for model in [schema, *schema.get("$defs", {}).values()]:
         for key, prop in model.get("properties", {}).items():
             if key in _DURATION_KEYS:
@@ -44,6 +54,7 @@ def scenario_json_schema() -> dict[str, Any]:
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The model a `$ref` points to (pydantic only emits local `#/$defs/Name` references)."""
     ref = node.get("$ref")
     if ref is None:
         return node
@@ -51,6 +62,11 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _type_of(schema: dict[str, Any], node: dict[str, Any]) -> str:
+    """A property's type in words for the reference table.
+
+    The `|` between alternatives is escaped because the text lands in a markdown table cell;
+    `null` is left out of optional types, since the default column already shows it.
+    """
     if "enum" in node:
         return " \\| ".join(f"`{v}`" for v in node["enum"])
     if "const" in node:
@@ -68,6 +84,7 @@ def _type_of(schema: dict[str, Any], node: dict[str, Any]) -> str:
 
 
 def _constraints(node: dict[str, Any]) -> str:
+    """Numeric bounds as `>= 1, <= 100`."""
     words = []
     for key, sign in (
         ("minimum", ">="),
@@ -75,6 +92,7 @@ def _constraints(node: dict[str, Any]) -> str:
         ("maximum", "<="),
         ("exclusiveMaximum", "<"),
     ):
+        # An optional field's bounds sit on its non-null variant inside `anyOf`.
         for variant in [node, *node.get("anyOf", [])]:
             if key in variant:
                 words.append(f"{sign} {variant[key]}")
@@ -82,6 +100,7 @@ def _constraints(node: dict[str, Any]) -> str:
 
 
 def _rows(schema: dict[str, Any], model: dict[str, Any], prefix: str) -> list[list[str]]:
+    """One table row per key of `model`, nested sections flattened to dotted paths."""
     rows = []
     required = set(model.get("required", []))
     for key, prop in model.get("properties", {}).items():
@@ -95,6 +114,7 @@ def _rows(schema: dict[str, Any], model: dict[str, Any], prefix: str) -> list[li
             default = "the file's stem"
         description = prop.get("description", "").replace("\n", " ")
         rows.append([f"`{path}`", _type_of(schema, prop), default, _constraints(prop), description])
+        # An optional section is `anyOf: [$ref, null]`: follow the reference into its keys.
         target = _resolve(schema, next((n for n in prop.get("anyOf", []) if "$ref" in n), prop))
         if target is not prop and "properties" in target:
             rows += _rows(schema, target, f"{path}.")
@@ -102,6 +122,7 @@ def _rows(schema: dict[str, Any], model: dict[str, Any], prefix: str) -> list[li
 
 
 def _table(rows: list[list[str]]) -> list[str]:
+    # Only the description is free text that may hold a `|`; the other cells are built here.
     lines = ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
     lines += [
         "| "
@@ -124,8 +145,15 @@ def scenario_reference_markdown() -> str:
         "",
         "## Top level",
         "",
-        *_table(_rows(schema, schema, "")),
+        *_table(
+            [
+                [row[0], _UNION_KEYS.get(row[0], row[1]), *row[2:]]
+                for row in _rows(schema, schema, "")
+            ]
+        ),
     ]
+    # The workload is a discriminated union on `type`: one section per kind, since each
+    # kind has its own keys.
     workload = schema["properties"]["workload"]
     for option in workload.get("oneOf", []):
         model = _resolve(schema, option)
@@ -134,8 +162,31 @@ def scenario_reference_markdown() -> str:
         if model.get("description"):
             lines += [model["description"].strip(), ""]
         lines += _table(_rows(schema, model, "workload."))
-    faults = schema["properties"].get("faults", {})
-    if "items" in faults:
-        lines += ["", "## faults[]", ""]
-        lines += _table(_rows(schema, _resolve(schema, faults["items"]), "faults[]."))
+    lines += _plugin_sections(LOCK_GROUP, "guard.lock")
+    lines += _plugin_sections(FAULT_GROUP, "faults[]")
     return "\n".join(lines) + "\n"
+
+
+# The union keys: their type cell points to the sections, one per plug-in.
+_UNION_KEYS = {
+    "`guard.lock`": "one of the `guard.lock: <service>` sections below",
+    "`faults`": "list of the `faults[]: <kind>` sections below",
+}
+
+
+def _plugin_sections(group: str, prefix: str) -> list[str]:
+    """A section per lock service or fault kind that racebench itself registers (the page
+    must not depend on what else is installed; `racebench schema` shows those too)."""
+    from racebench.config.scenario import plugin_models
+    from racebench.plugins.entry_points import origin
+
+    lines = []
+    for name, model in plugin_models(group).items():
+        if origin(group, name) != "racebench":
+            continue
+        schema = _with_durations(model.model_json_schema())
+        lines += ["", f"## {prefix}: `{name}`", ""]
+        if schema.get("description"):
+            lines += [" ".join(schema["description"].split()), ""]
+        lines += _table(_rows(schema, schema, f"{prefix}."))
+    return lines

@@ -28,38 +28,50 @@ loopback they would travel in clear text, so such a run is refused unless the us
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
-import shutil
-import tempfile
 import threading
 import time
-from array import array
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from racebench.engine.cluster_task import (
+    SHIP_EVERY_S,
+    TIME_FIELDS,
+    TaskNames,
+    arm_signal,
+    clients_task,
+    poll_signal,
+    probe_value,
+    remote_clock,
+    signal_client,
+    worker_task,
+)
 from racebench.engine.runner import plan_workers
-from racebench.engine.worker import RateSpec, WorkerOutput, WorkerSpec, run_worker
+from racebench.engine.worker import RateSpec, WorkerOutput, WorkerSpec
 from racebench.errors import BackendUnavailable, ExitStatus, RacebenchError, ScenarioError
 from racebench.history import RECORD_DTYPE, append_record
-from racebench.protocol import ClientRecord, OpenClient, ProgressCallback, RunnerResult
+from racebench.protocol import (
+    ClientRecord,
+    Nemesis,
+    OpenClient,
+    Probe,
+    ProgressCallback,
+    RunnerResult,
+)
 
 LOCAL_PREFIX = "local:"
-# How often a remote worker ships its new records and polls the stop flag.
-_SHIP_EVERY_S = 0.2
+# The best of 15 round trips: one of them almost always runs without a scheduling hiccup on
+# either side, and the estimate is only as good as the fastest round trip.
 _CLOCK_SAMPLES = 15
+# As the local runner's (racebench.engine.runner): connecting is not timed, stopping is.
 _READY_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 15.0
-# The record columns that are monotonic timestamps (0 means "none", and stays 0).
-_TIME_FIELDS = ("start", "end", "cs_start", "cs_end", "intended")
-# Test hook: "NAME=NS,NAME=NS" skews the clock of the Dask workers with those names by NS,
-# as if their host's monotonic clock were that far ahead; the offset estimate must remove it.
-SKEW_VARIABLE = "RACEBENCH_TEST_CLOCK_SKEW_NS"
+_ARM_POLL_S = 0.02  # how often the coordinator asks whether an armed signal was sent
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,8 @@ class ClusterWorker:
 
 
 def _is_loopback(host: str) -> bool:
+    # A name other than localhost is not resolved: a name that resolves to loopback here
+    # may not on the workers' hosts, so it counts as remote.
     if host in ("localhost", ""):
         return True
     try:
@@ -107,6 +121,7 @@ def check_transport(address: str, urls: list[str], insecure: bool, source: str) 
         return
     from racebench.util.redact import redact_text
 
+    # A URL carries a secret exactly when redacting it changes it.
     if any(redact_text(url) != url for url in urls):
         raise ScenarioError(
             source,
@@ -115,21 +130,6 @@ def check_transport(address: str, urls: list[str], insecure: bool, source: str) 
             "which would travel unencrypted over tcp://; use tls:// with certificates, or "
             "--insecure-cluster if the network is trusted",
         )
-
-
-def _skew_ns(worker_name: object) -> int:
-    """The test skew of the Dask worker called `worker_name` (see SKEW_VARIABLE), 0 outside
-    tests."""
-    for item in os.environ.get(SKEW_VARIABLE, "").split(","):
-        key, _, value = item.partition("=")
-        if key and key == str(worker_name):
-            return int(value)
-    return 0
-
-
-def _remote_clock(dask_worker: Any) -> int:
-    """A Dask worker's monotonic clock (Client.run passes the worker as `dask_worker`)."""
-    return time.monotonic_ns() + _skew_ns(dask_worker.name)
 
 
 class ClusterSession:
@@ -177,12 +177,13 @@ class ClusterSession:
         best: tuple[int, int] | None = None
         for _ in range(samples):
             before = time.monotonic_ns()
-            remote = self.client.run(_remote_clock, workers=[address])[address]
+            remote = self.client.run(remote_clock, workers=[address])[address]
             after = time.monotonic_ns()
             rtt = after - before
             if best is None or rtt < best[0]:
                 best = (rtt, remote - (before + after) // 2)
         assert best is not None
+        # +1: never zero, so that across hosts an overlap must have a length to be certain.
         return ClockOffset(offset_ns=best[1], uncertainty_ns=best[0] // 2 + 1)
 
     def run_everywhere(self, function: Any, *args: Any) -> dict[str, Any]:
@@ -196,150 +197,86 @@ class ClusterSession:
         return results
 
     def close(self) -> None:
+        """Disconnect; a LocalCluster started here is shut down with its processes."""
         self.client.close()
         if self._local is not None:
             self._local.close()
 
 
-class _Probe:
-    """The probe of a remote worker: per-client integers in this process (the coordinator's
-    nemesis cannot watch them across hosts; what it needs travels with the records)."""
-
-    def __init__(self, clients: int) -> None:
-        self.acquiring = array("q", bytes(8 * clients))
-        self.holding = array("q", bytes(8 * clients))
-        self.session = array("q", bytes(8 * clients))
-        self.inflight = array("q", bytes(8 * clients))
-
-
 @dataclass
-class _Names:
-    """The Dask coordination primitives of one trial, by name (picklable)."""
+class ClusterClientSignals:
+    """ClientSignals on a cluster: the Dask worker that runs a client signals its process
+    (racebench.engine.cluster_task), reached through Client.run; its times are mapped onto this
+    process's clock with that worker's offset."""
 
+    session: ClusterSession
     run: str
+    placed: list[ClusterWorker]
 
-    def event(self, what: str) -> Any:
-        from distributed import Event
+    def _worker_of(self, client: int) -> ClusterWorker:
+        return next(w for w in self.placed if client in w.clients)
 
-        return Event(f"racebench-{self.run}-{what}")
+    def call(self, function: Any, client: int, *args: Any) -> Any:
+        """`function(run, client, *args)` on the Dask worker of `client`."""
+        address = self._worker_of(client).address
+        return self.session.client.run(function, self.run, client, *args, workers=[address])[
+            address
+        ]
 
-    def queue(self, what: str) -> Any:
-        from distributed import Queue
+    def _here(self, remote_ns: int, client: int) -> int:
+        """A time of the client's host on this clock (now, when the signal found no one)."""
+        if not remote_ns:
+            return time.monotonic_ns()
+        return remote_ns - self._worker_of(client).clock.offset_ns
 
-        return Queue(f"racebench-{self.run}-{what}")
+    def signal(self, client: int, sig: int) -> int:
+        """Signal the client's process on its host; the send time on this clock."""
+        try:
+            return self._here(self.call(signal_client, client, sig), client)
+        except Exception:
+            # A lost Dask worker took the client with it: nothing is left to signal.
+            if self._worker_of(client).address in self.session.worker_addresses():
+                raise
+            return time.monotonic_ns()
 
-    def variable(self, what: str) -> Any:
-        from distributed import Variable
-
-        return Variable(f"racebench-{self.run}-{what}")
-
-
-class _TaskControl:
-    """WorkerControl inside a Dask task. Nothing per operation leaves the process: counters are
-    local, and a shipping thread sends new records and reads the stop flag every 200 ms."""
-
-    def __init__(self, spec: WorkerSpec, names: _Names, clients: int) -> None:
-        self.spec = spec
-        self.names = names
-        self.probe = _Probe(clients)
-        self.counts: dict[int, int] = dict.fromkeys(spec.clients, 0)
-        self.sent: dict[int, int] = dict.fromkeys(spec.clients, 0)
-        self.errors = 0
-        from distributed import get_worker
-
-        self.skew_ns = _skew_ns(get_worker().name)
-        self._stop = False
-        self._shipping = threading.Event()
-        self._records = names.queue("records")
-        self._thread = threading.Thread(target=self._ship_loop, daemon=True)
-
-    def ready(self, worker: int) -> None:
-        self.names.queue("ready").put(("ready", worker, "", 0))
-
-    def failed(self, worker: int) -> None:
-        """Reported by the task itself, with the message (see _worker_task)."""
-
-    def wait_start(self) -> int | None:
-        self.names.event("go").wait()
-        duration_ns = int(self.names.variable("duration").get())
-        start = time.monotonic_ns()
-        self._thread.start()
-        return start + duration_ns if duration_ns else None
-
-    def stopping(self) -> bool:
-        return self._stop
-
-    def add_done(self, client: int, count: int) -> None:
-        self.counts[client] = count
-
-    def add_error(self, client: int) -> None:
-        self.errors += 1
-
-    def _batch(self) -> dict[int, bytes]:
-        size = RECORD_DTYPE.itemsize
-        batch: dict[int, bytes] = {}
-        for client, count in list(self.counts.items()):
-            sent = self.sent[client]
-            if count <= sent:
-                continue
-            data = np.fromfile(
-                self.spec.workdir / f"client-{client}.bin",
-                RECORD_DTYPE,
-                count=count - sent,
-                offset=sent * size,
-            )
-            if self.skew_ns:
-                for name in _TIME_FIELDS:
-                    column = data[name]
-                    column[column != 0] += self.skew_ns
-            batch[client] = data.tobytes()
-            self.sent[client] = sent + len(data)
-        return batch
-
-    def ship(self) -> None:
-        """Send the records written since the last call, and what each client has in flight."""
-        inflight = {
-            c: self.probe.inflight[c] + self.skew_ns
-            for c in self.spec.clients
-            if self.probe.inflight[c]
-        }
-        self._records.put((self.spec.worker, self._batch(), inflight))
-
-    def _ship_loop(self) -> None:
-        stop = self.names.event("stop")
-        while not self._shipping.wait(_SHIP_EVERY_S):
-            if stop.is_set():
-                self._stop = True
-            self.ship()
-
-    def finish(self) -> None:
-        """Stop the shipping thread and send what is left."""
-        self._shipping.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.ship()
+    def signal_when(
+        self, clients: list[int], state: str, sig: int, stopping: threading.Event
+    ) -> tuple[int, int] | None:
+        # One client only (validate_cluster_faults): armed on two hosts, both could fire.
+        (client,) = clients
+        if not self.call(arm_signal, client, state, sig):
+            return None
+        while True:
+            sent = self.call(poll_signal, client, stopping.is_set())
+            if sent:
+                return client, self._here(sent, client)
+            if stopping.wait(_ARM_POLL_S):
+                sent = self.call(poll_signal, client, True)  # disarmed, unless it had fired
+                return (client, self._here(sent, client)) if sent else None
 
 
-def _worker_task(spec: WorkerSpec, run: str, clients: int) -> WorkerOutput | dict[str, Any]:
-    """One racebench worker as a Dask task. Refuses to start after the run has started: a
-    task that Dask re-submits after its first worker died must not run its clients twice."""
-    names = _Names(run)
-    if names.event("go").is_set():
-        return {"refused": "the run had already started (a re-run after a lost worker)"}
-    workdir = Path(tempfile.mkdtemp(prefix="racebench-run-"))
-    spec = replace(spec, workdir=workdir, return_records=False)
-    control = _TaskControl(spec, names, clients)
-    try:
-        output = run_worker(spec, control)
-        control.finish()
-        return output
-    except BaseException as exc:
-        status = int(getattr(exc, "exit_status", ExitStatus.USAGE))
-        message = str(exc) if isinstance(exc, RacebenchError) else f"{type(exc).__name__}: {exc}"
-        names.queue("ready").put(("failed", spec.worker, message, status))
-        return {"startup_error": message, "exit_status": status}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+class _RemoteColumn:
+    """One probe column of clients on Dask workers, read entry by entry on demand: the
+    nemesis polls it while a `when` trigger waits. Each read is a round trip (about a
+    millisecond on one host), so a state that lasts less may be missed."""
+
+    def __init__(self, signals: ClusterClientSignals, column: str) -> None:
+        self.signals, self.column = signals, column
+
+    def __len__(self) -> int:
+        return sum(len(w.clients) for w in self.signals.placed)
+
+    def __getitem__(self, client: int) -> int:
+        try:
+            return int(self.signals.call(probe_value, client, self.column))
+        except Exception:  # a lost Dask worker's clients do nothing any more
+            return 0
+
+
+def remote_probe(signals: ClusterClientSignals) -> Probe:
+    """The Probe of clients on Dask workers, as the nemesis reads it."""
+    columns = ("acquiring", "holding", "session", "inflight")
+    return Probe(*(_RemoteColumn(signals, column) for column in columns))
 
 
 @dataclass
@@ -357,8 +294,9 @@ class _Collector:
         offset = self.placed[worker].clock.offset_ns
         for client, raw in batch.items():
             data = np.frombuffer(raw, RECORD_DTYPE).copy()
-            for name in _TIME_FIELDS:
+            for name in TIME_FIELDS:
                 column = data[name]
+                # 0 means "no time" (no critical section entered) and must stay 0.
                 column[column != 0] -= offset
             with open(self.workdir / f"client-{client}.bin", "ab") as out:
                 data.tofile(out)
@@ -390,11 +328,15 @@ def run_clients_on_cluster(
     progress: ProgressCallback | None = None,
     workers: int = 1,
     rate: RateSpec | None = None,
+    nemesis: Nemesis | None = None,
+    own_processes: bool = False,
 ) -> RunnerResult:
     """Run the clients as `workers` racebench workers spread over the cluster's Dask workers.
 
     Same contract as racebench.engine.runner.run_clients; the result also says where each worker
-    ran, its clock offset and uncertainty, and which were lost.
+    ran, its clock offset and uncertainty, and which were lost. With `own_processes`, each
+    racebench worker runs in a process of its own on its Dask worker, which the nemesis can
+    stop or kill (client faults) without touching the Dask worker.
     """
     addresses = session.worker_addresses()
     if not addresses:
@@ -407,25 +349,13 @@ def run_clients_on_cluster(
     offsets = {a: session.clock_offset(a) for a in {p.address for p in placed}}
     for worker in placed:
         worker.clock = offsets[worker.address]
-    names = _Names(secrets.token_hex(6))
+    names = TaskNames(secrets.token_hex(6))
     names.variable("duration").set(int(duration_s * 1e9) if duration_s else 0)
+    # A file per client even if its worker ships nothing (lost before its first batch): the
+    # history is read one file per client.
     for i in range(clients):
         (workdir / f"client-{i}.bin").touch()
-    futures = [
-        session.client.submit(
-            _worker_task,
-            spec,
-            names.run,
-            clients,
-            # The key names the run and worker only: task keys show on the dashboard.
-            key=f"racebench-{names.run}-worker-{spec.worker}",
-            workers=[worker.address],
-            allow_other_workers=False,
-            retries=0,
-            pure=False,
-        )
-        for spec, worker in zip(specs, placed, strict=True)
-    ]
+    futures = _submit(session, names, specs, placed, clients, own_processes)
     collector = _Collector(workdir, placed)
     interrupted = False
     t0 = time.monotonic_ns()
@@ -433,12 +363,19 @@ def run_clients_on_cluster(
         _wait_ready(names, futures, len(specs))
         t0 = time.monotonic_ns()
         names.event("go").set()
+        if nemesis is not None:
+            signals = ClusterClientSignals(session, names.run, placed)
+            nemesis.start(signals, remote_probe(signals), t0)
         _follow(session, names, futures, placed, collector, progress, duration_s)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        names.event("stop").set()
-        outputs = _finish(session, names, futures, placed, collector)
+        try:
+            if nemesis is not None:
+                nemesis.stop()  # first: no client stays stopped
+        finally:
+            names.event("stop").set()
+            outputs = _finish(session, names, futures, placed, collector)
     retry_codes: Counter[str] = Counter()
     errors: dict[int, list[str]] = {}
     for output in outputs:
@@ -456,7 +393,52 @@ def run_clients_on_cluster(
     return result
 
 
-def _wait_ready(names: _Names, futures: list[Any], count: int) -> None:
+def _submit(
+    session: ClusterSession,
+    names: TaskNames,
+    specs: list[WorkerSpec],
+    placed: list[ClusterWorker],
+    clients: int,
+    own_processes: bool,
+) -> list[Any]:
+    """Submit the tasks; the future of each placed worker (one task may run several)."""
+    options: dict[str, Any] = {"allow_other_workers": False, "retries": 0, "pure": False}
+    # Task keys name the run and worker only: they show on the dashboard.
+    if not own_processes:
+        return [
+            session.client.submit(
+                worker_task,
+                spec,
+                names.run,
+                clients,
+                key=f"racebench-{names.run}-worker-{spec.worker}",
+                workers=[worker.address],
+                **options,
+            )
+            for spec, worker in zip(specs, placed, strict=True)
+        ]
+    # One task per Dask worker forks all the processes placed there: a Dask worker with one
+    # thread could not run one task per client side by side.
+    hosted: dict[str, list[WorkerSpec]] = {}
+    for spec, worker in zip(specs, placed, strict=True):
+        hosted.setdefault(worker.address, []).append(spec)
+    by_address = {
+        address: session.client.submit(
+            clients_task,
+            group,
+            names.run,
+            clients,
+            key=f"racebench-{names.run}-host-{number}",
+            workers=[address],
+            **options,
+        )
+        for number, (address, group) in enumerate(hosted.items())
+    }
+    return [by_address[worker.address] for worker in placed]
+
+
+def _wait_ready(names: TaskNames, futures: list[Any], count: int) -> None:
+    """Wait until every worker reported its clients connected; raise the first failure."""
     ready_queue = names.queue("ready")
     deadline = time.monotonic() + _READY_TIMEOUT_S
     ready: set[int] = set()
@@ -466,6 +448,7 @@ def _wait_ready(names: _Names, futures: list[Any], count: int) -> None:
         try:
             state, worker, message, status = ready_queue.get(timeout=0.5)
         except TimeoutError:
+            # Nothing reported: a task that died before it could report shows only here.
             for future in futures:
                 if future.status == "error":
                     failure = future.exception()
@@ -478,7 +461,8 @@ def _wait_ready(names: _Names, futures: list[Any], count: int) -> None:
         ready.add(worker)
 
 
-def _drain(names: _Names, collector: _Collector) -> None:
+def _drain(names: TaskNames, collector: _Collector) -> None:
+    """Take every batch of records shipped so far, without waiting for more."""
     records = names.queue("records")
     while records.qsize():
         collector.take(records.get())
@@ -486,7 +470,7 @@ def _drain(names: _Names, collector: _Collector) -> None:
 
 def _follow(
     session: ClusterSession,
-    names: _Names,
+    names: TaskNames,
     futures: list[Any],
     placed: list[ClusterWorker],
     collector: _Collector,
@@ -498,6 +482,8 @@ def _follow(
         _drain(names, collector)
         if progress is not None:
             progress(sum(collector.counts.values()), 0)
+        # A Dask worker the scheduler no longer lists is lost: its task is given up here, and
+        # the records it shipped are all there will be.
         alive = set(session.worker_addresses())
         for worker, future in zip(placed, futures, strict=True):
             if not future.done() and worker.address not in alive and not worker.lost:
@@ -505,12 +491,12 @@ def _follow(
                 future.cancel()
         if all(f.done() or w.lost for f, w in zip(futures, placed, strict=True)):
             return
-        time.sleep(_SHIP_EVERY_S / 2)
+        time.sleep(SHIP_EVERY_S / 2)
 
 
 def _finish(
     session: ClusterSession,
-    names: _Names,
+    names: TaskNames,
     futures: list[Any],
     placed: list[ClusterWorker],
     collector: _Collector,
@@ -518,21 +504,31 @@ def _finish(
     """Wait for the tasks to end after the stop flag, take the last records, mark losses."""
     deadline = time.monotonic() + _STOP_GRACE_S
     outputs: list[WorkerOutput] = []
+    seen: set[int] = set()
     for worker, future in zip(placed, futures, strict=True):
-        if worker.lost:
+        if worker.lost or id(future) in seen:
             continue
+        seen.add(id(future))
         try:
             output = future.result(timeout=max(0.1, deadline - time.monotonic()))
         except Exception:
-            worker.lost = True
+            # One task may host several racebench workers (own_processes): all are lost.
+            for other, same in zip(placed, futures, strict=True):
+                other.lost = other.lost or same is future
             future.cancel()
             continue
-        if isinstance(output, WorkerOutput):
-            outputs.append(output)
+        # worker_task hands back one output, clients_task a list (a killed process: none).
+        for item in output if isinstance(output, list) else [output]:
+            if isinstance(item, WorkerOutput):
+                outputs.append(item)
+    # The last batches first: a lost worker's in-flight operation is only the one after
+    # everything it shipped.
     _drain(names, collector)
     for worker in placed:
         if worker.lost:
             collector.record_lost(worker)
+    # Named queues and variables live on the scheduler until deleted; a session reused
+    # across trials would otherwise accumulate them.
     for what in ("ready", "records"):
         names.queue(what).close()
     names.variable("duration").delete()

@@ -21,7 +21,7 @@ from racebench.engine.cluster import ClusterOptions, check_transport, run_client
 from racebench.engine.runner import default_workers, run_clients
 from racebench.engine.worker import RateSpec
 from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
-from racebench.faults.nemesis import CLIENT_FAULTS, FaultNemesis, ProxyRoutes
+from racebench.faults.nemesis import FaultNemesis, ProxyRoutes, signals_clients
 from racebench.guards import (
     OpenedClient,
     Operation,
@@ -33,6 +33,7 @@ from racebench.history import RunHistory
 from racebench.locks.base import LockService
 from racebench.output.history_edn import EdnValue, write_jepsen_edn
 from racebench.output.results import build_document, default_path, new_file_mode, write_atomically
+from racebench.plugins.entry_points import fault_class
 from racebench.plugins.registry import (
     drivers_of,
     is_custom,
@@ -54,6 +55,8 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 
 @dataclass
 class ExecutionOptions:
+    """What a session writes besides results: the history stream, progress, clusters."""
+
     history: IO[str] | None = None
     history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
@@ -70,6 +73,7 @@ class Execution:
 
 
 def make_store(spec: RunSpec, namespace: str) -> Store:
+    """The trial's store; without a URL in the scenario, the backend's configured default."""
     cls = store_class(spec.scenario.store.backend)
     url = spec.scenario.store.url
     return cls(cls.configured_url() if url is None else url, namespace)
@@ -86,15 +90,19 @@ def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | Non
 
 
 def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockService | None:
+    """The trial's lock service under `guard.strategy: lock`; it may default to the store's
+    server (`store.url`), which is why the store comes first."""
     guard = spec.scenario.guard
     if guard.strategy != "lock" or guard.lock is None:
         return None
     return lock_class(guard.lock.service)(guard.lock, namespace, store.url)
 
 
-def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: int) -> str:
+def execution_model(
+    store_cls: type[Store], strategy: str, clients_per_worker: int, url: str | None = None
+) -> str:
     """`asyncio` when the store runs this strategy on the worker's loop, else `thread`."""
-    on_loop = strategy in store_cls.async_strategies
+    on_loop = strategy in store_cls.async_strategies and store_cls.loop_supports(url)
     many = clients_per_worker >= store_cls.async_from_clients_per_worker
     return "asyncio" if on_loop and many else "thread"
 
@@ -102,7 +110,7 @@ def execution_model(store_cls: type[Store], strategy: str, clients_per_worker: i
 def effective_workers(scenario: Scenario) -> int:
     """Worker processes for a run. A fault aimed at one client's process (a SIGSTOP, a
     SIGKILL) must hit that client alone, as a stop-the-world pause would: one process each."""
-    if scenario.workers == "clients" or any(f.kind in CLIENT_FAULTS for f in scenario.faults):
+    if scenario.workers == "clients" or signals_clients(scenario):
         return scenario.clients
     return min(scenario.clients, scenario.workers or default_workers())
 
@@ -118,7 +126,13 @@ class ClientFactory:
     clients_per_worker: int = 1
     custom: CustomRun | None = None  # a user's own workload (template or plug-in)
 
+    @property
+    def connect_concurrency(self) -> int | None:
+        """How many clients a worker may connect at once (None: the worker's default)."""
+        return type(self.store).connect_concurrency
+
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
+        """Open client `client_id` in this worker: its connections and its loop body."""
         s = self.spec.scenario
         options = ClientOptions(
             race_window_s=s.race_window_ms / 1000,
@@ -130,14 +144,16 @@ class ClientFactory:
             lock_order=s.guard.lock_order,
         )
         # Copies: a proxy fault reroutes this client only, not its worker's other clients.
-        store = copy.copy(self.store)
-        lock_service = copy.copy(self.lock_service)
-        custom = copy.copy(self.custom)
+        # Only a rerouted client gets them: a worker opens thousands of clients.
+        store, lock_service, custom = self.store, self.lock_service, self.custom
         if url := self.proxy_urls.get(("store", client_id)):
+            store = copy.copy(store)
             store.url = url
             if custom is not None:
+                custom = copy.copy(custom)
                 custom.route_through(url)
         if lock_service is not None and (url := self.proxy_urls.get(("lock", client_id))):
+            lock_service = copy.copy(lock_service)
             lock_service.route_through(url)
         if custom is not None:
             # A user's workload runs its own blocking driver: always on a thread.
@@ -147,7 +163,7 @@ class ClientFactory:
         workload = s.workload
         assert not is_custom(workload)  # a custom workload was opened above
         plan = workload.plan()
-        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker)
+        model = execution_model(type(store), s.guard.strategy, self.clients_per_worker, store.url)
         if s.workload.type in ROW_WORKLOADS:
             model = "thread"  # booking and transfer have no asyncio implementation
         if model == "asyncio":
@@ -159,8 +175,11 @@ class ClientFactory:
 
             assert isinstance(plan, CounterPlan | LedgerPlan)  # row workloads run on threads
             operation = build_async_operation(plan, s.guard.strategy, async_client)
-            return OpenedClient(operation, close_async)
+            fast = async_client.callback_loop(s.guard.strategy, plan)
+            return OpenedClient(operation, close_async, callback_loop=fast)
 
+        # Connecting blocks (a TLS handshake, a slow server): on a thread, so the worker's
+        # other clients connect meanwhile and the start barrier is not held up by one.
         def open_sync() -> tuple[Operation, Callable[[], dict[str, int]]]:
             client = store.connect(options)
             lock_client = lock_service.connect(client_id) if lock_service else None
@@ -225,14 +244,17 @@ def _records_dir() -> str | None:
     """Shared memory when the system has it: the clients' history files are written through
     mmap, and on a disk file system the first write to each page may wait for the disk."""
     shm = Path("/dev/shm")
+    # None: tempfile's default directory (macOS has no /dev/shm; a container may mount it
+    # read-only).
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | None:
     """Where this run's workers go: the --cluster address, the scenario's, or None (here).
 
-    Refused before anything runs: faults (the nemesis watches and signals local processes
-    only), and credentials over clear text to another host.
+    Refused before anything runs: proxy faults (their proxies listen on this host's
+    loopback), a client fault on `client: any` with `when`, and credentials over clear
+    text to another host.
     """
     s = spec.scenario
     address = (clusters.address if clusters else None) or s.cluster
@@ -240,12 +262,27 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
         return None
     if clusters is None:
         raise ScenarioError(spec.source, "cluster", "this caller runs workers locally only")
-    if s.faults:
-        raise ScenarioError(
-            spec.source, "faults", "faults are not supported on a cluster yet; run them locally"
-        )
+    for i, fault in enumerate(s.faults):
+        kind = fault_class(fault.kind)
+        if kind.uses_proxy:
+            raise ScenarioError(
+                spec.source,
+                f"faults[{i}].kind",
+                f"{fault.kind} is not supported on a cluster: its proxy listens on this "
+                "host's loopback, out of the Dask workers' reach; run it locally",
+            )
+        if kind.signals_clients and fault.when is not None and fault.client == "any":
+            # The client's own Dask worker watches it and signals it: watched on two hosts,
+            # two clients could be hit.
+            raise ScenarioError(
+                spec.source,
+                f"faults[{i}].client",
+                f"{fault.kind} with `when` on a cluster needs a numbered client, not any",
+            )
+    # Every URL the workers will be given, the lock ensemble's (`urls`) included.
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
-    urls += list(s.guard.lock.urls or []) if s.guard.lock else []
+    # redlock's config alone has a list of URLs (racebench.locks.redlock.RedlockConfig).
+    urls += list(getattr(s.guard.lock, "urls", None) or [])
     check_transport(address, urls, clusters.insecure, spec.source)
     return address
 
@@ -257,7 +294,8 @@ def _check_lock_reachable(spec: RunSpec, lock_service: LockService) -> dict[str,
     except BackendUnavailable as error:
         lock = spec.scenario.guard.lock
         field = "store.url"
-        if lock is not None and (lock.url or lock.urls):
+        urls = getattr(lock, "urls", None)  # redlock's own key
+        if lock is not None and (lock.url or urls):
             field = "guard.lock.url" if lock.url else "guard.lock.urls"
         raise BackendUnavailable(f"{spec.source}: {field}: {error}") from None
 
@@ -269,8 +307,12 @@ def run_trial(
     s = spec.scenario
     namespace = new_namespace()
     store = make_store(spec, namespace)
+    # Keys that expire on their own: a racebench killed with -9 skips teardown, and its keys
+    # must not stay on a shared Redis forever.
     store.expire_after_s = leftover_ttl_s(s.duration)
     lock_service = make_lock_service(spec, namespace, store)
+    # Reachability and the connection limit are checked before anything is created, so an
+    # unreachable server (exit 3) or too many clients (exit 2) leaves nothing to clean up.
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = _check_lock_reachable(spec, lock_service)
@@ -292,6 +334,7 @@ def run_trial(
         routes.start()
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
+        # Rounded up: the busiest worker decides whether the asyncio model pays off.
         per_worker = -(-s.clients // workers)
         factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker, custom)
         address = cluster_address(spec, options.clusters)
@@ -308,6 +351,8 @@ def run_trial(
                 progress,
                 workers=workers,
                 rate=rate,
+                nemesis=nemesis,
+                own_processes=signals_clients(s),
             )
         else:
             result = run_clients(
@@ -321,6 +366,8 @@ def run_trial(
                 workers=workers,
                 rate=rate,
             )
+        # `count` is the number of complete records: a client killed mid-write leaves a torn
+        # last record, which is not read.
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         # A custom workload checks its own state; a built-in one checks the store's.
         check = custom.check(history) if custom is not None else None
@@ -332,10 +379,13 @@ def run_trial(
                 write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
             else:
                 history.write_json_lines(options.history, base, kind, result.t0_ns)
+        # The strategy's claim (safe_for) is what the verdict compares the anomalies with.
         strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial, check
         )
+        # A fault that never fired fails the run's expectations: a run meant to be faulted
+        # that was not proves nothing about the fault.
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
             analysis.faults_not_fired = nemesis.not_fired()
@@ -379,7 +429,9 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
     that Ctrl-C interrupted, or at a lost server; runs with at least one finished trial are
     still summarized into `execution.runs`, in matrix order.
     """
-    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+    # Refuse a run that cannot go to its cluster before any starts: finding out at run 5
+    # would leave a session of half the results.
+    for spec in specs:
         cluster_address(spec, options.clusters)
     trials: list[list[TrialAnalysis]] = [[] for _ in specs]
     histograms: list[list[HdrHistogram]] = [[] for _ in specs]
@@ -468,6 +520,7 @@ def _run_files(
             target = output
             if target is None and results_dir is not None:
                 target = default_path(results_dir, specs[0].scenario.name, started)
+            # Nothing finished: no result file, whose emptiness would read like a finding.
             if failure is not None and not execution.runs:
                 raise failure
             document = build_document(
@@ -487,6 +540,8 @@ def _run_files(
             if execution.interrupted:
                 break
     finally:
+        # The history is committed even after a failure: the operations recorded so far are
+        # what a user debugging the failure needs.
         if clusters is not None:
             clusters.close()
         if history_out is not None:
@@ -495,7 +550,11 @@ def _run_files(
 
 
 class _AtomicText:
-    """A text file written under a temporary name and renamed into place when done."""
+    """A text file written under a temporary name and renamed into place when done.
+
+    A reader (or a later run's compare) never sees half a history: the file at `path` is
+    the previous one or the complete new one.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

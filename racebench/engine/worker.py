@@ -32,7 +32,7 @@ import numpy as np
 from racebench.analysis.metrics import new_histogram
 from racebench.errors import ExitStatus, RacebenchError
 from racebench.guards import OpenedClient, OpResult
-from racebench.history import RECORD, RECORD_DTYPE, Outcome, Recorder
+from racebench.history import NO_VALUE, RECORD, RECORD_DTYPE, Outcome, Recorder
 
 # An operation that started more than this after its intended start counts as late.
 LATE_NS = 1_000_000
@@ -144,9 +144,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _raise_fd_limit(clients: int) -> None:
-    # Each client holds a socket and its history file's mapping.
+    # Each client holds a socket (a lean SQL client also the driver's own descriptor of the
+    # same session) and its history file's mapping.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, max(soft, 2 * clients + 256))
+    wanted = min(hard, max(soft, 3 * clients + 256))
     if wanted > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
@@ -163,6 +164,65 @@ class _ClientSlot:
         self.messages: dict[str, int] = {}
         self.offset = 0
         self.seq = 0
+
+
+class _Sink:
+    """One client's `OperationSink` (racebench.guards): what `closed_loop` does around each
+    operation, for a loop run from the driver's reply callbacks instead of a task."""
+
+    __slots__ = ("add_done", "cid", "control", "deadline", "inflight", "slot", "worker")
+
+    def __init__(self, worker: _Worker, slot: _ClientSlot) -> None:
+        self.worker, self.slot, self.control = worker, slot, worker.control
+        self.inflight, self.add_done = worker.control.probe.inflight, worker.control.add_done
+        self.cid = slot.client
+        self.deadline = worker.deadline or 2**62
+
+    def first(self) -> int:
+        slot, worker = self.slot, self.worker
+        if slot.seq >= slot.quota or worker.stop:
+            return 0
+        start = time.monotonic_ns()
+        if start >= self.deadline:
+            worker.stop = True
+            return 0
+        self.inflight[self.cid] = start
+        return start
+
+    def complete(
+        self, start: int, outcome: int, written: int = 0, message: str | None = None
+    ) -> int:
+        # closed_loop's recording, inlined again: this runs once per operation.
+        end = time.monotonic_ns()
+        slot = self.slot
+        cid = self.cid
+        error_index = -1
+        if message is not None:
+            error_index = slot.messages.setdefault(message, len(slot.messages))
+            if outcome == Outcome.ERROR:
+                self.control.add_error(cid)
+        recorder = slot.recorder
+        offset = slot.offset
+        # No values, as the general path records none for an atomic command (`written`,
+        # INCRBY's reply, would give written and read = written - delta if it ever should).
+        RECORD.pack_into(recorder.buffer, offset, start, end, 0, 0, 0, outcome, 0,
+                         error_index, start, NO_VALUE, NO_VALUE)  # fmt: skip
+        offset += RECORD.size
+        seq = slot.seq = slot.seq + 1
+        slot.offset = offset
+        self.add_done(cid, seq)
+        if offset == recorder.capacity_bytes:
+            recorder.grow()
+        if seq >= slot.quota or self.worker.stop:
+            self.inflight[cid] = 0
+            return 0
+        start = time.monotonic_ns()
+        if start >= self.deadline:
+            self.worker.stop = True
+            self.inflight[cid] = 0
+            return 0
+        self.inflight[cid] = start
+        return start
 
 
 class _Worker:
@@ -185,7 +245,7 @@ class _Worker:
 
     def _record(self, slot: _ClientSlot, intended: int, start: int, result: OpResult) -> None:
         end = time.monotonic_ns()
-        outcome, retries, cs_start, cs_end, token, message = result
+        outcome, retries, cs_start, cs_end, token, read, written, message = result
         error_index = -1
         if message is not None:
             error_index = slot.messages.setdefault(message, len(slot.messages))
@@ -203,6 +263,8 @@ class _Worker:
             retries,
             error_index,
             intended,
+            read,
+            written,
         )
         slot.offset += RECORD.size
         slot.seq += 1
@@ -220,18 +282,35 @@ class _Worker:
             self.stop = True
         return self.stop
 
-    async def closed_loop(self, slot: _ClientSlot, client: OpenedClient) -> None:
+    async def callback_closed_loop(self, slot: _ClientSlot, client: OpenedClient) -> None:
+        """The closed loop from the driver's reply callbacks (no task or future per
+        operation); when it hands back, one operation on the general path, then again."""
+        run_callbacks = client.callback_loop
+        assert run_callbacks is not None
+        sink = _Sink(self, slot)
+        while not await run_callbacks(sink):
+            seq = slot.seq
+            await self.closed_loop(slot, client, limit=1)
+            if slot.seq == seq:  # nothing started: the run is over
+                return
+
+    async def closed_loop(
+        self, slot: _ClientSlot, client: OpenedClient, limit: int | None = None
+    ) -> None:
         """Start the next operation as soon as the previous one completed.
 
         The hottest loop of racebench: `_over` and `_record` are inlined and everything it
         touches is a local, since each method call costs about as much as the recording.
         The shared stop flag is not read here but by `sample_lag`, every 5 ms, which sets
         `self.stop`; the deadline is checked against the start time read anyway.
+        `limit`: at most that many operations (a callback loop's hand-back).
         """
         operation = client.operation
         control = self.control
         inflight, add_done = control.probe.inflight, control.add_done
         cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
+        if limit is not None:
+            quota = min(quota, slot.seq + limit)
         monotonic_ns, pack, size = time.monotonic_ns, RECORD.pack_into, RECORD.size
         recorder = slot.recorder
         buffer, offset, seq = recorder.buffer, slot.offset, slot.seq
@@ -241,7 +320,7 @@ class _Worker:
                 self.stop = True
                 break
             inflight[cid] = start
-            outcome, retries, cs_start, cs_end, token, message = await operation(seq)
+            outcome, retries, cs_start, cs_end, token, read, written, message = await operation(seq)
             end = monotonic_ns()
             inflight[cid] = 0
             error_index = -1
@@ -250,7 +329,7 @@ class _Worker:
                 if outcome == Outcome.ERROR:
                     control.add_error(cid)
             pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
-                 error_index, start)  # fmt: skip
+                 error_index, start, read, written)  # fmt: skip
             offset += size
             seq += 1
             slot.offset, slot.seq = offset, seq
@@ -333,6 +412,8 @@ class _Worker:
     ) -> Awaitable[None]:
         if client.blocking_operation is not None and self.spec.rate is None:
             return loop.run_in_executor(client.executor, self.blocking_closed_loop, slot, client)
+        if client.callback_loop is not None:
+            return self.callback_closed_loop(slot, client)
         return self.closed_loop(slot, client)
 
     async def run(self, clients: dict[int, OpenedClient], parent: int) -> None:
@@ -365,20 +446,30 @@ class _Worker:
 
 
 async def _open_all(spec: WorkerSpec, control: WorkerControl) -> dict[int, OpenedClient]:
-    gate = asyncio.Semaphore(_CONNECT_CONCURRENCY)
+    """Open the worker's clients, `_CONNECT_CONCURRENCY` (or the store's own limit) at a time.
 
-    async def open_one(client: int) -> OpenedClient:
-        async with gate:
-            return await spec.open_client(client, control.probe)
-
-    opened = await asyncio.gather(*(open_one(c) for c in spec.clients), return_exceptions=True)
+    A fixed set of openers takes the next client from a shared iterator: cheaper per client
+    than a coroutine each behind a semaphore (whose wake-ups cost more as waiters pile up),
+    and at 4,000 clients a worker, what it spends per client is its start-up time.
+    """
     clients: dict[int, OpenedClient] = {}
-    failure: BaseException | None = None
-    for client_id, result in zip(spec.clients, opened, strict=True):
-        if isinstance(result, BaseException):
-            failure = failure or result
-        else:
-            clients[client_id] = result
+    failures: list[BaseException] = []
+    pending = iter(spec.clients)
+
+    async def opener() -> None:
+        for client_id in pending:
+            if failures:  # one failed: the run will not start, stop connecting
+                return
+            try:
+                clients[client_id] = await spec.open_client(client_id, control.probe)
+            except BaseException as exc:  # raised below, once the others are closed
+                failures.append(exc)
+
+    # A store may ask for fewer connects at once (a server that forks per session).
+    limit = getattr(spec.open_client, "connect_concurrency", None) or _CONNECT_CONCURRENCY
+    openers = min(limit, len(spec.clients))
+    await asyncio.gather(*(opener() for _ in range(openers)))
+    failure = failures[0] if failures else None
     if failure is not None:
         await _close_all(clients)
         raise failure

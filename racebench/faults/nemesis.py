@@ -6,15 +6,14 @@ the order listed, each when its trigger comes: `at` a time into the run, or `whe
 client (or, with `client: any`, whichever client comes first) is `holding` its lock (inside
 its critical section) or `acquiring` it.
 
-Server faults (kill_server, pause_server, restart_server) are objects of their own, in
-racebench.faults.server: the nemesis prepares them with the trial, fires them and undoes them.
+Each fault kind is a class of its own (racebench.faults.kind.FaultKind, registered under the
+`racebench.faults` entry point); the nemesis composes them, as Jepsen's combined nemesis
+does: it validates every fault, prepares them with the trial, fires each at its trigger and
+undoes them all at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -23,39 +22,46 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from racebench.errors import BackendUnavailable
-from racebench.faults.server import SERVER_FAULTS, ServerFault, validate_servers
-from racebench.faults.server_process import ServerProcess
+from racebench.faults.kind import FaultKind
+from racebench.faults.server import validate_servers
 from racebench.history import RunHistory
 
 if TYPE_CHECKING:
-    from racebench.config.scenario import FaultConfig, RunSpec
+    from racebench.config.scenario import RunSpec, Scenario
     from racebench.locks.base import LockService
-    from racebench.protocol import Probe
+    from racebench.protocol import ClientSignals, Probe
     from racebench.stores.base import Store
+    from racebench.util.plugin_config import FaultConfig
 
-CLIENT_FAULTS = {"pause_client", "kill_client"}
-LOCK_SERVER_FAULTS = {"kill_session", "lose_lock_state", "expire_early", "server_pause"}
-PROXY_FAULTS = {"latency", "partition", "reset"}
-NEEDS_DURATION = {"pause_client", "latency", "partition", "server_pause"}
 _POLL_S = 0.0005
 
 
-def faults_supported_by(service: str) -> set[str]:
-    """Every fault kind a run guarded by this lock service accepts: the client faults work on
-    any lock, the lock-server faults it declares, and proxy faults when it is networked."""
-    from racebench.plugins.registry import lock_class
+def _kind(name: str) -> type[FaultKind]:
+    """The fault kind registered as `name` (looked up at call time: the plug-in layer, which
+    finds it, sits above the faults)."""
+    from racebench.plugins.entry_points import fault_class
+
+    return fault_class(name)
+
+
+def faults_supported_by(service: str) -> list[str]:
+    """Every registered fault kind a run guarded by this lock service can suffer."""
+    from racebench.plugins.entry_points import fault_names, lock_class
 
     cls = lock_class(service)
-    return CLIENT_FAULTS | set(cls.fault_kinds) | (PROXY_FAULTS if cls.networked else set())
+    return [kind for kind in fault_names() if _kind(kind).can_suffer(cls, "lock")]
+
+
+def signals_clients(scenario: Scenario) -> bool:
+    """Whether a fault of the scenario signals client processes (each then needs its own)."""
+    return any(_kind(f.kind).signals_clients for f in scenario.faults)
 
 
 def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> None:
-    """Refuse, before anything runs, a fault this store, lock service or machine cannot do."""
-    from racebench.plugins.registry import lock_class, store_class
-
+    """Refuse, before anything runs, a fault this store, lock service or machine cannot do:
+    the triggers here, then what each fault kind checks for itself."""
     s = spec.scenario
-    lock = s.guard.lock if s.guard.strategy == "lock" else None
-    service = lock.service if lock else None
+    locked = s.guard.strategy == "lock" and s.guard.lock is not None
     validate_servers(s, fail)
     for i, fault in enumerate(s.faults):
         field = f"faults[{i}]"
@@ -64,66 +70,13 @@ def validate_faults(spec: RunSpec, fail: Callable[[str, str], Exception]) -> Non
                 raise fail(
                     f"{field}.client", "client: any picks the client by its state: it needs `when`"
                 )
-            if fault.kind in PROXY_FAULTS:
-                raise fail(
-                    f"{field}.client",
-                    f"{fault.kind} needs a numbered client: its proxy is set up before the "
-                    "clients start",
-                )
         elif fault.client >= s.clients:
             raise fail(
                 f"{field}.client", f"client {fault.client} does not exist ({s.clients} clients)"
             )
-        if fault.when is not None and service is None:
+        if fault.when is not None and not locked:
             raise fail(f"{field}.when", "`when` watches a lock: it needs guard.strategy: lock")
-        if fault.kind in SERVER_FAULTS:
-            if fault.target == "lock" and service is None:
-                raise fail(
-                    f"{field}.target",
-                    f"{fault.kind} on the lock's servers needs guard.strategy: lock",
-                )
-            SERVER_FAULTS[fault.kind].validate(fault, field, s, fail)
-        if fault.kind in NEEDS_DURATION and fault.duration_ms is None:
-            raise fail(f"{field}.duration_ms", f"{fault.kind} needs duration_ms")
-        if fault.kind == "clock_skew":
-            raise fail(
-                f"{field}.kind",
-                "clock_skew is refused: clients are forked from one process, so libfaketime "
-                "cannot be preloaded into one of them, and racebench's lock services measure "
-                "lease validity on the monotonic clock, which a wall-clock skew cannot move",
-            )
-        if fault.kind in LOCK_SERVER_FAULTS:
-            if service is None:
-                raise fail(
-                    f"{field}.kind",
-                    f"{fault.kind} hits a lock service: it needs guard.strategy: lock",
-                )
-            if fault.target != "lock":
-                raise fail(f"{field}.target", f"{fault.kind} only applies to target: lock")
-            if fault.kind not in lock_class(service).fault_kinds:
-                known = ", ".join(sorted(faults_supported_by(service)))
-                raise fail(
-                    f"{field}.kind",
-                    f"lock service {service} cannot suffer {fault.kind} (faults it supports: "
-                    f"{known})",
-                )
-        if fault.kind in PROXY_FAULTS:
-            if fault.target == "store":
-                if not store_class(s.store.backend).networked:
-                    raise fail(
-                        f"{field}.target", f"store {s.store.backend} has no connection to proxy"
-                    )
-                if not s.store.proxy:
-                    raise fail(
-                        f"{field}.kind", f"{fault.kind} on the store needs store.proxy: true"
-                    )
-            else:
-                if lock is None or not lock_class(lock.service).networked:
-                    raise fail(f"{field}.target", "target: lock needs a networked lock service")
-                if not lock.proxy:
-                    raise fail(
-                        f"{field}.kind", f"{fault.kind} on the lock needs guard.lock.proxy: true"
-                    )
+        _kind(fault.kind).validate(fault, field, s, fail)
 
 
 class ProxyRoutes:
@@ -144,7 +97,7 @@ class ProxyRoutes:
         self._wanted = {
             (f.target, f.client)
             for f in spec.scenario.faults
-            if f.kind in PROXY_FAULTS and f.client != "any"
+            if _kind(f.kind).uses_proxy and f.client != "any"
         }
 
     def _upstream(self, target: str) -> str:
@@ -200,7 +153,11 @@ class ProxyRoutes:
 
 
 class FaultNemesis:
-    """Fires a run's faults from a thread of the parent process and records when they were."""
+    """Fires a run's faults from a thread of the parent process and records when they were.
+
+    It is also the `FaultContext` the faults fire with: the one place that knows where each
+    client's process is (`signal_client`), what it is doing (the probe), and its proxies.
+    """
 
     def __init__(
         self, spec: RunSpec, lock_service: LockService | None, routes: ProxyRoutes
@@ -209,53 +166,79 @@ class FaultNemesis:
         self.lock_service = lock_service
         self.routes = routes
         self.events: list[dict[str, Any]] = []
-        self._ended_ns = 0  # set by a fault whose end is a moment inside _fire (SIGCONT)
+        # Set by a fault whose start or end is a moment inside the firing (a signal sent).
+        self._started_ns = self._ended_ns = 0
+        # (client, signal) already sent from where the client runs, for a `when` trigger.
+        self._presignalled: tuple[int, int] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pids: list[int] = []
-        self._paused: set[int] = set()
         self._locked = spec.scenario.guard.strategy == "lock"
-        # Found now, before the clients start: a missing server is a backend error (exit 3).
-        attached: dict[str, ServerProcess] = {}
-        self._server_faults: dict[int, ServerFault] = {
-            i: SERVER_FAULTS[f.kind].prepare(f, spec.scenario, attached)
-            for i, f in enumerate(self.faults)
-            if f.kind in SERVER_FAULTS
-        }
+        # Prepared now, before the clients start: a missing server is a backend error (exit 3).
+        shared: dict[str, Any] = {}
+        self._prepared: list[FaultKind] = [
+            _kind(f.kind).prepare(f, spec.scenario, shared) for f in self.faults
+        ]
 
-    def start(self, pids: list[int], probe: Probe, t0_ns: int) -> None:
-        self._pids, self._probe, self._t0 = pids, probe, t0_ns
+    def start(self, clients: ClientSignals, probe: Probe, t0_ns: int) -> None:
+        """Start firing. `clients` reaches each client's process (here or on a Dask worker);
+        `probe` is what they are doing; `t0_ns` is when they started."""
+        self._clients, self._probe, self._t0 = clients, probe, t0_ns
         self._thread = threading.Thread(target=self._run, name="racebench-nemesis", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """End the nemesis and undo what is still in effect: no client stays stopped, no
-        server stays stopped or dead."""
+        """End the nemesis and undo every fault: no client stays stopped, no link cut or
+        slowed, no server stopped or dead."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for pid in list(self._paused):
-            self._signal(pid, signal.SIGCONT)
-        for proxy in self.routes.proxies.values():
-            proxy.heal()
-            proxy.clear_latency()
-        # Every server is started again even if one fails to (its error is raised after).
+        # Every fault is undone even if one fails to (its error is raised after).
         failures = []
-        for server_fault in self._server_faults.values():
+        for prepared in self._prepared:
             try:
-                server_fault.undo()
+                prepared.undo(self)
             except BackendUnavailable as exc:
                 failures.append(exc)
         if failures:
             raise failures[0]
 
-    def _signal(self, pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        if sig == signal.SIGSTOP:
-            self._paused.add(pid)
-        elif sig == signal.SIGCONT:
-            self._paused.discard(pid)
+    def _signal_when(self, fault: FaultConfig, sig: int) -> int | None:
+        """Signal the client the moment its state shows, from where it runs (a round trip to
+        another host could miss a short critical section); the client, or None when the run
+        ended first."""
+        assert fault.when is not None
+        count = len(self._probe.holding)
+        candidates = list(range(count)) if fault.client == "any" else [int(fault.client)]
+        fired = self._clients.signal_when(candidates, fault.when, sig, self._stopping)
+        if fired is None:
+            return None
+        client, self._started_ns = fired
+        self._presignalled = (client, sig)
+        return client
+
+    # FaultContext: what a firing fault reaches.
+    def wait(self, seconds: float) -> object:
+        return self._stopping.wait(seconds)
+
+    def signal_client(self, client: int, sig: int) -> int:
+        if self._presignalled == (client, sig):  # sent already, by the `when` trigger
+            self._presignalled = None
+            return self._started_ns
+        sent = self._clients.signal(client, sig)
+        self._started_ns = self._started_ns or sent  # a fault starts with its first signal
+        return sent
+
+    def holding(self, client: int) -> bool:
+        return bool(self._probe.holding[client])
+
+    def session(self, client: int) -> int:
+        return int(self._probe.session[client])
+
+    def proxy(self, target: str, client: int) -> Any:
+        return self.routes.proxy_for(target, client)
+
+    def mark_end(self, at_ns: int | None = None) -> None:
+        self._ended_ns = at_ns or time.monotonic_ns()
 
     def _wait_trigger(self, fault: FaultConfig) -> int | None:
         """Wait for the fault's trigger; the client it hits, or None when the run ended first."""
@@ -272,25 +255,23 @@ class FaultNemesis:
             time.sleep(_POLL_S)
         return None
 
-    def _hold(self, fault: FaultConfig) -> None:
-        if fault.duration_ms:
-            self._stopping.wait(fault.duration_ms / 1000)
-
     def _run(self) -> None:
-        for index, fault in enumerate(self.faults):
-            client = self._wait_trigger(fault)
+        for fault, prepared in zip(self.faults, self._prepared, strict=True):
+            self._started_ns = self._ended_ns = 0
+            self._presignalled = None
+            first = prepared.first_signal
+            if first is not None and fault.when is not None:
+                client = self._signal_when(fault, first)
+            else:
+                client = self._wait_trigger(fault)
             if client is None:
                 return
             start = time.monotonic_ns()
-            self._ended_ns = 0
             try:
-                server_fault = self._server_faults.get(index)
-                if server_fault is not None:
-                    note = server_fault.fire(self._stopping.wait)
-                else:
-                    note = self._fire(fault, client)
+                note = prepared.fire(client, self)
             except Exception as exc:  # a fault that failed is reported, never fatal to the run
                 note = f"failed: {type(exc).__name__}: {exc}"
+            start = self._started_ns or start
             self.events.append(
                 {
                     "kind": fault.kind,
@@ -301,51 +282,6 @@ class FaultNemesis:
                     "note": note,
                 }
             )
-
-    def _fire(self, fault: FaultConfig, client: int) -> str:
-        pid = self._pids[client]
-        kind = fault.kind
-        if kind == "pause_client":
-            self._signal(pid, signal.SIGSTOP)
-            self._hold(fault)
-            # The pause ends when SIGCONT is sent: a resumed client can finish its section
-            # before this thread (on a busy host) gets to record the end.
-            self._ended_ns = time.monotonic_ns()
-            self._signal(pid, signal.SIGCONT)
-            return f"SIGSTOP for {fault.duration_ms:g} ms"
-        if kind == "kill_client":
-            holding = bool(self._probe.holding[client])
-            self._signal(pid, signal.SIGKILL)
-            return "SIGKILL" + (" inside its critical section" if holding else "")
-        service = self.lock_service
-        if kind == "kill_session":
-            assert service is not None
-            return service.kill_session(self._probe.session[client])
-        if kind == "lose_lock_state":
-            assert service is not None
-            return service.lose_state(fault.instances)
-        if kind == "expire_early":
-            assert service is not None
-            return service.expire_early()
-        if kind == "server_pause":
-            assert service is not None
-            note = service.pause_server(fault.duration_ms or 0)
-            self._hold(fault)
-            return note
-        proxy = self.routes.proxy_for(fault.target, client)
-        if kind == "latency":
-            proxy.set_latency(fault.delay_ms, fault.jitter_ms)
-            self._hold(fault)
-            proxy.clear_latency()
-            return f"+{fault.delay_ms:g}±{fault.jitter_ms:g} ms for {fault.duration_ms:g} ms"
-        if kind == "partition":
-            proxy.partition()
-            self._hold(fault)
-            proxy.heal()
-            return f"traffic held for {fault.duration_ms:g} ms"
-        assert kind == "reset"
-        proxy.reset()
-        return "connections reset"
 
     def not_fired(self) -> list[dict[str, Any]]:
         """The faults whose trigger never came before the run ended (in scenario order)."""
@@ -379,13 +315,14 @@ class FaultNemesis:
                 "end_ms": round((event["end_ns"] - t0_ns) / 1e6, 3),
                 "note": event["note"],
             }
-            if event["kind"] in ("kill_client", "kill_session") and len(cs_start):
+            measures = _kind(event["kind"]).measures
+            if measures == "takeover" and len(cs_start):
                 others = cs_start[(clients != event["client"]) & (cs_start >= event["start_ns"])]
                 if len(others):
                     entry["unavailable_ms"] = round(
                         (int(np.min(others)) - event["start_ns"]) / 1e6, 3
                     )
-            if event["kind"] in SERVER_FAULTS and self._locked:
+            if measures == "grants" and self._locked:
                 after = cs_start[cs_start >= event["start_ns"]]
                 entry["grants_after"] = len(after)
                 if len(after):

@@ -1,10 +1,10 @@
 """Server faults: kill, pause or restart the processes of a store or lock service.
 
-Each kind is one class with the nemesis protocol of Jepsen (`setup!`, `invoke!`,
-`teardown!`): `validate` refuses, before anything runs, a fault the scenario cannot do;
-`prepare` finds the server processes when the trial starts; `fire` injects the fault and
-returns a note of what it did; `undo` leaves every server running again at the end of the
-run, so the next run (or the teardown of this one) finds them up.
+Each kind is a racebench.faults.kind.FaultKind: `validate` refuses, before anything runs, a
+fault the scenario cannot do; `prepare` finds the server processes when the trial starts;
+`fire` injects the fault and returns a note of what it did; `undo` leaves every server
+running again at the end of the run, so the next run (or the teardown of this one) finds
+them up. Any store or lock service whose processes are listed can suffer them.
 
 A fault hits the first `instances` servers listed under its target: `store.servers` or
 `guard.lock.servers` (each a URL and a pid file on this host; see racebench.faults.server_process).
@@ -15,17 +15,18 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from racebench.faults.client import lease_outlasts
+from racebench.faults.kind import Fail, FaultContext, FaultKind, Wait
 from racebench.faults.server_process import ServerProcess, is_local, server_address
+from racebench.util.plugin_config import FaultConfig, ServerConfig, ServerFaultConfig
 
 if TYPE_CHECKING:
-    from racebench.config.scenario import FaultConfig, Scenario, ServerConfig
-
-Wait = Callable[[float], object]  # waits that many seconds, or less when the run stops
-Fail = Callable[[str, str], Exception]
+    from racebench.config.scenario import Scenario
+    from racebench.locks.base import LockService
+    from racebench.util.plugin_info import PluginInfo
 
 
 def target_servers(scenario: Scenario, target: str) -> tuple[str, list[ServerConfig]]:
@@ -52,16 +53,17 @@ def validate_servers(scenario: Scenario, fail: Fail) -> None:
                 )
 
 
-class ServerFault(ABC):
-    """One fired fault on a set of server processes."""
+class ServerFault(FaultKind):
+    """One fault on a set of server processes."""
 
-    kind: ClassVar[str]
+    config = ServerFaultConfig
     # Whether the servers must be startable again (a kill is undone by starting them).
     restarts: ClassVar[bool] = True
-    needs_duration: ClassVar[bool] = False
+    measures: ClassVar[Literal["takeover", "grants"] | None] = "grants"
 
     def __init__(self, fault: FaultConfig, servers: list[ServerProcess]) -> None:
-        self.fault = fault
+        super().__init__(fault)
+        assert isinstance(fault, ServerFaultConfig)
         self.servers = servers
         # fire runs in the nemesis thread, undo in the thread that stops the run.
         self._lock = threading.Lock()
@@ -69,6 +71,11 @@ class ServerFault(ABC):
     @classmethod
     def validate(cls, fault: FaultConfig, field: str, scenario: Scenario, fail: Fail) -> None:
         """Refuse what the scenario cannot do: no servers listed, too few, no duration."""
+        assert isinstance(fault, ServerFaultConfig)
+        if fault.target == "lock" and scenario.guard.strategy != "lock":
+            raise fail(
+                f"{field}.target", f"{cls.kind} on the lock's servers needs guard.strategy: lock"
+            )
         servers_field, servers = target_servers(scenario, fault.target)
         if not servers:
             raise fail(
@@ -81,36 +88,39 @@ class ServerFault(ABC):
                 f"{field}.instances",
                 f"{fault.instances} is more than the {len(servers)} servers in {servers_field}",
             )
-        if cls.needs_duration and fault.duration_ms is None:
-            raise fail(f"{field}.duration_ms", f"{fault.kind} needs duration_ms")
+        super().validate(fault, field, scenario, fail)
 
     @classmethod
-    def prepare(
-        cls, fault: FaultConfig, scenario: Scenario, attached: dict[str, ServerProcess]
-    ) -> ServerFault:
+    def can_suffer(cls, plugin: type[PluginInfo], role: Literal["store", "lock"]) -> bool:
+        # Any plug-in with server processes: the scenario lists them (validate checks).
+        return plugin.networked
+
+    @classmethod
+    def prepare(cls, fault: FaultConfig, scenario: Scenario, shared: dict[str, Any]) -> FaultKind:
         """Find the servers the fault hits (at the start of a trial: pids change on restart).
 
-        `attached` holds the servers found for the trial's earlier faults: two faults on one
+        `shared` holds the servers found for the trial's earlier faults: two faults on one
         server share its ServerProcess, so the second one signals the pid the first started.
         """
+        assert isinstance(fault, ServerFaultConfig)
         field, configs = target_servers(scenario, fault.target)
         servers = []
         for i, config in enumerate(configs[: fault.instances]):
             name = f"{field}[{i}]"
-            if name not in attached:
-                attached[name] = ServerProcess.attach(config, name)
-            servers.append(attached[name])
+            if name not in shared:
+                shared[name] = ServerProcess.attach(config, name)
+            servers.append(shared[name])
         if cls.restarts:
             for server in servers:
                 server.require_restartable()
         return cls(fault, servers)
 
-    def fire(self, wait: Wait) -> str:
-        """Inject the fault (waiting through its duration with `wait`); say what was done."""
+    def fire(self, client: int, context: FaultContext) -> str:
+        """Inject the fault (waiting through its duration); say what was done."""
         with self._lock:
-            return self._fire(wait)
+            return self._fire(context.wait)
 
-    def undo(self) -> None:
+    def undo(self, context: FaultContext | None = None) -> None:
         """Leave every server of the fault running (and not stopped)."""
         with self._lock:
             self._undo()
@@ -151,16 +161,27 @@ class KillServer(ServerFault):
     """
 
     kind = "kill_server"
+    breaks = "kills the servers (for duration_ms, else the run): what they did not persist is lost"
+
+    @classmethod
+    def keeps_exclusion(
+        cls, fault: FaultConfig, service: LockService, race_window_ms: float
+    ) -> bool:
+        # A dead server grants nothing, so a kill that lasts the run is safe. One that comes
+        # back may have forgotten its grants (nothing says it persists them): safe only for
+        # a lease that ran out while the server was down.
+        duration = fault.lasts_ms()
+        return not duration or (service.lease and duration >= service.config.ttl_ms)
 
     def _fire(self, wait: Wait) -> str:
         pids = self._pids()
         for server in self.servers:
             server.kill()
         note = f"SIGKILL pid {pids}"
-        if self.fault.duration_ms is None:
+        if not self.fault.lasts_ms():
             return note + "; down until the run ended"
-        wait(self.fault.duration_ms / 1000)
-        return f"{note}; down {self.fault.duration_ms:g} ms, {self._start_dead()}"
+        wait(self.fault.lasts_ms() / 1000)
+        return f"{note}; down {self.fault.lasts_ms():g} ms, {self._start_dead()}"
 
     def _undo(self) -> None:
         self._start_dead()
@@ -174,6 +195,13 @@ class RestartServer(ServerFault):
     """
 
     kind = "restart_server"
+    breaks = "kills the servers and starts them again at once: unpersisted grants are lost"
+
+    @classmethod
+    def keeps_exclusion(
+        cls, fault: FaultConfig, service: LockService, race_window_ms: float
+    ) -> bool:
+        return False  # the restarted server may have forgotten the holder's grant
 
     def _fire(self, wait: Wait) -> str:
         pids = self._pids()
@@ -194,22 +222,23 @@ class PauseServer(ServerFault):
     """
 
     kind = "pause_server"
+    breaks = "freezes the server processes (SIGSTOP) for duration_ms: a lease may lapse"
     restarts = False
     needs_duration = True
 
+    @classmethod
+    def keeps_exclusion(
+        cls, fault: FaultConfig, service: LockService, race_window_ms: float
+    ) -> bool:
+        return lease_outlasts(fault, service, race_window_ms)
+
     def _fire(self, wait: Wait) -> str:
-        assert self.fault.duration_ms is not None
         for server in self.servers:
             server.send(signal.SIGSTOP)
-        wait(self.fault.duration_ms / 1000)
+        wait(self.fault.lasts_ms() / 1000)
         self._undo()
-        return f"SIGSTOP pid {self._pids()} for {self.fault.duration_ms:g} ms"
+        return f"SIGSTOP pid {self._pids()} for {self.fault.lasts_ms():g} ms"
 
     def _undo(self) -> None:
         for server in self.servers:
             server.send(signal.SIGCONT)
-
-
-SERVER_FAULTS: dict[str, type[ServerFault]] = {
-    cls.kind: cls for cls in (KillServer, PauseServer, RestartServer)
-}

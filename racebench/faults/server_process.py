@@ -31,7 +31,7 @@ from racebench.errors import BackendUnavailable
 if TYPE_CHECKING:
     import psutil
 
-    from racebench.config.scenario import ServerConfig
+    from racebench.util.plugin_config import ServerConfig
 
 _POLL_S = 0.02
 _GONE_TIMEOUT_S = 10.0

@@ -12,10 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from racebench.util.plugin_config import LockConfig
 from racebench.util.plugin_info import PluginInfo
 
 if TYPE_CHECKING:
-    from racebench.config.scenario import FaultConfig, LockConfig
+    from racebench.util.plugin_config import FaultConfig
 
 
 class LockTimeout(Exception):
@@ -51,9 +52,12 @@ class LockService(PluginInfo, ABC):
     service: ClassVar[str]
     failure_mode: ClassVar[str]
     lease: ClassVar[bool]
-    # Fault kinds this service can suffer beyond the client-side ones (pause_client,
-    # kill_client): any of expire_early, lose_lock_state, kill_session, server_pause.
+    # The lock faults (racebench.faults.lock) this service has hooks for: any of
+    # expire_early, lose_lock_state, kill_session, server_pause. Client, proxy and server
+    # faults decide for themselves (FaultKind.can_suffer).
     fault_kinds: ClassVar[frozenset[str]] = frozenset()
+    # Its scenario keys: LockConfig, or a subclass with keys of its own.
+    config_model: ClassVar[type[LockConfig]] = LockConfig
     renewable: ClassVar[bool] = False  # a lease that guard.lock.renew can keep alive
 
     def __init__(self, config: LockConfig, namespace: str, store_url: str | None) -> None:
@@ -71,40 +75,14 @@ class LockService(PluginInfo, ABC):
     def keeps_exclusion(self, fault: FaultConfig, race_window_ms: float) -> bool:
         """Whether this fault leaves mutual exclusion promised.
 
-        Ending the lock behind the holder's back (its session, its state, its lease) breaks
-        it by design; a pause, a slow or a cut-off link breaks a lease only when it can
-        stretch a critical section past the lease; a session lock keeps its holder waiting.
+        The fault kind knows what it breaks (racebench.faults.kind.FaultKind.keeps_exclusion:
+        ending the lock behind the holder's back breaks it by design; a pause, a slow or a
+        cut-off link breaks a lease only when it can stretch a section past the lease); a
+        service overrides this where it differs (a ZooKeeper session outlives a short pause).
         """
-        if fault.kind in ("kill_session", "lose_lock_state", "expire_early"):
-            return False
-        if fault.kind in ("kill_server", "restart_server"):
-            return self._survives_server_death(fault)
-        # A paused server holds the holder's writes too (when the store lives there), while
-        # its lease may pass its deadline (Redis expires it as soon as the pause ends).
-        server_paused = fault.kind in ("server_pause", "pause_server")
-        if self.lease and (server_paused or fault.kind in ("pause_client", "partition")):
-            return race_window_ms + (fault.duration_ms or 0) < self.config.ttl_ms
-        if self.lease and fault.kind == "latency":
-            # A grant's reply and the section's read and write each cross the link twice.
-            delay = fault.delay_ms + fault.jitter_ms
-            return race_window_ms + 6 * delay < self.config.ttl_ms
-        return True
+        from racebench.plugins.entry_points import fault_class
 
-    def _survives_server_death(self, fault: FaultConfig) -> bool:
-        """Whether killing the servers (kill_server, restart_server) leaves exclusion promised.
-
-        A dead server grants nothing, so a kill that lasts the run is safe. One that comes
-        back may have forgotten its grants (nothing says it persists them): safe only for a
-        lease that ran out while the server was down.
-        """
-        if fault.kind == "kill_server" and fault.duration_ms is None:
-            return True
-        return (
-            self.lease
-            and fault.kind == "kill_server"
-            and fault.duration_ms is not None
-            and fault.duration_ms >= self.config.ttl_ms
-        )
+        return fault_class(fault.kind).keeps_exclusion(fault, self, race_window_ms)
 
     @abstractmethod
     def check_reachable(self) -> dict[str, str]:

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from racebench.locks.base import LockClient, LockService, LockTimeout
 from racebench.stores.redis import (
     DEFAULT_URL,
@@ -38,11 +40,10 @@ from racebench.stores.redis import (
     server_facts,
 )
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
+from racebench.util.plugin_config import FaultConfig, LockConfig
 
 if TYPE_CHECKING:
     import redis
-
-    from racebench.config.scenario import FaultConfig
 
 # Grant and fencing token in one step: no later grant can take a token before this one.
 # The token counter expires MIN_LEFTOVER_TTL_S after the last grant (a killed run's does not
@@ -210,15 +211,29 @@ def renewal_keeps_exclusion(fault: FaultConfig, ttl_ms: float) -> bool:
     longer than that; racebench claims exclusion only below half the ttl, leaving the rest for
     the round trip and scheduling. Latency delays each renewal there and back.
     """
-    if fault.kind == "latency":
+    from racebench.faults.network import LatencyConfig
+
+    if isinstance(fault, LatencyConfig):
         return 2 * (fault.delay_ms + fault.jitter_ms) < ttl_ms / 6
-    return (fault.duration_ms or 0) < ttl_ms / 2
+    return fault.lasts_ms() < ttl_ms / 2
+
+
+class RenewableLockConfig(LockConfig):
+    """The keys of a lease that a watchdog can renew (redis_lock, redlock)."""
+
+    renew: bool = Field(
+        default=False,
+        description="a watchdog in the holder's process renews the lease every ttl/3 while "
+        "it is held",
+    )
 
 
 class RenewableLease(LockService):
     """A lease that `guard.lock.renew` keeps alive from a watchdog in the holder's process."""
 
     renewable = True
+    config_model = RenewableLockConfig
+    config: RenewableLockConfig
 
     def claims_exclusion(self, race_window_ms: float, faults: Sequence[FaultConfig] = ()) -> bool:
         if not self.config.renew:

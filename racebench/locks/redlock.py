@@ -35,12 +35,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from racebench.errors import RacebenchError
 from racebench.locks.base import LockClient
 from racebench.locks.redis_lock import (
     LeaseWatchdog,
     RedisLease,
     RenewableLease,
+    RenewableLockConfig,
     expire_now,
     lock_keys,
     sleep_before_retry,
@@ -171,6 +174,14 @@ class RedlockClient(LockClient):
             lease.close()
 
 
+class RedlockConfig(RenewableLockConfig):
+    """redlock's keys: the independent Redis servers it takes a majority of."""
+
+    urls: list[str] | None = Field(
+        default=None, description="one URL per independent Redis server (else servers' URLs)"
+    )
+
+
 class Redlock(RenewableLease):
     """A lease granted by a majority of N independent Redis servers.
 
@@ -193,6 +204,8 @@ class Redlock(RenewableLease):
     drivers = ("redis", "hiredis")
     test_server = "redlock_urls"  # a list of URLs: the scenario key is guard.lock.urls
     fault_kinds = frozenset({"expire_early", "lose_lock_state", "server_pause"})
+    config_model = RedlockConfig
+    config: RedlockConfig
 
     @property
     def urls(self) -> list[str]:

@@ -21,7 +21,7 @@ from racebench.locks.base import LockClient, LockService, LockTimeout
 from racebench.stores import mysql, postgres
 
 if TYPE_CHECKING:
-    from racebench.config.scenario import FaultConfig
+    from racebench.util.plugin_config import FaultConfig
 
 
 class _SqlLockService(LockService):

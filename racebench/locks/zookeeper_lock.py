@@ -22,6 +22,8 @@ import contextlib
 import re
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from racebench.locks.base import LockClient, LockService, LockTimeout
 from racebench.stores.zookeeper import (
     DEFAULT_HOSTS,
@@ -31,11 +33,12 @@ from racebench.stores.zookeeper import (
     remove_namespace,
     server_facts,
 )
+from racebench.util.plugin_config import LockConfig
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
-    from racebench.config.scenario import FaultConfig
+    from racebench.util.plugin_config import FaultConfig
 
 # A ZooKeeper connection string: host:port[,host:port...][/chroot]; no scheme.
 _ZOOKEEPER_HOSTS = re.compile(r"^[^/:@,\s]+:\d+(,[^/:@,\s]+:\d+)*(/\S*)?$")
@@ -111,6 +114,16 @@ class ZookeeperLockClient(LockClient):
         close_kazoo(self.zk)
 
 
+class ZookeeperLockConfig(LockConfig):
+    """zookeeper_lock's keys: the session its holder's lock lives with."""
+
+    session_timeout_ms: float = Field(
+        default=10_000,
+        gt=0,
+        description="the holder's session; the server clamps it to 2-20 times its tickTime",
+    )
+
+
 class ZookeeperLock(LockService):
     """kazoo's Lock under /racebench/{run}/lock; lost when the holder's session expires.
 
@@ -132,6 +145,8 @@ class ZookeeperLock(LockService):
     extra = "zookeeper"
     drivers = ("kazoo",)
     test_server = "zookeeper_hosts"
+    config_model = ZookeeperLockConfig
+    config: ZookeeperLockConfig
 
     @property
     def hosts(self) -> str:
@@ -190,7 +205,7 @@ class ZookeeperLock(LockService):
         # Out of touch longer than the session timeout, the holder loses its znode unawares;
         # the server last heard from it up to a third of the timeout before (kazoo's pings).
         if fault.kind in ("pause_client", "partition"):
-            silent = race_window_ms + (fault.duration_ms or 0)
+            silent = race_window_ms + fault.lasts_ms()
             return silent < self.config.session_timeout_ms * 2 / 3
         # Ensemble members log every change to disk before they acknowledge it, so a kill or
         # a restart loses no znode; while a quorum is gone nothing is granted and no session

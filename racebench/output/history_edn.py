@@ -10,6 +10,13 @@ Jepsen's rule for :info: the process that issued it may still be running that op
 never invokes again; the next operation of that client gets a fresh process number (the old
 one plus the number of clients), as Jepsen's own clients do after a crash.
 
+`:value` is nil on invocations (racebench learns the values as the operation runs) and, on
+completions, a map of what the operation read and wrote, by workload: `{:read 42, :write 41}`
+(stock, likes, custom), `{:balance 30, :withdraw 20}`, `{:seat 3, :seen 0}` (bookings of the
+seat the check counted), `{:from 1, :to 3, :amount 5, :from-balance 120}` for a transfer and
+`{:total 998}` for a transfer reader; nil when it recorded none (it failed before reading, or
+an atomic statement whose server returns no value).
+
 One map per line, events ordered by time, with racebench's extras as further keys (`:run`,
 `:trial`, `:client`, `:seq`, `:outcome`, `:retries`, `:token`, `:error`); Jepsen's checkers
 ignore keys they do not know. The histories hold only keywords, integers, strings and nil,
@@ -25,11 +32,13 @@ from typing import IO
 
 import numpy as np
 
-from racebench.history import OUTCOME_NAMES, Outcome, RunHistory
+from racebench.history import NO_VALUE, OUTCOME_NAMES, Outcome, RunHistory
+from racebench.workloads.rows import transfer_parts
 
 _JEPSEN_TYPE = {o: ":fail" for o in Outcome} | {Outcome.OK: ":ok", Outcome.UNKNOWN: ":info"}
 _NOT_KEYWORD = re.compile(r"[^A-Za-z0-9*+!_?<>=.-]")
-EdnValue = int | str | None
+EdnScalar = int | str | None | tuple[str]  # a 1-tuple: a keyword
+EdnValue = EdnScalar | dict[str, EdnScalar]
 
 
 def _keyword(name: str) -> str:
@@ -41,10 +50,13 @@ def _string(text: str) -> str:
     return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
 
 
-def _value(value: EdnValue | tuple[str]) -> str:
-    """EDN for an int, a string, nil (None) or a keyword (a 1-tuple holding its name)."""
+def _value(value: EdnValue) -> str:
+    """EDN for an int, a string, nil (None), a keyword (a 1-tuple holding its name), or a
+    map of those under keyword keys."""
     if value is None:
         return "nil"
+    if isinstance(value, dict):
+        return _map(value)
     if isinstance(value, tuple):
         return _keyword(value[0])
     if isinstance(value, int):
@@ -52,8 +64,31 @@ def _value(value: EdnValue | tuple[str]) -> str:
     return _string(value)
 
 
-def _map(entries: dict[str, EdnValue | tuple[str]]) -> str:
+def _map(entries: dict[str, EdnValue] | dict[str, EdnScalar]) -> str:
     return "{" + ", ".join(f"{_keyword(k)} {_value(v)}" for k, v in entries.items()) + "}"
+
+
+def operation_value(kind: str, read: int, written: int) -> dict[str, EdnScalar] | None:
+    """The `:value` of a completion: what the operation read and wrote (module docstring)."""
+    has_read, has_written = read != NO_VALUE, written != NO_VALUE
+    if not (has_read or has_written):
+        return None
+    value: dict[str, EdnScalar] = {}
+    if kind == "transfer" and not has_written:
+        return {"total": read}
+    if kind == "transfer":
+        source, target, amount = transfer_parts(written)
+        value = {"from": source, "to": target, "amount": amount}
+        return value | ({"from-balance": read} if has_read else {})
+    if kind == "book":
+        value = {"seat": written} if has_written else {}
+        return value | ({"seen": read} if has_read else {})
+    read_name, written_name = ("balance", "withdraw") if kind == "withdraw" else ("read", "write")
+    if has_read:
+        value[read_name] = read
+    if has_written:
+        value[written_name] = -written if kind == "withdraw" else written
+    return value
 
 
 def iter_jepsen_edn(
@@ -76,11 +111,13 @@ def iter_jepsen_edn(
     for index, (time_ns, _, i, completion) in enumerate(events):
         r = records[i]
         outcome = Outcome(int(r["outcome"]))
-        entry: dict[str, EdnValue | tuple[str]] = {
+        entry: dict[str, EdnValue] = {
             "index": index,
             "type": (_JEPSEN_TYPE[outcome][1:],) if completion else ("invoke",),
             "f": (kind,),
-            "value": None,  # racebench's records do not keep the values read or written yet
+            "value": operation_value(kind, int(r["read"]), int(r["written"]))
+            if completion
+            else None,
             "process": int(process[i]),
             "time": time_ns - t0_ns,
             **base,

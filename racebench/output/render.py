@@ -23,6 +23,7 @@ from racebench.util.naming import (
     NOT_REPRODUCED,
     SAFE,
     UNEXPECTED,
+    anomaly_examples_summary,
     client_bound_caption,
     fault_summary,
     strategy_label,
@@ -114,6 +115,17 @@ def results_table(
     if width is None or _unbroken_width(wide) <= width:
         return wide
     return _compact_table(runs, title, shared)
+
+
+def anomaly_example_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Under the table: each run's first attributed anomaly (the result file lists up to 20)."""
+    lines = []
+    for run in runs:
+        shown, more = anomaly_examples_summary(run, 1)
+        if shown:
+            extra = f" (+{more} more in the result file)" if more else ""
+            lines.append(f"{run['label']}: {shown[0]}{extra}")
+    return lines
 
 
 def _unbroken_width(table: Table) -> int:

@@ -15,7 +15,12 @@ from typing import Any
 from racebench.errors import ResultFileError
 from racebench.output.result_schema import validated_document
 from racebench.output.results import read_document
-from racebench.util.naming import UNEXPECTED, client_bound_caption, strategy_label
+from racebench.util.naming import (
+    UNEXPECTED,
+    anomaly_examples_summary,
+    client_bound_caption,
+    strategy_label,
+)
 
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"
@@ -165,6 +170,7 @@ def render_markdown(results: list[LoadedResult]) -> str:
         out += ["", f"### {workload}", "", markdown_table(headers, rows, numeric)]
         if any(len(run["trials"]) > 1 for run in runs):
             out += ["", _TRIALS_NOTE]
+        out += _markdown_examples(runs)
     bound = client_bound_caption([r for res in results for r in res.runs])
     if bound:
         out += [""] + [f"- **{line}**" for line in bound.splitlines()]
@@ -172,6 +178,26 @@ def render_markdown(results: list[LoadedResult]) -> str:
     out += ["", _verdict_note(unexpected)]
     # A trailing blank line keeps sections apart when CI appends several to one summary.
     return "\n".join(out) + "\n\n"
+
+
+# Examples per run in markdown (a pull-request comment); the result file and HTML keep 20.
+MARKDOWN_EXAMPLES = 5
+
+
+def _markdown_examples(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's first attributed anomalies, as nested bullets."""
+    lines = []
+    for run in runs:
+        shown, more = anomaly_examples_summary(run, MARKDOWN_EXAMPLES)
+        if not shown:
+            continue
+        lines.append(f"- `{run['label']}`")
+        lines += [f"  - {' '.join(text.split())}" for text in shown]  # one line each
+        if more:
+            lines.append(f"  - … {more} more in the result file")
+    if not lines:
+        return []
+    return ["", "Anomalies by operation (`cN#S`: client N's operation S):", "", *lines]
 
 
 _TRIALS_NOTE = (

@@ -52,6 +52,8 @@ td .sub { display: block; color: #666; font-size: 0.7rem; white-space: normal; }
 .v-not-reproduced { color: #666; } .v-inconclusive { color: #8250df; font-weight: bold; }
 figure { margin: 1rem 0; } figure svg { display: block; max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.8rem; } .setup, .note { color: #555; font-size: 0.85rem; }
+ul.anomalies { font-size: 0.8rem; margin: 0.3rem 0; padding-left: 1.2rem; }
+ul.anomalies .mark { color: #cf222e; font-weight: 600; }
 dl.verdicts { display: grid; grid-template-columns: max-content 1fr; gap: 0.2rem 0.8rem;
   font-size: 0.85rem; } dl.verdicts dd { margin: 0; }
 """
@@ -228,11 +230,32 @@ def _has_plots_over_time(run: dict[str, Any]) -> bool:
     return bool(run.get("history_sample") or timeline.get("critical_sections") or run.get("faults"))
 
 
+def _examples_html(run: dict[str, Any]) -> list[str]:
+    """The run's attributed anomalies (up to 20, as the result file keeps them)."""
+    examples = run.get("anomaly_examples") or []
+    if not examples:
+        return []
+    several = len(run.get("trials") or []) > 1
+    items = []
+    for e in examples:
+        where = f"at {e['end_ms'] / 1000:.3f}s" if e.get("end_ms") is not None else ""
+        if several:
+            where += f", trial {e.get('trial', 0) + 1}"
+        mark = f' <span class="mark">{_e(e["note"])}</span>' if e.get("note") else ""
+        items.append(f'<li>{_e(e["text"])} <span class="sub">{_e(where)}</span>{mark}</li>')
+    intro = (
+        f'<p class="note">The first {len(examples)} anomalies by operation (cN#S: client N\'s'
+        " operation S; the table counts them all):</p>"
+    )
+    return [intro, f'<ul class="anomalies">{"".join(items)}</ul>']
+
+
 def _run_section(source: str, run: dict[str, Any], several: bool, salt: str) -> list[str]:
     params = params_text(run.get("params"))
     name = f"{run['label'].split('[')[0]}[{params}]" if params else run["label"]
     title = name + (f" ({source})" if several else "") + f": {run['verdict']}"
     parts = [f'<h4 id="run-{_anchor(source + run["label"])}">{_e(title)}</h4>']
+    parts += _examples_html(run)
     figures = run_figures(run, salt)
     parts += [figure_html("run-plot", svg, caption) for caption, svg in figures]
     if not figures:

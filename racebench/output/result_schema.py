@@ -77,6 +77,22 @@ class HistorySample(_ReadModel):
     completions: dict[str, list[int]]
 
 
+# [client, seq] of one operation.
+OperationId = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+class AnomalyExample(_ReadModel):
+    """One anomaly attributed to the operations that made them (racebench.workloads.attribution)."""
+
+    trial: int = Field(default=0, ge=0)
+    kind: str
+    text: str
+    ops: list[OperationId] = []
+    start_ms: float | None = None
+    end_ms: float | None = None
+    note: str = ""  # first / worst / last, for violations checked over time
+
+
 class Load(_ReadModel):
     """How hard the workers worked; a client-bound run's figures describe racebench."""
 
@@ -108,6 +124,7 @@ class RunEntry(_ReadModel):
     faults: list[FaultEntry] = []
     timeline: Timeline | None = None
     history_sample: HistorySample | None = None
+    anomaly_examples: list[AnomalyExample] = []
     lock: dict[str, Any] | None = None
     load: Load | None = None
     service_time_ms: Latency | None = None

@@ -2,7 +2,8 @@
 
 They read a run's `history_sample` (racebench.analysis.history_sample): sampled operations for the
 latency scatter and exact per-bucket completions for throughput. Fault spans are shaded, and
-anomalies that carry a time (overlapping critical sections) are marked where they happened.
+anomalies that carry a time are marked where they happened: overlapping critical sections
+along the top, anomalies attributed to operations (`anomaly_examples`) along the bottom.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from racebench.output.plots import FAULT_COLOR, VIOLATION_COLOR, new_figure, to_svg
+
+ATTRIBUTED_COLOR = "#6f42c1"
 
 # Jepsen colours its outcomes ok / fail / info; racebench has more outcomes, named here as a
 # reader knows them (a "stale" write is one that fencing refused).
@@ -43,6 +46,29 @@ def anomaly_times_ms(run: dict[str, Any]) -> list[float]:
     return [v[0] for v in (run.get("timeline") or {}).get("violations", [])]
 
 
+def attributed_times_ms(run: dict[str, Any]) -> list[float]:
+    """When each attributed anomaly of the plotted (last) trial completed: the end of the
+    last of its operations."""
+    last = run["trials"][-1].get("trial", 0) if run.get("trials") else 0
+    return [
+        e["end_ms"]
+        for e in run.get("anomaly_examples") or []
+        if e.get("end_ms") is not None and e.get("trial", 0) == last
+    ]
+
+
+def _rug(axis: Any, times_ms: list[float], height: float, color: str) -> None:
+    """Ticks at `times_ms` along the axes at `height` (a fraction of the axes' height)."""
+    axis.plot(
+        [t / 1000 for t in times_ms],
+        [height] * len(times_ms),
+        "|",
+        color=color,
+        markersize=10,
+        transform=axis.get_xaxis_transform(),
+    )
+
+
 def run_figure(run: dict[str, Any]) -> Any:
     """Left: each sampled operation's latency at its start time, coloured by outcome.
     Right: operations completed per second in each bucket, one line per outcome."""
@@ -72,17 +98,13 @@ def run_figure(run: dict[str, Any]) -> Any:
         x = [(i + 0.5) * width_s for i in range(len(counts))]
         rate.plot(x, [c / width_s for c in counts], color=outcome_style(name)[1], linewidth=1.2)
     anomalies = anomaly_times_ms(run)
+    attributed = attributed_times_ms(run)
     for axis in (scatter, rate):
         _shade_faults(axis, faults)
         if anomalies:
-            axis.plot(
-                [t / 1000 for t in anomalies],
-                [0.96] * len(anomalies),  # a rug along the top, inside the axes
-                "|",
-                color=VIOLATION_COLOR,
-                markersize=10,
-                transform=axis.get_xaxis_transform(),
-            )
+            _rug(axis, anomalies, 0.96, VIOLATION_COLOR)  # along the top, inside the axes
+        if attributed:
+            _rug(axis, attributed, 0.04, ATTRIBUTED_COLOR)  # along the bottom
         axis.set_xlabel("s since the run's start")
         axis.grid(alpha=0.3)
         axis.set_xlim(left=0)
@@ -105,6 +127,12 @@ def run_figure(run: dict[str, Any]) -> Any:
         handles.append(
             Line2D([], [], marker="|", linestyle="", color=VIOLATION_COLOR, label="ME violation")
         )
+    if attributed:
+        handles.append(
+            Line2D(
+                [], [], marker="|", linestyle="", color=ATTRIBUTED_COLOR, label="anomaly (by op)"
+            )
+        )
     figure.legend(handles=handles, fontsize="small", loc="lower center", ncols=4)
     return figure
 
@@ -121,8 +149,16 @@ def _caption(run: dict[str, Any]) -> str:
         parts.append("Shaded: faults.")
     if anomaly_times_ms(run):
         parts.append("Red ticks on top: where two critical sections overlapped (ME violations).")
-    elif any(run["anomalies"].values()):
-        parts.append("The anomalies of this run are found in the final state and carry no time.")
+    if attributed_times_ms(run):
+        parts.append(
+            "Purple ticks at the bottom: when each anomaly listed above by operation completed"
+            " (the end of the last operation it involves)."
+        )
+    elif not anomaly_times_ms(run) and any(run["anomalies"].values()):
+        parts.append(
+            "The anomalies of this run are found in the final state and carry no time"
+            " (no operation recorded the values that would name them)."
+        )
     if len(run["trials"]) > 1:
         parts.append(f"Last of {len(run['trials'])} trials.")
     return " ".join(parts)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from rich.table import Table
 
 from racebench.plugins import registry
 from racebench.plugins.registry import (
+    FAULT_GROUP,
     LOCK_GROUP,
     STORE_GROUP,
+    fault_class,
+    fault_names,
     lock_class,
     lock_names,
     origin,
@@ -139,7 +143,37 @@ def catalog_tables() -> tuple[list[Table], list[str]]:
             _default_url(service),
             _package(LOCK_GROUP, name, service),
         )
-    return [workloads, backends, strategies, locks], broken
+    faults = _fault_table(stores, services, broken)
+    return [workloads, backends, strategies, locks, faults], broken
+
+
+def _fault_table(stores: list[str], services: list[str], broken: list[str]) -> Table:
+    """The registered fault kinds: what each breaks and which plug-ins can suffer it."""
+    table = Table(title="fault kinds (faults[].kind)", header_style="bold")
+    for header in ("kind", "what it breaks", "stores", "lock services", "package"):
+        table.add_column(header)
+
+    def sufferers(
+        kind: str,
+        names: list[str],
+        load: Callable[[str], type[PluginInfo]],
+        role: Literal["store", "lock"],
+    ) -> str:
+        cls = fault_class(kind)
+        able = [n for n in names if cls.can_suffer(load(n), role)]
+        if not able:
+            return "-"
+        return "any" if len(able) == len(names) else ", ".join(able)
+
+    for kind in _loadable(fault_names(), fault_class, broken):
+        table.add_row(
+            kind,
+            fault_class(kind).breaks,
+            sufferers(kind, stores, store_class, "store"),
+            sufferers(kind, services, lock_class, "lock"),
+            origin(FAULT_GROUP, kind),
+        )
+    return table
 
 
 def _default_url(cls: type[PluginInfo]) -> str:

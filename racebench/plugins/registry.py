@@ -1,90 +1,53 @@
-"""Where stores and lock services are found: the `racebench.stores` and `racebench.locks`
-entry points, for racebench's own plug-ins and third-party ones alike (as tooz finds its
-drivers under `tooz.backends`).
+"""The plug-ins a run uses, checked together before anything runs.
 
-Only the entry points' names are read up front; a plug-in's module is imported the first
-time it is used, so `racebench --help` and a sqlite run never import a server's driver.
-Adding a store or a lock service is its module plus one entry-point line (docs/plugins.md).
+Stores, lock services and fault kinds are found through their entry points
+(racebench.plugins.entry_points, re-exported here); this module checks that a scenario's store,
+strategy, workload, lock service and faults combine. Adding a store, a lock service or a
+fault kind is its module plus one entry-point line (docs/plugins.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
-from racebench.errors import RacebenchError, ScenarioError
+from racebench.errors import ScenarioError
 from racebench.faults.nemesis import validate_faults
 from racebench.guards import GENERIC_STRATEGIES
-from racebench.locks.base import LockService
-from racebench.stores.base import ROW_WORKLOADS, Store, StrategySpec
+from racebench.plugins.entry_points import (
+    FAULT_GROUP,
+    LOCK_GROUP,
+    STORE_GROUP,
+    PluginError,
+    _registered,
+    fault_class,
+    fault_names,
+    lock_class,
+    lock_names,
+    origin,
+    store_class,
+    store_names,
+)
+from racebench.stores.base import ROW_WORKLOADS, StrategySpec
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
     from racebench.config.scenario import BuiltinWorkload, CustomWorkload, RunSpec
 
-STORE_GROUP = "racebench.stores"
-LOCK_GROUP = "racebench.locks"
-
-
-class PluginError(RacebenchError):
-    """A registered plug-in that cannot be loaded or is not what its group needs (exit 2)."""
-
-
-@cache
-def _registered(group: str) -> dict[str, EntryPoint]:
-    """The entry points of `group` by name, without importing anything they point to."""
-    found = {ep.name: ep for ep in entry_points(group=group)}
-    if not found:
-        # racebench registers its own plug-ins here: none means stale package metadata.
-        raise PluginError(
-            f"nothing is registered under the {group} entry point; racebench's package"
-            " metadata is missing or stale: reinstall it (pip install -e .)"
-        )
-    return found
-
-
-def store_names() -> list[str]:
-    """Every registered store backend's name (nothing is imported)."""
-    return list(_registered(STORE_GROUP))
-
-
-def lock_names() -> list[str]:
-    """Every registered lock service's name (nothing is imported)."""
-    return list(_registered(LOCK_GROUP))
-
-
-def origin(group: str, name: str) -> str:
-    """The distribution that registered `name` under `group` (e.g. racebench)."""
-    dist = _registered(group)[name].dist
-    return dist.name if dist is not None else "unknown package"
-
-
-@cache
-def _load(group: str, name: str, base: type) -> type:
-    """The class registered as `name`, checked to subclass `base`; PluginError if not."""
-    ep = _registered(group)[name]
-    where = f"plug-in {name!r} ({ep.value}, {group} entry point of {origin(group, name)})"
-    try:
-        target = ep.load()
-    except Exception as exc:  # any failure while importing a plug-in is the plug-in's
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise PluginError(f"{where} cannot be loaded: {reason}") from None
-    if not (isinstance(target, type) and issubclass(target, base)):
-        raise PluginError(f"{where} is not a subclass of {base.__module__}.{base.__name__}")
-    return target
-
-
-def store_class(backend: str) -> type[Store]:
-    """The store registered as `backend`, its module imported now (its driver still not)."""
-    return _load(STORE_GROUP, backend, Store)
-
-
-def lock_class(service: str) -> type[LockService]:
-    """The lock service registered as `service`, its module imported now."""
-    return _load(LOCK_GROUP, service, LockService)
+__all__ = [
+    "FAULT_GROUP",
+    "LOCK_GROUP",
+    "STORE_GROUP",
+    "PluginError",
+    "fault_class",
+    "fault_names",
+    "lock_class",
+    "lock_names",
+    "origin",
+    "store_class",
+    "store_names",
+]
 
 
 def default_port(scheme: str) -> int | None:
@@ -196,13 +159,6 @@ def validate_run(spec: RunSpec, context: str = "") -> None:
             raise fail(
                 "guard.lock.service",
                 f"unknown lock service {s.guard.lock.service!r} (known: {', '.join(lock_names())})",
-            )
-        if s.guard.lock.renew and not lock_class(s.guard.lock.service).renewable:
-            raise fail(
-                "guard.lock.renew",
-                f"{s.guard.lock.service} has no lease to renew (renew applies to "
-                + ", ".join(n for n in lock_names() if lock_class(n).renewable)
-                + ")",
             )
     elif s.guard.fencing:
         raise fail(

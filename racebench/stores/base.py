@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from racebench.history import Outcome
+from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.rows import RowPlan
+
+if TYPE_CHECKING:
+    from racebench.guards import CallbackLoop
 
 
 class StaleToken(Exception):
@@ -97,12 +100,22 @@ class Backoff:
         self.cap_s = cap_s
 
     def sleep(self, attempt: int) -> None:
+        """Sleep a random time up to base * 2**attempt, capped; no sleep when base is 0."""
         if self.base_s > 0:
             time.sleep(random.uniform(0, min(self.cap_s, self.base_s * (2**attempt))))
 
 
 class StoreClient(ABC):
-    """One client's connection to the store, opened inside the client process."""
+    """One client's connection to the store, opened inside the client process.
+
+    `read_value` / `written_value`: what the current operation read and wrote, set by the
+    operation where it knows them and taken (then reset to NO_VALUE) into its history record
+    by `guards.as_operation`; attributes rather than return values, so that retries,
+    transactions and locks around the operation need not carry them.
+    """
+
+    read_value = NO_VALUE
+    written_value = NO_VALUE
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
@@ -117,24 +130,45 @@ class StoreClient(ABC):
 
     # Unguarded primitives. With a token they are fenced: the read registers the token, the
     # write is accepted only while it is still the newest; either raises StaleToken.
+    # Each is one plain access, with no retry and no transaction of its own: the race between
+    # a read and the dependent write is what `none` measures, so a store must not close it.
     @abstractmethod
-    def read_counter(self, token: int | None = None) -> int: ...
+    def read_counter(self, token: int | None = None) -> int:
+        """The counter's current value (stock, likes).
+
+        Raise UnknownOutcome when the server's answer was lost; any other exception gets the
+        outcome `classify` gives it (ERROR by default), and `recover` is called.
+        """
 
     @abstractmethod
-    def write_counter(self, value: int, token: int | None = None) -> None: ...
+    def write_counter(self, value: int, token: int | None = None) -> None:
+        """Overwrite the counter with `value` (a blind write: the lost update is the point).
+
+        Raise UnknownOutcome when the write may have reached the server before the connection
+        failed (a timeout): the history records it as unknown, never as failed.
+        """
 
     @abstractmethod
-    def read_balance(self, token: int | None = None) -> int: ...
+    def read_balance(self, token: int | None = None) -> int:
+        """The account's balance: the sum of the ledger's entries (the deposit included)."""
 
     @abstractmethod
-    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None: ...
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
+        """Append one ledger entry of `amount` (negative for a withdrawal).
+
+        The entry must store `amount`, the client id (`options.client_id`) and `seq`:
+        `read_final` returns them, and the checker matches entries to acknowledged operations
+        by (client, seq) to find acknowledged withdrawals missing from the ledger.
+        """
 
     # The coordination-free G-counter: one slot per client, written only by its owner.
     @abstractmethod
-    def read_slot(self) -> int: ...
+    def read_slot(self) -> int:
+        """This client's slot of the G-counter (`crdt`); `read_final` sums all slots."""
 
     @abstractmethod
-    def write_slot(self, value: int) -> None: ...
+    def write_slot(self, value: int) -> None:
+        """Overwrite this client's slot; no other client writes it, so no race is possible."""
 
     def counter_step(self, strategy: str, plan: CounterPlan) -> StepResult:
         """Run one counter operation under a store-native strategy."""
@@ -143,10 +177,6 @@ class StoreClient(ABC):
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
         """Run one withdrawal under a store-native strategy."""
         raise NotImplementedError(strategy)
-
-    # Set by every booking or transfer operation: the sum a transfer reader saw, else 0. The
-    # history keeps it in the record's token field (fencing does not apply to these workloads).
-    row_value = 0
 
     def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
         """The unguarded booking or transfer operation (strategies `none` and `lock`), for the
@@ -166,6 +196,7 @@ class StoreClient(ABC):
                     return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
                 return StepResult(outcome, attempt)
             except Conflict as conflict:
+                self.written_value = NO_VALUE  # that attempt's write did not stay
                 self.retry_codes[conflict.code] += 1
                 self.on_conflict()
                 if attempt < self.options.retries:
@@ -193,6 +224,9 @@ class AsyncStoreClient(ABC):
     native strategies through `step_for`; a lock-guarded run keeps the blocking client.
     """
 
+    read_value = NO_VALUE  # as on StoreClient
+    written_value = NO_VALUE
+
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.retry_codes: Counter[str] = Counter()
@@ -212,35 +246,50 @@ class AsyncStoreClient(ABC):
                     return OK_STEP if outcome == Outcome.OK else StepResult(outcome)
                 return StepResult(outcome, attempt)
             except Conflict as conflict:
+                self.written_value = NO_VALUE
                 self.retry_codes[conflict.code] += 1
                 if attempt < options.retries and options.backoff_s > 0:
                     cap = min(options.max_backoff_s, options.backoff_s * (2**attempt))
                     await asyncio.sleep(random.uniform(0, cap))
         return StepResult(Outcome.CONFLICT, options.retries)
 
+    # As on StoreClient, without tokens: fencing comes with `lock`, which runs the blocking
+    # client.
     @abstractmethod
-    async def read_counter(self) -> int: ...
+    async def read_counter(self) -> int:
+        """The counter's current value; UnknownOutcome when the answer was lost."""
 
     @abstractmethod
-    async def write_counter(self, value: int) -> None: ...
+    async def write_counter(self, value: int) -> None:
+        """Overwrite the counter (a blind write); UnknownOutcome if it may have landed."""
 
     @abstractmethod
-    async def read_balance(self) -> int: ...
+    async def read_balance(self) -> int:
+        """The account's balance: the sum of the ledger's entries."""
 
     @abstractmethod
-    async def append_entry(self, amount: int, seq: int) -> None: ...
+    async def append_entry(self, amount: int, seq: int) -> None:
+        """Append one ledger entry storing `amount`, the client id and `seq`."""
 
     @abstractmethod
-    async def read_slot(self) -> int: ...
+    async def read_slot(self) -> int:
+        """This client's G-counter slot (`crdt`)."""
 
     @abstractmethod
-    async def write_slot(self, value: int) -> None: ...
+    async def write_slot(self, value: int) -> None:
+        """Overwrite this client's G-counter slot."""
 
     @abstractmethod
     def step_for(
         self, strategy: str, plan: CounterPlan | LedgerPlan
     ) -> Callable[[int], Awaitable[StepResult]]:
         """The coroutine function (seq -> StepResult) of a store-native strategy."""
+
+    def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
+        """A closed loop run from the driver's reply callbacks for this strategy's hot
+        command, when the store has one (racebench.guards.CallbackLoop); None: the worker
+        awaits `step_for`'s coroutine per operation."""
+        return None
 
     def classify(self, exc: BaseException) -> Outcome:
         """ERROR for a definite failure, UNKNOWN when the write may have happened."""
@@ -277,6 +326,8 @@ class Store(PluginInfo, ABC):
     # Below this many clients per worker the blocking driver on threads is faster (a lean
     # sync driver beats its own asyncio flavour per operation), above it the event loop is.
     async_from_clients_per_worker: ClassVar[int] = 1
+    # Connections a worker opens at once, if fewer than its default (256) suit the server.
+    connect_concurrency: ClassVar[int | None] = None
 
     def __init__(self, url: str | None, namespace: str) -> None:
         self.url = url
@@ -289,6 +340,12 @@ class Store(PluginInfo, ABC):
         """(the server setting, how many more connections it accepts now), or None when the
         server has no such limit; read before a run so that it is refused up front."""
         return None
+
+    @classmethod
+    def loop_supports(cls, url: str | None) -> bool:
+        """Whether clients for `url` can run on the loop at all (a lean client that writes
+        on the bare socket cannot speak TLS: those clients then run on threads)."""
+        return True
 
     async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
         """Open one client's asyncio connection (for `async_strategies` only)."""

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
-from dataclasses import replace
 
 from racebench.history import Outcome
 from racebench.stores.base import ALL_WORKLOADS, ClientOptions, StepResult, StoreClient
-from racebench.workloads.rows import RowPlan, TransferPlan
+from racebench.workloads.rows import RowPlan, TransferPlan, pack_transfer
 
 # What the Redis and ZooKeeper stores implement: of the row workloads, transfer alone (booking
 # is check-then-insert over a predicate, which needs a query language).
@@ -60,11 +59,13 @@ class KeyValueTransfer(StoreClient):
         """One attempt of the transfer under a native strategy; Conflict to retry it."""
 
     def _read_total(self, read: list[int]) -> Outcome:
-        self.row_value = sum(read)
+        self.read_value = sum(read)
         return Outcome.OK
 
     def _transfer(self, source: int, target: int, amount: int) -> Outcome:
         balance, credit = self.read_pair(source, target)
+        self.read_value = balance
+        self.written_value = pack_transfer(source, target, amount)
         self.pause()
         if balance < amount:
             return Outcome.REJECTED
@@ -75,7 +76,6 @@ class KeyValueTransfer(StoreClient):
 
     def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
         assert isinstance(plan, TransferPlan)  # the store declares transfer alone
-        self.row_value = 0
         if self.options.client_id < plan.readers:
             # Paced like the writers: a reader without a race window would finish first.
             self.pause()
@@ -84,13 +84,19 @@ class KeyValueTransfer(StoreClient):
 
     def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
         assert isinstance(plan, TransferPlan)
-        self.row_value = 0
         if strategy == "none":
-            return StepResult(self.row_attempt(plan, seq), token=self.row_value)
+            return StepResult(self.row_attempt(plan, seq))
         if self.options.client_id < plan.readers:
             self.pause()
-            result = self.retrying(lambda: self._read_total(self.read_snapshot(plan)))
-            return replace(result, token=self.row_value)
+            return self.retrying(lambda: self._read_total(self.read_snapshot(plan)))
         # One transfer per operation: a retry moves the same amount between the same accounts.
         source, target, amount = plan.pick(self._rng)
-        return self.retrying(lambda: self.native_transfer(strategy, source, target, amount))
+        moved = pack_transfer(source, target, amount)
+
+        def attempt() -> Outcome:
+            # The native strategies read the balances inside the store (a script, a multi):
+            # only what the transfer moves is recorded.
+            self.written_value = moved
+            return self.native_transfer(strategy, source, target, amount)
+
+        return self.retrying(attempt)

@@ -203,15 +203,28 @@ class PostgresStore(SqlStore):
     }
 
     async_strategies = frozenset({"none", "crdt", "atomic"})
-    async_driver = "psycopg AsyncConnection"
-    # Measured here (stock atomic, A/B interleaved): 16 clients on 2 workers ran ~15% faster
-    # on threads with sync psycopg, 64 clients ~12% faster on the loop (docs/engine.md).
-    async_from_clients_per_worker = 32
+    async_driver = (
+        "lean prepared Bind/Execute after a psycopg login (racebench.stores.postgres_lean)"
+    )
+    # The postmaster forks a backend per session, one at a time: with hundreds of connects
+    # in flight on a busy machine some waited past the 5 s connect timeout (1,000 clients).
+    connect_concurrency = 32
+
+    @classmethod
+    def loop_supports(cls, url: str | None) -> bool:
+        # The lean client writes on the bare socket: a session that may use TLS (libpq's
+        # sslmode=prefer, the default off loopback) stays with psycopg on threads.
+        _, kwargs = connect_args(url or DEFAULT_URL)
+        if "sslmode" in kwargs:
+            return kwargs["sslmode"] == "disable"
+        from psycopg.conninfo import conninfo_to_dict
+
+        return conninfo_to_dict(url or DEFAULT_URL).get("sslmode") == "disable"
 
     async def async_connect(self, options: ClientOptions) -> AsyncStoreClient:
-        from racebench.stores.postgres_async import AsyncPostgresClient
+        from racebench.stores.postgres_lean import LeanPostgresClient
 
-        client = AsyncPostgresClient(self._url(), self.namespace, options)
+        client = LeanPostgresClient(self._url(), self.namespace, options)
         await client.connect()
         return client
 

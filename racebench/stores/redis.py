@@ -37,6 +37,8 @@ from racebench.workloads.rows import RowPlan, TransferPlan
 if TYPE_CHECKING:
     import redis
 
+    from racebench.guards import CallbackLoop
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 # INCRBY only when the result stays at or above the floor: check and write in one script.
@@ -258,7 +260,7 @@ class RedisClient(RedisTransfer):
         # Leaving the `with` block resets the pipeline, which UNWATCHes on every path.
         with self.redis.pipeline() as pipe:
             pipe.watch(self.keys.counter)
-            value = _int_reply(pipe.get(self.keys.counter), self.keys.counter)
+            value = self.read_value = _int_reply(pipe.get(self.keys.counter), self.keys.counter)
             self.pause()
             if plan.floor is not None and value + plan.delta < plan.floor:
                 return Outcome.REJECTED
@@ -268,6 +270,7 @@ class RedisClient(RedisTransfer):
                 pipe.execute()
             except redis.WatchError:
                 raise Conflict("watch") from None
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
@@ -287,6 +290,7 @@ class RedisClient(RedisTransfer):
         with self.redis.pipeline() as pipe:
             pipe.watch(self.keys.ledger)
             balance = _ledger_balance(_raw_replies(pipe.lrange(self.keys.ledger, 0, -1)))
+            self.read_value = balance
             self.pause()
             if balance < plan.amount:
                 return Outcome.REJECTED
@@ -296,6 +300,7 @@ class RedisClient(RedisTransfer):
                 pipe.execute()
             except redis.WatchError:
                 raise Conflict("watch") from None
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def classify(self, exc: BaseException) -> Outcome:
@@ -315,7 +320,7 @@ class AsyncRedisClient(AsyncStoreClient):
     primitives and the native strategies; the commands it sends are the blocking client's."""
 
     def __init__(self, url: str, namespace: str, options: ClientOptions) -> None:
-        from racebench.stores.redis_lean import LeanRedis, encode, script_sha
+        from racebench.stores.redis_lean import LeanRedis, encode, encode_cached, script_sha
 
         super().__init__(options)
         self.conn = LeanRedis(url)
@@ -326,14 +331,14 @@ class AsyncRedisClient(AsyncStoreClient):
         }
         self.add_with_floor_sha = script_sha(COUNTER_ADD_WITH_FLOOR)
         self.withdraw_sha = script_sha(LEDGER_WITHDRAW)
-        self.encode = encode
-        # Commands whose bytes never change, encoded once.
-        self.get_counter = encode("GET", keys.counter)
-        self.get_slot = encode("HGET", keys.slots, self.slot_field)
-        self.lrange_ledger = encode("LRANGE", keys.ledger, 0, -1)
-        self.watch_counter = encode("WATCH", keys.counter)
-        self.watch_ledger = encode("WATCH", keys.ledger)
-        self.unwatch = encode("UNWATCH")
+        self.encode, self.encode_cached = encode, encode_cached
+        # Commands whose bytes never change, encoded once (and shared by the worker's clients).
+        self.get_counter = encode_cached("GET", keys.counter)
+        self.get_slot = b""  # this client's own field: encoded on first use (crdt only)
+        self.lrange_ledger = encode_cached("LRANGE", keys.ledger, 0, -1)
+        self.watch_counter = encode_cached("WATCH", keys.counter)
+        self.watch_ledger = encode_cached("WATCH", keys.ledger)
+        self.unwatch = encode_cached("UNWATCH")
 
     async def connect(self) -> None:
         # Scripts are loaded on the first NOSCRIPT, not here: 8,000 clients connect faster.
@@ -353,6 +358,8 @@ class AsyncRedisClient(AsyncStoreClient):
         await self.conn.call(self.encode("RPUSH", self.keys.ledger, entry))
 
     async def read_slot(self) -> int:
+        if not self.get_slot:
+            self.get_slot = self.encode("HGET", self.keys.slots, self.slot_field)
         return int(await self.conn.call(self.get_slot))
 
     async def write_slot(self, value: int) -> None:
@@ -376,7 +383,7 @@ class AsyncRedisClient(AsyncStoreClient):
     ) -> Callable[[int], Awaitable[StepResult]]:
         if strategy == "atomic" and isinstance(plan, CounterPlan):
             if plan.floor is None:
-                incrby = self.encode("INCRBY", self.keys.counter, plan.delta)
+                incrby = self.encode_cached("INCRBY", self.keys.counter, plan.delta)
                 call = self.conn.call
 
                 async def incr(seq: int) -> StepResult:
@@ -384,7 +391,7 @@ class AsyncRedisClient(AsyncStoreClient):
                     return OK_STEP
 
                 return incr
-            add = self.encode(
+            add = self.encode_cached(
                 "EVALSHA", self.add_with_floor_sha, 1, self.keys.counter, plan.delta, plan.floor
             )
 
@@ -408,6 +415,22 @@ class AsyncRedisClient(AsyncStoreClient):
             return lambda seq: self.retrying(lambda: self._counter_watch(plan))
         return lambda seq: self.retrying(lambda: self._ledger_watch(plan, seq))
 
+    def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
+        # likes (INCRBY) and stock (the floor script) atomic: one fixed command per operation,
+        # run from the protocol's callbacks (see racebench.stores.redis_lean for why).
+        from racebench.stores.redis_lean import callback_loop
+
+        if strategy != "atomic" or not isinstance(plan, CounterPlan):
+            return None
+        if plan.floor is None:
+            return callback_loop(
+                self.conn, self.encode_cached("INCRBY", self.keys.counter, plan.delta), True
+            )
+        add = self.encode_cached(
+            "EVALSHA", self.add_with_floor_sha, 1, self.keys.counter, plan.delta, plan.floor
+        )
+        return callback_loop(self.conn, add, False)
+
     async def _watched_write(self, write: bytes) -> Outcome:
         # MULTI, the write and EXEC in one round trip; a nil EXEC reply: the key changed.
         batch = self.encode("MULTI") + write + self.encode("EXEC")
@@ -417,25 +440,29 @@ class AsyncRedisClient(AsyncStoreClient):
 
     async def _counter_watch(self, plan: CounterPlan) -> Outcome:
         await self.conn.call(self.watch_counter)
-        value = int(await self.conn.call(self.get_counter))
+        value = self.read_value = int(await self.conn.call(self.get_counter))
         await self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             await self.conn.call(self.unwatch)
             return Outcome.REJECTED
-        return await self._watched_write(
+        outcome = await self._watched_write(
             self.encode("SET", self.keys.counter, value + plan.delta, "KEEPTTL")
         )
+        self.written_value = value + plan.delta
+        return outcome
 
     async def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
         # WATCH the ledger list itself, as the blocking client does.
         await self.conn.call(self.watch_ledger)
-        balance = await self.read_balance()
+        balance = self.read_value = await self.read_balance()
         await self.pause()
         if balance < plan.amount:
             await self.conn.call(self.unwatch)
             return Outcome.REJECTED
         entry = _entry(-plan.amount, self.options.client_id, seq)
-        return await self._watched_write(self.encode("RPUSH", self.keys.ledger, entry))
+        outcome = await self._watched_write(self.encode("RPUSH", self.keys.ledger, entry))
+        self.written_value = -plan.amount
+        return outcome
 
     def classify(self, exc: BaseException) -> Outcome:
         # A lost connection may hide a write the server applied.

@@ -163,6 +163,10 @@ class SqlClient(RowOperations):
             raise
         return self.cur
 
+    def _rowcount(self, sql: str, params: tuple[int, ...]) -> int:
+        """Rows a one-statement strategy (atomic) changed; a server may run it leaner."""
+        return int(self._run(sql, params).rowcount)
+
     def _transaction(self, level: str, body: Callable[[], Outcome]) -> Outcome:
         """`body` inside one transaction at `level`; rolled back on any failure."""
         self._begin(level)
@@ -246,9 +250,11 @@ class SqlClient(RowOperations):
         return result
 
     def _apply(self, plan: CounterPlan, value: int) -> Outcome:
+        self.read_value = value
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
         self.write_counter(value + plan.delta)
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def _counter_rw(self, plan: CounterPlan) -> Outcome:
@@ -269,18 +275,19 @@ class SqlClient(RowOperations):
     def _counter_atomic(self, plan: CounterPlan) -> Outcome:
         if plan.floor is None:
             sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1"
-            cur = self._run(sql, (plan.delta,))
+            rowcount = self._rowcount(sql, (plan.delta,))
         else:
             sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1 AND value + %s >= %s"
-            cur = self._run(sql, (plan.delta, plan.delta, plan.floor))
-        return Outcome.OK if cur.rowcount else Outcome.REJECTED
+            rowcount = self._rowcount(sql, (plan.delta, plan.delta, plan.floor))
+        return Outcome.OK if rowcount else Outcome.REJECTED
 
     def _ledger_rw(self, plan: LedgerPlan, seq: int) -> Outcome:
-        balance = self.read_balance()
+        balance = self.read_value = self.read_balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
         self._insert(-plan.amount, seq)
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def _ledger_locked(self, plan: LedgerPlan, seq: int) -> Outcome:
@@ -293,10 +300,10 @@ class SqlClient(RowOperations):
         return outcome
 
     def _ledger_atomic(self, plan: LedgerPlan, seq: int) -> Outcome:
-        cur = self._run(
+        rowcount = self._rowcount(
             self.sql_guarded_insert, (-plan.amount, self.options.client_id, seq, plan.amount)
         )
-        return Outcome.OK if cur.rowcount else Outcome.REJECTED
+        return Outcome.OK if rowcount else Outcome.REJECTED
 
     def _ledger_cas(self, plan: LedgerPlan, seq: int) -> Outcome:
         # Version and sum from one statement, hence one snapshot: a withdrawal committed after
@@ -304,6 +311,7 @@ class SqlClient(RowOperations):
         version, balance = self._run(
             f"SELECT version, ({self.sql_balance}) FROM {self.account} WHERE id = 1"
         ).fetchone()
+        self.read_value = int(balance)
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
@@ -312,6 +320,7 @@ class SqlClient(RowOperations):
             if self._run(self.sql_account_cas, (version,)).rowcount == 0:
                 raise Conflict("version_changed")
             self._insert(-plan.amount, seq)
+            self.written_value = -plan.amount
             return Outcome.OK
 
         return self._transaction("READ COMMITTED", commit_if_unchanged)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import random
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from racebench.history import Outcome
 from racebench.stores.base import StepResult
 from racebench.stores.sql_statements import SqlStatements
 from racebench.workloads.counters import FinalState
-from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
+from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan, pack_transfer
 
 Execute = Callable[..., Any]
 
@@ -67,7 +66,11 @@ def read_row_final(
 
 
 class RowOperations(SqlStatements):
-    """Booking and transfer on a SQL client; `row_attempt` is the unguarded operation."""
+    """Booking and transfer on a SQL client; `row_attempt` is the unguarded operation.
+
+    Each attempt sets the client's `read_value` / `written_value` (BookingWorkload and
+    TransferWorkload say what they hold).
+    """
 
     @abstractmethod
     def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
@@ -101,7 +104,8 @@ class RowOperations(SqlStatements):
         seat = plan.seat_for(seq, self._rng.getrandbits(31))
         if lock_seat:
             self._run(self.sql_lock_seat, (seat,))
-        taken = self._scalar(self.sql_count_seat, (seat,))
+        taken = self.read_value = self._scalar(self.sql_count_seat, (seat,))
+        self.written_value = seat
         self.pause()
         if taken:
             return Outcome.REJECTED
@@ -120,7 +124,7 @@ class RowOperations(SqlStatements):
         # Paced like the writers (before the first statement, so no snapshot is held open):
         # a reader without a race window would finish before the writers got going.
         self.pause()
-        self.row_value = sum(int(b) for (b,) in self._run(self.sql_read_all).fetchall())
+        self.read_value = sum(int(b) for (b,) in self._run(self.sql_read_all).fetchall())
         return Outcome.OK
 
     def _transfer(self, plan: TransferPlan, locking: bool) -> Outcome:
@@ -137,6 +141,8 @@ class RowOperations(SqlStatements):
         else:
             balance = dict(self._run(self.sql_read_two, (source, target)).fetchall())
             self.pause()
+        self.read_value = balance[source]
+        self.written_value = pack_transfer(source, target, amount)
         if balance[source] < amount:
             return Outcome.REJECTED
         self._run(self.sql_write_balance, (balance[source] - amount, source))
@@ -146,7 +152,6 @@ class RowOperations(SqlStatements):
     # -- dispatch -------------------------------------------------------------------------
     def row_attempt(self, plan: RowPlan, seq: int) -> Outcome:
         """The unguarded operation (strategies `none` and `lock`)."""
-        self.row_value = 0
         if isinstance(plan, BookingPlan):
             return self._book(plan, seq, constrained=False, lock_seat=False)
         if self.options.client_id < plan.readers:
@@ -155,9 +160,8 @@ class RowOperations(SqlStatements):
 
     def row_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:
         """One operation under `strategy` (any but `lock`), conflicts retried."""
-        self.row_value = 0
         if strategy == "none":
-            return StepResult(self.row_attempt(plan, seq), token=self.row_value)
+            return StepResult(self.row_attempt(plan, seq))
         kind = "serializable" if strategy == "serializable" else "lock"
         locking = kind == "lock"
         if isinstance(plan, BookingPlan):
@@ -172,9 +176,8 @@ class RowOperations(SqlStatements):
             # One statement reads every balance from one snapshot; SERIALIZABLE readers take
             # part in the writers' dependency tracking, so they run in such a transaction.
             if strategy != "serializable":
-                return StepResult(self._read_total(), token=self.row_value)
-            result = self.retrying(lambda: self._row_transaction(kind, self._read_total))
-            return replace(result, token=self.row_value)
+                return StepResult(self._read_total())
+            return self.retrying(lambda: self._row_transaction(kind, self._read_total))
         return self.retrying(
             lambda: self._row_transaction(kind, lambda: self._transfer(plan, locking))
         )

@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
 ROOT = "/racebench"
+# Within the server's default clamp (tickTime 2 s: 4 to 40 s); also how long a client waits
+# for a quorum before its request fails as unknown.
 SESSION_TIMEOUT_S = 10.0
+# A reachable member answers in milliseconds; longer means it is down or without quorum.
 CONNECT_TIMEOUT_S = 3.0
 
 # kazoo logs its reconnect attempts; without a handler Python would print them to stderr.
@@ -88,6 +91,7 @@ def open_kazoo(
 
 
 def close_kazoo(client: KazooClient) -> None:
+    """End the session (its ephemeral znodes go at once) and free kazoo's threads."""
     client.stop()
     client.close()
 
@@ -116,6 +120,8 @@ def wait_serving(host_port: str, timeout_s: float = 30.0) -> None:
         with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 2) as conn:
             conn.sendall(b"srvr")
             reply = conn.recv(256)
+        # A member without quorum answers "This ZooKeeper instance is not currently serving
+        # requests"; a refused four-letter word names the whitelist.
         if reply.startswith(b"Zookeeper version") or b"whitelist" in reply:
             return
         time.sleep(0.1)
@@ -140,6 +146,8 @@ def remove_namespace(client: KazooClient, path: str) -> None:
 
     with contextlib.suppress(NoNodeError):
         client.delete(path, recursive=True)
+    # Parents only while empty: another run's namespace may live beside this one, and a
+    # concurrent run that just created its own makes the delete fail with NotEmpty, harmlessly.
     parent = path.rsplit("/", 1)[0]
     while parent.startswith(ROOT):
         try:
@@ -150,6 +158,7 @@ def remove_namespace(client: KazooClient, path: str) -> None:
 
 
 def _entry(amount: int, client: int, seq: int) -> bytes:
+    # Amount first: a balance read parses only up to the first colon.
     return f"{amount}:{client}:{seq}".encode()
 
 
@@ -177,17 +186,44 @@ class ZookeeperClient(ZookeeperTransfer):
 
     A connection lost mid-request makes the operation's outcome unknown (the request may have
     been applied); kazoo reconnects in the background, and once the session has expired every
-    request fails with SessionExpiredError until a new session is established.
+    request fails with SessionExpiredError until a new session is established. kazoo would
+    retry a connection forever, and a request made meanwhile (an ensemble without quorum)
+    would wait as long: it gives up after the session timeout (the waiting request fails, its
+    outcome unknown), and the next request connects again, failing after CONNECT_TIMEOUT_S
+    while no member serves.
     """
 
     def __init__(self, hosts: str, namespace: str, options: ClientOptions) -> None:
         super().__init__(options)
-        self.zk = open_kazoo(hosts, "zookeeper store")
+        self._zk = self._open(hosts)
         self.paths = ZookeeperPaths(namespace)
         self.slot = f"{self.paths.slots}/{options.client_id}"
         self.accounts = self.paths.accounts
 
+    @staticmethod
+    def _open(hosts: str) -> KazooClient:
+        # Module constants read at each call: a test shortens them.
+        return open_kazoo(
+            hosts,
+            "zookeeper store",
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            session_timeout_s=SESSION_TIMEOUT_S,
+            reconnect_deadline_s=SESSION_TIMEOUT_S,
+        )
+
+    @property
+    def zk(self) -> KazooClient:
+        """The kazoo client, connected again if it gave up reconnecting."""
+        from kazoo.protocol.states import KeeperState
+
+        if self._zk.client_state == KeeperState.CLOSED:
+            self._zk.stop()
+            self._zk.start(timeout=CONNECT_TIMEOUT_S)  # KazooTimeoutError: an error
+        return self._zk
+
     def _register(self, token: int) -> None:
+        """Raise the fence to `token` (compare-and-set on its version); StaleToken if a newer
+        token is already there."""
         from kazoo.exceptions import BadVersionError
 
         while True:
@@ -210,6 +246,8 @@ class ZookeeperClient(ZookeeperTransfer):
         data, stat = self.zk.get(self.paths.fence)
         if int(data) != token:
             raise StaleToken
+        # The check on the fence's version makes the write conditional on nobody having
+        # registered since the get above: ZooKeeper has no compare-on-value.
         tx = self.zk.transaction()
         tx.check(self.paths.fence, stat.version)
         add_write(tx)
@@ -217,6 +255,7 @@ class ZookeeperClient(ZookeeperTransfer):
         # Registration only ever raises the fence, so a moved fence means a newer token.
         if isinstance(results[0], BadVersionError):
             raise StaleToken
+        # The other ops of a failed multi report RolledBackError: the cause is elsewhere.
         for result in results:
             if isinstance(result, Exception) and not isinstance(result, RolledBackError):
                 raise result
@@ -266,14 +305,16 @@ class ZookeeperClient(ZookeeperTransfer):
         from kazoo.exceptions import BadVersionError
 
         data, stat = self.zk.get(self.paths.counter)
-        value = int(data)
+        value = self.read_value = int(data)
         self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
+        # Accepted only if the znode's version is still the one read: no write came between.
         try:
             self.zk.set(self.paths.counter, str(value + plan.delta).encode(), stat.version)
         except BadVersionError:
             raise Conflict("bad_version") from None
+        self.written_value = value + plan.delta
         return Outcome.OK
 
     def ledger_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
@@ -287,10 +328,12 @@ class ZookeeperClient(ZookeeperTransfer):
         # The version is read before the entries: a session's reads are in order, so the
         # entries seen include every withdrawal committed up to that version.
         version = self.zk.exists(self.paths.account).version
-        balance = self._balance()
+        balance = self.read_value = self._balance()
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
+        # One multi: the version bump and the entry commit together or not at all, so a
+        # concurrent withdrawal that read the same version fails its own bump.
         tx = self.zk.transaction()
         tx.set_data(self.paths.account, b"", version)
         entry = _entry(-plan.amount, self.options.client_id, seq)
@@ -301,6 +344,7 @@ class ZookeeperClient(ZookeeperTransfer):
         for result in results:
             if isinstance(result, Exception):
                 raise result
+        self.written_value = -plan.amount
         return Outcome.OK
 
     def classify(self, exc: BaseException) -> Outcome:
@@ -312,7 +356,7 @@ class ZookeeperClient(ZookeeperTransfer):
         return super().classify(exc)
 
     def close(self) -> None:
-        close_kazoo(self.zk)
+        close_kazoo(self._zk)
 
 
 class ZookeeperStore(Store):
@@ -363,6 +407,8 @@ class ZookeeperStore(Store):
         from kazoo.exceptions import KazooException
 
         client = open_kazoo(self.hosts, "zookeeper store")
+        # Read from the server's `conf` four-letter word; it may be disabled (the default
+        # whitelist allows only `srvr`).
         try:
             conf = str(client.command(b"conf"))
         except (OSError, KazooException):
@@ -382,6 +428,8 @@ class ZookeeperStore(Store):
         client = self._open()
         try:
             client.ensure_path(ROOT)
+            # One multi: a failed setup leaves no half-made namespace (the fence without the
+            # counter, say) for teardown or `clean` to puzzle over.
             tx = client.transaction()
             tx.create(p.root)
             tx.create(p.fence, b"0")

@@ -96,3 +96,24 @@ def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
         if (r.get("load") or {}).get("client_bound")
     ]
     return "\n".join(lines) or None
+
+
+def example_text(example: dict[str, Any], several_trials: bool = False) -> str:
+    """One attributed anomaly of a result file, as a reader sees it: its text, then when it
+    happened and its mark among violations checked over time (first, worst, last)."""
+    where = []
+    if example.get("end_ms") is not None:
+        where.append(f"at {example['end_ms'] / 1000:.3f}s")
+    if several_trials:
+        where.append(f"trial {example.get('trial', 0) + 1}")
+    if example.get("note"):
+        where.append(str(example["note"]))
+    return str(example["text"]) + (f" [{', '.join(where)}]" if where else "")
+
+
+def anomaly_examples_summary(run: dict[str, Any], limit: int) -> tuple[list[str], int]:
+    """The first `limit` attributed anomalies of a run as text, and how many more the result
+    file lists."""
+    examples = run.get("anomaly_examples") or []
+    several = len(run.get("trials") or []) > 1
+    return [example_text(e, several) for e in examples[:limit]], max(0, len(examples) - limit)

@@ -15,6 +15,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from racebench.history import Outcome, RunHistory
+from racebench.workloads.attribution import (
+    MAX_EXAMPLES,
+    Example,
+    lost_updates,
+    missing_acknowledged,
+    write_skews,
+)
 
 if TYPE_CHECKING:
     from racebench.workloads.rows import RowPlan
@@ -64,6 +71,8 @@ class FinalState:
 
 @dataclass(frozen=True)
 class Invariant:
+    """One rule the run must keep, whether it held, and the figures that show it."""
+
     name: str
     holds: bool
     detail: str
@@ -71,13 +80,17 @@ class Invariant:
 
 @dataclass(frozen=True)
 class Check:
-    """The verdict material of one run: invariants and anomaly counts (0 when absent)."""
+    """The verdict material of one run: invariants, anomaly counts (0 when absent) and the
+    first anomalies attributed to the operations that made them (workloads.attribution)."""
 
     invariants: list[Invariant]
     anomalies: dict[str, int]
+    examples: list[Example] = field(default_factory=list)
 
 
 class _WorkloadModel(BaseModel):
+    # strict: YAML's `initial: "100"` or `amount: 1.5` is an error, not silently coerced;
+    # extra="forbid": a misspelt key names itself instead of being ignored.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     anomaly_names: ClassVar[tuple[str, ...]]
@@ -120,9 +133,13 @@ class StockWorkload(_WorkloadModel):
     def check(self, final: FinalState, history: RunHistory) -> Check:
         assert final.value is not None
         sold = history.count(Outcome.OK) * self.quantity
+        # A sale whose outcome is unknown may or may not have happened: it widens the range
+        # the final value may fall in, and is never counted as lost.
         unknown = history.count(Outcome.UNKNOWN) * self.quantity
         expected = self.initial - sold
+        # More units left than the acknowledged sales allow: sales were overwritten.
         lost = max(0, final.value - expected) // self.quantity
+        # Either more acknowledged than there was, or the stock itself went below zero.
         oversold = max(0, sold - self.initial, -final.value)
         invariants = [
             Invariant(
@@ -138,7 +155,8 @@ class StockWorkload(_WorkloadModel):
                 + f", found {final.value}",
             ),
         ]
-        return Check(invariants, {"lost_updates": lost, "oversold_units": oversold})
+        examples = lost_updates(history) if lost or oversold else []
+        return Check(invariants, {"lost_updates": lost, "oversold_units": oversold}, examples)
 
 
 class WithdrawWorkload(_WorkloadModel):
@@ -159,12 +177,15 @@ class WithdrawWorkload(_WorkloadModel):
         return LedgerPlan(deposit=self.deposit, amount=self.amount)
 
     def check(self, final: FinalState, history: RunHistory) -> Check:
+        # Replayed in insert order, the order the store accepted them in: each withdrawal
+        # that leaves the running balance below zero is one overdraft.
         balance = 0
         overdrafts = 0
         for row in final.rows:
             balance += row.amount
             if row.amount < 0 and balance < 0:
                 overdrafts += 1
+        # The deposit has client -1 and is no operation of anybody's.
         present = {(r.client, r.seq) for r in final.rows if r.client >= 0}
         acked = history.acknowledged_ops()
         missing = sum(1 for op in acked if op not in present)
@@ -185,7 +206,16 @@ class WithdrawWorkload(_WorkloadModel):
             "overdrawn_amount": max(0, -balance),
             "lost_withdrawals": missing,
         }
-        return Check(invariants, anomalies)
+        examples = []
+        if overdrafts:
+            rows = [(row.amount, row.client, row.seq) for row in final.rows]
+            deposits = next((i for i, row in enumerate(final.rows) if row.client >= 0), 0)
+            examples += write_skews(history, rows, deposits)
+        if missing:
+            examples += missing_acknowledged(
+                history, present, "lost_withdrawals", "ledger row", MAX_EXAMPLES - len(examples)
+            )
+        return Check(invariants, anomalies, examples)
 
 
 class LikesWorkload(_WorkloadModel):
@@ -205,6 +235,8 @@ class LikesWorkload(_WorkloadModel):
         acked = history.count(Outcome.OK)
         unknown = history.count(Outcome.UNKNOWN)
         expected = self.initial + acked
+        # Fewer likes than acknowledged: increments were overwritten. Unknown outcomes may
+        # add to the count, never explain a shortfall.
         lost = max(0, expected - final.value)
         invariants = [
             Invariant(
@@ -215,7 +247,7 @@ class LikesWorkload(_WorkloadModel):
                 + f", found {final.value}",
             )
         ]
-        return Check(invariants, {"lost_updates": lost})
+        return Check(invariants, {"lost_updates": lost}, lost_updates(history) if lost else [])
 
 
 Workload = StockWorkload | WithdrawWorkload | LikesWorkload

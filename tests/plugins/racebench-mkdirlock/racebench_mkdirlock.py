@@ -9,17 +9,29 @@ removed. Unlike flock(2) the kernel does not free it when the holder dies: a cra
 leaves the directory behind and the others wait until their acquire timeout (a stale lock,
 which is why scripts write their pid into it). It is not a lease, so a paused holder keeps
 it. The fencing token is a counter file beside it, incremented while the lock is held.
+
+It also brings a fault kind of its own, `steal_mkdir_lock` (registered under the
+`racebench.faults` entry point): the stale-lock cleaner of such scripts, which removes a
+lock directory it wrongly believes dead, while its holder is still inside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from racebench.errors import BackendUnavailable
+from racebench.faults.kind import Fail, FaultContext, FaultKind
 from racebench.locks.base import LockClient, LockService, LockTimeout
+from racebench.util.plugin_config import FaultConfig
+from racebench.util.plugin_info import PluginInfo
+
+if TYPE_CHECKING:
+    from racebench.config.scenario import Scenario
 
 
 class MkdirLockClient(LockClient):
@@ -47,8 +59,10 @@ class MkdirLockClient(LockClient):
         return token
 
     def release(self) -> None:
-        # No lease: nobody else can have taken the lock since this client's grant.
-        self.lock_dir.rmdir()
+        # No lease: nobody else can have taken the lock since this client's grant, unless a
+        # steal_mkdir_lock fault removed it (then the directory may be gone, or another's).
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_dir.rmdir()
 
 
 class MkdirLock(LockService):
@@ -99,3 +113,37 @@ class MkdirLock(LockService):
             self.config.acquire_timeout_ms / 1000,
             self.config.retry_delay_ms / 1000,
         )
+
+
+class StealMkdirLock(FaultKind):
+    """Remove the lock directory behind its holder's back, as a stale-lock cleaner that
+    guessed wrong does: the next client's mkdir succeeds while the holder is still inside."""
+
+    kind = "steal_mkdir_lock"
+    breaks = "removes mkdir_lock's directory under its holder: the next client gets in too"
+
+    @classmethod
+    def can_suffer(cls, plugin: type[PluginInfo], role: Literal["store", "lock"]) -> bool:
+        return role == "lock" and issubclass(plugin, MkdirLock)
+
+    @classmethod
+    def validate(cls, fault: FaultConfig, field: str, scenario: Scenario, fail: Fail) -> None:
+        super().validate(fault, field, scenario, fail)
+        lock = scenario.guard.lock if scenario.guard.strategy == "lock" else None
+        if lock is None or lock.service != MkdirLock.service:
+            raise fail(f"{field}.kind", f"{cls.kind} needs guard.lock.service: mkdir_lock")
+
+    @classmethod
+    def keeps_exclusion(
+        cls, fault: FaultConfig, service: LockService, race_window_ms: float
+    ) -> bool:
+        return False
+
+    def fire(self, client: int, context: FaultContext) -> str:
+        service = context.lock_service
+        assert isinstance(service, MkdirLock)  # validate required it
+        try:
+            service._lock_dir().rmdir()
+        except FileNotFoundError:
+            return "no lock directory to remove"
+        return "removed the lock directory"
