@@ -646,27 +646,38 @@ def _interrupt_once() -> None:
         signal.signal(sig, on_signal)
 
 
-def main() -> None:
-    """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
-    _interrupt_once()
+def run_command(args: list[str]) -> int:
+    """Run one racebench command line (without the program name) and return its exit code.
+
+    The console script's whole behaviour short of its signal handling: errors are one line
+    on stderr, never a traceback. Tests call it in-process to spare a Python start-up.
+    """
     # Read by hand: an error can escape before click has run the group and set the context.
-    debug = "--debug" in sys.argv[1:]
+    debug = "--debug" in args
     try:
-        status = cli.main(standalone_mode=False)
+        status = cli.main(args=args, prog_name="racebench", standalone_mode=False)
+    except SystemExit as exit_:  # the commands end with sys.exit(status)
+        return ExitStatus.OK if exit_.code is None else int(exit_.code)
     except click.exceptions.Abort:
         # click turns a KeyboardInterrupt raised inside a command into Abort.
         stderr.print("racebench: interrupted")
-        sys.exit(ExitStatus.INTERRUPTED)
+        return ExitStatus.INTERRUPTED
     except click.ClickException as error:
         # A bad option or a missing argument: exit 2 as documented, whatever click's own code.
         error.show()
-        sys.exit(ExitStatus.USAGE)
+        return ExitStatus.USAGE
     except KeyboardInterrupt:
         stderr.print("racebench: interrupted")
-        sys.exit(ExitStatus.INTERRUPTED)
+        return ExitStatus.INTERRUPTED
     except Exception as error:  # the last line of defence: one line, no traceback
-        sys.exit(_fail(error, debug))
-    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
+        return _fail(error, debug)
+    return status if isinstance(status, int) else ExitStatus.OK
+
+
+def main() -> None:
+    """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
+    _interrupt_once()
+    sys.exit(run_command(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from racebench.output.plots import FAULT_COLOR, SECTION_COLOR, VIOLATION_COLOR, 
 from racebench.output.report import render_report
 from racebench.output.results import read_result
 from racebench.result_model import Timeline
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
 RESULT = GOLDEN / "contention.json"
@@ -144,7 +144,7 @@ def test_report_imports_nothing_heavy_until_needed() -> None:
 def test_unusable_result_is_exit_2_and_one_line(tmp_path: Path, content: str, message: str):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    result = run_cli("report", str(bad))
+    result = cli_in_process("report", str(bad))
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1

@@ -31,7 +31,7 @@ from racebench.output.results import (
 )
 from racebench.result_model import RunEntry
 from racebench.util.redact import redact, redact_text
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 
 SECRET = "Sekret-4711"
 GOLDEN = REPO / "tests" / "golden" / "gc-pause.json"
@@ -209,7 +209,7 @@ def test_runs_that_would_share_a_label_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
     path.write_text("name: x\nworkload: {type: stock}\nmatrix: {guard.retries: [1, 1]}\n")
     for command in ("validate", "run"):
-        line = _one_line(run_cli(command, str(path)))
+        line = _one_line(cli_in_process(command, str(path)))
         assert f"{path}: matrix: runs 1 and 2 would share the label" in line
 
 
@@ -223,10 +223,10 @@ def test_result_files_with_duplicate_labels_are_refused(tmp_path: Path) -> None:
     base_path, cand_path = tmp_path / "base.json", tmp_path / "cand.json"
     base_path.write_text(json.dumps(baseline))
     cand_path.write_text(json.dumps(candidate))
-    proc = run_cli("compare", str(base_path), str(cand_path))
+    proc = cli_in_process("compare", str(base_path), str(cand_path))
     assert proc.returncode == 2
     assert "share the label" in _one_line(proc)
-    proc = run_cli("report", str(cand_path))
+    proc = cli_in_process("report", str(cand_path))
     assert proc.returncode == 2 and str(cand_path) in _one_line(proc)
 
 
@@ -261,7 +261,7 @@ def test_redis_overflow_from_the_issue_is_exit_2(tmp_path: Path) -> None:
         "workload: {type: stock, initial: 99999999999999999999}\nstore: {backend: redis}\n"
         "guard: {strategy: atomic}\noperations: 20\n"
     )
-    proc = run_cli("run", str(path), "-q", "--results-dir", str(tmp_path))
+    proc = cli_in_process("run", str(path), "-q", "--results-dir", str(tmp_path))
     assert proc.returncode == 2
     assert "workload.initial" in _one_line(proc) and "Redis" in proc.stderr
     assert not list(tmp_path.glob("*.json"))
@@ -431,7 +431,7 @@ def test_billion_laughs_cli_is_one_line(tmp_path: Path) -> None:
 def test_binary_scenario_is_one_line_with_the_file_name(tmp_path: Path) -> None:
     path = tmp_path / "binary.yaml"
     path.write_bytes(bytes(range(256)) * 4)
-    proc = run_cli("validate", str(path))
+    proc = cli_in_process("validate", str(path))
     assert proc.returncode == 2
     assert _one_line(proc) == f"racebench: {path}: not a UTF-8 text file (byte 0x80 at offset 128)"
 
@@ -467,7 +467,7 @@ def test_wrong_typed_result_is_one_line_for_report_and_compare(tmp_path: Path) -
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(document))
     for args in (("report", str(bad)), ("compare", str(GOLDEN), str(bad))):
-        proc = run_cli(*args)
+        proc = cli_in_process(*args)
         assert proc.returncode == 2
         assert "runs[0].throughput_ops_s: input should be a valid number" in _one_line(proc)
 
