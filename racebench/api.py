@@ -18,23 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from racebench.result_model import Invariant, RunEntry
+
+# The name this API gave an invariant before the result model had one (same fields).
+InvariantResult = Invariant
+
 if TYPE_CHECKING:
     from racebench.engine.cluster import ClusterOptions
     from racebench.engine.trials import ProgressFactory
 
 
 @dataclass(frozen=True)
-class InvariantResult:
-    """One invariant of a run: whether it held in every trial, and what was seen."""
-
-    name: str
-    holds: bool
-    detail: str
-
-
-@dataclass(frozen=True)
 class RunResult:
-    """One run (one matrix cell) of a scenario: its verdict, anomalies and figures."""
+    """One run (one matrix cell) of a scenario: its verdict, anomalies and figures.
+
+    `summary` is the run entry as written to the result file (racebench.result_model's
+    `RunEntry`, read through attributes); `operations` and `latency_ms` are plain mappings
+    of it, `invariants` its `Invariant(name, holds, detail)` entries.
+    """
 
     label: str
     workload: str
@@ -42,13 +43,13 @@ class RunResult:
     strategy: str
     verdict: str
     anomalies: dict[str, int]
-    invariants: list[InvariantResult]
+    invariants: list[Invariant]
     operations: dict[str, int]
     throughput_ops_s: float
     latency_ms: dict[str, float]
     expectation_failures: list[str]
     errors_sample: dict[str, int]
-    summary: dict[str, Any] = field(repr=False)  # the run as written to the result file
+    summary: RunEntry = field(repr=False)  # the run as written to the result file
 
     @property
     def safe(self) -> bool:
@@ -63,20 +64,21 @@ class RunResult:
         return not self.expectation_failures
 
     @classmethod
-    def from_summary(cls, run: dict[str, Any]) -> RunResult:
+    def from_summary(cls, run: RunEntry) -> RunResult:
+        """The run entry of a result document, as the API hands it out."""
         return cls(
-            label=run["label"],
-            workload=run["workload"],
-            backend=run["backend"],
-            strategy=run["strategy"],
-            verdict=run["verdict"],
-            anomalies=dict(run["anomalies"]),
-            invariants=[InvariantResult(**i) for i in run["invariants"]],
-            operations=dict(run["operations"]),
-            throughput_ops_s=run["throughput_ops_s"],
-            latency_ms=dict(run["latency_ms"]),
-            expectation_failures=list(run["expectation_failures"]),
-            errors_sample=dict(run["errors_sample"]),
+            label=run.label,
+            workload=run.workload,
+            backend=run.backend,
+            strategy=run.strategy,
+            verdict=run.verdict,
+            anomalies=dict(run.anomalies),
+            invariants=list(run.invariants),
+            operations=run.operations.model_dump(),
+            throughput_ops_s=run.throughput_ops_s,
+            latency_ms=run.latency_ms.model_dump(),
+            expectation_failures=list(run.expectation_failures),
+            errors_sample=dict(run.errors_sample),
             summary=run,
         )
 

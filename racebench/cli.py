@@ -8,7 +8,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -18,12 +18,21 @@ from racebench import __version__
 from racebench.errors import ExitStatus, RacebenchError
 from racebench.util.redact import redact_text
 
+if TYPE_CHECKING:  # the CLI imports the model lazily: `racebench --help` stays fast
+    from racebench.result_model import RunEntry
+
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
 class _Context:
+    """What the group passes to its commands: only --debug.
+
+    Each command imports what it needs inside its body, so that `racebench --help` and a
+    sqlite run import no server driver.
+    """
+
     debug = False
 
 
@@ -65,6 +74,8 @@ def _load_all(
 ) -> list[tuple[Path, dict[str, Any], list[Any]]]:
     from racebench.api import load
 
+    # Every file is loaded and validated before any runs: a typo in the third file must not
+    # surface after the first file's long run.
     return [load(path, overrides) for path in paths]
 
 
@@ -210,13 +221,13 @@ def run(
     for warning in _warmup_warnings(loaded, runs):
         stderr.print(f"warning: {warning}", markup=False, highlight=False)
     for r in runs:
-        for failure in r["expectation_failures"]:
-            stderr.print(
-                f"expectation failed: {r['label']}: {failure}", markup=False, highlight=False
-            )
+        for failure in r.expectation_failures:
+            stderr.print(f"expectation failed: {r.label}: {failure}", markup=False, highlight=False)
+    # The exit code comes last, after every output is written: a CI job that fails on it
+    # still has the result file, the JUnit XML and the summary that say why.
     if any(o.interrupted for o in outcomes):
         sys.exit(ExitStatus.INTERRUPTED)
-    sys.exit(ExitStatus.OK if all(r["passed"] for r in runs) else ExitStatus.EXPECTATION_FAILED)
+    sys.exit(ExitStatus.OK if all(r.passed for r in runs) else ExitStatus.EXPECTATION_FAILED)
 
 
 def _append_step_summary(markdown: str) -> None:
@@ -244,7 +255,7 @@ def _write_ci_outputs(outcomes: list[Any], names: dict[str, str], junit: Path | 
             _append_step_summary(render_report(written, "markdown"))
 
 
-def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]:
+def _warmup_warnings(loaded: list[Any], runs: list[RunEntry]) -> list[str]:
     """Runs that ended inside their warmup: nothing was measured, so 0 ops/s means nothing.
 
     (A run with a duration is refused at validation when warmup >= duration; a run bounded
@@ -252,10 +263,10 @@ def _warmup_warnings(loaded: list[Any], runs: list[dict[str, Any]]) -> list[str]
     """
     warmups = {spec.label: spec.scenario.warmup for _, _, specs in loaded for spec in specs}
     return [
-        f"{r['label']}: the run took {r['duration_s']:g}s, within its warmup of "
-        f"{warmups[r['label']]:g}s: no operation was measured (lower warmup or add operations)"
+        f"{r.label}: the run took {r.duration_s:g}s, within its warmup of "
+        f"{warmups[r.label]:g}s: no operation was measured (lower warmup or add operations)"
         for r in runs
-        if warmups.get(r["label"], 0) and r["duration_s"] <= warmups[r["label"]]
+        if warmups.get(r.label, 0) and r.duration_s <= warmups[r.label]
     ]
 
 
@@ -316,6 +327,7 @@ def list_command() -> None:
         stdout.print(table)
     plugins, broken_workloads = plugin_table()
     stdout.print(plugins)
+    # Everything that loaded is listed first: one broken plug-in must not hide the others.
     broken += broken_workloads
     for problem in broken:
         stderr.print(f"racebench: {problem}", markup=False, highlight=False)
@@ -438,11 +450,14 @@ def clean(
         stderr.print(f"racebench: {problem}", markup=False, highlight=False)
     if not (done.removed or done.kept or done.failed):
         click.echo("nothing to clean")
+    # Something left on a server is not a finding but a cleanup that did not finish: exit 3,
+    # as for a server that could not be reached.
     failed = done.failed or found.problems
     sys.exit(ExitStatus.BACKEND_UNAVAILABLE if failed else ExitStatus.OK)
 
 
 def _check_report_output(output: Path | None) -> None:
+    """Refuse an unusable --output before the (possibly slow) report is built."""
     from racebench.output.results import check_output_file
 
     if output is not None:
@@ -563,6 +578,7 @@ def compare(
     for warning in comparison.warnings:
         stderr.print(f"warning: {redact_text(warning)}", markup=False, highlight=False)
     _emit(render_comparison(comparison, fmt), output)
+    # Always the github format there, whatever --format: the step summary renders markdown.
     _append_step_summary(render_comparison(comparison, "github"))
     for label, reason in comparison.regressions:
         line = redact_text(f"regression: {label}: {reason}")
@@ -607,6 +623,7 @@ def isolation(
     except RacebenchError as error:
         sys.exit(_fail(error, obj.debug))
     _emit(render(matrix, fmt), output)
+    # A matrix with a hole must not pass for a complete one in a script that checks $?.
     undecided = any(c.status == "unknown" for c in matrix.cells.values())
     sys.exit(ExitStatus.EXPECTATION_FAILED if undecided else ExitStatus.OK)
 
@@ -629,24 +646,38 @@ def _interrupt_once() -> None:
         signal.signal(sig, on_signal)
 
 
+def run_command(args: list[str]) -> int:
+    """Run one racebench command line (without the program name) and return its exit code.
+
+    The console script's whole behaviour short of its signal handling: errors are one line
+    on stderr, never a traceback. Tests call it in-process to spare a Python start-up.
+    """
+    # Read by hand: an error can escape before click has run the group and set the context.
+    debug = "--debug" in args
+    try:
+        status = cli.main(args=args, prog_name="racebench", standalone_mode=False)
+    except SystemExit as exit_:  # the commands end with sys.exit(status)
+        return ExitStatus.OK if exit_.code is None else int(exit_.code)
+    except click.exceptions.Abort:
+        # click turns a KeyboardInterrupt raised inside a command into Abort.
+        stderr.print("racebench: interrupted")
+        return ExitStatus.INTERRUPTED
+    except click.ClickException as error:
+        # A bad option or a missing argument: exit 2 as documented, whatever click's own code.
+        error.show()
+        return ExitStatus.USAGE
+    except KeyboardInterrupt:
+        stderr.print("racebench: interrupted")
+        return ExitStatus.INTERRUPTED
+    except Exception as error:  # the last line of defence: one line, no traceback
+        return _fail(error, debug)
+    return status if isinstance(status, int) else ExitStatus.OK
+
+
 def main() -> None:
     """Console-script entry point: SIGTERM stops a run like Ctrl-C does."""
     _interrupt_once()
-    debug = "--debug" in sys.argv[1:]
-    try:
-        status = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        stderr.print("racebench: interrupted")
-        sys.exit(ExitStatus.INTERRUPTED)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(ExitStatus.USAGE)
-    except KeyboardInterrupt:
-        stderr.print("racebench: interrupted")
-        sys.exit(ExitStatus.INTERRUPTED)
-    except Exception as error:  # the last line of defence: one line, no traceback
-        sys.exit(_fail(error, debug))
-    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
+    sys.exit(run_command(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class ServerCheck:
 
 
 def _namespace() -> str:
+    # A fresh namespace per target, as a run would have: the probe table of
+    # check_can_create can never be another run's table.
     return new_namespace()
 
 

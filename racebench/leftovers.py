@@ -37,6 +37,8 @@ class Survey:
 
 def _remover(target: Store | LockService, namespace: str) -> Callable[[], None]:
     """Tear down `namespace` with a copy of `target` (same class, same server)."""
+    # A fresh instance per namespace: teardown code knows only its own namespace, so removal
+    # reuses it unchanged instead of a second, riskier "delete by pattern" path.
     if isinstance(target, Store):
         store = type(target)(target.url, namespace)
         return store.remove_namespace
@@ -46,6 +48,7 @@ def _remover(target: Store | LockService, namespace: str) -> Callable[[], None]:
 
 def _remove_path(path: Path) -> Callable[[], None]:
     def remove() -> None:
+        # A symlink is unlinked, never followed: rmtree through it would delete its target.
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
@@ -97,6 +100,7 @@ def clean(found: Survey, any_owner: bool) -> Cleaning:
     """Remove the leftovers of dead runs (and, with `any_owner`, of unknown owners)."""
     outcome = Cleaning()
     for leftover, remove in found.found:
+        # A live run's objects are in use; an unknown owner's may be (another host's run).
         if leftover.owner is Owner.ALIVE or (leftover.owner is Owner.UNKNOWN and not any_owner):
             outcome.kept.append(leftover)
             continue

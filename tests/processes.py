@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -27,6 +31,23 @@ def children(pid: int, states: str | None = None) -> list[int]:
         if int(ppid) == pid and state != "Z" and (states is None or state in states):
             found.append(int(entry.name))
     return found
+
+
+@contextlib.contextmanager
+def killing_and_cleaning_alone() -> Iterator[None]:
+    """Hold the machine-wide lock of the tests that kill -9 a run or call `racebench clean`.
+
+    `clean` removes what any dead run on this machine left, in /tmp, /dev/shm and on the
+    shared servers. A second copy of the suite cleaning between this test's kill -9 and its
+    own doctor/clean would remove the leftovers this test is looking for; holding this lock
+    (every copy takes the same file) keeps the two apart.
+    """
+    with open(Path(tempfile.gettempdir()) / "racebench-tests-kill-and-clean.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def alive(pid: int) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 from tests.processes import wait_for_clients
 from tests.race import until_shown
 
@@ -84,8 +84,10 @@ BAD_SCENARIOS = [
 def test_bad_scenarios_get_one_line_and_exit_2(tmp_path: Path, text: str, field, problem) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
+    # In-process: the real console script's exit 2 and one line are proven end to end by
+    # test_missing_file_and_bad_flags_are_usage_errors.
     for command in ("validate", "run"):
-        proc = run_cli(command, str(path))
+        proc = cli_in_process(command, str(path))
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
@@ -207,7 +209,7 @@ def test_interrupted_run_writes_partial_result_and_cleans_up(
 def test_list_shows_every_registered_strategy() -> None:
     from racebench.plugins.registry import lock_names, store_names, strategies_for
 
-    proc = run_cli("list")
+    proc = cli_in_process("list")
     assert proc.returncode == 0, proc.stderr
     for backend in store_names():
         assert backend in proc.stdout
@@ -218,7 +220,7 @@ def test_list_shows_every_registered_strategy() -> None:
 
 
 def test_validate_lists_matrix_runs_and_flags_override_the_matrix() -> None:
-    proc = run_cli("validate", "scenarios/quickstart.yaml")
+    proc = cli_in_process("validate", "scenarios/quickstart.yaml")
     assert proc.returncode == 0
     assert "4 run(s)" in proc.stdout
     assert "quickstart[guard.strategy=exclusive]" in proc.stdout

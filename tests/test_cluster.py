@@ -40,7 +40,7 @@ def cluster() -> Iterator[ClusterOptions]:
 def _runs(data: dict[str, Any], clusters: ClusterOptions) -> list[dict[str, Any]]:
     execution = Execution()
     execute(expand(data, "cluster-test.yaml"), ExecutionOptions(clusters=clusters), execution)
-    return execution.runs
+    return [run.model_dump() for run in execution.runs]
 
 
 def _stock(strategy: str, **extra: Any) -> dict[str, Any]:
@@ -295,7 +295,7 @@ def test_a_killed_dask_worker_leaves_unknown_operations_and_a_completed_run(
         clusters=cluster, progress=lambda spec, trial: kill_once_records_arrive
     )
     execute(expand(data, "cluster-test.yaml"), progress, execution)
-    run = execution.runs[0]
+    run = execution.runs[0].model_dump()
     assert killed
     lost = [w for w in run["load"]["cluster"]["workers"] if w["lost"]]
     assert len(lost) == 1

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from racebench.output.compare import compare_results
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 from tests.race import until_shown
 
 # One label ("gate"), five short trials: too short for within-run buckets, so compare
@@ -101,7 +101,7 @@ def test_injected_slowdown_fails(results: dict[str, Path]) -> None:
 
 def test_new_anomaly_fails_whatever_the_speed(results: dict[str, Path]) -> None:
     # Unguarded is faster; the allowed slowdown is huge: a correctness regression still fails.
-    result = run_cli(
+    result = cli_in_process(
         "compare", str(results["baseline"]), str(results["unsafe"]), "--max-slowdown", "1000%"
     )
     assert result.returncode == 1, result.stdout + result.stderr
@@ -114,19 +114,19 @@ def test_new_anomaly_fails_whatever_the_speed(results: dict[str, Path]) -> None:
 def test_markdown_and_json_formats(results: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "summary.md"
     args = (str(results["baseline"]), str(results["slower"]))
-    result = run_cli("compare", *args, "--format", "markdown", "--output", str(out))
+    result = cli_in_process("compare", *args, "--format", "markdown", "--output", str(out))
     assert result.returncode == 1
     text = out.read_text()
     assert text.startswith("## racebench compare: ❌ regression")
     assert "| gate (5 vs 5 trials) |" in text and "REGRESSION" in text
-    document = json.loads(run_cli("compare", *args, "--format", "json").stdout)
+    document = json.loads(cli_in_process("compare", *args, "--format", "json").stdout)
     assert document["schema"] == "racebench.compare/1" and document["passed"] is False
     assert document["runs"][0]["throughput"]["verdict"] == "slower"
     assert len(document["runs"][0]["throughput"]["candidate_trials"]) == 5
 
 
 def test_benchmark_json_is_what_trackers_read(results: dict[str, Path]) -> None:
-    result = run_cli(
+    result = cli_in_process(
         "compare", str(results["baseline"]), str(results["same"]), "--format", "benchmark-json"
     )
     entries = json.loads(result.stdout)
@@ -145,7 +145,7 @@ def test_different_setup_warns(results: dict[str, Path], tmp_path: Path) -> None
     other.write_text(json.dumps(document))
     # Against its own figures, speed aside (short trials on a loaded host may leave it
     # undecided, which test_same_code_passes covers): only the setup differs.
-    result = run_cli("compare", str(results["same"]), str(other), "--allow-undecided")
+    result = cli_in_process("compare", str(results["same"]), str(other), "--allow-undecided")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: different CPU count" in result.stderr and "candidate 64" in result.stderr
     assert "different sqlite (store) server version" in result.stderr
@@ -162,7 +162,7 @@ def _write(path: Path, content: str) -> Path:
     [
         ("{broken", "not a JSON file"),
         ('{"schema": "racebench.result/2", "runs": []}', "this racebench reads"),
-        ('["a", "list"]', "schema is None"),
+        ('["a", "list"]', "not a result file: a JSON array, not an object"),
         ('{"schema": "racebench.result/1", "runs": []}', "no run label in common"),
     ],
 )
@@ -170,7 +170,7 @@ def test_unusable_input_is_exit_2_and_one_line(
     results: dict[str, Path], tmp_path: Path, candidate: str, message: str
 ) -> None:
     bad = _write(tmp_path / "candidate.json", candidate)
-    result = run_cli("compare", str(results["baseline"]), str(bad))
+    result = cli_in_process("compare", str(results["baseline"]), str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("racebench: "), result.stderr
@@ -178,9 +178,11 @@ def test_unusable_input_is_exit_2_and_one_line(
 
 
 def test_missing_file_and_bad_threshold_are_exit_2(results: dict[str, Path]) -> None:
-    missing = run_cli("compare", str(results["baseline"]), "/nonexistent/result.json")
+    missing = cli_in_process("compare", str(results["baseline"]), "/nonexistent/result.json")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
-    bad = run_cli("compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "x")
+    bad = cli_in_process(
+        "compare", str(results["baseline"]), str(results["same"]), "--max-slowdown", "x"
+    )
     assert bad.returncode == 2 and "not a percentage" in bad.stderr
 
 
@@ -188,6 +190,6 @@ def test_a_fenced_run_that_stays_safe_is_not_a_regression_of_itself() -> None:
     # The fenced gc-pause run is safe with overlapping critical sections (fencing rejects the
     # late writes): comparing the file with itself must not call those overlaps new.
     golden = str(REPO / "tests" / "golden" / "gc-pause.json")
-    result = run_cli("compare", golden, golden, "--allow-undecided")
+    result = cli_in_process("compare", golden, golden, "--allow-undecided")
     assert "correctness" not in result.stdout + result.stderr
     assert result.returncode == 0, result.stderr

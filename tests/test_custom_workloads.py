@@ -10,6 +10,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 import racebench
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 from tests.race import ATTEMPTS, until_shown
 
 EXAMPLES = REPO / "examples"
@@ -165,8 +166,9 @@ def test_sql_template_under_a_lock_with_fencing_binds_the_token(tmp_path: Path) 
     assert run.operations["stale"] == 0 and run.operations["ok"] > 0
 
 
-def _cli_error(path: Path) -> str:
-    result = run_cli("run", str(path), "-q", "--results-dir", str(path.parent / "results"))
+def _cli_error(path: Path, cli: Callable[..., subprocess.CompletedProcess] = cli_in_process) -> str:
+    """The one line `racebench run` refuses the scenario with (in-process unless told)."""
+    result = cli("run", str(path), "-q", "--results-dir", str(path.parent / "results"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -204,8 +206,8 @@ def test_fencing_needs_the_template_to_place_the_token(write_scenario) -> None:
 
 def test_a_broken_plugin_is_one_line(write_scenario, tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "brokenplug.py").write_text("raise RuntimeError('boom at import')\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    line = _cli_error(write_scenario({"workload": {"type": "brokenplug:Workload"}}))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # for the console script's own Python
+    line = _cli_error(write_scenario({"workload": {"type": "brokenplug:Workload"}}), run_cli)
     assert "workload.type: plug-in 'brokenplug:Workload' (import path) cannot be loaded" in line
     assert "RuntimeError: boom at import" in line
 
@@ -216,7 +218,7 @@ def test_an_unknown_workload_type_names_the_plugin_forms(write_scenario) -> None
 
 
 def test_list_shows_plugins_and_their_package(checkout_plugin: str) -> None:
-    result = run_cli("list")
+    result = cli_in_process("list")
     assert result.returncode == 0, result.stderr
     assert "racebench_checkout:Checkout" in result.stdout
     assert "racebench-checkout" in result.stdout

@@ -16,7 +16,8 @@ import pytest
 from racebench.analysis.verdict import load_figures
 from racebench.engine.worker import WorkerOutput
 from racebench.protocol import RunnerResult
-from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.conftest import REPO, cli_in_process, run_cli, run_scenario_data
+from tests.processes import killing_and_cleaning_alone
 from tests.race import until_shown
 
 LIKES_NONE = {
@@ -217,6 +218,12 @@ def _children(pid: int) -> list[int]:
 
 
 def test_workers_die_with_their_parent(tmp_path: Path, write_scenario) -> None:
+    # Its `clean` would remove the dead run of a crash test in a second copy of the suite.
+    with killing_and_cleaning_alone():
+        _workers_die_with_their_parent(tmp_path, write_scenario)
+
+
+def _workers_die_with_their_parent(tmp_path: Path, write_scenario) -> None:
     # The killed parent cannot tear down: its SQLite file stays in tmp_path.
     store = {"backend": "sqlite", "url": str(tmp_path / "data.db")}
     scenario = {**LIKES_NONE, "store": store, "clients": 2, "workers": 2, "duration": "60s"}
@@ -278,14 +285,14 @@ def test_cli_workers_and_rate_flags_drive_an_open_loop(tmp_path: Path, write_sce
     ],
 )
 def test_bad_engine_settings_are_refused_with_one_line(write_scenario, changes, problem) -> None:
-    done = run_cli("run", str(write_scenario({**LIKES_NONE, **changes})))
+    done = cli_in_process("run", str(write_scenario({**LIKES_NONE, **changes})))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert problem in line
 
 
 def test_list_says_how_each_backend_runs_its_clients() -> None:
-    done = run_cli("list")
+    done = cli_in_process("list")
     assert done.returncode == 0
     assert "asyncio, lean RESP over hiredis" in done.stdout
     assert "a thread per client (blocking driver)" in done.stdout

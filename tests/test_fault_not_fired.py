@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import cli_in_process, run_cli
 
 
 def test_a_fault_that_never_fired_fails_the_run_and_shows_in_table_and_result(
@@ -32,4 +32,4 @@ def test_a_fault_that_never_fired_fails_the_run_and_shows_in_table_and_result(
     assert run["faults"] == []
     assert run["faults_not_fired"] == [{"kind": "pause_client", "client": 1, "trigger": "at: 30s"}]
     assert run["passed"] is False
-    assert "(fault did not fire)" in run_cli("report", str(result)).stdout
+    assert "(fault did not fire)" in cli_in_process("report", str(result)).stdout

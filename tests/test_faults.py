@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from racebench.config.scenario import load_raw
-from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.conftest import REPO, cli_in_process, run_scenario_data
 from tests.processes import children
 from tests.race import cli_runs_until_shown, until_shown
 
@@ -398,7 +398,7 @@ def test_clock_skew_is_refused_with_one_line(write_scenario) -> None:
             "faults": [{"kind": "clock_skew", "skew_ms": 5000}],
         }
     )
-    done = run_cli("run", str(path))
+    done = cli_in_process("run", str(path))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "faults.0.kind" in line and "clock_skew was removed" in line
@@ -412,7 +412,7 @@ def test_a_fault_the_lock_cannot_suffer_is_refused_naming_the_field(write_scenar
             "faults": [{"kind": "pause_client", "duration_ms": 10}, {"kind": "expire_early"}],
         }
     )
-    done = run_cli("run", str(path))
+    done = cli_in_process("run", str(path))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "faults[1].kind" in line and "file_lock cannot suffer expire_early" in line
@@ -437,7 +437,7 @@ def test_a_fault_client_that_cannot_be_picked_is_refused(
             "faults": [fault],
         }
     )
-    done = run_cli("run", str(path))
+    done = cli_in_process("run", str(path))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "faults" in line and ".client: " in line and problem in line, line
@@ -452,7 +452,7 @@ def test_a_proxy_fault_needs_a_numbered_client(write_scenario, redis_url: str) -
             "faults": [{"kind": "reset", "target": "store", **ANY_HOLDER}],
         }
     )
-    done = run_cli("validate", str(path))
+    done = cli_in_process("validate", str(path))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "faults[0].client" in line and "reset needs a numbered client" in line, line

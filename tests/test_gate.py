@@ -20,7 +20,8 @@ from racebench.analysis.gate_stats import block_bootstrap_medians, ratio_interva
 from racebench.analysis.samples import decode_histogram
 from racebench.output.compare import compare_results
 from racebench.output.render import results_table
-from tests.conftest import REPO, run_cli
+from racebench.output.results import read_result
+from tests.conftest import REPO, cli_in_process, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
 
@@ -69,7 +70,7 @@ def test_each_trial_keeps_its_buckets_and_histogram(timed: dict[str, Path]) -> N
 
 
 def test_one_trial_per_side_catches_a_slower_candidate(timed: dict[str, Path]) -> None:
-    result = run_cli("compare", str(timed["baseline"]), str(timed["slower"]))
+    result = cli_in_process("compare", str(timed["baseline"]), str(timed["slower"]))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "regression: timed: throughput -" in result.stderr
     change = compare_results(timed["baseline"], timed["slower"], 0.10).runs[0].throughput
@@ -81,16 +82,18 @@ def test_undecided_speed_is_exit_4_and_never_passed(tmp_path: Path, timed: dict[
     # 40 operations: no 100 ms bucket, one trial: nothing to tell speed from noise.
     short = {**TIMED, "duration": None, "operations": 40}
     base, cand = _run(tmp_path, "b", short), _run(tmp_path, "c", short)
-    result = run_cli("compare", str(base), str(cand))
+    result = cli_in_process("compare", str(base), str(cand))
     assert result.returncode == 4, result.stdout + result.stderr
     assert "result: UNDECIDED, the speed of 1 run(s) could not be decided" in result.stdout
     assert "passed" not in result.stdout
     assert "timed: throughput undecided: too few samples" in result.stderr
-    allowed = run_cli("compare", str(base), str(cand), "--allow-undecided")
+    allowed = cli_in_process("compare", str(base), str(cand), "--allow-undecided")
     assert allowed.returncode == 0
     assert "no regression found, but the speed of 1 run(s) is undecided" in allowed.stdout
     assert "passed" not in allowed.stdout
-    document = json.loads(run_cli("compare", str(base), str(cand), "--format", "json").stdout)
+    document = json.loads(
+        cli_in_process("compare", str(base), str(cand), "--format", "json").stdout
+    )
     assert document["passed"] is False and document["exit_status"] == 4
     assert document["undecided"] == ["timed"]
 
@@ -100,7 +103,7 @@ def test_repeated_labels_are_refused(tmp_path: Path, timed: dict[str, Path]) -> 
     document["runs"].append(document["runs"][0])
     doubled = tmp_path / "doubled.json"
     doubled.write_text(json.dumps(document))
-    result = run_cli("compare", str(doubled), str(timed["slower"]))
+    result = cli_in_process("compare", str(doubled), str(timed["slower"]))
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"racebench: {doubled}: runs[0] and runs[1] share the label 'timed': runs are matched "
@@ -110,7 +113,7 @@ def test_repeated_labels_are_refused(tmp_path: Path, timed: dict[str, Path]) -> 
 
 def test_every_differing_setting_is_warned(tmp_path: Path, timed: dict[str, Path]) -> None:
     other = _run(tmp_path, "other", TIMED, "--clients", "3", "--duration", "1.2s")
-    result = run_cli("compare", str(timed["baseline"]), str(other), "--allow-undecided")
+    result = cli_in_process("compare", str(timed["baseline"]), str(other), "--allow-undecided")
     assert "settings differ: clients 4 -> 3; duration 1.5 -> 1.2" in result.stderr
 
 
@@ -125,7 +128,7 @@ def _properties(case: TestCase) -> dict[str, str]:
 
 def test_junit_from_compare_and_from_run(tmp_path: Path, timed: dict[str, Path]) -> None:
     out = tmp_path / "compare.xml"
-    result = run_cli(
+    result = cli_in_process(
         "compare", str(timed["baseline"]), str(timed["slower"]), "--format", "junit", "-o", str(out)
     )
     assert result.returncode == 1
@@ -182,7 +185,7 @@ def test_github_step_summary_gets_marked_markdown(tmp_path: Path, timed: dict[st
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_table_never_cuts_verdict_strategy_or_run(width: int) -> None:
-    runs = json.loads((GOLDEN / "gc-pause.json").read_text())["runs"]
+    runs = read_result(GOLDEN / "gc-pause.json").runs
     console = Console(width=width, record=True, color_system=None)
     console.print(results_table(runs, width=width))
     text = console.export_text()
@@ -241,9 +244,9 @@ def test_a_busier_machine_is_warned_about(tmp_path: Path, timed: dict[str, Path]
             trial["host_load_1m"] = load
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(document))
-    result = run_cli("compare", *map(str, paths))
+    result = cli_in_process("compare", *map(str, paths))
     assert (
         "warning: the machine was not equally busy: load average 0.2 (baseline) vs 9.0 "
         "(candidate) on 2 CPUs" in result.stderr
     )
-    assert "not equally busy" not in run_cli("compare", str(paths[0]), str(paths[0])).stderr
+    assert "not equally busy" not in cli_in_process("compare", str(paths[0]), str(paths[0])).stderr

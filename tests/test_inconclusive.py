@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from racebench.analysis.verdict import missing_evidence
-from tests.conftest import run_cli
+from tests.conftest import cli_in_process, run_cli
 
 
 @pytest.fixture
@@ -54,9 +54,9 @@ def test_run_whose_every_operation_errored_is_inconclusive_not_safe(
     assert run["verdict"] == "inconclusive" and run["passed"] is False
     assert "no permissions to run the 'incrby' command" in next(iter(run["errors_sample"]))
 
-    markdown = run_cli("report", str(result))
+    markdown = cli_in_process("report", str(result))
     assert "inconclusive ✗" in markdown.stdout
-    html = run_cli("report", "--format", "html", str(result))
+    html = cli_in_process("report", "--format", "html", str(result))
     assert 'class="v-inconclusive">inconclusive' in html.stdout
 
     # Compared with a safe baseline of the same label, the inconclusive candidate fails.
@@ -64,7 +64,7 @@ def test_run_whose_every_operation_errored_is_inconclusive_not_safe(
     baseline["runs"][0].update(verdict="safe", passed=True, expectation_failures=[])
     baseline_path = tmp_path / "base.json"
     baseline_path.write_text(json.dumps(baseline))
-    compared = run_cli("compare", str(baseline_path), str(result))
+    compared = cli_in_process("compare", str(baseline_path), str(result))
     assert compared.returncode == 1, compared.stderr
     assert "inconclusive in the candidate: no operation acknowledged" in compared.stderr
 

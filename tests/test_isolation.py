@@ -4,6 +4,7 @@ versions (PostgreSQL 15, MariaDB 10.11 with innodb_snapshot_isolation off by def
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
@@ -11,7 +12,7 @@ from racebench.isolation import run_isolation
 from racebench.isolation.claims import PHENOMENON
 from racebench.isolation.probes import PROBES
 from racebench.isolation.render import hermitage_differences, render
-from tests.conftest import run_cli
+from tests.conftest import cli_in_process, run_cli
 
 # The cell text of each probe per level: "-" allowed; "abort" / "wait" / "snapshot" prevented
 # by a failed transaction, a lock wait, or reading a consistent snapshot.
@@ -168,10 +169,10 @@ def test_cli_unreachable_server_is_one_line_and_exit_3():
 
 
 def test_cli_unknown_target_and_level_are_usage_errors(postgres_url):
-    done = run_cli("isolation", "oracle")
+    done = cli_in_process("isolation", "oracle")
     assert done.returncode == 2
     assert "'oracle' is not postgres, mysql" in done.stderr
-    done = run_cli("isolation", postgres_url, "--level", "snapshot")
+    done = cli_in_process("isolation", postgres_url, "--level", "snapshot")
     assert done.returncode == 2
     assert "unknown level" in done.stderr and "Traceback" not in done.stderr
 
@@ -183,7 +184,7 @@ def test_mysql_user_without_process_privilege_is_told_what_to_grant(mysql_url):
     from racebench.stores.mysql import connect_kwargs
 
     admin = pymysql.connect(**connect_kwargs(mysql_url))
-    user = "racebench_iso_np"
+    user = f"racebench_iso_np_{secrets.token_hex(3)}"  # a second suite may run beside
     try:
         with admin.cursor() as cur:
             cur.execute(f"CREATE USER IF NOT EXISTS '{user}'@'%'")

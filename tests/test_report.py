@@ -23,7 +23,9 @@ import pytest
 
 from racebench.output.plots import FAULT_COLOR, SECTION_COLOR, VIOLATION_COLOR, timeline_window
 from racebench.output.report import render_report
-from tests.conftest import REPO, run_cli
+from racebench.output.results import read_result
+from racebench.result_model import Timeline
+from tests.conftest import REPO, cli_in_process, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
 RESULT = GOLDEN / "contention.json"
@@ -74,7 +76,7 @@ def test_html_is_self_contained_with_plots(tmp_path: Path) -> None:
 
 
 def test_html_timeline_draws_sections_faults_and_violations() -> None:
-    document = json.loads(FAULTED.read_text())
+    document = read_result(FAULTED)
     page = render_report([FAULTED], "html")
     # Anomalies and latency distribution (one client count: no plot against clients), then
     # one timeline per run; no plots over time, since this older file has no sample.
@@ -83,28 +85,30 @@ def test_html_timeline_draws_sections_faults_and_violations() -> None:
     assert page.count("No operation sample in this result file") == 2
     timelines = re.findall(r'<figure class="timeline">(.*?)</figure>', page, re.S)
     assert len(timelines) == 2
-    for svg, run in zip(timelines, document["runs"], strict=True):
+    for svg, run in zip(timelines, document.runs, strict=True):
         lo, hi, _ = timeline_window(run)
-        fault = run["faults"][0]
-        assert lo == max(0.0, fault["start_ms"] - 100) and hi == fault["end_ms"] + 300
-        shown = [s for s in run["timeline"]["critical_sections"] if s[2] >= lo and s[1] <= hi]
-        overlaps = [v for v in run["timeline"]["violations"] if v[1] >= lo and v[0] <= hi]
+        fault = run.faults[0]
+        assert run.timeline is not None
+        assert lo == max(0.0, fault.start_ms - 100) and hi == fault.end_ms + 300
+        shown = [s for s in run.timeline.critical_sections if s[2] >= lo and s[1] <= hi]
+        overlaps = [v for v in run.timeline.violations if v[1] >= lo and v[0] <= hi]
         assert len(overlaps) > 10  # the paused client overlapped the others, fenced or not
         # One path per bar, plus the legend's swatch of each colour.
         assert svg.count(f"fill: {SECTION_COLOR}") == len(shown) + 1
         assert svg.count(f"fill: {VIOLATION_COLOR}") == len(overlaps) + 1
         assert svg.count(f"fill: {FAULT_COLOR}; opacity: 0.25") == 1  # the shaded pause
         assert "pause_client c0: SIGSTOP for 400 ms" in svg
-        assert f"{run['label']}: {run['verdict']}" in svg
+        assert f"{run.label}: {run.verdict}" in svg
     assert "100 ms before the first fault to 300 ms after the last one ends" in page
     assert page.count("Only the first") == 2  # the golden's timelines were cut
 
 
 def test_timeline_without_faults_shows_the_start_of_the_run() -> None:
-    run = {"faults": [], "timeline": {"critical_sections": [[0, 5.0, 9.0], [1, 9.5, 2400.0]]}}
-    assert timeline_window(run)[:2] == (0.0, 1000.0)
-    run["timeline"]["critical_sections"] = [[0, 5.0, 9.0], [1, 9.5, 250.0]]
-    assert timeline_window(run)[:2] == (0.0, 250.0)  # a short run is shown whole
+    golden = read_result(FAULTED).runs[0]
+    for last, shown in ((2400.0, (0.0, 1000.0)), (250.0, (0.0, 250.0))):
+        timeline = Timeline(critical_sections=[[0, 5.0, 9.0], [1, 9.5, last]])
+        run = golden.model_copy(update={"faults": [], "timeline": timeline})
+        assert timeline_window(run)[:2] == shown  # a short run is shown whole
 
 
 def test_output_layer_never_imports_the_engine() -> None:
@@ -140,7 +144,7 @@ def test_report_imports_nothing_heavy_until_needed() -> None:
 def test_unusable_result_is_exit_2_and_one_line(tmp_path: Path, content: str, message: str):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    result = run_cli("report", str(bad))
+    result = cli_in_process("report", str(bad))
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1

@@ -153,7 +153,7 @@ def test_result_file_stays_small_and_readable() -> None:
 
 
 def test_compare_html_shows_before_after_and_the_decision(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.conftest import cli_in_process
 
     slower = json.loads(CONTENTION.read_text())
     for run in slower["runs"]:
@@ -163,7 +163,7 @@ def test_compare_html_shows_before_after_and_the_decision(tmp_path: Path) -> Non
     candidate = tmp_path / "candidate.json"
     candidate.write_text(json.dumps(slower))
     out = tmp_path / "compare.html"
-    result = run_cli(
+    result = cli_in_process(
         "compare", str(CONTENTION), str(candidate), "--format", "html", "--output", str(out)
     )
     assert result.stdout == ""
@@ -274,13 +274,13 @@ def test_compare_decision_shows_the_interval_when_compare_gives_one() -> None:
 
 
 def test_a_broken_history_sample_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.conftest import cli_in_process
 
     document = json.loads(SAMPLED.read_text())
     document["runs"][1]["history_sample"]["ops"][3] = [12.5, "fast"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(document))
-    result = run_cli("report", str(bad), "--format", "html")
+    result = cli_in_process("report", str(bad), "--format", "html")
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert "runs[1].history_sample.ops[3]" in line, line

@@ -15,7 +15,7 @@ import pytest
 
 from racebench.history import RECORD_DTYPE, Outcome, RunHistory
 from racebench.workloads.counters import FinalState
-from tests.conftest import run_cli, run_scenario_data
+from tests.conftest import cli_in_process, run_scenario_data
 from tests.race import until_shown
 
 BOOKING = {"type": "booking", "seats": 20}
@@ -248,7 +248,7 @@ def _refusal(data: dict) -> str:
 
 def test_row_workloads_refuse_what_does_not_implement_them(write_scenario) -> None:
     base = {"name": "b", "workload": BOOKING, "store": {"backend": "redis"}}
-    result = run_cli("validate", str(write_scenario(base)))
+    result = cli_in_process("validate", str(write_scenario(base)))
     assert result.returncode == 2
     assert "workload.type: the redis store does not implement the booking workload" in result.stderr
     sqlite = {**base, "store": {"backend": "sqlite"}}
@@ -262,7 +262,9 @@ def test_row_workloads_refuse_what_does_not_implement_them(write_scenario) -> No
 
 def test_key_value_stores_refuse_what_they_do_not_implement(write_scenario) -> None:
     transfer = {"name": "t", "workload": TRANSFER, "store": {"backend": "zookeeper"}}
-    result = run_cli("validate", str(write_scenario({**transfer, "guard": {"strategy": "atomic"}})))
+    result = cli_in_process(
+        "validate", str(write_scenario({**transfer, "guard": {"strategy": "atomic"}}))
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "guard.strategy: unknown strategy 'atomic' for backend zookeeper" in line

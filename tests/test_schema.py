@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from racebench.config.schema import scenario_json_schema, scenario_reference_markdown
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process
 
 
 def test_the_scenario_reference_page_is_generated_from_the_schema() -> None:
@@ -20,7 +20,7 @@ def test_the_scenario_reference_page_is_generated_from_the_schema() -> None:
 
 
 def test_schema_prints_a_json_schema_that_lists_every_top_level_key() -> None:
-    result = run_cli("schema")
+    result = cli_in_process("schema")
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
     assert schema["additionalProperties"] is False

@@ -17,7 +17,7 @@ import pytest
 
 from racebench.config.scenario import load_raw
 from tests import servers
-from tests.conftest import REPO, run_cli, run_scenario_data
+from tests.conftest import REPO, cli_in_process, run_cli, run_scenario_data
 from tests.race import until_shown
 
 CLUSTER = REPO / "scenarios" / "cluster"
@@ -244,7 +244,7 @@ LOOPBACK = {"url": "redis://127.0.0.1:6399/0", "pid_file": "redis.pid"}
 def test_a_server_fault_the_scenario_cannot_do_is_refused(
     write_scenario, servers: list[dict], fault: dict, field: str, problem: str
 ) -> None:
-    done = run_cli("validate", str(write_scenario(_scenario(servers, fault))))
+    done = cli_in_process("validate", str(write_scenario(_scenario(servers, fault))))
     _one_line_error(done, 2, f": {field}: ", problem)
 
 

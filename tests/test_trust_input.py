@@ -21,16 +21,17 @@ from rich.console import Console
 from racebench.config.scenario import expand, load, load_raw
 from racebench.errors import OutputPathError, ResultFileError, ScenarioError
 from racebench.output.render import results_table
-from racebench.output.result_schema import validated_document
 from racebench.output.results import (
     check_output_dir,
     check_output_file,
     default_path,
     file_stem,
+    result_document,
     write_text_atomically,
 )
+from racebench.result_model import RunEntry
 from racebench.util.redact import redact, redact_text
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_in_process, run_cli
 
 SECRET = "Sekret-4711"
 GOLDEN = REPO / "tests" / "golden" / "gc-pause.json"
@@ -208,7 +209,7 @@ def test_runs_that_would_share_a_label_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
     path.write_text("name: x\nworkload: {type: stock}\nmatrix: {guard.retries: [1, 1]}\n")
     for command in ("validate", "run"):
-        line = _one_line(run_cli(command, str(path)))
+        line = _one_line(cli_in_process(command, str(path)))
         assert f"{path}: matrix: runs 1 and 2 would share the label" in line
 
 
@@ -222,10 +223,10 @@ def test_result_files_with_duplicate_labels_are_refused(tmp_path: Path) -> None:
     base_path, cand_path = tmp_path / "base.json", tmp_path / "cand.json"
     base_path.write_text(json.dumps(baseline))
     cand_path.write_text(json.dumps(candidate))
-    proc = run_cli("compare", str(base_path), str(cand_path))
+    proc = cli_in_process("compare", str(base_path), str(cand_path))
     assert proc.returncode == 2
     assert "share the label" in _one_line(proc)
-    proc = run_cli("report", str(cand_path))
+    proc = cli_in_process("report", str(cand_path))
     assert proc.returncode == 2 and str(cand_path) in _one_line(proc)
 
 
@@ -260,7 +261,7 @@ def test_redis_overflow_from_the_issue_is_exit_2(tmp_path: Path) -> None:
         "workload: {type: stock, initial: 99999999999999999999}\nstore: {backend: redis}\n"
         "guard: {strategy: atomic}\noperations: 20\n"
     )
-    proc = run_cli("run", str(path), "-q", "--results-dir", str(tmp_path))
+    proc = cli_in_process("run", str(path), "-q", "--results-dir", str(tmp_path))
     assert proc.returncode == 2
     assert "workload.initial" in _one_line(proc) and "Redis" in proc.stderr
     assert not list(tmp_path.glob("*.json"))
@@ -430,7 +431,7 @@ def test_billion_laughs_cli_is_one_line(tmp_path: Path) -> None:
 def test_binary_scenario_is_one_line_with_the_file_name(tmp_path: Path) -> None:
     path = tmp_path / "binary.yaml"
     path.write_bytes(bytes(range(256)) * 4)
-    proc = run_cli("validate", str(path))
+    proc = cli_in_process("validate", str(path))
     assert proc.returncode == 2
     assert _one_line(proc) == f"racebench: {path}: not a UTF-8 text file (byte 0x80 at offset 128)"
 
@@ -457,7 +458,7 @@ def test_wrong_typed_result_fields_name_the_field(mutate, field: str) -> None:
     document = json.loads(GOLDEN.read_text())
     mutate(document)
     with pytest.raises(ResultFileError, match=f"^r.json: {re.escape(field)}"):
-        validated_document("r.json", document)
+        result_document("r.json", document)
 
 
 def test_wrong_typed_result_is_one_line_for_report_and_compare(tmp_path: Path) -> None:
@@ -466,7 +467,7 @@ def test_wrong_typed_result_is_one_line_for_report_and_compare(tmp_path: Path) -
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(document))
     for args in (("report", str(bad)), ("compare", str(GOLDEN), str(bad))):
-        proc = run_cli(*args)
+        proc = cli_in_process(*args)
         assert proc.returncode == 2
         assert "runs[0].throughput_ops_s: input should be a valid number" in _one_line(proc)
 
@@ -479,9 +480,10 @@ def test_emulated_faults_and_user_strings_survive_rich_markup() -> None:
     run["faults"][0]["note"] = "emulated: a lock service cannot lose state"
     run["workload"] = "[bold]stock"
     console = Console(record=True, width=300)
-    console.print(results_table([run], title="[red]title"))
+    entry = RunEntry.model_validate(run)
+    console.print(results_table([entry], title="[red]title"))
     # Without a title of its own, the table's title names the workload and backend.
-    console.print(results_table([run]))
+    console.print(results_table([entry]))
     text = console.export_text()
     assert "[emulated]" in text and "[bold]stock" in text and "[red]title" in text
 

@@ -28,6 +28,7 @@ from racebench.config.scenario import CustomWorkload, RunSpec
 from racebench.history import Outcome, RunHistory
 from racebench.locks.base import LockService
 from racebench.protocol import RunnerResult
+from racebench.result_model import RunEntry
 from racebench.stores.base import StrategySpec
 from racebench.util.naming import ANOMALIES, INCONCLUSIVE, NOT_REPRODUCED, SAFE, UNEXPECTED
 from racebench.workloads.attribution import MAX_EXAMPLES, Example
@@ -378,8 +379,8 @@ def _merged_load(loads: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize_run(
     spec: RunSpec, trials: list[TrialAnalysis], histograms: list[HdrHistogram]
-) -> dict[str, Any]:
-    """One run's entry in the result file, over all its trials."""
+) -> RunEntry:
+    """One run's entry in the result file, over all its trials (the fields: RunEntry)."""
     s = spec.scenario
     merged = new_histogram()
     for histogram in histograms:
@@ -423,13 +424,6 @@ def summarize_run(
         # The matrix cell's resolved scenario after overrides: compare warns on any change.
         "settings": s.model_dump(mode="json", exclude={"name", "description"}),
         "trials_count": len(trials),
-        # What each figure over several trials is, for readers of the file.
-        "aggregation": {
-            "throughput_ops_s": "median over trials (throughput_spread: min, max, values)",
-            "latency_ms": "percentiles of all trials' operations together",
-            "operations": "totals over trials",
-            "anomalies": "totals over trials",
-        },
         "interrupted": any(t.interrupted for t in trials),
         "operations": operations,
         "retries_by_code": retries_by_code,
@@ -477,4 +471,5 @@ def summarize_run(
     )
     run["expectation_failures"] = _expectation_failures(run, spec)
     run["passed"] = not run["expectation_failures"]
-    return run
+    # Lax: figures computed with numpy may be numpy scalars; the model makes them numbers.
+    return RunEntry.model_validate(run, strict=False)

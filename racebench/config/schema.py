@@ -41,6 +41,9 @@ def scenario_json_schema() -> dict[str, Any]:
 
 def _with_durations(schema: dict[str, Any]) -> dict[str, Any]:
     """Say that the duration keys take `250ms`, `10s`...: pydantic sees their parsed float."""
+    # The models declare seconds (a float) and parse strings in a before-validator, so their
+    # own schema would refuse `10s`; this states the accepted forms, and an editor flags
+    # `10 sec` before a run does.
     for model in [schema, *schema.get("$defs", {}).values()]:
         for key, prop in model.get("properties", {}).items():
             if key in _DURATION_KEYS:
@@ -51,6 +54,7 @@ def _with_durations(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The model a `$ref` points to (pydantic only emits local `#/$defs/Name` references)."""
     ref = node.get("$ref")
     if ref is None:
         return node
@@ -58,6 +62,11 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _type_of(schema: dict[str, Any], node: dict[str, Any]) -> str:
+    """A property's type in words for the reference table.
+
+    The `|` between alternatives is escaped because the text lands in a markdown table cell;
+    `null` is left out of optional types, since the default column already shows it.
+    """
     if "enum" in node:
         return " \\| ".join(f"`{v}`" for v in node["enum"])
     if "const" in node:
@@ -75,6 +84,7 @@ def _type_of(schema: dict[str, Any], node: dict[str, Any]) -> str:
 
 
 def _constraints(node: dict[str, Any]) -> str:
+    """Numeric bounds as `>= 1, <= 100`."""
     words = []
     for key, sign in (
         ("minimum", ">="),
@@ -82,6 +92,7 @@ def _constraints(node: dict[str, Any]) -> str:
         ("maximum", "<="),
         ("exclusiveMaximum", "<"),
     ):
+        # An optional field's bounds sit on its non-null variant inside `anyOf`.
         for variant in [node, *node.get("anyOf", [])]:
             if key in variant:
                 words.append(f"{sign} {variant[key]}")
@@ -89,6 +100,7 @@ def _constraints(node: dict[str, Any]) -> str:
 
 
 def _rows(schema: dict[str, Any], model: dict[str, Any], prefix: str) -> list[list[str]]:
+    """One table row per key of `model`, nested sections flattened to dotted paths."""
     rows = []
     required = set(model.get("required", []))
     for key, prop in model.get("properties", {}).items():
@@ -102,6 +114,7 @@ def _rows(schema: dict[str, Any], model: dict[str, Any], prefix: str) -> list[li
             default = "the file's stem"
         description = prop.get("description", "").replace("\n", " ")
         rows.append([f"`{path}`", _type_of(schema, prop), default, _constraints(prop), description])
+        # An optional section is `anyOf: [$ref, null]`: follow the reference into its keys.
         target = _resolve(schema, next((n for n in prop.get("anyOf", []) if "$ref" in n), prop))
         if target is not prop and "properties" in target:
             rows += _rows(schema, target, f"{path}.")
@@ -109,6 +122,7 @@ def _rows(schema: dict[str, Any], model: dict[str, Any], prefix: str) -> list[li
 
 
 def _table(rows: list[list[str]]) -> list[str]:
+    # Only the description is free text that may hold a `|`; the other cells are built here.
     lines = ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
     lines += [
         "| "
@@ -138,6 +152,8 @@ def scenario_reference_markdown() -> str:
             ]
         ),
     ]
+    # The workload is a discriminated union on `type`: one section per kind, since each
+    # kind has its own keys.
     workload = schema["properties"]["workload"]
     for option in workload.get("oneOf", []):
         model = _resolve(schema, option)

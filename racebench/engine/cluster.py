@@ -65,7 +65,10 @@ from racebench.protocol import (
 )
 
 LOCAL_PREFIX = "local:"
+# The best of 15 round trips: one of them almost always runs without a scheduling hiccup on
+# either side, and the estimate is only as good as the fastest round trip.
 _CLOCK_SAMPLES = 15
+# As the local runner's (racebench.engine.runner): connecting is not timed, stopping is.
 _READY_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 15.0
 _ARM_POLL_S = 0.02  # how often the coordinator asks whether an armed signal was sent
@@ -99,6 +102,8 @@ class ClusterWorker:
 
 
 def _is_loopback(host: str) -> bool:
+    # A name other than localhost is not resolved: a name that resolves to loopback here
+    # may not on the workers' hosts, so it counts as remote.
     if host in ("localhost", ""):
         return True
     try:
@@ -116,6 +121,7 @@ def check_transport(address: str, urls: list[str], insecure: bool, source: str) 
         return
     from racebench.util.redact import redact_text
 
+    # A URL carries a secret exactly when redacting it changes it.
     if any(redact_text(url) != url for url in urls):
         raise ScenarioError(
             source,
@@ -177,6 +183,7 @@ class ClusterSession:
             if best is None or rtt < best[0]:
                 best = (rtt, remote - (before + after) // 2)
         assert best is not None
+        # +1: never zero, so that across hosts an overlap must have a length to be certain.
         return ClockOffset(offset_ns=best[1], uncertainty_ns=best[0] // 2 + 1)
 
     def run_everywhere(self, function: Any, *args: Any) -> dict[str, Any]:
@@ -190,6 +197,7 @@ class ClusterSession:
         return results
 
     def close(self) -> None:
+        """Disconnect; a LocalCluster started here is shut down with its processes."""
         self.client.close()
         if self._local is not None:
             self._local.close()
@@ -222,6 +230,7 @@ class ClusterClientSignals:
         return remote_ns - self._worker_of(client).clock.offset_ns
 
     def signal(self, client: int, sig: int) -> int:
+        """Signal the client's process on its host; the send time on this clock."""
         try:
             return self._here(self.call(signal_client, client, sig), client)
         except Exception:
@@ -287,6 +296,7 @@ class _Collector:
             data = np.frombuffer(raw, RECORD_DTYPE).copy()
             for name in TIME_FIELDS:
                 column = data[name]
+                # 0 means "no time" (no critical section entered) and must stay 0.
                 column[column != 0] -= offset
             with open(self.workdir / f"client-{client}.bin", "ab") as out:
                 data.tofile(out)
@@ -341,6 +351,8 @@ def run_clients_on_cluster(
         worker.clock = offsets[worker.address]
     names = TaskNames(secrets.token_hex(6))
     names.variable("duration").set(int(duration_s * 1e9) if duration_s else 0)
+    # A file per client even if its worker ships nothing (lost before its first batch): the
+    # history is read one file per client.
     for i in range(clients):
         (workdir / f"client-{i}.bin").touch()
     futures = _submit(session, names, specs, placed, clients, own_processes)
@@ -426,6 +438,7 @@ def _submit(
 
 
 def _wait_ready(names: TaskNames, futures: list[Any], count: int) -> None:
+    """Wait until every worker reported its clients connected; raise the first failure."""
     ready_queue = names.queue("ready")
     deadline = time.monotonic() + _READY_TIMEOUT_S
     ready: set[int] = set()
@@ -435,6 +448,7 @@ def _wait_ready(names: TaskNames, futures: list[Any], count: int) -> None:
         try:
             state, worker, message, status = ready_queue.get(timeout=0.5)
         except TimeoutError:
+            # Nothing reported: a task that died before it could report shows only here.
             for future in futures:
                 if future.status == "error":
                     failure = future.exception()
@@ -448,6 +462,7 @@ def _wait_ready(names: TaskNames, futures: list[Any], count: int) -> None:
 
 
 def _drain(names: TaskNames, collector: _Collector) -> None:
+    """Take every batch of records shipped so far, without waiting for more."""
     records = names.queue("records")
     while records.qsize():
         collector.take(records.get())
@@ -467,6 +482,8 @@ def _follow(
         _drain(names, collector)
         if progress is not None:
             progress(sum(collector.counts.values()), 0)
+        # A Dask worker the scheduler no longer lists is lost: its task is given up here, and
+        # the records it shipped are all there will be.
         alive = set(session.worker_addresses())
         for worker, future in zip(placed, futures, strict=True):
             if not future.done() and worker.address not in alive and not worker.lost:
@@ -495,6 +512,7 @@ def _finish(
         try:
             output = future.result(timeout=max(0.1, deadline - time.monotonic()))
         except Exception:
+            # One task may host several racebench workers (own_processes): all are lost.
             for other, same in zip(placed, futures, strict=True):
                 other.lost = other.lost or same is future
             future.cancel()
@@ -503,10 +521,14 @@ def _finish(
         for item in output if isinstance(output, list) else [output]:
             if isinstance(item, WorkerOutput):
                 outputs.append(item)
+    # The last batches first: a lost worker's in-flight operation is only the one after
+    # everything it shipped.
     _drain(names, collector)
     for worker in placed:
         if worker.lost:
             collector.record_lost(worker)
+    # Named queues and variables live on the scheduler until deleted; a session reused
+    # across trials would otherwise accumulate them.
     for what in ("ready", "records"):
         names.queue(what).close()
     names.variable("duration").delete()

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from racebench.engine.runner import LocalControl
+from racebench.engine.runner import LocalControl, record_inflight_as_unknown
 from racebench.engine.worker import WorkerOutput, WorkerSpec, run_worker, worker_process_main
 from racebench.errors import ExitStatus, RacebenchError
-from racebench.history import RECORD_DTYPE, append_record
+from racebench.history import RECORD_DTYPE
 
 # How often a remote worker ships its new records and polls the stop flag.
 SHIP_EVERY_S = 0.2
@@ -42,9 +42,12 @@ TIME_FIELDS = ("start", "end", "cs_start", "cs_end", "intended")
 # Test hook: "NAME=NS,NAME=NS" skews the clock of the Dask workers with those names by NS,
 # as if their host's monotonic clock were that far ahead; the offset estimate must remove it.
 SKEW_VARIABLE = "RACEBENCH_TEST_CLOCK_SKEW_NS"
+# As the local runner's: connecting is not timed, stopping is.
 _READY_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 15.0
+# How often a task checks its forked workers for exits.
 _REAP_EVERY_S = 0.02
+# As the local runner's _POLL_S: far below a race window, so an armed signal lands inside it.
 _WATCH_EVERY_S = 0.0005
 
 
@@ -111,6 +114,7 @@ class _Arm:
             time.sleep(_WATCH_EVERY_S)
 
     def poll(self, disarm: bool) -> int:
+        """When the signal was sent (0: not yet); `disarm` withdraws it if still waiting."""
         with self.lock:
             self.disarmed = disarm or self.disarmed
             return self.sent_ns
@@ -144,6 +148,7 @@ def signal_client(run: str, client: int, sig: int, dask_worker: Any) -> int:
     pid = hosted.pids.get(client) if hosted is not None else None
     if pid is None:
         return 0
+    # Taken before the kill: the fault is reported as starting no later than it did.
     sent = time.monotonic_ns() + skew_ns(dask_worker.name)
     try:
         os.kill(pid, sig)
@@ -171,7 +176,11 @@ def poll_signal(run: str, client: int, disarm: bool) -> int:
 
 
 class _Probe:
-    """The probe of an in-task worker: per-client integers in this process."""
+    """The probe of an in-task worker: per-client integers in this process.
+
+    Plain arrays, not shared memory: the clients run in this process (threads of the task),
+    and the coordinator reads them through Client.run in this process too.
+    """
 
     def __init__(self, clients: int) -> None:
         self.acquiring = array("q", bytes(8 * clients))
@@ -195,6 +204,7 @@ class _Shipper:
             count, sent = int(self.done[client]), self.sent[client]
             if count <= sent:
                 continue
+            # Only the records counted as done: the one being written may be half there.
             data = np.fromfile(
                 self.spec.workdir / f"client-{client}.bin",
                 RECORD_DTYPE,
@@ -210,6 +220,8 @@ class _Shipper:
         return batch
 
     def ship(self) -> None:
+        """Queue the new records and the in-flight starts: if this host is lost after this,
+        the coordinator knows which operations may have happened."""
         inflight = self.probe.inflight
         busy = {c: inflight[c] + self.skew for c in self.spec.clients if inflight[c]}
         self.records.put((self.spec.worker, self._batch(), busy))
@@ -247,6 +259,7 @@ class _ShipLoop:
 
 
 def _worker_skew() -> int:
+    """The test skew of the Dask worker running this task (0 outside tests)."""
     from distributed import get_worker
 
     return skew_ns(get_worker().name)
@@ -276,6 +289,8 @@ class _TaskControl:
     def wait_start(self) -> int | None:
         self.names.event("go").wait()
         duration_ns = int(self.names.variable("duration").get())
+        # The deadline on this host's clock, from the moment it saw `go`: no clock offset is
+        # needed, and a host that saw `go` late also stops late by as much.
         start = time.monotonic_ns()
         self.shipping.start()
         return start + duration_ns if duration_ns else None
@@ -291,6 +306,7 @@ class _TaskControl:
 
 
 def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit status the coordinator re-raises for a failed start."""
     status = int(getattr(exc, "exit_status", ExitStatus.USAGE))
     message = str(exc) if isinstance(exc, RacebenchError) else f"{type(exc).__name__}: {exc}"
     return message, status
@@ -388,17 +404,9 @@ class _Children:
 
     def record_killed(self) -> None:
         """The operation each client of a killed worker had in flight is unknown."""
-        control = self.control
         for spec in self.specs:
-            if not self.killed(spec.worker):
-                continue
-            for client in spec.clients:
-                start = control.probe.inflight[client]
-                if start:
-                    path = spec.workdir / f"client-{client}.bin"
-                    append_record(path, control.done[client], start, time.monotonic_ns())
-                    control.done[client] += 1
-                    control.probe.inflight[client] = 0
+            if self.killed(spec.worker):
+                record_inflight_as_unknown(self.control, spec.clients, spec.workdir)
 
     def end(self) -> None:
         """Resume and kill what is left (the coordinator is gone or the grace ran out)."""

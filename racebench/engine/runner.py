@@ -31,9 +31,14 @@ from racebench.protocol import (
     RunnerResult,
 )
 
+# Connecting is not timed: a slow server or many TLS clients may take long, but a worker
+# that has not connected in two minutes is not going to, and the run ends with exit 3.
 _READY_TIMEOUT_S = 120.0
+# Time for each worker to finish the operation in flight and write its output file.
 _STOP_GRACE_S = 15.0
-_POLL_S = 0.0005  # how often a watched client's state is read
+# How often a watched client's state is read: far below a race window (milliseconds), so a
+# signal aimed at a client inside one lands while it is still there.
+_POLL_S = 0.0005
 
 
 @dataclass
@@ -44,7 +49,9 @@ class LocalClientSignals:
     probe: Probe
 
     def signal(self, client: int, sig: int) -> int:
+        """Send `sig` to the client's worker; return when it was sent (monotonic ns)."""
         sent = time.monotonic_ns()
+        # The worker may already have finished its quota and exited: nothing to signal.
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pids[client], sig)
         return sent
@@ -52,6 +59,11 @@ class LocalClientSignals:
     def signal_when(
         self, clients: list[int], state: str, sig: int, stopping: threading.Event
     ) -> tuple[int, int] | None:
+        """Signal the first of `clients` seen in `state` (a Probe array, e.g. `holding`).
+
+        Returns the client and the send time, or None when the run stopped first. A busy poll,
+        not a notification: clients write the probe without a syscall, so they cannot wake us.
+        """
         watched = getattr(self.probe, state)
         while not stopping.is_set():
             for client in clients:
@@ -65,7 +77,9 @@ class LocalControl:
     """The worker control of forked workers: shared memory and one multiprocessing Event."""
 
     def __init__(self, ctx: Any, clients: int, workers: int) -> None:
-        self.ready_state = ctx.RawArray("b", workers)
+        # Raw (lock-free) arrays: each slot has one writer, the worker of that client (or
+        # that worker itself), and the parent only reads them for progress and collection.
+        self.ready_state = ctx.RawArray("b", workers)  # 0 connecting, 1 ready, -1 failed
         self.done = ctx.RawArray("q", clients)
         self.errors = ctx.RawArray("q", clients)
         self.stop = ctx.RawValue("b", 0)
@@ -81,6 +95,7 @@ class LocalControl:
 
     def wait_start(self) -> int | None:
         self.go.wait()
+        # Written before `go` is set, so every worker reads the final value; 0: no deadline.
         return self.deadline_ns.value or None
 
     def stopping(self) -> bool:
@@ -94,6 +109,7 @@ class LocalControl:
 
 
 def _quota(operations: int | None, clients: int, client_id: int) -> int | None:
+    # The remainder goes to the lowest ids, so the quotas add up to exactly `operations`.
     if operations is None:
         return None
     return operations // clients + (1 if client_id < operations % clients else 0)
@@ -114,6 +130,7 @@ def plan_workers(
         ids = tuple(range(w, clients, workers))
         share = None
         if rate is not None:
+            # In proportion to the worker's clients, so each client gets the same rate.
             share = RateSpec(rate.ops_per_s * len(ids) / clients, rate.arrival)
         quotas = tuple(_quota(operations, clients, c) for c in ids)
         specs.append(WorkerSpec(w, ids, open_client, quotas, workdir, share))
@@ -156,6 +173,8 @@ def run_clients(
     t0 = started
     try:
         _wait_ready(procs, control, workdir)
+        # The clock starts once every client has connected: connecting is not part of the run,
+        # and all clients leave the barrier together, which is what makes them race.
         t0 = time.monotonic_ns()
         if duration_s is not None:
             control.deadline_ns.value = t0 + int(duration_s * 1e9)
@@ -167,6 +186,7 @@ def run_clients(
                 for c in spec.clients:
                     pids[c] = proc.pid
             nemesis.start(LocalClientSignals(pids, control.probe), control.probe, t0)
+        # Wakes when a worker exits, else every 100 ms for the progress line.
         while alive := [p.sentinel for p in procs if p.is_alive()]:
             mp_connection.wait(alive, timeout=0.1)
             if progress is not None:
@@ -174,6 +194,8 @@ def run_clients(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        # The nemesis first: stopping it heals its fault, and a worker blocked on a paused
+        # server or a cut proxy could not reach its stop check within the grace.
         try:
             if nemesis is not None:
                 nemesis.stop()
@@ -195,18 +217,31 @@ def _record_lost_operations(
 ) -> None:
     """Record, as unknown, the operation each client of a killed worker had in flight."""
     for spec, proc in zip(specs, procs, strict=True):
+        # A negative exit code is death by a signal: a worker that returned wrote its own.
         if proc.exitcode is None or proc.exitcode >= 0:
             continue
-        for i in spec.clients:
-            start = control.probe.inflight[i]
-            if start:
-                append_record(
-                    workdir / f"client-{i}.bin", control.done[i], start, time.monotonic_ns()
-                )
-                control.done[i] += 1
+        record_inflight_as_unknown(control, spec.clients, workdir)
+
+
+def record_inflight_as_unknown(
+    control: LocalControl, clients: tuple[int, ...], workdir: Path
+) -> None:
+    """Append, as unknown, the operation each of `clients` had in flight when its process died.
+
+    It may have written before the process died, so it is neither failed nor done; it ends
+    now. The in-flight mark is cleared, so a second call records nothing twice.
+    """
+    for client in clients:
+        start = control.probe.inflight[client]
+        if start:
+            path = workdir / f"client-{client}.bin"
+            append_record(path, control.done[client], start, time.monotonic_ns())
+            control.done[client] += 1
+            control.probe.inflight[client] = 0
 
 
 def _read_output(workdir: Path, worker: int) -> WorkerOutput | dict[str, Any] | None:
+    """A worker's output file: its result, a startup error (a dict), or None if it died first."""
     try:
         return pickle.loads((workdir / f"worker-{worker}.pkl").read_bytes())
     except (OSError, pickle.UnpicklingError, EOFError):
@@ -214,11 +249,13 @@ def _read_output(workdir: Path, worker: int) -> WorkerOutput | dict[str, Any] | 
 
 
 def _wait_ready(procs: list[Any], control: LocalControl, workdir: Path) -> None:
+    """Wait until every worker has connected its clients; raise the first startup failure."""
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:
         states = list(control.ready_state)
         failed = [i for i, s in enumerate(states) if s < 0]
         if not failed:
+            # Dead without flagging: killed, or a driver crashed the process.
             failed = [i for i, p in enumerate(procs) if states[i] == 0 and not p.is_alive()]
         if failed:
             raise _startup_error(workdir, failed[0])
@@ -230,6 +267,7 @@ def _wait_ready(procs: list[Any], control: LocalControl, workdir: Path) -> None:
 
 
 def _startup_error(workdir: Path, worker: int) -> RacebenchError:
+    """The worker's own startup error, with its exit status (3 for an unreachable server)."""
     info = None
     for _ in range(200):  # the failed flag is set after the output file is in place
         info = _read_output(workdir, worker)
@@ -245,12 +283,16 @@ def _startup_error(workdir: Path, worker: int) -> RacebenchError:
 
 def _stop_all(procs: list[Any], control: LocalControl) -> None:
     control.stop.value = 1
+    # Also releases workers still at the barrier (the run failed or was interrupted before
+    # the start), which then see `stop` and end.
     control.go.set()
     deadline = time.monotonic() + _STOP_GRACE_S
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
     for proc in procs:
         if proc.is_alive():
+            # Past the grace: its clients' recorded operations stay on disk; only its output
+            # file (errors, retry codes) is lost.
             proc.kill()
             proc.join()
 
@@ -263,6 +305,8 @@ def _collect(
     t0: int,
     interrupted: bool,
 ) -> RunnerResult:
+    """The run's result from the files the workers wrote; a killed worker contributes only
+    the operation records its clients had already appended."""
     errors: dict[int, list[str]] = {}
     retry_codes: Counter[str] = Counter()
     outputs = []
@@ -280,5 +324,9 @@ def _collect(
 
 
 def default_workers() -> int:
-    """One worker per CPU this process may run on."""
+    """One worker per CPU this process may run on.
+
+    sched_getaffinity honours taskset and cgroup CPU sets, which os.cpu_count ignores; it is
+    missing on macOS.
+    """
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -42,6 +42,7 @@ from racebench.plugins.registry import (
     store_class,
 )
 from racebench.protocol import Probe, ProgressCallback, RunnerResult
+from racebench.result_model import RunEntry
 from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.util.interrupts import first_interrupt_only
 from racebench.util.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
@@ -55,6 +56,8 @@ ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
 
 @dataclass
 class ExecutionOptions:
+    """What a session writes besides results: the history stream, progress, clusters."""
+
     history: IO[str] | None = None
     history_format: str = "json"  # or "jepsen": EDN events for Elle and Knossos
     progress: ProgressFactory | None = None
@@ -65,12 +68,13 @@ class ExecutionOptions:
 class Execution:
     """What `execute` produced: one summary per run, and whether Ctrl-C cut it short."""
 
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunEntry] = field(default_factory=list)
     interrupted: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
 
 
 def make_store(spec: RunSpec, namespace: str) -> Store:
+    """The trial's store; without a URL in the scenario, the backend's configured default."""
     cls = store_class(spec.scenario.store.backend)
     url = spec.scenario.store.url
     return cls(cls.configured_url() if url is None else url, namespace)
@@ -87,6 +91,8 @@ def start_custom(spec: RunSpec, store: Store, namespace: str) -> CustomRun | Non
 
 
 def make_lock_service(spec: RunSpec, namespace: str, store: Store) -> LockService | None:
+    """The trial's lock service under `guard.strategy: lock`; it may default to the store's
+    server (`store.url`), which is why the store comes first."""
     guard = spec.scenario.guard
     if guard.strategy != "lock" or guard.lock is None:
         return None
@@ -127,6 +133,7 @@ class ClientFactory:
         return type(self.store).connect_concurrency
 
     async def __call__(self, client_id: int, probe: Probe) -> OpenedClient:
+        """Open client `client_id` in this worker: its connections and its loop body."""
         s = self.spec.scenario
         options = ClientOptions(
             race_window_s=s.race_window_ms / 1000,
@@ -172,6 +179,8 @@ class ClientFactory:
             fast = async_client.callback_loop(s.guard.strategy, plan)
             return OpenedClient(operation, close_async, callback_loop=fast)
 
+        # Connecting blocks (a TLS handshake, a slow server): on a thread, so the worker's
+        # other clients connect meanwhile and the start barrier is not held up by one.
         def open_sync() -> tuple[Operation, Callable[[], dict[str, int]]]:
             client = store.connect(options)
             lock_client = lock_service.connect(client_id) if lock_service else None
@@ -236,6 +245,8 @@ def _records_dir() -> str | None:
     """Shared memory when the system has it: the clients' history files are written through
     mmap, and on a disk file system the first write to each page may wait for the disk."""
     shm = Path("/dev/shm")
+    # None: tempfile's default directory (macOS has no /dev/shm; a container may mount it
+    # read-only).
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
@@ -269,6 +280,7 @@ def cluster_address(spec: RunSpec, clusters: ClusterOptions | None) -> str | Non
                 f"faults[{i}].client",
                 f"{fault.kind} with `when` on a cluster needs a numbered client, not any",
             )
+    # Every URL the workers will be given, the lock ensemble's (`urls`) included.
     urls = [u for u in (s.store.url, s.guard.lock.url if s.guard.lock else None) if u]
     # redlock's config alone has a list of URLs (racebench.locks.redlock.RedlockConfig).
     urls += list(getattr(s.guard.lock, "urls", None) or [])
@@ -296,8 +308,12 @@ def run_trial(
     s = spec.scenario
     namespace = new_namespace()
     store = make_store(spec, namespace)
+    # Keys that expire on their own: a racebench killed with -9 skips teardown, and its keys
+    # must not stay on a shared Redis forever.
     store.expire_after_s = leftover_ttl_s(s.duration)
     lock_service = make_lock_service(spec, namespace, store)
+    # Reachability and the connection limit are checked before anything is created, so an
+    # unreachable server (exit 3) or too many clients (exit 2) leaves nothing to clean up.
     environment = {"store": store.check_reachable()}
     if lock_service is not None:
         environment["lock"] = _check_lock_reachable(spec, lock_service)
@@ -319,6 +335,7 @@ def run_trial(
         routes.start()
         rate = RateSpec(s.rate, s.arrival) if s.rate is not None else None
         workers = effective_workers(s)
+        # Rounded up: the busiest worker decides whether the asyncio model pays off.
         per_worker = -(-s.clients // workers)
         factory = ClientFactory(spec, store, lock_service, routes.client_urls(), per_worker, custom)
         address = cluster_address(spec, options.clusters)
@@ -350,6 +367,8 @@ def run_trial(
                 workers=workers,
                 rate=rate,
             )
+        # `count` is the number of complete records: a client killed mid-write leaves a torn
+        # last record, which is not read.
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         # A custom workload checks its own state; a built-in one checks the store's.
         check = custom.check(history) if custom is not None else None
@@ -361,10 +380,13 @@ def run_trial(
                 write_jepsen_edn(history, options.history, base, kind, result.t0_ns, s.clients)
             else:
                 history.write_json_lines(options.history, base, kind, result.t0_ns)
+        # The strategy's claim (safe_for) is what the verdict compares the anomalies with.
         strategy = run_strategies(spec)[s.guard.strategy]
         analysis, histogram = analyze_trial(
             spec, strategy, lock_service, final, history, result, trial, check
         )
+        # A fault that never fired fails the run's expectations: a run meant to be faulted
+        # that was not proves nothing about the fault.
         if nemesis is not None:
             analysis.faults = nemesis.report(history, result.t0_ns)
             analysis.faults_not_fired = nemesis.not_fired()
@@ -408,7 +430,9 @@ def execute(specs: list[RunSpec], options: ExecutionOptions, execution: Executio
     that Ctrl-C interrupted, or at a lost server; runs with at least one finished trial are
     still summarized into `execution.runs`, in matrix order.
     """
-    for spec in specs:  # refuse a run that cannot go to its cluster before any starts
+    # Refuse a run that cannot go to its cluster before any starts: finding out at run 5
+    # would leave a session of half the results.
+    for spec in specs:
         cluster_address(spec, options.clusters)
     trials: list[list[TrialAnalysis]] = [[] for _ in specs]
     histograms: list[list[HdrHistogram]] = [[] for _ in specs]
@@ -438,7 +462,7 @@ class FileOutcome:
     """One scenario file's runs and where its result document was written."""
 
     source: str
-    runs: list[dict[str, Any]]
+    runs: list[RunEntry]
     result_path: Path | None  # None: the caller asked for no result file (the Python API)
     interrupted: bool
 
@@ -497,6 +521,7 @@ def _run_files(
             target = output
             if target is None and results_dir is not None:
                 target = default_path(results_dir, specs[0].scenario.name, started)
+            # Nothing finished: no result file, whose emptiness would read like a finding.
             if failure is not None and not execution.runs:
                 raise failure
             document = build_document(
@@ -516,6 +541,8 @@ def _run_files(
             if execution.interrupted:
                 break
     finally:
+        # The history is committed even after a failure: the operations recorded so far are
+        # what a user debugging the failure needs.
         if clusters is not None:
             clusters.close()
         if history_out is not None:
@@ -524,7 +551,11 @@ def _run_files(
 
 
 class _AtomicText:
-    """A text file written under a temporary name and renamed into place when done."""
+    """A text file written under a temporary name and renamed into place when done.
+
+    A reader (or a later run's compare) never sees half a history: the file at `path` is
+    the previous one or the complete new one.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ class ServerInfo:
 
 
 def _first_line(message: str) -> str:
+    # Drivers append DETAIL/HINT lines and may echo the URL: the matrix keeps one redacted line.
     return redact_text(message.strip().splitlines()[0] if message.strip() else message)
 
 
@@ -69,6 +70,8 @@ class PostgresDialect:
         return bool(row[0])
 
     def execute(self, conn: Any, sql: str) -> StatementResult:
+        # An error is returned, not raised: a serialization failure is the evidence a probe
+        # judges, and the script must go on to the other session's steps.
         import psycopg
 
         try:
@@ -76,12 +79,17 @@ class PostgresDialect:
         except psycopg.Error as exc:
             return StatementResult(error=ServerError(exc.sqlstate or "?", _first_line(str(exc))))
         rows = {int(r[0]): int(r[1]) for r in cur.fetchall()} if cur.description else {}
+        # psycopg reports -1 for statements without a row count (BEGIN, COMMIT).
         return StatementResult(rows=rows, rowcount=max(cur.rowcount, 0))
 
     def begin(self, level: Level) -> list[str]:
+        # The level on BEGIN itself applies to this transaction only: nothing carries over to
+        # the session's next probe.
         return [f"begin isolation level {level.sql_name.lower()}"]
 
     def levels(self, info: ServerInfo) -> list[Level]:
+        # Read uncommitted is probed although PostgreSQL maps it to read committed: the
+        # columns then match MySQL's, and the matrix shows the mapping rather than asserting it.
         return [
             Level(
                 "read uncommitted",
@@ -105,6 +113,8 @@ class PostgresDialect:
         conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, value int)")
 
 
+# A transaction's block in SHOW ENGINE INNODB STATUS reads "LOCK WAIT ..." a few lines before
+# "MySQL thread id N" (MariaDB prints the same), N being the session's connection_id().
 _WAITING_TRX = re.compile(r"LOCK WAIT.*?thread id (\d+)", re.S)
 
 
@@ -124,6 +134,7 @@ class MysqlDialect:
 
         conn = open_connection(self.url)
         with conn.cursor() as cur:
+            # InnoDB's default is 50 s; LOCK_WAIT_S ends a wrongly blocked probe sooner.
             cur.execute(f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_S}")
         return conn
 
@@ -146,6 +157,7 @@ class MysqlDialect:
                     "(SHOW ENGINE INNODB STATUS): GRANT PROCESS ON *.* TO the URL's user"
                 ) from None
             raise BackendUnavailable(f"mysql: lost the server: {exc.args[-1]}") from None
+        # Per transaction block, so a LOCK WAIT is tied to the thread id of its own block.
         for block in status.split("---TRANSACTION")[1:]:
             match = _WAITING_TRX.search(block)
             if match and int(match.group(1)) == session_id:
@@ -166,12 +178,15 @@ class MysqlDialect:
         return StatementResult(rows={int(r[0]): int(r[1]) for r in rows}, rowcount=count)
 
     def begin(self, level: Level) -> list[str]:
+        # MySQL's BEGIN takes no level, so the session's level is set before every BEGIN.
         return [f"set session transaction isolation level {level.sql_name.lower()}", "begin"]
 
     def levels(self, info: ServerInfo) -> list[Level]:
         levels = [
             Level("read uncommitted", "READ UNCOMMITTED"),
             Level("read committed", "READ COMMITTED"),
+            # OFF explicitly where the variable exists (it is ON by default from MariaDB 11.6),
+            # so this column is InnoDB's classic repeatable read beside the variant below.
             Level(
                 "repeatable read",
                 "REPEATABLE READ",

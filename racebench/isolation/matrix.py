@@ -77,6 +77,12 @@ def resolve_target(target: str) -> tuple[str, Dialect]:
 
 
 def _step_record(step: Step) -> dict[str, Any]:
+    """One step as the JSON report keeps it, so a reader can replay the interleaving.
+
+    A skipped step is kept and marked (its transaction had already failed) rather than
+    dropped, and a select records its rows even when there are none: an empty read is the
+    evidence that a phantom was not seen.
+    """
     result = step.result
     record: dict[str, Any] = {"session": step.session, "sql": step.sql}
     if result.skipped:
@@ -106,6 +112,11 @@ def _how(steps: list[Step]) -> str:
 
 
 def _unexpected_error(steps: list[Step]) -> str | None:
+    """The first error that is not an isolation error, which makes the cell unknown.
+
+    A statement that failed for another reason (a lost connection, a lock wait timeout)
+    says nothing about the level, so it must not be counted as "prevented".
+    """
     for step in steps:
         error = step.result.error
         if error is not None and error.code not in ISOLATION_ERRORS:
@@ -124,6 +135,9 @@ class _LevelRun:
         self.sessions: dict[str, Session] = {}
 
     def _session(self, name: str) -> Session:
+        # Sessions live for the whole level: the level's session settings (e.g.
+        # innodb_snapshot_isolation) are per connection, so set once here they hold for
+        # every probe the session runs.
         if name not in self.sessions:
             session = Session(name, self.dialect)
             for setting in self.level.session_settings:
@@ -132,11 +146,14 @@ class _LevelRun:
         return self.sessions[name]
 
     def close(self) -> None:
+        """Close every session; the next probe opens new ones."""
         for session in self.sessions.values():
             session.close()
         self.sessions.clear()
 
     def _reset_table(self) -> None:
+        # Through the monitor, in no probe's transaction; each probe's judgement and
+        # evidence ("T2 read 1 => 101") assume the same two starting rows.
         for sql in (
             f"delete from {self.table}",
             f"insert into {self.table} (id, value) values (1, 10), (2, 20)",
@@ -146,6 +163,7 @@ class _LevelRun:
                 raise RacebenchError(f"isolation: cannot reset {self.table}: {result.error}")
 
     def probe(self, probe: Probe) -> Cell:
+        """Run one probe at this level: prevented, allowed, or unknown with the reason."""
         self._reset_table()
         sessions = {name: self._session(name) for name in probe.sessions}
         interleaving = Interleaving(
@@ -162,6 +180,8 @@ class _LevelRun:
         unexpected = _unexpected_error(steps)
         if unexpected is not None:
             return Cell(probe.name, self.level.name, "unknown", "", unexpected, records)
+        # A probe decides from what the transactions saw, never from the level's name, so a
+        # server weaker than its documentation shows up as "allowed" here.
         status: Status = "allowed" if observation.anomaly else "prevented"
         how = _how(steps) or ("" if observation.anomaly else "no lock wait, no abort: a snapshot")
         return Cell(probe.name, self.level.name, status, how, observation.evidence, records)

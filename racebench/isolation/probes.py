@@ -43,10 +43,13 @@ class Probe:
 
 
 def _fmt(rows: dict[int, int]) -> str:
+    """Rows as `{1: 10, 2: 20}`, the notation of Hermitage's write-ups, for the evidence."""
     return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(rows.items())) + "}" if rows else "{}"
 
 
 def _begin_all(x: Script, *sessions: str) -> None:
+    # Hermitage begins every session before the first statement, so a snapshot server takes
+    # each snapshot at the first read, not at BEGIN: the order of the steps decides what they see.
     for session in sessions:
         x.begin(session)
 
@@ -61,6 +64,8 @@ def g0(x: Script) -> Observation:
     x.run("T2", "update {t} set value = 22 where id = 2")
     x.run("T2", "commit")
     x.finish()
+    # A write that waited for T1's commit is not dirty: every server we probe blocks here,
+    # and a server that failed T2 instead (ok False) prevented it too.
     if dirty.ok and not dirty.blocked:
         return Observation(True, "T2 wrote row 1 while T1's write to it was uncommitted")
     return Observation(False, "T2's write to row 1 did not go ahead while T1's was uncommitted")
@@ -75,6 +80,7 @@ def g1a(x: Script) -> Observation:
     second = x.run("T2", "select id, value from {t} order by id")
     x.run("T2", "commit")
     x.finish()
+    # Either read counts: 101 was never committed, so seeing it at any time is an aborted read.
     seen = [s.rows for s in (first, second) if s.ok]
     if any(rows.get(1) == 101 for rows in seen):
         return Observation(True, "T2 read 1 => 101, which T1 rolled back")
@@ -91,6 +97,7 @@ def g1b(x: Script) -> Observation:
     x.run("T2", "select id, value from {t} order by id")
     x.run("T2", "commit")
     x.finish()
+    # Only the first read can show the intermediate value: once T1 committed, 11 is legal.
     if first.ok and first.rows.get(1) == 101:
         return Observation(True, "T2 read 1 => 101, T1's intermediate value (it committed 11)")
     return Observation(False, f"T2 read {_fmt(first.rows) if first.ok else 'nothing'} first")
@@ -106,6 +113,7 @@ def g1c(x: Script) -> Observation:
     x.run("T1", "commit")
     x.run("T2", "commit")
     x.finish()
+    # One dirty read is G1a/G1b territory; G1c needs the cycle, so both reads must be dirty.
     if r1.ok and r2.ok and r1.rows.get(2) == 22 and r2.rows.get(1) == 11:
         return Observation(True, "T1 read T2's 2 => 22 and T2 read T1's 1 => 11")
     return Observation(
@@ -129,6 +137,8 @@ def otv(x: Script) -> Observation:
     reads.append(x.run("T3", "select id, value from {t} order by id"))
     x.run("T3", "commit")
     x.finish()
+    # Once T3 has seen anything of T2 (which overwrote T1), seeing T1's values again means T2
+    # vanished from T3's view; the order of T3's reads is what makes it an anomaly.
     seen = [r.rows for r in reads if r.ok]
     saw_t2 = False
     for rows in seen:
@@ -144,6 +154,8 @@ def pmp(x: Script) -> Observation:
     first = x.run("T1", "select id, value from {t} where value = 30")
     x.run("T2", "insert into {t} (id, value) values (3, 30)")
     x.run("T2", "commit")
+    # Hermitage's second predicate differs from the first but also matches 30, so a stable
+    # view must return no row 3 here either.
     second = x.run("T1", "select id, value from {t} where value % 3 = 0")
     x.run("T1", "commit")
     x.finish()
@@ -162,6 +174,10 @@ def pmp_write(x: Script) -> Observation:
     after = x.run("T2", "select id, value from {t} order by id")
     x.run("T2", "commit")
     x.finish()
+    # T1 turns {10, 20} into {20, 30}. A value-20 row left after T2's `delete where value =
+    # 20` means the delete and the read saw different states: read committed re-checks row 2
+    # after the lock wait (now 30) and misses row 1 (10 when it scanned); InnoDB's repeatable
+    # read deletes the committed row 1 but reads row 2 from its older snapshot.
     if delete.ok and after.ok and 20 in after.rows.values():
         return Observation(
             True, f"after `delete where value = 20` T2 still read {_fmt(after.rows)}"
@@ -179,6 +195,9 @@ def p4(x: Script) -> Observation:
     c1 = x.run("T1", "commit")
     c2 = x.run("T2", "commit")
     x.finish()
+    # T2's update blocks on T1's row lock until T1 commits; what follows decides: a snapshot
+    # server at repeatable read aborts T2 (its row changed since the snapshot), read committed
+    # and InnoDB's repeatable read let it overwrite.
     if c1.ok and c2.ok:
         return Observation(True, "both read 10, wrote 11 and committed: one increment is lost")
     return Observation(False, "only one of the two read-modify-writes committed")
@@ -193,6 +212,8 @@ def g_single(x: Script) -> Observation:
     x.run("T2", "update {t} set value = 12 where id = 1")
     x.run("T2", "update {t} set value = 18 where id = 2")
     x.run("T2", "commit")
+    # T2 moved 2 from row 2 to row 1 (the sum stays 30); T1 sees 10 + 18 = 28, a total that
+    # never existed.
     r2 = x.run("T1", "select id, value from {t} where id = 2")
     x.run("T1", "commit")
     x.finish()
@@ -231,6 +252,9 @@ def g_single_write(x: Script) -> Observation:
     x.run("T1", "select id, value from {t} where id = 2")
     x.run("T1", "commit")
     x.finish()
+    # T1 read row 1 before T2 (10); a delete that finds no 20 looked at T2's committed 18, so
+    # T1 read before T2 and wrote after it. InnoDB's repeatable read does this (its writes read
+    # the latest committed rows, not the snapshot); PostgreSQL's repeatable read aborts T1.
     if r1.ok and r1.rows.get(1) == 10 and delete.ok and delete.result.rowcount == 0:
         return Observation(
             True, "T1 read 1 => 10 (before T2), then its delete found T2's 2 => 18 and no 20"
@@ -250,6 +274,8 @@ def g2_item(x: Script) -> Observation:
     c1 = x.run("T1", "commit")
     c2 = x.run("T2", "commit")
     x.finish()
+    # Disjoint rows: no write-write conflict, so row locks and first-committer-wins never see
+    # it; only serializable's read tracking (SSI, or InnoDB's shared locks on reads) stops it.
     if c1.ok and c2.ok:
         return Observation(True, "both read {1: 10, 2: 20}, wrote disjoint rows and committed")
     return Observation(False, "only one of the two committed")
@@ -265,6 +291,7 @@ def g2(x: Script) -> Observation:
     c1 = x.run("T1", "commit")
     c2 = x.run("T2", "commit")
     x.finish()
+    # New rows, not existing ones: only predicate (gap or SIREAD) locks can see the conflict.
     if c1.ok and c2.ok:
         return Observation(True, "both found no match, each inserted one and both committed")
     return Observation(False, "only one of the two committed")
@@ -283,6 +310,9 @@ def g2_two_edges(x: Script) -> Observation:
     x.run("T1", "update {t} set value = 0 where id = 1")
     c1 = x.run("T1", "commit")
     x.finish()
+    # T1 must serialise before T2 (it read 2 => 20), T3 after T2 (it read 25) and before T1
+    # (it missed 1 => 0): a cycle even though T3 wrote nothing. Snapshot isolation commits all
+    # three; PostgreSQL's serializable aborts one.
     committed = c1.ok and c2.ok and c3.ok
     if committed and t1_read.rows.get(2) == 20 and t3_read.rows == {1: 10, 2: 25}:
         return Observation(
@@ -291,6 +321,8 @@ def g2_two_edges(x: Script) -> Observation:
     return Observation(False, "not all three committed with T3 reading {1: 10, 2: 25}")
 
 
+# The matrix's rows, in the order of Hermitage's write-ups; claims.PHENOMENON maps each name
+# to the SQL standard's phenomenon that the documentation speaks of.
 PROBES: tuple[Probe, ...] = (
     Probe("G0", "write cycles (dirty write)", ("T1", "T2"), g0),
     Probe("G1a", "aborted read", ("T1", "T2"), g1a),

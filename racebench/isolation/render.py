@@ -12,6 +12,12 @@ FORMATS = ("text", "markdown", "json")
 
 
 def _mechanism(cell: Cell) -> str:
+    """How a prevented cell was prevented: abort, wait or snapshot, read off `Cell.how`.
+
+    The phrases are matrix._how's. Which mechanism a server uses is the interesting part of
+    the table: a level that prevents by aborting needs retries in the application, one that
+    prevents by waiting costs latency, a snapshot costs neither but may be stale.
+    """
     if cell.status != "prevented":
         return ""
     if " aborted: " in cell.how:
@@ -22,6 +28,7 @@ def _mechanism(cell: Cell) -> str:
 
 
 def _short(cell: Cell) -> str:
+    """A text cell; ALLOWED in capitals because an anomaly is what the reader scans for."""
     if cell.status == "allowed":
         return "ALLOWED"
     if cell.status == "unknown":
@@ -30,6 +37,7 @@ def _short(cell: Cell) -> str:
 
 
 def _mark(cell: Cell) -> str:
+    """A markdown cell as a symbol: a table of 14 probes by 4-5 levels must fit a docs page."""
     if cell.status == "allowed":
         return "—"
     if cell.status == "unknown":
@@ -38,22 +46,35 @@ def _mark(cell: Cell) -> str:
 
 
 def _statuses(matrix: IsolationMatrix) -> dict[tuple[str, str], str]:
+    # Unknown cells go in too; claims.differences skips them, as a stuck probe proves nothing.
     return {key: cell.status for key, cell in matrix.cells.items()}
 
 
 def documentation_differences(matrix: IsolationMatrix) -> list[Difference]:
+    """Cells where the measurement disagrees with the server's own manual (claims.documented).
+
+    A "weaker" difference is the finding that matters: an anomaly the manual rules out
+    happened. Levels the manual does not describe are not compared.
+    """
     kind = matrix.server.kind
     claim = {key: documented(kind, *key) for key in matrix.cells}
     return differences(_statuses(matrix), claim)
 
 
 def hermitage_differences(matrix: IsolationMatrix) -> list[Difference]:
+    """Cells that disagree with Hermitage's published table (PostgreSQL 9.3.5, MySQL 5.6.21).
+
+    A difference here is often a server that changed since then, not a bug: the report says
+    which version was measured so the reader can tell.
+    """
     kind = matrix.server.kind
     claim = {key: published(kind, *key) for key in matrix.cells}
     return differences(_statuses(matrix), claim)
 
 
 def _header(matrix: IsolationMatrix) -> str:
+    # Version and settings belong in the header: a matrix without them cannot be compared
+    # with another server's (innodb_snapshot_isolation changes whole rows of MariaDB's).
     settings = ", ".join(f"{k}={v}" for k, v in sorted(matrix.server.settings.items()))
     return (
         f"{matrix.server.kind} {matrix.server.version} at {matrix.url}"
@@ -63,6 +84,7 @@ def _header(matrix: IsolationMatrix) -> str:
 
 
 def render_text(matrix: IsolationMatrix) -> str:
+    """The matrix as an aligned terminal table, then its differences from the claims."""
     levels = [lv.name for lv in matrix.levels]
     rows = [["probe", *levels]]
     for probe in matrix.probes:
@@ -78,6 +100,11 @@ def render_text(matrix: IsolationMatrix) -> str:
 
 
 def _difference_lines(matrix: IsolationMatrix, bullet: str = "  ") -> list[str]:
+    """The differences, level notes and undecided cells that follow either table.
+
+    "none" is printed rather than omitted: that the measurement agrees with the claims is
+    a result too.
+    """
     lines = []
     for title, found, source in (
         ("documentation", documentation_differences(matrix), "the documentation"),
@@ -97,6 +124,7 @@ def _difference_lines(matrix: IsolationMatrix, bullet: str = "  ") -> list[str]:
 
 
 def render_markdown(matrix: IsolationMatrix) -> str:
+    """The matrix as a markdown table with a legend, ready to paste into docs or an issue."""
     levels = [lv.name for lv in matrix.levels]
     lines = [
         f"**{_header(matrix)}**",
@@ -152,6 +180,7 @@ def matrix_json(matrix: IsolationMatrix) -> dict[str, Any]:
 
 
 def _claim(prevented: bool | None) -> str | None:
+    # null in JSON, not "allowed": a source silent about a level claims nothing.
     return None if prevented is None else ("prevented" if prevented else "allowed")
 
 

@@ -20,7 +20,11 @@ _TOKEN = struct.Struct("<q")
 
 
 class FileLockClient(LockClient):
+    """One client's open file description of the lock file: flock(2) locks belong to it."""
+
     def __init__(self, path: str, acquire_timeout_s: float, retry_s: float) -> None:
+        # Each client opens the file itself: flocks on descriptors from one open(2) would be
+        # shared, and two clients of one process (threads of a worker) would both "hold" it.
         self.fd = os.open(path, os.O_RDWR)
         self.acquire_timeout_s = acquire_timeout_s
         self.retry_s = retry_s
@@ -29,12 +33,16 @@ class FileLockClient(LockClient):
         deadline = time.monotonic() + self.acquire_timeout_s
         while True:
             try:
+                # Non-blocking and polled, not LOCK_EX alone: a blocking flock cannot time out,
+                # and the acquire timeout is part of the scenario (acquire_timeout_ms).
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise LockTimeout from None
                 time.sleep(self.retry_s)
+        # The token is read and bumped while the lock is held, so tokens grow with every
+        # grant; pread/pwrite at offset 0 leave no file position shared between clients.
         raw = os.pread(self.fd, _TOKEN.size, 0)
         token = (_TOKEN.unpack(raw)[0] if len(raw) == _TOKEN.size else 0) + 1
         os.pwrite(self.fd, _TOKEN.pack(token), 0)
@@ -57,6 +65,8 @@ class FileLock(LockService):
     networked = False
 
     def _path(self) -> str:
+        # `url` is a directory for this service: the lock file is named after the namespace,
+        # so two runs (or a run and `racebench clean`) never share one.
         directory = self.config.url or tempfile.gettempdir()
         return os.path.join(directory, f"{self.namespace}.lock")
 
@@ -79,6 +89,7 @@ class FileLock(LockService):
         Path(self._path()).unlink(missing_ok=True)
 
     def leftovers(self) -> list[str]:
+        # Every racebench lock file in the directory; `clean` keeps those of live owners.
         directory = Path(self._path()).parent
         return sorted(p.name for p in directory.glob("racebench_*.lock"))
 

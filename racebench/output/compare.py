@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from racebench.analysis.gate_stats import CONFIDENCE, ratio_interval
 from racebench.errors import ExitStatus, ResultFileError
 from racebench.output.compare_warnings import load_difference, setting_changes, setup_differences
-from racebench.output.report import LoadedResult, load_result, trial_values
+from racebench.output.report import LoadedResult, load_result
+from racebench.result_model import RunEntry
 from racebench.util.naming import INCONCLUSIVE, SAFE
 
 METHOD = (
@@ -146,12 +146,14 @@ class Comparison:
         return ExitStatus.OK
 
 
-def _sample_series(run: dict[str, Any], metric: str) -> list[np.ndarray] | None:
+def _sample_series(run: RunEntry, metric: str) -> list[np.ndarray] | None:
     """Each trial's within-run series of `metric`, or None if a trial has too few buckets."""
-    key = "throughput_ops_s" if metric == "throughput" else "p99_ms"
     series = []
-    for trial in run["trials"]:
-        values = (trial.get("samples") or {}).get(key) or []
+    for trial in run.trials:
+        samples = trial.samples
+        values: list[float] = []
+        if samples is not None:
+            values = samples.throughput_ops_s if metric == "throughput" else samples.p99_ms
         if len(values) < MIN_BUCKETS:
             return None
         series.append(np.asarray(values, dtype=float))
@@ -159,14 +161,14 @@ def _sample_series(run: dict[str, Any], metric: str) -> list[np.ndarray] | None:
 
 
 def _basis(
-    base: dict[str, Any], cand: dict[str, Any], metric: str
+    base: RunEntry, cand: RunEntry, metric: str
 ) -> tuple[str, list[np.ndarray], list[np.ndarray]] | str:
     """(description, baseline series, candidate series), or the reason there are none.
 
     Both sides must rest on the same kind of sample: buckets when every trial of both has
     enough, otherwise per-trial figures when both have MIN_TRIALS trials.
     """
-    n_b, n_c = len(base["trials"]), len(cand["trials"])
+    n_b, n_c = len(base.trials), len(cand.trials)
     b_series, c_series = _sample_series(base, metric), _sample_series(cand, metric)
     if b_series is not None and c_series is not None:
         buckets = f"{sum(map(len, b_series))} vs {sum(map(len, c_series))} buckets"
@@ -175,8 +177,8 @@ def _basis(
         key = "throughput" if metric == "throughput" else "p99"
         return (
             f"per-trial figures, {n_b} vs {n_c} trials",
-            [np.array([v]) for v in trial_values(base, key)],
-            [np.array([v]) for v in trial_values(cand, key)],
+            [np.array([v]) for v in base.trial_values(key)],
+            [np.array([v]) for v in cand.trial_values(key)],
         )
     return (
         f"too few samples: each trial needs {MIN_BUCKETS} buckets of 100 ms after warmup "
@@ -189,24 +191,24 @@ def compare_metric(
     metric: str,
     unit: str,
     higher_is_better: bool,
-    base: dict[str, Any],
-    cand: dict[str, Any],
+    base: RunEntry,
+    cand: RunEntry,
     max_slowdown: float,
 ) -> MetricChange:
     """The change of one metric and its verdict, from the confidence interval of the ratio."""
     key = "throughput" if metric == "throughput" else "p99"
     if metric == "throughput":
-        b, c = float(base["throughput_ops_s"]), float(cand["throughput_ops_s"])
+        b, c = base.throughput_ops_s, cand.throughput_ops_s
     else:
-        b, c = float(base["latency_ms"]["p99"]), float(cand["latency_ms"]["p99"])
+        b, c = base.latency_ms.p99, cand.latency_ms.p99
     change = MetricChange(
         metric,
         unit,
         higher_is_better,
         b,
         c,
-        trial_values(base, key),
-        trial_values(cand, key),
+        base.trial_values(key),
+        cand.trial_values(key),
         basis="",
         ratio=None,
         interval=None,
@@ -240,7 +242,7 @@ def compare_metric(
 
 
 def _new_anomalies(
-    base: dict[str, Any], b_anomalies: dict[str, int], cand: dict[str, Any], c: dict[str, int]
+    base: RunEntry, b_anomalies: dict[str, int], cand: RunEntry, c: dict[str, int]
 ) -> dict[str, int]:
     """What makes a run that was safe in the baseline a correctness regression.
 
@@ -249,35 +251,35 @@ def _new_anomalies(
     without breaking the claim; a kind of anomaly the baseline did not have, or a verdict that
     is no longer safe, is a regression.
     """
-    if base["verdict"] != SAFE:
+    if base.verdict != SAFE:
         return {}
-    if cand["verdict"] not in (SAFE, INCONCLUSIVE):  # inconclusive is reported on its own
+    if cand.verdict not in (SAFE, INCONCLUSIVE):  # inconclusive is reported on its own
         return c
     return {k: v for k, v in c.items() if k not in b_anomalies}
 
 
-def compare_run(base: dict[str, Any], cand: dict[str, Any], max_slowdown: float) -> RunComparison:
+def compare_run(base: RunEntry, cand: RunEntry, max_slowdown: float) -> RunComparison:
     """Speed and correctness of one label; fills `regressions` with the reasons to fail."""
-    b_anomalies = {k: v for k, v in base["anomalies"].items() if v}
-    c_anomalies = {k: v for k, v in cand["anomalies"].items() if v}
+    b_anomalies = {k: v for k, v in base.anomalies.items() if v}
+    c_anomalies = {k: v for k, v in cand.anomalies.items() if v}
     comparison = RunComparison(
-        label=base["label"],
+        label=base.label,
         throughput=compare_metric("throughput", "ops/s", True, base, cand, max_slowdown),
         p99=compare_metric("p99", "ms", False, base, cand, max_slowdown),
-        baseline_verdict=base["verdict"],
-        candidate_verdict=cand["verdict"],
+        baseline_verdict=base.verdict,
+        candidate_verdict=cand.verdict,
         baseline_anomalies=sum(b_anomalies.values()),
         candidate_anomalies=sum(c_anomalies.values()),
         new_anomalies=_new_anomalies(base, b_anomalies, cand, c_anomalies),
         setting_changes=setting_changes(base, cand),
-        trials=(len(base["trials"]), len(cand["trials"])),
+        trials=(len(base.trials), len(cand.trials)),
     )
     if comparison.new_anomalies:
         found = ", ".join(f"{k}={v}" for k, v in comparison.new_anomalies.items())
         comparison.regressions.append(f"correctness: safe in the baseline, now {found}")
-    if cand["verdict"] == INCONCLUSIVE:
+    if cand.verdict == INCONCLUSIVE:
         # Not a pass: the candidate did too little to show whether the race is still fixed.
-        reason = cand.get("evidence_missing") or "too few acknowledged operations"
+        reason = cand.evidence_missing or "too few acknowledged operations"
         comparison.regressions.append(f"inconclusive in the candidate: {reason}")
     for change in (comparison.throughput, comparison.p99):
         if change.verdict == SLOWER:
@@ -311,8 +313,8 @@ def compare_results(
     """
     base, cand = load_result(baseline), load_result(candidate)
     # Labels are keys: load_result refuses a file that repeats one (exit 2).
-    base_runs = {r["label"]: r for r in base.runs}
-    cand_runs = {r["label"]: r for r in cand.runs}
+    base_runs = {r.label: r for r in base.runs}
+    cand_runs = {r.label: r for r in cand.runs}
     shared = [label for label in base_runs if label in cand_runs]
     if not shared:
         raise ResultFileError(
@@ -323,7 +325,7 @@ def compare_results(
     runs = [compare_run(base_runs[label], cand_runs[label], max_slowdown) for label in shared]
     warnings = setup_differences(base.document, cand.document)
     for document, name in ((base.document, "baseline"), (cand.document, "candidate")):
-        if document.get("partial"):
+        if document.partial:
             warnings.append(f"the {name} is a partial (interrupted) result")
     busier = load_difference(base, cand)
     if busier:

@@ -178,11 +178,11 @@ def render_compare_html(comparison: Comparison) -> str:
     parts = [f"<h1>racebench compare: {_e(headline(comparison))}</h1>", '<ul class="setup">']
     for name, loaded in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
         document = loaded.document
-        commit = (document.get("git_commit") or "no commit")[:10]
+        commit = (document.git_commit or "no commit")[:10]
         parts.append(
             f"<li>{name}: <code>{_e(loaded.path)}</code> (racebench "
-            f"{_e(document.get('racebench_version'))} @ {_e(commit)}, "
-            f"{_e(document.get('started_at'))})</li>"
+            f"{_e(document.racebench_version)} @ {_e(commit)}, "
+            f"{_e(document.started_at)})</li>"
         )
     parts.append("</ul>")
     parts.append(

@@ -18,6 +18,7 @@ from racebench.output.compare import (
     describe_interval,
 )
 from racebench.output.report import markdown_table
+from racebench.result_model import ResultDocument
 
 FORMATS = ("text", "markdown", "github", "json", "benchmark-json", "junit", "html")
 COMPARE_SCHEMA = "racebench.compare/1"
@@ -144,9 +145,9 @@ def _text_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _sources(comparison: Comparison) -> list[tuple[str, str]]:
-    def describe_source(document: dict[str, Any]) -> str:
-        commit = (document.get("git_commit") or "no commit")[:10]
-        version, started = document.get("racebench_version"), document.get("started_at")
+    def describe_source(document: ResultDocument) -> str:
+        commit = (document.git_commit or "no commit")[:10]
+        version, started = document.racebench_version, document.started_at
         return f"racebench {version} @ {commit}, {started}"
 
     return [

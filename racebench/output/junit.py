@@ -11,37 +11,38 @@ tests read it back with junitparser.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from racebench.result_model import RunEntry
 from racebench.util.naming import INCONCLUSIVE, UNEXPECTED
 
 if TYPE_CHECKING:
     from racebench.output.compare import Comparison
 
 
-def run_properties(run: dict[str, Any]) -> dict[str, str]:
+def run_properties(run: RunEntry) -> dict[str, str]:
     """Figures of one run, named with what they are."""
-    trials = len(run.get("trials") or []) or 1
-    anomalies = sum(run["anomalies"].values())
+    trials = len(run.trials) or 1
+    anomalies = sum(run.anomalies.values())
     properties = {
         "trials": str(trials),
-        "throughput_ops_s_median": f"{run['throughput_ops_s']:.2f}",
-        "p99_ms": f"{run['latency_ms']['p99']:.3f}",
+        "throughput_ops_s_median": f"{run.throughput_ops_s:.2f}",
+        "p99_ms": f"{run.latency_ms.p99:.3f}",
         f"anomalies_total_over_{trials}_trials": str(anomalies),
-        "verdict": run["verdict"],
+        "verdict": run.verdict,
     }
-    properties.update({f"anomaly.{k}": str(v) for k, v in run["anomalies"].items()})
+    properties.update({f"anomaly.{k}": str(v) for k, v in run.anomalies.items()})
     return properties
 
 
-def run_failures(run: dict[str, Any]) -> list[str]:
+def run_failures(run: RunEntry) -> list[str]:
     """Why a run fails as a test: UNEXPECTED, inconclusive, failed expectations."""
     reasons = []
-    if run["verdict"] == UNEXPECTED:
+    if run.verdict == UNEXPECTED:
         reasons.append("UNEXPECTED: a strategy that claims safety showed anomalies")
-    elif run["verdict"] == INCONCLUSIVE:
+    elif run.verdict == INCONCLUSIVE:
         reasons.append("inconclusive: too little evidence for a verdict")
-    reasons += [f"expectation failed: {f}" for f in run.get("expectation_failures", [])]
+    reasons += [f"expectation failed: {f}" for f in run.expectation_failures]
     return reasons
 
 
@@ -75,25 +76,23 @@ def _document(suites: list[ET.Element]) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 
 
-def runs_junit(files: list[tuple[str, list[dict[str, Any]]]]) -> str:
+def runs_junit(files: list[tuple[str, list[RunEntry]]]) -> str:
     """JUnit XML of `racebench run`: one suite per scenario, one testcase per run."""
     suites = []
     for scenario, runs in files:
         suite = ET.Element("testsuite", name=f"racebench run {scenario}")
         for run in runs:
-            seconds = sum(float(t.get("duration_s", 0)) for t in run.get("trials", []))
-            _testcase(
-                suite, scenario, run["label"], seconds, run_properties(run), run_failures(run)
-            )
+            seconds = sum(t.duration_s for t in run.trials)
+            _testcase(suite, scenario, run.label, seconds, run_properties(run), run_failures(run))
         suites.append(suite)
     return _document(suites)
 
 
 def comparison_junit(comparison: Comparison) -> str:
     """JUnit XML of `racebench compare`: one testcase per compared run of the candidate."""
-    scenario = comparison.candidate.document.get("scenario", {}).get("resolved", {}).get("name")
-    classname = str(scenario or comparison.candidate.path.stem)
-    candidate_runs = {r["label"]: r for r in comparison.candidate.runs}
+    scenario = comparison.candidate.document.scenario.name
+    classname = scenario or comparison.candidate.path.stem
+    candidate_runs = {r.label: r for r in comparison.candidate.runs}
     suite = ET.Element("testsuite", name=f"racebench compare {comparison.baseline.path.name}")
     for run in comparison.runs:
         candidate = candidate_runs[run.label]
@@ -113,6 +112,6 @@ def comparison_junit(comparison: Comparison) -> str:
                 properties[f"{change.metric}.interval"] = (
                     f"{change.interval[0]:.4f}..{change.interval[1]:.4f}"
                 )
-        seconds = sum(float(t.get("duration_s", 0)) for t in candidate.get("trials", []))
+        seconds = sum(t.duration_s for t in candidate.trials)
         _testcase(suite, classname, run.label, seconds, properties, failures)
     return _document([suite])

@@ -10,8 +10,8 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from racebench.output.report import trial_values
-from racebench.util.naming import params_text, strategy_label
+from racebench.result_model import FaultEntry, RunEntry, Timeline
+from racebench.util.naming import params_text
 
 PERCENTILES = ("p50", "p90", "p99", "max")
 
@@ -21,14 +21,14 @@ class Series:
     """The runs of one strategy on one backend (and one source file), ordered by clients."""
 
     name: str
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunEntry] = field(default_factory=list)
 
 
 # Matrix keys that the strategy label already shows, left out of series names.
 _IN_STRATEGY_LABEL = ("clients", "guard.strategy", "guard.fencing")
 
 
-def group_series(sourced_runs: list[tuple[str, dict[str, Any]]]) -> list[Series]:
+def group_series(sourced_runs: list[tuple[str, RunEntry]]) -> list[Series]:
     """One series per (source, strategy, backend, matrix values other than clients).
 
     Matrix values are named shortly (`lock=redis_lock(ttl_ms=100)`, never a dict repr). The
@@ -38,12 +38,12 @@ def group_series(sourced_runs: list[tuple[str, dict[str, Any]]]) -> list[Series]
     keyed: dict[tuple[str, str, str, str], Series] = {}
     sources_per_pair: dict[tuple[str, str], set[str]] = {}
     for source, run in sourced_runs:
-        pair = (strategy_label(run), run["backend"])
+        pair = (run.strategy_label, run.backend)
         sources_per_pair.setdefault(pair, set()).add(source)
-    backends = {run["backend"] for _, run in sourced_runs}
+    backends = {run.backend for _, run in sourced_runs}
     for source, run in sourced_runs:
-        strategy, backend = strategy_label(run), run["backend"]
-        params = run.get("params") or {}
+        strategy, backend = run.strategy_label, run.backend
+        params = run.params
         others = params_text(params, leave_out=_IN_STRATEGY_LABEL)
         key = (source, strategy, backend, others)
         if key not in keyed:
@@ -56,7 +56,7 @@ def group_series(sourced_runs: list[tuple[str, dict[str, Any]]]) -> list[Series]
             keyed[key] = Series(name)
         keyed[key].runs.append(run)
     for series in keyed.values():
-        series.runs.sort(key=lambda r: r["clients"])
+        series.runs.sort(key=lambda r: r.clients)
     return list(keyed.values())
 
 
@@ -114,13 +114,13 @@ def _error_bars(values: list[list[float]], centres: list[float]) -> list[list[fl
 def contention_figure(series: list[Series]) -> Any:
     """Throughput and p99 against clients, one line per strategy; bars span the trials."""
     figure, (left, right) = new_figure(10, 3.4 + _legend_height(len(series)), columns=2)
-    clients = sorted({r["clients"] for s in series for r in s.runs})
+    clients = sorted({r.clients for s in series for r in s.runs})
     for s in series:
-        x = [r["clients"] for r in s.runs]
-        tput = [float(r["throughput_ops_s"]) for r in s.runs]
-        p99 = [float(r["latency_ms"]["p99"]) for r in s.runs]
-        tput_trials = [trial_values(r, "throughput") for r in s.runs]
-        p99_trials = [trial_values(r, "p99") for r in s.runs]
+        x = [r.clients for r in s.runs]
+        tput = [r.throughput_ops_s for r in s.runs]
+        p99 = [r.latency_ms.p99 for r in s.runs]
+        tput_trials = [r.trial_values("throughput") for r in s.runs]
+        p99_trials = [r.trial_values("p99") for r in s.runs]
         left.errorbar(x, tput, yerr=_error_bars(tput_trials, tput), marker="o", capsize=3)
         right.errorbar(
             x, p99, yerr=_error_bars(p99_trials, p99), marker="o", capsize=3, label=s.name
@@ -131,7 +131,7 @@ def contention_figure(series: list[Series]) -> Any:
         axis.set_ylabel(unit)
         axis.set_xticks(clients)
         axis.grid(alpha=0.3)
-    medians = [float(r["throughput_ops_s"]) for s in series for r in s.runs]
+    medians = [r.throughput_ops_s for s in series for r in s.runs]
     if medians and min(medians) > 0 and max(medians) / min(medians) > 20:
         left.set_yscale("log")  # one fast strategy would flatten every other curve
     else:
@@ -149,7 +149,7 @@ def anomalies_figure(series: list[Series], names: list[str]) -> Any:
     figure, (axis,) = new_figure(10, 1.2 + 0.45 * len(series) + _legend_height(len(names)))
     height = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        totals = [sum(r["anomalies"].get(name, 0) for r in s.runs) for s in series]
+        totals = [sum(r.anomalies.get(name, 0) for r in s.runs) for s in series]
         positions = [j + (i - (len(names) - 1) / 2) * height for j in range(len(series))]
         bars = axis.barh(positions, totals, height, label=name.replace("_", " "))
         axis.bar_label(bars, [f"{t}" if t else "" for t in totals], fontsize="x-small", padding=2)
@@ -169,8 +169,8 @@ def latency_figure(series: list[Series]) -> Any:
     figure, (axis,) = new_figure(10, 3.0 + _legend_height(len(series)))
     for s in series:
         run = s.runs[-1]
-        values = [max(1e-3, float(run["latency_ms"].get(p, 0.0))) for p in PERCENTILES]
-        axis.plot(PERCENTILES, values, marker="o", label=f"{s.name} ({run['clients']} clients)")
+        values = [max(1e-3, getattr(run.latency_ms, p)) for p in PERCENTILES]
+        axis.plot(PERCENTILES, values, marker="o", label=f"{s.name} ({run.clients} clients)")
     axis.set_yscale("log")
     axis.set_ylabel("ms")
     axis.set_title("latency distribution at the highest client count")
@@ -180,7 +180,7 @@ def latency_figure(series: list[Series]) -> Any:
 
 
 def scenario_figures(
-    sourced_runs: list[tuple[str, dict[str, Any]]], names: list[str], salt: str
+    sourced_runs: list[tuple[str, RunEntry]], names: list[str], salt: str
 ) -> list[tuple[str, str]]:
     """(caption, svg) for the plots over all runs of one scenario.
 
@@ -189,7 +189,7 @@ def scenario_figures(
     """
     series = group_series(sourced_runs)
     figures = []
-    if any(len({r["clients"] for r in s.runs}) > 1 for s in series):
+    if any(len({r.clients for r in s.runs}) > 1 for s in series):
         figures.append(
             (
                 "Throughput and p99 against clients (median of trials; bars: min to max over"
@@ -218,34 +218,34 @@ _NO_FAULT_WINDOW_MS = 1000.0
 SECTION_COLOR, FAULT_COLOR, VIOLATION_COLOR = "#4878a8", "#f0a030", "#d62728"
 
 
-def timeline_window(run: dict[str, Any]) -> tuple[float, float, str]:
+def timeline_window(run: RunEntry) -> tuple[float, float, str]:
     """The x range (ms since the run's start) of a run's timeline, and how it was chosen."""
-    timeline = run.get("timeline") or {}
-    faults = run.get("faults") or []
-    last_section = max((s[2] for s in timeline.get("critical_sections", [])), default=0.0)
+    timeline = run.timeline or Timeline()
+    faults = run.faults
+    last_section = max((s[2] for s in timeline.critical_sections), default=0.0)
     if faults:
-        lo = max(0.0, min(f["start_ms"] for f in faults) - _BEFORE_FAULT_MS)
-        hi = max(f["end_ms"] for f in faults) + _AFTER_FAULT_MS
+        lo = max(0.0, min(f.start_ms for f in faults) - _BEFORE_FAULT_MS)
+        hi = max(f.end_ms for f in faults) + _AFTER_FAULT_MS
         why = f"{_BEFORE_FAULT_MS:g} ms before the first fault to {_AFTER_FAULT_MS:g} ms after"
         why += " the last one ends"
     else:
         lo, hi = 0.0, _NO_FAULT_WINDOW_MS
         why = f"the first {_NO_FAULT_WINDOW_MS:g} ms"
     if last_section and last_section < hi:
-        hi = max(last_section, max((f["end_ms"] for f in faults), default=0.0))
+        hi = max(last_section, max((f.end_ms for f in faults), default=0.0))
         why += ", cut where the recorded sections end"
     return lo, hi, why
 
 
-def _fault_label(fault: dict[str, Any]) -> str:
-    note = fault["note"] if len(fault["note"]) <= 40 else fault["note"][:39] + "…"
-    label = f"{fault['kind']} c{fault['client']}: {note}"
-    if "unavailable_ms" in fault:
-        label += f", unavailable {fault['unavailable_ms']:.1f} ms"
+def _fault_label(fault: FaultEntry) -> str:
+    note = fault.note if len(fault.note) <= 40 else fault.note[:39] + "…"
+    label = f"{fault.kind} c{fault.client}: {note}"
+    if fault.unavailable_ms is not None:
+        label += f", unavailable {fault.unavailable_ms:.1f} ms"
     return label
 
 
-def timeline_figure(run: dict[str, Any], title: str, window: tuple[float, float]) -> Any:
+def timeline_figure(run: RunEntry, title: str, window: tuple[float, float]) -> Any:
     """Critical sections per client (bars), faults (shaded spans), overlaps (red, top strip).
 
     Rows run top-down: a fault-label band, the overlap strip, then one row per client. Only the
@@ -255,23 +255,21 @@ def timeline_figure(run: dict[str, Any], title: str, window: tuple[float, float]
     from matplotlib.transforms import blended_transform_factory
 
     lo, hi = window
-    timeline = run.get("timeline") or {}
-    clients = int(run["clients"])
+    timeline = run.timeline or Timeline()
+    clients = run.clients
     figure, (axis,) = new_figure(10, min(8.0, 1.6 + 0.32 * (clients + 2)))
     rows: dict[int, list[tuple[float, float]]] = {}
-    for client, start, end in timeline.get("critical_sections", []):
+    for client, start, end in timeline.critical_sections:
         if end >= lo and start <= hi:
             rows.setdefault(int(client), []).append((start, max(end - start, 0.05)))
     for client, bars in sorted(rows.items()):
         axis.broken_barh(bars, (client - 0.3, 0.6), facecolors=SECTION_COLOR)
-    overlaps = [
-        (s, max(e - s, 0.05)) for s, e in timeline.get("violations", []) if e >= lo and s <= hi
-    ]
+    overlaps = [(s, max(e - s, 0.05)) for s, e in timeline.violations if e >= lo and s <= hi]
     if overlaps:
         axis.broken_barh(overlaps, (-1.35, 0.7), facecolors=VIOLATION_COLOR)
     top = blended_transform_factory(axis.transData, axis.transAxes)
-    for fault in run.get("faults") or []:
-        start, end = fault["start_ms"], fault["end_ms"]
+    for fault in run.faults:
+        start, end = fault.start_ms, fault.end_ms
         if end - start >= 1:
             axis.axvspan(start, end, color=FAULT_COLOR, alpha=0.25, linewidth=0, zorder=0)
         else:  # a kill or a reset is an instant: a line, since a span would not show
@@ -295,37 +293,35 @@ def timeline_figure(run: dict[str, Any], title: str, window: tuple[float, float]
     return figure
 
 
-def _timeline_caption(run: dict[str, Any], window: tuple[float, float], why: str) -> str:
-    timeline = run.get("timeline") or {}
-    sections = timeline.get("critical_sections", [])
+def _timeline_caption(run: RunEntry, window: tuple[float, float], why: str) -> str:
+    timeline = run.timeline or Timeline()
+    sections = timeline.critical_sections
     lo, hi = window
     parts = [
-        f"Timeline of {run['label']}: critical sections per client (blue bars), faults"
+        f"Timeline of {run.label}: critical sections per client (blue bars), faults"
         " (shaded spans, a line for an instant fault), and intervals where two critical"
         " sections overlapped (red, top strip).",
         f"Shown: {lo:.0f} to {hi:.0f} ms of the run, {why};"
-        f" {len(timeline.get('violations', []))} overlaps recorded in all.",
+        f" {len(timeline.violations)} overlaps recorded in all.",
     ]
-    if timeline.get("truncated"):
+    if timeline.truncated:
         parts.append(f"Only the first {len(sections)} critical sections were recorded.")
-    if len(run["trials"]) > 1:
-        parts.append(f"Last of {len(run['trials'])} trials.")
+    if len(run.trials) > 1:
+        parts.append(f"Last of {len(run.trials)} trials.")
     return " ".join(parts)
 
 
-def timeline_figures(
-    sourced_runs: list[tuple[str, dict[str, Any]]], salt: str
-) -> list[tuple[str, str]]:
+def timeline_figures(sourced_runs: list[tuple[str, RunEntry]], salt: str) -> list[tuple[str, str]]:
     """(caption, svg) of one timeline per run that recorded critical sections or faults."""
     several_sources = len({source for source, _ in sourced_runs}) > 1
     out = []
     for i, (source, run) in enumerate(sourced_runs):
-        timeline = run.get("timeline") or {}
-        if not timeline.get("critical_sections") and not run.get("faults"):
+        sections = run.timeline.critical_sections if run.timeline else []
+        if not sections and not run.faults:
             continue
         lo, hi, why = timeline_window(run)
-        title = run["label"] + (f" ({source})" if several_sources else "")
-        title += f": {run['verdict']}"
+        title = run.label + (f" ({source})" if several_sources else "")
+        title += f": {run.verdict}"
         figure = timeline_figure(run, title, (lo, hi))
         out.append((_timeline_caption(run, (lo, hi), why), to_svg(figure, f"{salt}-t{i}")))
     return out

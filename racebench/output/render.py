@@ -17,6 +17,7 @@ from rich.text import Text
 
 from racebench.config.scenario import RunSpec
 from racebench.protocol import ProgressCallback
+from racebench.result_model import RunEntry
 from racebench.util.naming import (
     ANOMALIES,
     INCONCLUSIVE,
@@ -26,7 +27,6 @@ from racebench.util.naming import (
     anomaly_examples_summary,
     client_bound_caption,
     fault_summary,
-    strategy_label,
 )
 
 ANOMALY_TITLES = {
@@ -74,11 +74,11 @@ def short_params(params: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _trial_counts(runs: list[dict[str, Any]]) -> set[int]:
-    return {len(r.get("trials") or []) or 1 for r in runs}
+def _trial_counts(runs: list[RunEntry]) -> set[int]:
+    return {len(r.trials) or 1 for r in runs}
 
 
-def table_caption(runs: list[dict[str, Any]]) -> str | None:
+def table_caption(runs: list[RunEntry]) -> str | None:
     """What the figures are when runs had several trials."""
     counts = _trial_counts(runs)
     if counts == {1}:
@@ -90,16 +90,16 @@ def table_caption(runs: list[dict[str, Any]]) -> str | None:
     )
 
 
-def _throughput_cell(run: dict[str, Any]) -> str:
-    cell = f"{run['throughput_ops_s']:,.0f}"
-    values = [t["throughput_ops_s"] for t in run.get("trials") or []]
+def _throughput_cell(run: RunEntry) -> str:
+    cell = f"{run.throughput_ops_s:,.0f}"
+    values = run.trial_values("throughput")
     if len(values) > 1:
         cell += f"\n[dim]{min(values):,.0f}-{max(values):,.0f}[/]"
     return cell
 
 
 def results_table(
-    runs: list[dict[str, Any]], title: str | None = None, width: int | None = None
+    runs: list[RunEntry], title: str | None = None, width: int | None = None
 ) -> Table:
     """One row per run: figures, anomaly counts and the verdict, fitted to `width` columns.
 
@@ -108,7 +108,11 @@ def results_table(
     full table cannot fit `width` even wrapped, a compact one moves matrix values and faults
     under the strategy and lists the anomalies of each run in one column.
     """
-    shared = {k: runs[0][k] for k in ("workload", "backend") if len({r[k] for r in runs}) == 1}
+    shared = {
+        k: getattr(runs[0], k)
+        for k in ("workload", "backend")
+        if len({getattr(r, k) for r in runs}) == 1
+    }
     if title is None and shared:
         title = " on ".join(shared.values())
     wide = _wide_table(runs, title, shared)
@@ -117,14 +121,14 @@ def results_table(
     return _compact_table(runs, title, shared)
 
 
-def anomaly_example_lines(runs: list[dict[str, Any]]) -> list[str]:
+def anomaly_example_lines(runs: list[RunEntry]) -> list[str]:
     """Under the table: each run's first attributed anomaly (the result file lists up to 20)."""
     lines = []
     for run in runs:
         shown, more = anomaly_examples_summary(run, 1)
         if shown:
             extra = f" (+{more} more in the result file)" if more else ""
-            lines.append(f"{run['label']}: {shown[0]}{extra}")
+            lines.append(f"{run.label}: {shown[0]}{extra}")
     return lines
 
 
@@ -142,7 +146,7 @@ def _unbroken_width(table: Table) -> int:
     return sum(widths) + 3 * (len(widths) - 1)
 
 
-def _new_table(runs: list[dict[str, Any]], title: str | None) -> Table:
+def _new_table(runs: list[RunEntry], title: str | None) -> Table:
     # Every string from a scenario or result is escaped: rich would swallow `[emulated]`.
     captions = [c for c in (table_caption(runs), client_bound_caption(runs)) if c]
     return Table(
@@ -154,34 +158,29 @@ def _new_table(runs: list[dict[str, Any]], title: str | None) -> Table:
     )
 
 
-def _strategy_cell(run: dict[str, Any]) -> str:
+def _strategy_cell(run: RunEntry) -> str:
     # A space before "+fencing" lets a narrow column wrap there instead of mid-word.
-    return strategy_label(run).replace("+fencing", " +fencing")
+    return run.strategy_label.replace("+fencing", " +fencing")
 
 
-def _verdict_cell(run: dict[str, Any]) -> str:
-    verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
-    if not run.get("passed", True):
+def _verdict_cell(run: RunEntry) -> str:
+    verdict = run.verdict + (" (partial)" if run.interrupted else "")
+    if not run.passed:
         verdict += " ✗"
-    return f"[{VERDICT_STYLES.get(run['verdict'], 'none')}]{escape(verdict)}[/]"
+    return f"[{VERDICT_STYLES.get(run.verdict, 'none')}]{escape(verdict)}[/]"
 
 
-def _errors(run: dict[str, Any]) -> int:
-    ops = run["operations"]
-    return ops["errors"] + ops["unknown"] + ops["conflicts"] + ops["lock_timeouts"]
+def _anomaly_names(runs: list[RunEntry]) -> list[str]:
+    names = [n for n in ANOMALY_TITLES if any(n in r.anomalies for r in runs)]
+    return names + sorted({n for r in runs for n in r.anomalies} - set(names))
 
 
-def _anomaly_names(runs: list[dict[str, Any]]) -> list[str]:
-    names = [n for n in ANOMALY_TITLES if any(n in r["anomalies"] for r in runs)]
-    return names + sorted({n for r in runs for n in r["anomalies"]} - set(names))
-
-
-def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str, str]) -> Table:
+def _wide_table(runs: list[RunEntry], title: str | None, shared: dict[str, str]) -> Table:
     names = _anomaly_names(runs)
-    fenced = any(r.get("lock") for r in runs)
-    faulted = any(r.get("faults") or r.get("faults_not_fired") for r in runs)
-    open_loop = any(r.get("service_time_ms") for r in runs)
-    params = [short_params(r.get("params") or {}) for r in runs]
+    fenced = any(r.lock for r in runs)
+    faulted = any(r.faults or r.faults_not_fired for r in runs)
+    open_loop = any(r.service_time_ms for r in runs)
+    params = [short_params(r.params) for r in runs]
     counts = _trial_counts(runs)
     table = _new_table(runs, title)
     for key in ("workload", "backend"):
@@ -209,40 +208,38 @@ def _wide_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str,
         table.add_column("faults")
     table.add_column("verdict")
     for run, run_params in zip(runs, params, strict=True):
-        cells = [escape(str(run[k])) for k in ("workload", "backend") if k not in shared]
+        cells = [escape(str(getattr(run, k))) for k in ("workload", "backend") if k not in shared]
         cells.append(escape(_strategy_cell(run)))
         if any(params):
             cells.append(escape("\n".join(run_params)) or "-")
-        cells.append(str(run["clients"]))
+        cells.append(str(run.clients))
         if len(counts) > 1:
-            cells.append(str(len(run.get("trials") or []) or 1))
+            cells.append(str(len(run.trials) or 1))
         cells += [
             _throughput_cell(run),
-            f"{run['latency_ms']['p50']:.2f}",
-            f"{run['latency_ms']['p99']:.2f}",
+            f"{run.latency_ms.p50:.2f}",
+            f"{run.latency_ms.p99:.2f}",
         ]
         if open_loop:
             cells += _open_loop_cells(run)
         cells += [
-            str(run["operations"]["retries"]),
-            str(_errors(run)),
+            str(run.operations.retries),
+            str(run.operations.failed),
         ]
         for name in names:
-            count = run["anomalies"].get(name)
+            count = run.anomalies.get(name)
             cells.append("-" if count is None else (f"[red]{count}[/]" if count else "0"))
         if fenced:
-            lock = run.get("lock") or {}
-            cells.append(str(lock.get("stale_writes_rejected", "-")))
+            rejected = run.lock.stale_writes_rejected if run.lock else None
+            cells.append("-" if rejected is None else str(rejected))
         if faulted:
-            cells.append(
-                escape(fault_summary(run.get("faults") or [], run.get("faults_not_fired") or []))
-            )
+            cells.append(escape(fault_summary(run.faults, run.faults_not_fired)))
         cells.append(_verdict_cell(run))
         table.add_row(*cells)
     return table
 
 
-def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[str, str]) -> Table:
+def _compact_table(runs: list[RunEntry], title: str | None, shared: dict[str, str]) -> Table:
     """Five columns: the run (strategy, then its matrix values, faults, clients), speed,
     retries/errors, anomalies found (and fenced writes), verdict."""
     table = _new_table(runs, title)
@@ -254,38 +251,38 @@ def _compact_table(runs: list[dict[str, Any]], title: str | None, shared: dict[s
     table.add_column("verdict")
     for run in runs:
         lines = [f"[bold]{escape(_strategy_cell(run))}[/]"]
-        lines += [escape(str(run[k])) for k in ("workload", "backend") if k not in shared]
-        lines += [escape(p) for p in short_params(run.get("params") or {})]
-        if run.get("faults"):
-            lines.append(escape(fault_summary(run["faults"], run.get("faults_not_fired") or [])))
-        lines.append(f"{run['clients']} clients")
-        if run.get("service_time_ms"):
+        lines += [escape(str(getattr(run, k))) for k in ("workload", "backend") if k not in shared]
+        lines += [escape(p) for p in short_params(run.params)]
+        if run.faults:
+            lines.append(escape(fault_summary(run.faults, run.faults_not_fired)))
+        lines.append(f"{run.clients} clients")
+        if run.service_time_ms:
             service, late, dropped = _open_loop_cells(run)
             lines.append(f"service p99 {service} ms, late {late}, dropped {dropped}")
         found = [
             f"{ANOMALY_TITLES.get(name, name).replace(chr(10), ' ')} {count}"
-            for name, count in run["anomalies"].items()
+            for name, count in run.anomalies.items()
             if count
         ]
-        if run.get("lock"):
-            found.append(f"fenced {run['lock'].get('stale_writes_rejected', 0)}")
+        if run.lock:
+            found.append(f"fenced {run.lock.stale_writes_rejected or 0}")
         table.add_row(
             "\n".join(lines),
             _throughput_cell(run),
-            f"{run['latency_ms']['p99']:.2f}",
-            f"{run['operations']['retries']}/{_errors(run)}",
+            f"{run.latency_ms.p99:.2f}",
+            f"{run.operations.retries}/{run.operations.failed}",
             "[red]" + escape("\n".join(found)) + "[/]" if found else "none",
             _verdict_cell(run),
         )
     return table
 
 
-def _open_loop_cells(run: dict[str, Any]) -> list[str]:
-    service = run.get("service_time_ms")
-    figures = (run.get("load") or {}).get("open_loop")
+def _open_loop_cells(run: RunEntry) -> list[str]:
+    service = run.service_time_ms
+    figures = run.load.open_loop if run.load else None
     if not service or not figures:
         return ["-", "-", "-"]
-    return [f"{service['p99']:.2f}", str(figures["late"]), str(figures["dropped"])]
+    return [f"{service.p99:.2f}", str(figures.late), str(figures.dropped)]
 
 
 @contextmanager

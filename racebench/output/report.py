@@ -1,7 +1,8 @@
 """Reports over result files: markdown for pull requests, a normalized JSON summary, and the
 entry point that also dispatches to the self-contained HTML page (racebench.output.report_html).
 
-Reports read only result documents (`racebench.result/1`), never live servers.
+Reports read only result documents, through the typed model (racebench.result_model), never
+live servers.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from racebench.errors import ResultFileError
-from racebench.output.result_schema import validated_document
-from racebench.output.results import read_document
-from racebench.util.naming import (
-    UNEXPECTED,
-    anomaly_examples_summary,
-    client_bound_caption,
-    strategy_label,
-)
+from racebench.output.results import read_result
+from racebench.result_model import ResultDocument, RunEntry
+from racebench.util.naming import UNEXPECTED, anomaly_examples_summary, client_bound_caption
 
 FORMATS = ("markdown", "html", "json")
 REPORT_SCHEMA = "racebench.report/1"
@@ -31,66 +27,61 @@ class LoadedResult:
     """One result document and the path it was read from."""
 
     path: Path
-    document: dict[str, Any]
+    document: ResultDocument
 
     @property
-    def runs(self) -> list[dict[str, Any]]:
-        return self.document["runs"]
+    def runs(self) -> list[RunEntry]:
+        return self.document.runs
 
 
 def load_result(path: Path) -> LoadedResult:
-    """Read a result file and check every field reports and compare use (one line if not)."""
-    return LoadedResult(Path(path), validated_document(path, read_document(path)))
+    """Read a result file into the typed model (one line naming the field if it does not fit)."""
+    return LoadedResult(Path(path), read_result(path))
 
 
-def trial_values(run: dict[str, Any], metric: str) -> list[float]:
+def trial_values(run: RunEntry, metric: str) -> list[float]:
     """Per-trial values of `throughput` or `p99`, the basis of every noise judgement."""
-    if metric == "throughput":
-        return [float(t["throughput_ops_s"]) for t in run["trials"]]
-    return [float(t["latency_ms"]["p99"]) for t in run["trials"]]
+    return run.trial_values(metric)
 
 
-def server_versions(document: dict[str, Any]) -> dict[str, str]:
+def server_versions(document: ResultDocument) -> dict[str, str]:
     """Flatten environment.servers into {"sqlite store": "3.40.1", "redis lock": "7.0.15"}."""
     versions: dict[str, str] = {}
-    servers = document.get("environment", {}).get("servers") or {}
-    for backend, roles in sorted(servers.items()):
-        for role, info in sorted((roles or {}).items()):
-            if isinstance(info, dict):
-                name = info.get("server", backend)
-                versions[f"{name} ({role})"] = str(info.get("version", "?"))
+    for backend, roles in sorted(document.environment.servers.items()):
+        for role, info in sorted(roles.items()):
+            versions[f"{info.server or backend} ({role})"] = info.version or "?"
     return versions
 
 
-def setup_summary(document: dict[str, Any]) -> str:
+def setup_summary(document: ResultDocument) -> str:
     """One line on where a result came from: version, commit, CPUs, servers, scenario hash."""
-    commit = document.get("git_commit")
-    parts = [f"racebench {document.get('racebench_version', '?')}"]
+    commit = document.git_commit
+    parts = [f"racebench {document.racebench_version or '?'}"]
     if commit:
         parts[0] += f" @ {commit[:10]}"
-    parts.append(f"{document.get('host', {}).get('cpu_count', '?')} CPUs")
+    parts.append(f"{document.host.cpu_count or '?'} CPUs")
     parts += [f"{name} {version}" for name, version in server_versions(document).items()]
-    parts.append(f"scenario hash {document.get('scenario', {}).get('hash', '?')}")
-    parts.append(str(document.get("started_at", "")))
-    if document.get("partial"):
+    parts.append(f"scenario hash {document.scenario.hash or '?'}")
+    parts.append(document.started_at or "")
+    if document.partial:
         parts.append("PARTIAL (interrupted)")
     return ", ".join(p for p in parts if p)
 
 
-def anomaly_names(runs: Iterable[dict[str, Any]]) -> list[str]:
+def anomaly_names(runs: Iterable[RunEntry]) -> list[str]:
     """Anomaly kinds seen in these runs, in first-seen order."""
     names: dict[str, None] = {}
     for run in runs:
-        names.update(dict.fromkeys(run["anomalies"]))
+        names.update(dict.fromkeys(run.anomalies))
     return list(names)
 
 
-def by_workload(results: list[LoadedResult]) -> dict[str, list[dict[str, Any]]]:
+def by_workload(results: list[LoadedResult]) -> dict[str, list[RunEntry]]:
     """All runs of all files grouped by workload, each group in file and run order."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[RunEntry]] = {}
     for result in results:
         for run in result.runs:
-            groups.setdefault(run["workload"], []).append(run)
+            groups.setdefault(run.workload, []).append(run)
     return groups
 
 
@@ -98,7 +89,7 @@ def format_count(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def throughput_range(run: dict[str, Any]) -> str:
+def throughput_range(run: RunEntry) -> str:
     """min-max of per-trial throughput, or a note that one trial gives no spread."""
     values = trial_values(run, "throughput")
     if len(values) < 2:
@@ -106,21 +97,20 @@ def throughput_range(run: dict[str, Any]) -> str:
     return f"{format_count(min(values))} to {format_count(max(values))} ({len(values)} trials)"
 
 
-def errors_of(run: dict[str, Any]) -> int:
-    ops = run["operations"]
-    return sum(ops.get(k, 0) for k in ("errors", "unknown", "conflicts", "lock_timeouts"))
+def errors_of(run: RunEntry) -> int:
+    return run.operations.failed
 
 
-def verdict_text(run: dict[str, Any]) -> str:
-    verdict = run["verdict"] + (" (partial)" if run.get("interrupted") else "")
-    if run.get("faults_not_fired"):
+def verdict_text(run: RunEntry) -> str:
+    verdict = run.verdict + (" (partial)" if run.interrupted else "")
+    if run.faults_not_fired:
         verdict += " (fault did not fire)"
-    if not run.get("passed", True):
+    if not run.passed:
         verdict += " ✗"
     return verdict
 
 
-def table_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def table_rows(runs: list[RunEntry]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells shared by the markdown and HTML tables of one workload."""
     names = anomaly_names(runs)
     headers = ["strategy", "backend", "clients", "ops/s", "ops/s range", "p99 ms"]
@@ -128,16 +118,16 @@ def table_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for run in runs:
         cells = [
-            strategy_label(run),
-            run["backend"],
-            str(run["clients"]),
-            format_count(run["throughput_ops_s"]),
+            run.strategy_label,
+            run.backend,
+            str(run.clients),
+            format_count(run.throughput_ops_s),
             throughput_range(run),
-            f"{run['latency_ms']['p99']:.2f}",
-            str(run["operations"].get("retries", 0)),
+            f"{run.latency_ms.p99:.2f}",
+            str(run.operations.retries),
             str(errors_of(run)),
         ]
-        cells += [str(run["anomalies"].get(n, "-")) for n in names]
+        cells += [str(run.anomalies.get(n, "-")) for n in names]
         cells.append(verdict_text(run))
         rows.append(cells)
     return headers, rows
@@ -159,22 +149,22 @@ def render_markdown(results: list[LoadedResult]) -> str:
     """Tables fit for a pull-request comment or $GITHUB_STEP_SUMMARY, one per workload."""
     out = ["## racebench report", ""]
     for result in results:
-        scenario = result.document.get("scenario", {}).get("source", "?")
+        scenario = result.document.scenario.source or "?"
         out.append(f"- `{result.path.name}` ({scenario}): {setup_summary(result.document)}")
     for workload, runs in by_workload(results).items():
         headers, rows = table_rows(runs)
         for row, run in zip(rows, runs, strict=True):
-            if run["verdict"] == UNEXPECTED:
+            if run.verdict == UNEXPECTED:
                 row[-1] = f"**{row[-1]}**"
         numeric = set(range(2, len(headers) - 1)) - {4}
         out += ["", f"### {workload}", "", markdown_table(headers, rows, numeric)]
-        if any(len(run["trials"]) > 1 for run in runs):
+        if any(len(run.trials) > 1 for run in runs):
             out += ["", _TRIALS_NOTE]
         out += _markdown_examples(runs)
     bound = client_bound_caption([r for res in results for r in res.runs])
     if bound:
         out += [""] + [f"- **{line}**" for line in bound.splitlines()]
-    unexpected = sum(r["verdict"] == UNEXPECTED for res in results for r in res.runs)
+    unexpected = sum(r.verdict == UNEXPECTED for res in results for r in res.runs)
     out += ["", _verdict_note(unexpected)]
     # A trailing blank line keeps sections apart when CI appends several to one summary.
     return "\n".join(out) + "\n\n"
@@ -184,14 +174,14 @@ def render_markdown(results: list[LoadedResult]) -> str:
 MARKDOWN_EXAMPLES = 5
 
 
-def _markdown_examples(runs: list[dict[str, Any]]) -> list[str]:
+def _markdown_examples(runs: list[RunEntry]) -> list[str]:
     """Each run's first attributed anomalies, as nested bullets."""
     lines = []
     for run in runs:
         shown, more = anomaly_examples_summary(run, MARKDOWN_EXAMPLES)
         if not shown:
             continue
-        lines.append(f"- `{run['label']}`")
+        lines.append(f"- `{run.label}`")
         lines += [f"  - {' '.join(text.split())}" for text in shown]  # one line each
         if more:
             lines.append(f"  - … {more} more in the result file")
@@ -223,13 +213,13 @@ def report_summary(results: list[LoadedResult]) -> dict[str, Any]:
     sources = [
         {
             "path": str(r.path),
-            "scenario": r.document.get("scenario", {}).get("source"),
-            "scenario_hash": r.document.get("scenario", {}).get("hash"),
-            "racebench_version": r.document.get("racebench_version"),
-            "git_commit": r.document.get("git_commit"),
-            "started_at": r.document.get("started_at"),
-            "partial": bool(r.document.get("partial")),
-            "cpu_count": r.document.get("host", {}).get("cpu_count"),
+            "scenario": r.document.scenario.source,
+            "scenario_hash": r.document.scenario.hash,
+            "racebench_version": r.document.racebench_version,
+            "git_commit": r.document.git_commit,
+            "started_at": r.document.started_at,
+            "partial": r.document.partial,
+            "cpu_count": r.document.host.cpu_count,
             "servers": server_versions(r.document),
         }
         for r in results
@@ -241,26 +231,26 @@ def report_summary(results: list[LoadedResult]) -> dict[str, Any]:
             runs.append(
                 {
                     "source": index,
-                    "label": run["label"],
-                    "workload": run["workload"],
-                    "backend": run["backend"],
-                    "strategy": strategy_label(run),
-                    "clients": run["clients"],
-                    "trials": len(run["trials"]),
+                    "label": run.label,
+                    "workload": run.workload,
+                    "backend": run.backend,
+                    "strategy": run.strategy_label,
+                    "clients": run.clients,
+                    "trials": len(run.trials),
                     "throughput_ops_s": {
-                        "median": run["throughput_ops_s"],
+                        "median": run.throughput_ops_s,
                         "min": min(throughput, default=None),
                         "max": max(throughput, default=None),
                         "trials": throughput,
                     },
-                    "latency_ms": run["latency_ms"],
+                    "latency_ms": run.latency_ms.model_dump(),
                     "p99_ms_trials": trial_values(run, "p99"),
-                    "retries": run["operations"].get("retries", 0),
+                    "retries": run.operations.retries,
                     "errors": errors_of(run),
-                    "anomalies": run["anomalies"],
-                    "anomaly_total": sum(run["anomalies"].values()),
-                    "verdict": run["verdict"],
-                    "passed": run.get("passed", True),
+                    "anomalies": run.anomalies,
+                    "anomaly_total": sum(run.anomalies.values()),
+                    "verdict": run.verdict,
+                    "passed": run.passed,
                 }
             )
     return {"schema": REPORT_SCHEMA, "sources": sources, "runs": runs}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from typing import Any
 
 from racebench.output.plots import scenario_figures, timeline_figures
@@ -22,6 +23,7 @@ from racebench.output.report import (
     verdict_text,
 )
 from racebench.output.run_plots import run_figures
+from racebench.result_model import RunEntry
 from racebench.util.naming import (
     ANOMALIES,
     INCONCLUSIVE,
@@ -31,7 +33,6 @@ from racebench.util.naming import (
     VERDICT_MEANINGS,
     fault_summary,
     params_text,
-    strategy_label,
 )
 
 CSS = """
@@ -66,7 +67,7 @@ VERDICT_CLASSES = {
     INCONCLUSIVE: "v-inconclusive",
 }
 
-SourcedRun = tuple[str, dict[str, Any]]
+SourcedRun = tuple[str, RunEntry]
 
 
 def _e(text: object) -> str:
@@ -87,45 +88,43 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
 
 
-def _lock_cells(run: dict[str, Any]) -> list[str]:
+def _lock_cells(run: RunEntry) -> list[str]:
     """acquire p50/p99, hold p99, fairness (smallest to largest share of grants a client got)."""
-    lock = run.get("lock") or {}
-    if not lock:
+    lock = run.lock
+    if lock is None:
         return ["-"] * 4
-    fairness = lock.get("fairness")
-    if isinstance(fairness, dict):
-        fairness = f"{fairness['min_share']:.0%} to {fairness['max_share']:.0%}"
+    fairness = lock.fairness
     return [
-        _ms(lock.get("acquire_ms", {}).get("p50")),
-        _ms(lock.get("acquire_ms", {}).get("p99")),
-        _ms(lock.get("hold_ms", {}).get("p99")),
-        "-" if fairness is None else str(fairness),
+        _ms(lock.acquire_ms.p50),
+        _ms(lock.acquire_ms.p99),
+        _ms(lock.hold_ms.p99),
+        "-" if fairness is None else f"{fairness.min_share:.0%} to {fairness.max_share:.0%}",
     ]
 
 
-def _fenced_cell(run: dict[str, Any]) -> str:
-    if not run.get("fencing"):
+def _fenced_cell(run: RunEntry) -> str:
+    if not run.fencing:
         return "no"
-    rejected = (run.get("lock") or {}).get("stale_writes_rejected")
+    rejected = run.lock.stale_writes_rejected if run.lock else None
     if rejected is None:
-        rejected = run["operations"].get("stale", 0)
+        rejected = run.operations.stale
     return f"yes, {rejected} rejected"
 
 
 # Columns that describe a run's setup; when every run of a section shares a value, it is
 # said once above the table instead, which leaves the width to the columns that differ.
-_SETUP_COLUMNS = {
-    "strategy": strategy_label,
-    "backend": lambda run: run["backend"],
-    "workload": lambda run: run["workload"],
-    "clients": lambda run: str(run["clients"]),
+_SETUP_COLUMNS: dict[str, Callable[[RunEntry], str]] = {
+    "strategy": lambda run: run.strategy_label,
+    "backend": lambda run: run.backend,
+    "workload": lambda run: run.workload,
+    "clients": lambda run: str(run.clients),
 }
 
 
 _ANOMALY_HEADERS = {"mutual_exclusion_violations": "ME violations"}
 
 
-def shared_setup(runs: list[dict[str, Any]]) -> dict[str, str]:
+def shared_setup(runs: list[RunEntry]) -> dict[str, str]:
     """The setup columns whose value is the same for every run (only with several runs)."""
     if len(runs) < 2:
         return {}
@@ -137,9 +136,9 @@ def shared_setup(runs: list[dict[str, Any]]) -> dict[str, str]:
     return shared
 
 
-def _speed_cell(run: dict[str, Any]) -> str:
-    text = _e(format_count(run["throughput_ops_s"]))
-    if len(run["trials"]) > 1:
+def _speed_cell(run: RunEntry) -> str:
+    text = _e(format_count(run.throughput_ops_s))
+    if len(run.trials) > 1:
         text += f'<span class="sub">{_e(throughput_range(run))}</span>'
     return text
 
@@ -150,7 +149,7 @@ def scenario_table(sourced: list[SourcedRun]) -> str:
     runs = [run for _, run in sourced]
     several_sources = len({source for source, _ in sourced}) > 1
     names = anomaly_names(runs)
-    with_lock = any(run.get("lock") for run in runs)
+    with_lock = any(run.lock for run in runs)
     shared = shared_setup(runs)
     setup = [h for h in _SETUP_COLUMNS if h not in shared]
     headers = ["run", *(["source"] if several_sources else []), *setup]
@@ -161,32 +160,25 @@ def scenario_table(sourced: list[SourcedRun]) -> str:
     headers += ["fenced", "faults", "verdict"]
     rows = []
     for source, run in sourced:
-        label = params_text(run.get("params")) or run["label"]
-        anchor = _anchor(source + run["label"])
+        label = params_text(run.params) or run.label
+        anchor = _anchor(source + run.label)
         cells = [("label", f'<a href="#run-{anchor}">{_breakable(label)}</a>')]
         if several_sources:
             cells.append(("label", _breakable(source)))
         cells += [
             ("num" if h == "clients" else "", _breakable(_SETUP_COLUMNS[h](run))) for h in setup
         ]
-        latency = run["latency_ms"]
+        latency = run.latency_ms
         cells += [("num", _speed_cell(run))]
-        cells += [("num", _ms(latency.get("p50"))), ("num", _ms(latency["p99"]))]
-        cells += [("num", str(run["operations"].get("retries", 0))), ("num", str(errors_of(run)))]
-        cells += [("num", _e(run["anomalies"].get(n, "-"))) for n in names]
+        cells += [("num", _ms(latency.p50)), ("num", _ms(latency.p99))]
+        cells += [("num", str(run.operations.retries)), ("num", str(errors_of(run)))]
+        cells += [("num", _e(run.anomalies.get(n, "-"))) for n in names]
         if with_lock:
             lock = _lock_cells(run)
             cells += [("num", c) for c in lock[:3]] + [("", lock[3])]
         cells.append(("", _e(_fenced_cell(run))))
-        cells.append(
-            (
-                "label",
-                _breakable(
-                    fault_summary(run.get("faults") or [], run.get("faults_not_fired") or [])
-                ),
-            )
-        )
-        cells.append((VERDICT_CLASSES.get(run["verdict"], ""), _e(verdict_text(run))))
+        cells.append(("label", _breakable(fault_summary(run.faults, run.faults_not_fired))))
+        cells.append((VERDICT_CLASSES.get(run.verdict, ""), _e(verdict_text(run))))
         rows.append("<tr>" + "".join(f'<td class="{c}">{t}</td>' for c, t in cells) + "</tr>")
     head = "".join(f"<th>{_breakable(h)}</th>" for h in headers)
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -213,9 +205,9 @@ def by_scenario(results: list[LoadedResult]) -> dict[str, list[SourcedRun]]:
     """All runs grouped by scenario name, each paired with its file's stem, in file order."""
     groups: dict[str, list[SourcedRun]] = {}
     for result in results:
-        scenario = result.document.get("scenario", {})
-        name = (scenario.get("resolved") or {}).get("name") or scenario.get("source") or "?"
-        groups.setdefault(str(name), []).extend((result.path.stem, run) for run in result.runs)
+        scenario = result.document.scenario
+        name = scenario.name or scenario.source or "?"
+        groups.setdefault(name, []).extend((result.path.stem, run) for run in result.runs)
     return groups
 
 
@@ -225,24 +217,24 @@ _NO_SAMPLE_NOTE = (
 )
 
 
-def _has_plots_over_time(run: dict[str, Any]) -> bool:
-    timeline = run.get("timeline") or {}
-    return bool(run.get("history_sample") or timeline.get("critical_sections") or run.get("faults"))
+def _has_plots_over_time(run: RunEntry) -> bool:
+    sections = run.timeline.critical_sections if run.timeline else []
+    return bool(run.history_sample or sections or run.faults)
 
 
-def _examples_html(run: dict[str, Any]) -> list[str]:
+def _examples_html(run: RunEntry) -> list[str]:
     """The run's attributed anomalies (up to 20, as the result file keeps them)."""
-    examples = run.get("anomaly_examples") or []
+    examples = run.anomaly_examples
     if not examples:
         return []
-    several = len(run.get("trials") or []) > 1
+    several = len(run.trials) > 1
     items = []
     for e in examples:
-        where = f"at {e['end_ms'] / 1000:.3f}s" if e.get("end_ms") is not None else ""
+        where = f"at {e.end_ms / 1000:.3f}s" if e.end_ms is not None else ""
         if several:
-            where += f", trial {e.get('trial', 0) + 1}"
-        mark = f' <span class="mark">{_e(e["note"])}</span>' if e.get("note") else ""
-        items.append(f'<li>{_e(e["text"])} <span class="sub">{_e(where)}</span>{mark}</li>')
+            where += f", trial {e.trial + 1}"
+        mark = f' <span class="mark">{_e(e.note)}</span>' if e.note else ""
+        items.append(f'<li>{_e(e.text)} <span class="sub">{_e(where)}</span>{mark}</li>')
     intro = (
         f'<p class="note">The first {len(examples)} anomalies by operation (cN#S: client N\'s'
         " operation S; the table counts them all):</p>"
@@ -250,11 +242,11 @@ def _examples_html(run: dict[str, Any]) -> list[str]:
     return [intro, f'<ul class="anomalies">{"".join(items)}</ul>']
 
 
-def _run_section(source: str, run: dict[str, Any], several: bool, salt: str) -> list[str]:
-    params = params_text(run.get("params"))
-    name = f"{run['label'].split('[')[0]}[{params}]" if params else run["label"]
-    title = name + (f" ({source})" if several else "") + f": {run['verdict']}"
-    parts = [f'<h4 id="run-{_anchor(source + run["label"])}">{_e(title)}</h4>']
+def _run_section(source: str, run: RunEntry, several: bool, salt: str) -> list[str]:
+    params = params_text(run.params)
+    name = f"{run.label.split('[')[0]}[{params}]" if params else run.label
+    title = name + (f" ({source})" if several else "") + f": {run.verdict}"
+    parts = [f'<h4 id="run-{_anchor(source + run.label)}">{_e(title)}</h4>']
     parts += _examples_html(run)
     figures = run_figures(run, salt)
     parts += [figure_html("run-plot", svg, caption) for caption, svg in figures]
@@ -271,7 +263,7 @@ def render_html(results: list[LoadedResult]) -> str:
     """The whole page: sources, verdict legend, then per scenario its table and plots."""
     parts = ["<h1>racebench report</h1>", '<ul class="setup">']
     for result in results:
-        source = result.document.get("scenario", {}).get("source", "?")
+        source = result.document.scenario.source or "?"
         parts.append(
             f"<li><code>{_e(result.path.name)}</code> ({_e(source)}): "
             f"{_e(setup_summary(result.document))}</li>"

@@ -1,4 +1,9 @@
-"""The versioned result document (`racebench.result/1`): build, write atomically, read back."""
+"""The versioned result document (racebench.result_model): build, write atomically, read back.
+
+Reading is the one way into the output layer: JSON, then the version (an older document is
+upgraded, a newer one refused), then the typed model; any problem is one ResultFileError
+line naming the file and the field (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from racebench import __version__
 from racebench.errors import OutputPathError, ResultFileError
+from racebench.result_model import (
+    SCHEMA,
+    ResultDocument,
+    ResultVersionError,
+    RunEntry,
+    TrialRef,
+    upgraded,
+)
 from racebench.util.ownership import temp_file_prefix
 from racebench.util.redact import redact
-
-SCHEMA = "racebench.result/1"
 
 
 def host_info() -> dict[str, Any]:
@@ -68,12 +81,12 @@ def build_document(
     *,
     source: str,
     raw: dict[str, Any],
-    runs: list[dict[str, Any]],
+    runs: list[RunEntry],
     started_at: dt.datetime,
     partial: bool,
     servers: dict[str, Any],
     drivers: Iterable[str] = (),
-) -> dict[str, Any]:
+) -> ResultDocument:
     """The whole result document; passwords are redacted from everything in it.
 
     `drivers` are the distributions the runs' plug-ins declare (their versions are recorded).
@@ -88,34 +101,37 @@ def build_document(
         "host": host_info(),
         "environment": {"drivers": driver_versions(drivers), "servers": servers},
         "scenario": {"source": source, "hash": scenario_hash(raw), "resolved": raw},
-        "trial_order": trial_order(runs),
-        "runs": runs,
+        "trial_order": [t.model_dump() for t in trial_order(runs)],
+        "runs": [run.model_dump() for run in runs],
     }
-    return redact(document)
+    # Lax: the engine's figures may be numpy scalars, which become plain numbers here.
+    return ResultDocument.model_validate(redact(document), strict=False)
 
 
-def trial_order(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The order the trials ran in (interleaved across runs): [{"label", "trial"}, ...]."""
-    done = [(t.get("sequence", 0), run["label"], t["trial"]) for run in runs for t in run["trials"]]
-    return [{"label": label, "trial": trial} for _, label, trial in sorted(done)]
+def trial_order(runs: list[RunEntry]) -> list[TrialRef]:
+    """The order the trials ran in (interleaved across runs)."""
+    done = sorted((t.sequence, run.label, t.trial) for run in runs for t in run.trials)
+    return [TrialRef(label=label, trial=trial) for _, label, trial in done]
 
 
 # An array of numbers only, as json.dumps(indent=...) spreads it over one line per number.
 _NUMBER_ARRAY = re.compile(r"\[\s+(-?[0-9][-+0-9.eE]*(?:,\s+-?[0-9][-+0-9.eE]*)*)\s+\]")
 
 
-def to_json(document: dict[str, Any]) -> str:
+def to_json(document: ResultDocument | dict[str, Any]) -> str:
     """Indented JSON with each array of numbers on one line.
 
     Timelines and operation samples are thousands of short [t, latency, outcome] rows; one
     line per number would make the file five times longer and no easier to read. (Strings
     cannot match: json.dumps escapes their newlines.)
     """
+    if isinstance(document, ResultDocument):
+        document = document.to_dict()
     text = json.dumps(document, indent=2, default=str)
     return _NUMBER_ARRAY.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
 
 
-def write_atomically(path: Path, document: dict[str, Any]) -> None:
+def write_atomically(path: Path, document: ResultDocument) -> None:
     """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
     write_text_atomically(path, to_json(document) + "\n")
 
@@ -217,8 +233,13 @@ def _first_non_directory(directory: Path) -> Path:
     return directory
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Read a result file, refusing anything that is not a racebench.result/1 document."""
+def read_result(path: Path) -> ResultDocument:
+    """Read a result file of this or an older version into the typed model.
+
+    Raises ResultFileError naming the file and the first wrong field, a version this
+    racebench cannot read, or a run label used twice (runs are matched by label, so a
+    repeated one would hide one of the runs).
+    """
     try:
         document = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -227,9 +248,59 @@ def read_document(path: Path) -> dict[str, Any]:
         raise ResultFileError(f"{path}: not a JSON file: {exc}") from None
     except RecursionError:
         raise ResultFileError(f"{path}: not a result file: JSON nested too deeply") from None
-    schema = document.get("schema") if isinstance(document, dict) else None
-    if schema != SCHEMA:
-        raise ResultFileError(f"{path}: schema is {schema!r}, this racebench reads {SCHEMA!r}")
-    if not isinstance(document.get("runs"), list):
-        raise ResultFileError(f"{path}: runs: missing or not a list")
-    return document
+    return result_document(path, document)
+
+
+def result_document(path: object, document: object) -> ResultDocument:
+    """A parsed JSON value as a result document (upgraded from an older version), checked
+    field by field; errors as in `read_result`, naming `path`."""
+    if not isinstance(document, dict):
+        kind = _JSON_KINDS.get(type(document), type(document).__name__)
+        raise ResultFileError(f"{path}: not a result file: a JSON {kind}, not an object")
+    try:
+        model = ResultDocument.model_validate(upgraded(document))
+    except ResultVersionError as exc:
+        raise ResultFileError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        raise ResultFileError(f"{path}: {_first_error(exc)}") from None
+    except RecursionError:
+        raise ResultFileError(f"{path}: not a result file: nested too deeply") from None
+    seen: dict[str, int] = {}
+    for i, run in enumerate(model.runs):
+        if run.label in seen:
+            raise ResultFileError(
+                f"{path}: runs[{seen[run.label]}] and runs[{i}] share the label {run.label!r}: "
+                "runs are matched by label, so this file cannot be reported or compared"
+            )
+        seen[run.label] = i
+    return model
+
+
+# What json.loads gives, named as JSON names it.
+_JSON_KINDS: dict[type, str] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _first_error(exc: ValidationError) -> str:
+    """`runs[0].latency_ms.p99: missing`, or the field, the problem and what was found."""
+    first = exc.errors()[0]
+    where = _where(first["loc"])
+    if first["type"] == "missing":
+        return f"{where}: missing"
+    got = repr(first.get("input"))
+    got = got if len(got) <= 40 else got[:39] + "…"
+    message = first["msg"].removeprefix("Value error, ").lower()
+    return f"{where}: {message} (got {got})"
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "document"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from racebench.output.plots import FAULT_COLOR, VIOLATION_COLOR, new_figure, to_svg
+from racebench.result_model import FaultEntry, HistorySample, RunEntry
 
 ATTRIBUTED_COLOR = "#6f42c1"
 
@@ -32,29 +33,25 @@ def outcome_style(name: str) -> tuple[str, str]:
     return OUTCOME_STYLES.get(name, (name, "#444444"))
 
 
-def _shade_faults(axis: Any, faults: list[dict[str, Any]]) -> None:
+def _shade_faults(axis: Any, faults: list[FaultEntry]) -> None:
     for fault in faults:
-        start, end = fault["start_ms"] / 1000, fault["end_ms"] / 1000
+        start, end = fault.start_ms / 1000, fault.end_ms / 1000
         if end - start >= 0.001:
             axis.axvspan(start, end, color=FAULT_COLOR, alpha=0.25, linewidth=0, zorder=0)
         else:  # an instant fault (a kill, a reset): a line, since a span would not show
             axis.axvline(start, color=FAULT_COLOR, linewidth=2, zorder=0)
 
 
-def anomaly_times_ms(run: dict[str, Any]) -> list[float]:
+def anomaly_times_ms(run: RunEntry) -> list[float]:
     """When the anomalies that carry a time happened: starts of overlapping sections."""
-    return [v[0] for v in (run.get("timeline") or {}).get("violations", [])]
+    return [v[0] for v in run.timeline.violations] if run.timeline else []
 
 
-def attributed_times_ms(run: dict[str, Any]) -> list[float]:
+def attributed_times_ms(run: RunEntry) -> list[float]:
     """When each attributed anomaly of the plotted (last) trial completed: the end of the
     last of its operations."""
-    last = run["trials"][-1].get("trial", 0) if run.get("trials") else 0
-    return [
-        e["end_ms"]
-        for e in run.get("anomaly_examples") or []
-        if e.get("end_ms") is not None and e.get("trial", 0) == last
-    ]
+    last = run.trials[-1].trial if run.trials else 0
+    return [e.end_ms for e in run.anomaly_examples if e.end_ms is not None and e.trial == last]
 
 
 def _rug(axis: Any, times_ms: list[float], height: float, color: str) -> None:
@@ -69,21 +66,20 @@ def _rug(axis: Any, times_ms: list[float], height: float, color: str) -> None:
     )
 
 
-def run_figure(run: dict[str, Any]) -> Any:
+def run_figure(run: RunEntry, sample: HistorySample) -> Any:
     """Left: each sampled operation's latency at its start time, coloured by outcome.
     Right: operations completed per second in each bucket, one line per outcome."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    sample = run["history_sample"]
-    names = sample["outcomes"]
-    faults = run.get("faults") or []
+    names = sample.outcomes
+    faults = run.faults
     figure, (scatter, rate) = new_figure(10, 3.6, columns=2, constrained=False)
     # Fixed margins: the labels of this figure have a known size, and there is one per run.
     figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.25, wspace=0.22)
     for index, name in enumerate(names):
-        points = [op for op in sample["ops"] if op[2] == index]
+        points = [op for op in sample.ops if op[2] == index]
         if points:
             scatter.scatter(
                 [op[0] / 1000 for op in points],
@@ -93,8 +89,8 @@ def run_figure(run: dict[str, Any]) -> Any:
                 linewidths=0,
                 rasterized=True,  # thousands of points: an image inside the SVG, not paths
             )
-    width_s = sample["bucket_ms"] / 1000
-    for name, counts in sample["completions"].items():
+    width_s = sample.bucket_ms / 1000
+    for name, counts in sample.completions.items():
         x = [(i + 0.5) * width_s for i in range(len(counts))]
         rate.plot(x, [c / width_s for c in counts], color=outcome_style(name)[1], linewidth=1.2)
     anomalies = anomaly_times_ms(run)
@@ -116,10 +112,10 @@ def run_figure(run: dict[str, Any]) -> Any:
     scatter.set_title("latency of each operation", fontsize="medium")
     rate.set_ylabel("ops/s")
     rate.set_ylim(bottom=0)
-    rate.set_title(f"throughput per outcome ({sample['bucket_ms']} ms buckets)", fontsize="medium")
+    rate.set_title(f"throughput per outcome ({sample.bucket_ms} ms buckets)", fontsize="medium")
     handles: list[Any] = [
         Line2D([], [], marker="o", linestyle="-", color=color, label=label)
-        for label, color in map(outcome_style, sample["completions"])
+        for label, color in map(outcome_style, sample.completions)
     ]
     if faults:
         handles.append(Patch(color=FAULT_COLOR, alpha=0.4, label="fault"))
@@ -137,15 +133,14 @@ def run_figure(run: dict[str, Any]) -> Any:
     return figure
 
 
-def _caption(run: dict[str, Any]) -> str:
-    sample = run["history_sample"]
+def _caption(run: RunEntry, sample: HistorySample) -> str:
     parts = [
         f"Each point is one operation (x: when it started; y: its latency), coloured by"
-        f" outcome: {len(sample['ops']):,} of {sample['total_ops']:,} operations shown (every"
+        f" outcome: {len(sample.ops):,} of {sample.total_ops:,} operations shown (every"
         " one that did not end ok, up to half the sample, and ok ones evenly spread)."
         " Right: operations completed per second, per outcome, counted over all operations.",
     ]
-    if run.get("faults"):
+    if run.faults:
         parts.append("Shaded: faults.")
     if anomaly_times_ms(run):
         parts.append("Red ticks on top: where two critical sections overlapped (ME violations).")
@@ -154,18 +149,19 @@ def _caption(run: dict[str, Any]) -> str:
             "Purple ticks at the bottom: when each anomaly listed above by operation completed"
             " (the end of the last operation it involves)."
         )
-    elif not anomaly_times_ms(run) and any(run["anomalies"].values()):
+    elif not anomaly_times_ms(run) and any(run.anomalies.values()):
         parts.append(
             "The anomalies of this run are found in the final state and carry no time"
             " (no operation recorded the values that would name them)."
         )
-    if len(run["trials"]) > 1:
-        parts.append(f"Last of {len(run['trials'])} trials.")
+    if len(run.trials) > 1:
+        parts.append(f"Last of {len(run.trials)} trials.")
     return " ".join(parts)
 
 
-def run_figures(run: dict[str, Any], salt: str) -> list[tuple[str, str]]:
+def run_figures(run: RunEntry, salt: str) -> list[tuple[str, str]]:
     """(caption, svg) of a run's latency and throughput over time; none without a sample."""
-    if not run.get("history_sample"):
+    sample = run.history_sample
+    if sample is None:
         return []
-    return [(_caption(run), to_svg(run_figure(run), salt))]
+    return [(_caption(run, sample), to_svg(run_figure(run, sample), salt))]

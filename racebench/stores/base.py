@@ -101,6 +101,7 @@ class Backoff:
         self.cap_s = cap_s
 
     def sleep(self, attempt: int) -> None:
+        """Sleep a random time up to base * 2**attempt, capped; no sleep when base is 0."""
         if self.base_s > 0:
             time.sleep(random.uniform(0, min(self.cap_s, self.base_s * (2**attempt))))
 
@@ -130,24 +131,45 @@ class StoreClient(ABC):
 
     # Unguarded primitives. With a token they are fenced: the read registers the token, the
     # write is accepted only while it is still the newest; either raises StaleToken.
+    # Each is one plain access, with no retry and no transaction of its own: the race between
+    # a read and the dependent write is what `none` measures, so a store must not close it.
     @abstractmethod
-    def read_counter(self, token: int | None = None) -> int: ...
+    def read_counter(self, token: int | None = None) -> int:
+        """The counter's current value (stock, likes).
+
+        Raise UnknownOutcome when the server's answer was lost; any other exception gets the
+        outcome `classify` gives it (ERROR by default), and `recover` is called.
+        """
 
     @abstractmethod
-    def write_counter(self, value: int, token: int | None = None) -> None: ...
+    def write_counter(self, value: int, token: int | None = None) -> None:
+        """Overwrite the counter with `value` (a blind write: the lost update is the point).
+
+        Raise UnknownOutcome when the write may have reached the server before the connection
+        failed (a timeout): the history records it as unknown, never as failed.
+        """
 
     @abstractmethod
-    def read_balance(self, token: int | None = None) -> int: ...
+    def read_balance(self, token: int | None = None) -> int:
+        """The account's balance: the sum of the ledger's entries (the deposit included)."""
 
     @abstractmethod
-    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None: ...
+    def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
+        """Append one ledger entry of `amount` (negative for a withdrawal).
+
+        The entry must store `amount`, the client id (`options.client_id`) and `seq`:
+        `read_final` returns them, and the checker matches entries to acknowledged operations
+        by (client, seq) to find acknowledged withdrawals missing from the ledger.
+        """
 
     # The coordination-free G-counter: one slot per client, written only by its owner.
     @abstractmethod
-    def read_slot(self) -> int: ...
+    def read_slot(self) -> int:
+        """This client's slot of the G-counter (`crdt`); `read_final` sums all slots."""
 
     @abstractmethod
-    def write_slot(self, value: int) -> None: ...
+    def write_slot(self, value: int) -> None:
+        """Overwrite this client's slot; no other client writes it, so no race is possible."""
 
     # The store-native strategies this client runs, per workload shape: strategy -> the name
     # of the method that runs one operation under it (counter: `(strategy, plan)`; ledger and
@@ -254,23 +276,31 @@ class AsyncStoreClient(ABC):
                     await asyncio.sleep(random.uniform(0, cap))
         return StepResult(Outcome.CONFLICT, options.retries)
 
+    # As on StoreClient, without tokens: fencing comes with `lock`, which runs the blocking
+    # client.
     @abstractmethod
-    async def read_counter(self) -> int: ...
+    async def read_counter(self) -> int:
+        """The counter's current value; UnknownOutcome when the answer was lost."""
 
     @abstractmethod
-    async def write_counter(self, value: int) -> None: ...
+    async def write_counter(self, value: int) -> None:
+        """Overwrite the counter (a blind write); UnknownOutcome if it may have landed."""
 
     @abstractmethod
-    async def read_balance(self) -> int: ...
+    async def read_balance(self) -> int:
+        """The account's balance: the sum of the ledger's entries."""
 
     @abstractmethod
-    async def append_entry(self, amount: int, seq: int) -> None: ...
+    async def append_entry(self, amount: int, seq: int) -> None:
+        """Append one ledger entry storing `amount`, the client id and `seq`."""
 
     @abstractmethod
-    async def read_slot(self) -> int: ...
+    async def read_slot(self) -> int:
+        """This client's G-counter slot (`crdt`)."""
 
     @abstractmethod
-    async def write_slot(self, value: int) -> None: ...
+    async def write_slot(self, value: int) -> None:
+        """Overwrite this client's G-counter slot."""
 
     # As on StoreClient, the store-native strategies per workload shape: strategy -> the name
     # of a method `(strategy, plan)` that returns the coroutine function (seq -> StepResult)

@@ -36,11 +36,14 @@ return 1
 
 
 def account_keys(keys: RedisKeys, accounts: int) -> list[str]:
+    """Every account's key, in account order (the order MGET returns the balances in)."""
     return [f"{keys.account}{i}" for i in range(accounts)]
 
 
 def balances_of(replies: list[bytes | str | None], names: list[str]) -> list[int]:
     """The balances an MGET returned; a missing account is an error naming its key."""
+    # A missing key reads as nil, which a sum would take for 0: money silently destroyed.
+    # It means the key expired or another process deleted it, which the run must not hide.
     missing = [name for name, reply in zip(names, replies, strict=True) if reply is None]
     if missing:
         raise ValueError(f"redis: {missing[0]} is missing")
@@ -58,6 +61,7 @@ def seed_accounts(
 
 
 def read_balances(client: redis.Redis, keys: RedisKeys, plan: TransferPlan) -> list[int]:
+    """Every balance in one MGET: Redis runs it alone, so it is a consistent snapshot."""
     names = account_keys(keys, plan.accounts)
     return balances_of(client.mget(names), names)
 
@@ -74,11 +78,14 @@ class RedisTransfer(KeyValueTransfer):
         return read_balances(self.redis, self.keys, plan)
 
     def read_pair(self, source: int, target: int) -> tuple[int, int]:
+        # One MGET: both balances from the same instant, so the race is only read-to-write.
         names = [f"{self.keys.account}{source}", f"{self.keys.account}{target}"]
         balance, credit = balances_of(self.redis.mget(names), names)
         return balance, credit
 
     def write_balance(self, account: int, balance: int) -> None:
+        # keepttl: a plain SET would drop the key's expiry, and a killed run's keys would then
+        # stay forever.
         self.redis.set(f"{self.keys.account}{account}", balance, keepttl=True)
 
     def _row_atomic_step(self, strategy: str, plan: RowPlan, seq: int) -> StepResult:

@@ -18,6 +18,7 @@ from racebench.workloads.counters import CounterPlan
 
 
 def table_names(namespace: str) -> dict[str, str]:
+    """The tables of one run by role; the namespace prefix is what `doctor` and `clean` find."""
     return {
         "counter": f"{namespace}_counter",
         "slots": f"{namespace}_slots",
@@ -66,10 +67,15 @@ class SqlStatementTexts:
             f"UPDATE {counter} SET value = {p} WHERE id = 1 AND fence = {p}"
         )
         # Registering a token raises the row's fence; an older token can no longer register.
+        # `<=`, not `<`: the holder registering its own token again must succeed. (An UPDATE
+        # that changes nothing reports 0 rows on MySQL unless the connection asks for found
+        # rows, which stores/mysql.py does.)
         self.sql_register = {
             table: f"UPDATE {table} SET fence = {p} WHERE id = 1 AND fence <= {p}"
             for table in (counter, self.account)
         }
+        # A version column rather than comparing the value: an ABA write (10 -> 11 -> 10)
+        # between the read and the write would pass a compare on the value.
         self.sql_read_versioned = f"SELECT value, version FROM {counter} WHERE id = 1"
         self.sql_counter_cas = (
             f"UPDATE {counter} SET value = {p}, version = version + 1 "
@@ -78,6 +84,9 @@ class SqlStatementTexts:
         self.sql_account_cas = (
             f"UPDATE {self.account} SET version = version + 1 WHERE id = 1 AND version = {p}"
         )
+        # The balance is the sum of the entries, never a stored total: concurrent withdrawals
+        # cannot overwrite each other, so the race this shape shows is the overdraft (write
+        # skew), not a lost update.
         self.sql_balance = f"SELECT COALESCE(SUM(amount), 0) FROM {ops}"
         self.sql_insert = f"INSERT INTO {ops} (amount, client, seq) VALUES ({p}, {p}, {p})"
         self.sql_read_slot = f"SELECT value FROM {self.slots} WHERE client = {p}"
@@ -92,9 +101,11 @@ class SqlStatements(SqlStatementTexts, StoreClient):
         """Execute one statement and return the cursor (rowcount, fetchone)."""
 
     def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """The first column of the first row."""
         return self._run(sql, params).fetchone()[0]
 
     def _register(self, table: str, token: int) -> None:
+        """Raise `table`'s fence to `token`; StaleToken if a newer token got there first."""
         if self._run(self.sql_register[table], (token, token)).rowcount == 0:
             raise StaleToken
 

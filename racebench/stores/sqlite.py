@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,17 +37,30 @@ from racebench.util.ownership import temp_prefix
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, LedgerRow, Plan
 from racebench.workloads.rows import BookingPlan, RowPlan, TransferPlan
 
+# Writers queue on the one database lock, and `exclusive` holds it across the race window:
+# a long wait is expected contention, not a failure, so the busy handler waits far longer
+# than sqlite3's default 5 s before raising "database is locked".
 _BUSY_TIMEOUT_S = 30.0
 
 
 def _open(path: str) -> sqlite3.Connection:
-    # isolation_level=None: autocommit; transactions only where a strategy says BEGIN.
+    # isolation_level=None: autocommit; transactions only where a strategy says BEGIN. The
+    # sqlite3 module's default would open a transaction implicitly before each write, and the
+    # `none` strategy must run each statement on its own.
     conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    # In WAL mode NORMAL cannot corrupt the file, only lose the last commits on power loss:
+    # durability is not what a race benchmark measures, and FULL's fsyncs would slow writers.
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
 class SqliteClient(RowOperations):
+    """One client's connection to the shared database file.
+
+    SQLite has no row locks: every locking strategy takes the database's write lock with
+    BEGIN IMMEDIATE before its first read, which serialises all writers at once.
+    """
+
     placeholder = "?"
 
     def __init__(self, path: str, namespace: str, options: ClientOptions) -> None:
@@ -67,40 +81,48 @@ class SqliteClient(RowOperations):
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
 
-    def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
-        # BEGIN IMMEDIATE takes the database's write lock before the first read: SQLite's
-        # equivalent of locking the rows (its writers are serialised on the whole file).
+    @contextmanager
+    def _write_locked(self) -> Iterator[None]:
+        """A transaction holding the database's write lock from its start; rolled back on error.
+
+        BEGIN IMMEDIATE takes the lock before the first read: SQLite's equivalent of locking the
+        rows (its writers are serialised on the whole file). A plain (deferred) BEGIN reads
+        first and may then fail with SQLITE_BUSY on its first write, where the busy handler
+        does not wait.
+        """
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            outcome = body()
+            yield
             self.conn.execute("COMMIT")
-            return outcome
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def _row_transaction(self, kind: str, body: Callable[[], Outcome]) -> Outcome:
+        # One write lock serves both kinds: holding it, a transaction is serializable.
+        with self._write_locked():
+            return body()
 
     def _locked_read_sql(self, table: str, column: str) -> str:
         return f"SELECT {column} FROM {table} WHERE id = ?"  # the write lock is already held
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
+        # The claim's unique index is the only constraint these inserts can break.
         return isinstance(exc, sqlite3.IntegrityError)
 
     def append_entry(self, amount: int, seq: int, token: int | None = None) -> None:
         if token is None:
             self._insert(amount, seq)
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        # The fence check and the insert under one write lock, or a holder with a newer token
+        # could commit between them and the stale write would still land.
+        with self._write_locked():
             cur = self.conn.execute(
                 f"UPDATE {self.account} SET fence = fence WHERE id = 1 AND fence = ?", (token,)
             )
             if cur.rowcount == 0:
                 raise StaleToken
             self._insert(amount, seq)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> StepResult:
         cur = self.conn.execute(
@@ -115,22 +137,15 @@ class SqliteClient(RowOperations):
         return StepResult(self._counter_exclusive(plan))
 
     def _counter_exclusive(self, plan: CounterPlan) -> Outcome:
-        # BEGIN IMMEDIATE takes the database's write lock before the read.
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        # The race window sits inside the write lock: the other clients wait it out.
+        with self._write_locked():
             value = self.read_value = self.read_counter()
             self.pause()
             if plan.floor is not None and value + plan.delta < plan.floor:
-                outcome = Outcome.REJECTED
-            else:
-                self.write_counter(value + plan.delta)
-                self.written_value = value + plan.delta
-                outcome = Outcome.OK
-            self.conn.execute("COMMIT")
-            return outcome
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+                return Outcome.REJECTED
+            self.write_counter(value + plan.delta)
+            self.written_value = value + plan.delta
+            return Outcome.OK
 
     def _ledger_atomic_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
         cur = self.conn.execute(
@@ -144,8 +159,8 @@ class SqliteClient(RowOperations):
     def _ledger_exclusive_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
         return StepResult(self._ledger_exclusive(plan, seq))
 
-    # SqliteStore.strategies, each run by: (`exclusive` on rows is the locking transaction,
-    # which BEGIN IMMEDIATE makes here).
+    # SqliteStore.strategies, each run by. On rows `exclusive` is the shared `for_update`
+    # path: _row_transaction's write lock is what FOR UPDATE's row locks are on a server.
     counter_steps: ClassVar[Mapping[str, str]] = {
         "atomic": "_counter_atomic_step",
         "optimistic": "_counter_cas_step",
@@ -169,35 +184,29 @@ class SqliteClient(RowOperations):
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        # The reads ran outside any lock. The version bump and the insert commit together:
+        # apart, another client could read the new version beside a balance still without
+        # this entry, and its own version check would pass on a stale balance.
+        with self._write_locked():
             if self._run(self.sql_account_cas, (version,)).rowcount == 0:
                 raise Conflict("version_changed")
             self._insert(-plan.amount, seq)
             self.written_value = -plan.amount
-            self.conn.execute("COMMIT")
             return Outcome.OK
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def _ledger_exclusive(self, plan: LedgerPlan, seq: int) -> Outcome:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_locked():
             balance = self.read_value = self.read_balance()
             self.pause()
-            outcome = Outcome.REJECTED
-            if balance >= plan.amount:
-                self._insert(-plan.amount, seq)
-                self.written_value = -plan.amount
-                outcome = Outcome.OK
-            self.conn.execute("COMMIT")
-            return outcome
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+            if balance < plan.amount:
+                return Outcome.REJECTED
+            self._insert(-plan.amount, seq)
+            self.written_value = -plan.amount
+            return Outcome.OK
 
     def recover(self) -> None:
+        # A transaction left open would keep the whole database's write lock from every
+        # other client until this one closed.
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
@@ -206,6 +215,8 @@ class SqliteClient(RowOperations):
 
 
 class SqliteStore(Store):
+    """The store over one SQLite file: a temporary one per run unless the URL names a path."""
+
     backend = "sqlite"
     description = "embedded SQLite file shared by all clients (no server; WAL mode)"
     integer_type = "SQLite INTEGER (signed 64-bit)"
@@ -242,8 +253,10 @@ class SqliteStore(Store):
 
     def check_reachable(self) -> dict[str, str]:
         if not self.path:
+            # The temporary file is made in setup(): nothing can be unreachable yet.
             return {"server": "sqlite", "version": sqlite3.sqlite_version}
         parent = Path(self.path).resolve().parent
+        # sqlite3 says only "unable to open database file" for a missing directory.
         if not parent.is_dir():
             raise BackendUnavailable(f"sqlite: directory {parent} does not exist")
         try:
@@ -261,6 +274,8 @@ class SqliteStore(Store):
         t = self.tables
         conn = _open(self.path)
         try:
+            # WAL is a property of the file, kept for every later connection: readers then
+            # run beside the one writer instead of waiting for it.
             conn.execute("PRAGMA journal_mode=WAL")
             if isinstance(plan, BookingPlan | TransferPlan):
                 id_column = "id INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -316,6 +331,8 @@ class SqliteStore(Store):
 
     def teardown(self) -> None:
         if self._temp_dir is not None:
+            # WAL leaves its log and shared-memory files beside the database; rmdir needs
+            # them gone.
             for suffix in ("", "-wal", "-shm"):
                 Path(self.path + suffix).unlink(missing_ok=True)
             os.rmdir(self._temp_dir)
@@ -336,6 +353,7 @@ class SqliteStore(Store):
             return []
         conn = _open(self.path)
         try:
+            # `_` is LIKE's one-character wildcard, so it is escaped to match the prefix only.
             rows = conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'racebench\\_%'"
                 " ESCAPE '\\'"

@@ -47,7 +47,10 @@ if TYPE_CHECKING:
 
 DEFAULT_HOSTS = "127.0.0.1:2181"
 ROOT = "/racebench"
+# Within the server's default clamp (tickTime 2 s: 4 to 40 s); also how long a client waits
+# for a quorum before its request fails as unknown.
 SESSION_TIMEOUT_S = 10.0
+# A reachable member answers in milliseconds; longer means it is down or without quorum.
 CONNECT_TIMEOUT_S = 3.0
 
 # kazoo logs its reconnect attempts; without a handler Python would print them to stderr.
@@ -89,6 +92,7 @@ def open_kazoo(
 
 
 def close_kazoo(client: KazooClient) -> None:
+    """End the session (its ephemeral znodes go at once) and free kazoo's threads."""
     client.stop()
     client.close()
 
@@ -117,6 +121,8 @@ def wait_serving(host_port: str, timeout_s: float = 30.0) -> None:
         with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 2) as conn:
             conn.sendall(b"srvr")
             reply = conn.recv(256)
+        # A member without quorum answers "This ZooKeeper instance is not currently serving
+        # requests"; a refused four-letter word names the whitelist.
         if reply.startswith(b"Zookeeper version") or b"whitelist" in reply:
             return
         time.sleep(0.1)
@@ -141,6 +147,8 @@ def remove_namespace(client: KazooClient, path: str) -> None:
 
     with contextlib.suppress(NoNodeError):
         client.delete(path, recursive=True)
+    # Parents only while empty: another run's namespace may live beside this one, and a
+    # concurrent run that just created its own makes the delete fail with NotEmpty, harmlessly.
     parent = path.rsplit("/", 1)[0]
     while parent.startswith(ROOT):
         try:
@@ -151,6 +159,7 @@ def remove_namespace(client: KazooClient, path: str) -> None:
 
 
 def _entry(amount: int, client: int, seq: int) -> bytes:
+    # Amount first: a balance read parses only up to the first colon.
     return f"{amount}:{client}:{seq}".encode()
 
 
@@ -214,6 +223,8 @@ class ZookeeperClient(ZookeeperTransfer):
         return self._zk
 
     def _register(self, token: int) -> None:
+        """Raise the fence to `token` (compare-and-set on its version); StaleToken if a newer
+        token is already there."""
         from kazoo.exceptions import BadVersionError
 
         while True:
@@ -236,6 +247,8 @@ class ZookeeperClient(ZookeeperTransfer):
         data, stat = self.zk.get(self.paths.fence)
         if int(data) != token:
             raise StaleToken
+        # The check on the fence's version makes the write conditional on nobody having
+        # registered since the get above: ZooKeeper has no compare-on-value.
         tx = self.zk.transaction()
         tx.check(self.paths.fence, stat.version)
         add_write(tx)
@@ -243,6 +256,7 @@ class ZookeeperClient(ZookeeperTransfer):
         # Registration only ever raises the fence, so a moved fence means a newer token.
         if isinstance(results[0], BadVersionError):
             raise StaleToken
+        # The other ops of a failed multi report RolledBackError: the cause is elsewhere.
         for result in results:
             if isinstance(result, Exception) and not isinstance(result, RolledBackError):
                 raise result
@@ -294,6 +308,7 @@ class ZookeeperClient(ZookeeperTransfer):
         self.pause()
         if plan.floor is not None and value + plan.delta < plan.floor:
             return Outcome.REJECTED
+        # Accepted only if the znode's version is still the one read: no write came between.
         try:
             self.zk.set(self.paths.counter, str(value + plan.delta).encode(), stat.version)
         except BadVersionError:
@@ -318,6 +333,8 @@ class ZookeeperClient(ZookeeperTransfer):
         self.pause()
         if balance < plan.amount:
             return Outcome.REJECTED
+        # One multi: the version bump and the entry commit together or not at all, so a
+        # concurrent withdrawal that read the same version fails its own bump.
         tx = self.zk.transaction()
         tx.set_data(self.paths.account, b"", version)
         entry = _entry(-plan.amount, self.options.client_id, seq)
@@ -391,6 +408,8 @@ class ZookeeperStore(Store):
         from kazoo.exceptions import KazooException
 
         client = open_kazoo(self.hosts, "zookeeper store")
+        # Read from the server's `conf` four-letter word; it may be disabled (the default
+        # whitelist allows only `srvr`).
         try:
             conf = str(client.command(b"conf"))
         except (OSError, KazooException):
@@ -410,6 +429,8 @@ class ZookeeperStore(Store):
         client = self._open()
         try:
             client.ensure_path(ROOT)
+            # One multi: a failed setup leaves no half-made namespace (the fence without the
+            # counter, say) for teardown or `clean` to puzzle over.
             tx = client.transaction()
             tx.create(p.root)
             tx.create(p.fence, b"0")

@@ -1,12 +1,16 @@
-"""Names shared by the engine and the output layer: verdicts, strategy labels, matrix values.
+"""Names shared by the engine and the output layer: verdicts, matrix values, fault summaries.
 
-A leaf module (it imports nothing from racebench), so that reports and compare can read result
-files without importing the runner, and the engine can use the same words.
+A leaf module (at run time it imports nothing from racebench), so that reports and compare can
+read result files without importing the runner, and the engine can use the same words. A
+run's strategy label is derived data of the run: `RunEntry.strategy_label`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from racebench.result_model import AnomalyExample, FaultEntry, RunEntry, UnfiredFault
 
 SAFE = "safe"
 ANOMALIES = "ANOMALIES"
@@ -26,19 +30,6 @@ VERDICT_MEANINGS = {
 
 # The key of a mapping that names what the mapping is ({backend: postgres}, {type: withdraw}).
 _NAMING_KEYS = ("backend", "service", "type", "strategy", "kind")
-
-
-def strategy_label(run: dict[str, Any]) -> str:
-    """e.g. `lock:redis_lock+renew+fencing`: the strategy, its lock service, lease renewal
-    and fencing."""
-    label = str(run["strategy"])
-    if run.get("lock_service"):
-        label += f":{run['lock_service']}"
-    if run.get("lease_renewal"):
-        label += "+renew"
-    if run.get("fencing"):
-        label += "+fencing"
-    return label
 
 
 def short_value(value: Any) -> str:
@@ -68,52 +59,50 @@ def params_text(params: dict[str, Any] | None, leave_out: tuple[str, ...] = ()) 
     return ", ".join(short_param(k, v) for k, v in (params or {}).items() if k not in leave_out)
 
 
-def fault_summary(
-    faults: list[dict[str, Any]], not_fired: list[dict[str, Any]] | None = None
-) -> str:
+def fault_summary(faults: list[FaultEntry], not_fired: list[UnfiredFault] | None = None) -> str:
     """e.g. 'pause_client c0 300ms; kill_client c1 (unavailable 2.2ms)'; plain text."""
     parts = []
     for f in faults:
-        text = f"{f['kind']} c{f['client']}"
-        if f["end_ms"] - f["start_ms"] >= 1:
-            text += f" {f['end_ms'] - f['start_ms']:.0f}ms"
-        if "unavailable_ms" in f:
-            text += f" (unavailable {f['unavailable_ms']:.1f}ms)"
-        elif f.get("grants_after") == 0:  # a server fault after which the lock never came
+        text = f"{f.kind} c{f.client}"
+        if f.end_ms - f.start_ms >= 1:
+            text += f" {f.end_ms - f.start_ms:.0f}ms"
+        if f.unavailable_ms is not None:
+            text += f" (unavailable {f.unavailable_ms:.1f}ms)"
+        elif f.grants_after == 0:  # a server fault after which the lock never came
             text += " (no grant after)"
-        if f["note"].startswith(("failed", "emulated")):
-            text += f" [{f['note'].split(':')[0]}]"
+        if f.note.startswith(("failed", "emulated")):
+            text += f" [{f.note.split(':')[0]}]"
         parts.append(text)
-    parts += [f"{f['kind']} c{f['client']} did not fire ({f['trigger']})" for f in not_fired or []]
+    parts += [f"{f.kind} c{f.client} did not fire ({f.trigger})" for f in not_fired or []]
     return "; ".join(parts) or "-"
 
 
-def client_bound_caption(runs: list[dict[str, Any]]) -> str | None:
+def client_bound_caption(runs: list[RunEntry]) -> str | None:
     """One line per run whose workers were saturated: its figures describe racebench."""
     lines = [
-        f"client-bound: {r['label']}: {r['load']['client_bound_reason']}"
+        f"client-bound: {r.label}: {r.load.client_bound_reason}"
         for r in runs
-        if (r.get("load") or {}).get("client_bound")
+        if r.load is not None and r.load.client_bound
     ]
     return "\n".join(lines) or None
 
 
-def example_text(example: dict[str, Any], several_trials: bool = False) -> str:
+def example_text(example: AnomalyExample, several_trials: bool = False) -> str:
     """One attributed anomaly of a result file, as a reader sees it: its text, then when it
     happened and its mark among violations checked over time (first, worst, last)."""
     where = []
-    if example.get("end_ms") is not None:
-        where.append(f"at {example['end_ms'] / 1000:.3f}s")
+    if example.end_ms is not None:
+        where.append(f"at {example.end_ms / 1000:.3f}s")
     if several_trials:
-        where.append(f"trial {example.get('trial', 0) + 1}")
-    if example.get("note"):
-        where.append(str(example["note"]))
-    return str(example["text"]) + (f" [{', '.join(where)}]" if where else "")
+        where.append(f"trial {example.trial + 1}")
+    if example.note:
+        where.append(example.note)
+    return example.text + (f" [{', '.join(where)}]" if where else "")
 
 
-def anomaly_examples_summary(run: dict[str, Any], limit: int) -> tuple[list[str], int]:
+def anomaly_examples_summary(run: RunEntry, limit: int) -> tuple[list[str], int]:
     """The first `limit` attributed anomalies of a run as text, and how many more the result
     file lists."""
-    examples = run.get("anomaly_examples") or []
-    several = len(run.get("trials") or []) > 1
+    examples = run.anomaly_examples
+    several = len(run.trials) > 1
     return [example_text(e, several) for e in examples[:limit]], max(0, len(examples) - limit)

@@ -35,6 +35,7 @@ class Example:
 
 
 def op_name(client: int, seq: int) -> str:
+    """`c<client>#<seq>`, the name an operation has in every export and example."""
     return f"c{client}#{seq}"
 
 
@@ -49,6 +50,8 @@ class RecordIndex:
 
     def __init__(self, history: RunHistory) -> None:
         self.history = history
+        # One sortable int64 per operation (seq below 2**40), searched by bisection: a dict
+        # over millions of records would cost more to build than the few lookups it serves.
         self._keys = history.client.astype(np.int64) * (1 << 40) + history.seq
         self._order = np.argsort(self._keys, kind="stable")
         self._sorted = self._keys[self._order]
@@ -62,6 +65,7 @@ class RecordIndex:
 
 
 def _span(history: RunHistory, indices: list[int]) -> tuple[int, int]:
+    """From the first start to the last end of the operations: when the anomaly was made."""
     r = history.records
     return int(r["start"][indices].min()), int(r["end"][indices].max())
 
@@ -76,6 +80,8 @@ def lost_updates(history: RunHistory, limit: int = MAX_EXAMPLES) -> list[Example
     acked = np.flatnonzero((r["outcome"] == Outcome.OK) & (r["written"] != NO_VALUE))
     if len(acked) < 2:
         return []
+    # Sorted by value written, then by end: equal writes become neighbours, each after the
+    # one it overwrote.
     order = acked[np.lexsort((r["end"][acked], r["written"][acked]))]
     written = r["written"][order]
     repeat = np.flatnonzero(written[1:] == written[:-1]) + 1  # positions in `order`
@@ -130,6 +136,8 @@ def write_skews(
         found = index.find(client, seq)
         read = int(r["read"][found]) if found is not None else NO_VALUE
         seen_up_to = balance_before.get(read) if read != NO_VALUE else None
+        # No earlier state with the balance it read (or no record of what it read): there is
+        # no missed withdrawal to name, only the overdraft itself.
         if found is None or seen_up_to is None or seen_up_to >= position:
             examples.append(
                 Example(
@@ -184,6 +192,8 @@ def seats_booked_twice(
     for seat in doubled_at[:limit]:
         ops = holders[seat]
         found = [i for i in (index.find(c, s) for c, s in ops) if i is not None]
+        # Each booking recorded the count it read; "found it free" only when all read 0,
+        # since a store that booked under a stale count is a different story.
         seen = {int(r["read"][i]) for i in found}
         checked = f"found seat {seat} free" if seen == {0} else f"checked seat {seat}"
         word = "both" if len(ops) == 2 else "all"
@@ -204,6 +214,7 @@ def missing_acknowledged(
     """Acknowledged operations whose row is not in the final state (lost writes)."""
     r = history.records
     ok = np.flatnonzero(r["outcome"] == Outcome.OK)
+    # By acknowledgement time: the first lost writes are the ones to investigate first.
     ok = ok[np.argsort(r["end"][ok], kind="stable")]
     examples = []
     for i in ok.tolist():

@@ -71,6 +71,8 @@ class FinalState:
 
 @dataclass(frozen=True)
 class Invariant:
+    """One rule the run must keep, whether it held, and the figures that show it."""
+
     name: str
     holds: bool
     detail: str
@@ -87,6 +89,8 @@ class Check:
 
 
 class _WorkloadModel(BaseModel):
+    # strict: YAML's `initial: "100"` or `amount: 1.5` is an error, not silently coerced;
+    # extra="forbid": a misspelt key names itself instead of being ignored.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     anomaly_names: ClassVar[tuple[str, ...]]
@@ -129,9 +133,13 @@ class StockWorkload(_WorkloadModel):
     def check(self, final: FinalState, history: RunHistory) -> Check:
         assert final.value is not None
         sold = history.count(Outcome.OK) * self.quantity
+        # A sale whose outcome is unknown may or may not have happened: it widens the range
+        # the final value may fall in, and is never counted as lost.
         unknown = history.count(Outcome.UNKNOWN) * self.quantity
         expected = self.initial - sold
+        # More units left than the acknowledged sales allow: sales were overwritten.
         lost = max(0, final.value - expected) // self.quantity
+        # Either more acknowledged than there was, or the stock itself went below zero.
         oversold = max(0, sold - self.initial, -final.value)
         invariants = [
             Invariant(
@@ -169,12 +177,15 @@ class WithdrawWorkload(_WorkloadModel):
         return LedgerPlan(deposit=self.deposit, amount=self.amount)
 
     def check(self, final: FinalState, history: RunHistory) -> Check:
+        # Replayed in insert order, the order the store accepted them in: each withdrawal
+        # that leaves the running balance below zero is one overdraft.
         balance = 0
         overdrafts = 0
         for row in final.rows:
             balance += row.amount
             if row.amount < 0 and balance < 0:
                 overdrafts += 1
+        # The deposit has client -1 and is no operation of anybody's.
         present = {(r.client, r.seq) for r in final.rows if r.client >= 0}
         acked = history.acknowledged_ops()
         missing = sum(1 for op in acked if op not in present)
@@ -224,6 +235,8 @@ class LikesWorkload(_WorkloadModel):
         acked = history.count(Outcome.OK)
         unknown = history.count(Outcome.UNKNOWN)
         expected = self.initial + acked
+        # Fewer likes than acknowledged: increments were overwritten. Unknown outcomes may
+        # add to the count, never explain a shortfall.
         lost = max(0, expected - final.value)
         invariants = [
             Invariant(

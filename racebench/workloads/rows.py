@@ -55,6 +55,7 @@ class TransferPlan:
 
     def pick(self, rng: random.Random) -> tuple[int, int, int]:
         """A transfer at random: (source, target, amount) between two different accounts."""
+        # Never source == target: a self-transfer changes nothing and could hide no anomaly.
         source, target = rng.sample(range(self.accounts), 2)
         return source, target, rng.randint(1, self.max_amount)
 
@@ -67,7 +68,9 @@ class TransferPlan:
 RowPlan = BookingPlan | TransferPlan
 
 # A transfer's (from, to, amount) in one history value: 20 bits per account id, the amount
-# above them. Accounts and amounts beyond that are not recorded (NO_VALUE).
+# above them. Accounts and amounts beyond that are not recorded (NO_VALUE). A history record
+# has one int64 for the written value (fixed-size records, read straight into one array),
+# so the three are packed rather than stored apart.
 _ACCOUNT_BITS = 20
 _ACCOUNT_MASK = (1 << _ACCOUNT_BITS) - 1
 _MAX_PACKED_AMOUNT = 1 << 22
@@ -107,17 +110,27 @@ class BookingWorkload(_WorkloadModel):
         return BookingPlan(seats=self.seats, choice=self.choice)
 
     def largest_value(self, operations: int) -> int:
+        # The values recorded are seat numbers and counts of bookings of one seat.
         return max(self.seats, operations)
 
     def check(self, final: FinalState, history: RunHistory) -> Check:
+        """Double bookings from the final table, lost bookings against the acknowledgements.
+
+        Both come from the final state, not from the history's reads: a booking the server
+        acknowledged and then lost (a failover, a crash under a lax sync setting) is an anomaly even
+        though no client saw it go.
+        """
         per_seat = Counter(seat for seat, _, _ in final.bookings)
         doubled = {seat: n for seat, n in per_seat.items() if n > 1}
+        # A seat booked three times counts two extra bookings: each one is a sale too many.
         double_bookings = sum(n - 1 for n in doubled.values())
+        # Bookings are matched by (client, seq), which every row stores, not by seat.
         present = {(client, seq) for _, client, seq in final.bookings}
         acked = history.acknowledged_ops()
         missing = sum(1 for op in acked if op not in present)
         example = ""
         if doubled:
+            # The lowest seat, so the same run always shows the same example.
             seat = min(doubled)
             holders = [f"c{c}#{q}" for s, c, q in final.bookings if s == seat]
             example = f"; e.g. seat {seat} held by {', '.join(holders[:5])}"
@@ -177,11 +190,13 @@ def bad_reads(history: RunHistory, readers: int, total: int) -> list[BadRead]:
     """The readers' acknowledged sums (the record's `read` value) that miss `total`, in
     start order."""
     r = history.records
+    # Only acknowledged reads: a read that failed or timed out returned no sum to judge.
     read = (history.client < readers) & (r["outcome"] == Outcome.OK) & (r["read"] != NO_VALUE)
     wrong = read & (r["read"] != total)
     if not wrong.any():
         return []
     t0 = int(r["start"].min())
+    # The history is grouped by client; start order shows when in the run the skew appeared.
     idx = np.flatnonzero(wrong)
     idx = idx[np.argsort(r["start"][idx], kind="stable")]
     return [
@@ -224,6 +239,8 @@ class TransferWorkload(_WorkloadModel):
         return self.total + operations * self.max_amount
 
     def check(self, final: FinalState, history: RunHistory) -> Check:
+        """Conservation and no negative balance from the final state; read skew from the
+        readers' sums in the history (a skewed read leaves no trace in the final state)."""
         final_total = sum(final.balances)
         negative = sum(1 for b in final.balances if b < 0)
         bad = bad_reads(history, self.readers, self.total)
@@ -235,6 +252,7 @@ class TransferWorkload(_WorkloadModel):
         detail = f"{len(bad)} of {reads} reads summed to something else"
         examples: list[Example] = []
         if bad:
+            # First, worst and last: when the skew began, how large it got, whether it lasted.
             worst_at = max(range(len(bad)), key=lambda i: abs(bad[i].total_read - self.total))
             worst = bad[worst_at]
             examples = over_time([b.example(self.total) for b in bad], worst_at)
@@ -257,6 +275,7 @@ class TransferWorkload(_WorkloadModel):
         if self.readers:
             invariants.append(Invariant("every read sums to the total", not bad, detail))
         anomalies = {
+            # Absolute: money created and money destroyed are both a drift.
             "total_drift": abs(final_total - self.total),
             "negative_balances": negative,
             "read_skew": len(bad),

@@ -15,11 +15,15 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from racebench.history import NO_VALUE, Outcome, RunHistory
 from racebench.stores.base import OK_STEP, ClientOptions, StepResult, StrategySpec
 from racebench.workloads.counters import Check
+
+if TYPE_CHECKING:
+    from racebench.workloads.custom.expressions import Expression
 
 
 def generic_strategies(workload_type: str, claims_safe: bool) -> dict[str, StrategySpec]:
@@ -44,6 +48,22 @@ def generic_strategies(workload_type: str, claims_safe: bool) -> dict[str, Strat
     }
 
 
+class GuardedStep(Protocol):
+    """What the step loop needs of a compiled template step (SQL or Redis)."""
+
+    @property
+    def when(self) -> Expression | None: ...
+
+    @property
+    def skip_when_false(self) -> bool: ...
+
+    @property
+    def pause_before(self) -> bool: ...
+
+
+StepT = TypeVar("StepT", bound=GuardedStep)
+
+
 class CustomClient(ABC):
     """One client's side of a custom workload, opened in the client process.
 
@@ -66,6 +86,30 @@ class CustomClient(ABC):
         """The race window between the reads and the first write."""
         if self.options.race_window_s:
             time.sleep(self.options.race_window_s)
+
+    def run_steps(
+        self,
+        steps: Sequence[StepT],
+        bound: dict[str, Any],
+        execute: Callable[[StepT], Outcome | None],
+    ) -> Outcome:
+        """Run a template's steps in order, honouring each step's `when:` guard and pause.
+
+        A false guard rejects the whole operation (a business rule said no), unless the step
+        was marked to be skipped instead; `execute` runs one step, binds what it read into
+        `bound`, and returns an outcome only to end the operation early.
+        """
+        for step in steps:
+            if step.when is not None and not step.when.evaluate(bound):
+                if step.skip_when_false:
+                    continue
+                return Outcome.REJECTED
+            if step.pause_before:
+                self.pause()
+            outcome = execute(step)
+            if outcome is not None:
+                return outcome
+        return Outcome.OK
 
     def step(self, strategy: str, seq: int) -> StepResult:
         """One operation under a workload-specific strategy (a transaction); none by default."""
@@ -107,6 +151,22 @@ class CustomRun(ABC):
     @abstractmethod
     def teardown(self) -> None:
         """Remove everything setup and the run created; must work after a failed setup."""
+
+
+def pause_points(reads: Sequence[bool]) -> list[bool]:
+    """Which of a template's steps (by whether each only reads) pause before they run.
+
+    Only the first write that follows a read: that gap is where a read-modify-write races,
+    and one pause per operation keeps the race window what the scenario says.
+    """
+    pauses = []
+    seen_read = paused = False
+    for step_reads in reads:
+        pause = seen_read and not step_reads and not paused
+        paused = paused or pause
+        seen_read = seen_read or step_reads
+        pauses.append(pause)
+    return pauses
 
 
 def history_figures(history: RunHistory) -> dict[str, int]:

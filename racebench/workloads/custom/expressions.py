@@ -19,7 +19,9 @@ from typing import Any
 
 # `:name` outside quotes; `::` (a PostgreSQL cast) is not a bound name.
 _TOKENS = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(?<![:\w]):([A-Za-z_]\w*)""")
+# `:name` is not Python; it is rewritten to `_bound_name` so that `ast` can parse it.
 _BOUND_PREFIX = "_bound_"
+# Spelt as YAML and SQL spell them, since guards sit in YAML next to SQL.
 _LITERAL_NAMES = {"true": True, "false": False, "null": None}
 
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
@@ -58,6 +60,7 @@ class Expression:
 
 
 def _describe(node: ast.AST) -> str:
+    """A refused node in the user's words, for the one-line scenario error."""
     kinds = {
         ast.Call: "a function call",
         ast.Attribute: "an attribute",
@@ -75,6 +78,7 @@ def parse_expression(text: str) -> Expression:
     def rewrite(match: re.Match[str]) -> str:
         return match.group(1) or _BOUND_PREFIX + match.group(2)
 
+    # Quoted strings are matched first and kept, so a `:` inside 'a:b' is not a name.
     source = _TOKENS.sub(rewrite, text.strip())
     try:
         tree = ast.parse(source, mode="eval").body
@@ -90,6 +94,7 @@ def parse_expression(text: str) -> Expression:
                     f"{node.id!r} in {text!r}: a bound value is written :{node.id}"
                 )
         elif isinstance(node, ast.Constant):
+            # Bytes, complex numbers and `...` parse as constants too; nothing binds them.
             if not isinstance(node.value, int | float | str | bool | type(None)):
                 raise ExpressionError(f"unsupported literal in {text!r}")
         elif isinstance(node, ast.Compare):
@@ -101,6 +106,7 @@ def parse_expression(text: str) -> Expression:
         elif isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, ast.Not | ast.USub | ast.UAdd):
                 raise ExpressionError(f"unsupported operator in {text!r}")
+        # An allow-list, not a deny-list: a node type a later Python adds is refused too.
         elif not isinstance(
             node, ast.BoolOp | ast.And | ast.Or | ast.Load | ast.cmpop | ast.operator | ast.unaryop
         ):
@@ -109,6 +115,7 @@ def parse_expression(text: str) -> Expression:
 
 
 def _evaluate(node: ast.expr, bound: Mapping[str, Any]) -> Any:
+    """Interpret a tree that parse_expression admitted (no other node type can reach here)."""
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
@@ -116,6 +123,7 @@ def _evaluate(node: ast.expr, bound: Mapping[str, Any]) -> Any:
             return _LITERAL_NAMES[node.id]
         return bound[node.id.removeprefix(_BOUND_PREFIX)]
     if isinstance(node, ast.BoolOp):
+        # Lazy, so it short-circuits like `and`/`or`, but yields a bool rather than an operand.
         values = (_evaluate(v, bound) for v in node.values)
         return all(values) if isinstance(node.op, ast.And) else any(values)
     if isinstance(node, ast.UnaryOp):
@@ -126,6 +134,7 @@ def _evaluate(node: ast.expr, bound: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.BinOp):
         return _ARITHMETIC[type(node.op)](_evaluate(node.left, bound), _evaluate(node.right, bound))
     assert isinstance(node, ast.Compare)
+    # A chain (`0 < :n <= 10`) as Python reads it: each pair compared, all must hold.
     left = _evaluate(node.left, bound)
     for op, right_node in zip(node.ops, node.comparators, strict=True):
         right = _evaluate(right_node, bound)

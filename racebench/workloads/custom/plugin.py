@@ -94,6 +94,7 @@ def _origin(name: str) -> tuple[str, str] | None:
 
 def load_plugin(name: str) -> tuple[type, str]:
     """The plug-in class named `name` and where it came from; PluginError if broken."""
+    # An installed entry point wins over an import path, so a package can claim a short name.
     found = _origin(name)
     if found is not None:
         path, origin = found
@@ -112,6 +113,8 @@ def load_plugin(name: str) -> tuple[type, str]:
     except Exception as exc:  # any failure while importing user code is the plug-in's
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise PluginError(f"plug-in {name!r} ({origin}) cannot be loaded: {reason}") from None
+    # Checked when the scenario loads, not when a trial first calls the method: a missing
+    # check() would otherwise surface after the whole race had run.
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(target, m, None))]
     if not isinstance(target, type) or missing:
         what = "is not a class" if not isinstance(target, type) else "lacks " + ", ".join(missing)
@@ -145,22 +148,27 @@ class PluginWorkload(BaseModel):
 
     @model_validator(mode="after")
     def _load(self) -> PluginWorkload:
+        # Imported at validation: `racebench validate` reports a broken plug-in (exit 2).
         self._cls, _ = load_plugin(self.type)
         return self
 
     @property
     def backends(self) -> tuple[str, ...]:
+        """The plug-in's `backends`; every backend with a connection to give when it has none."""
         return tuple(getattr(self._cls, "backends", (*SQL_BACKENDS, "redis")))
 
     def strategies(self, backend: str) -> dict[str, StrategySpec]:
         return generic_strategies(self.type, self.claims_safe)
 
     def validate_run(self, fencing: bool, strategy: str) -> str | None:
+        # Nothing to check: the token reaches the plug-in as `ctx.token`, and whether its
+        # writes use it is invisible from here (templates, by contrast, are text to search).
         return None
 
     def start(
         self, backend: str, url: str | None, namespace: str, source: str, clients: int
     ) -> PluginRun:
+        # A copy per trial: a plug-in that mutates its options cannot leak into the next trial.
         try:
             instance = self._cls(dict(self.options))
         except Exception as exc:
@@ -192,6 +200,7 @@ class PluginRun(CustomRun):
         self.url, self._temp_dir = resolve_url(context.backend, url)
 
     def _with_connection(self, method: str, *args: Any) -> Any:
+        """Call the plug-in's `method` on a fresh connection of the parent's, closed after."""
         conn = open_connection(self.context.backend, self.url)
         try:
             return getattr(self.plugin, method)(conn, self.context, *args)
@@ -225,6 +234,8 @@ class PluginRun(CustomRun):
 
 
 class PluginClient(CustomClient):
+    """One client of a plug-in workload: its own connection, opened in the client process."""
+
     def __init__(self, run: PluginRun, options: ClientOptions) -> None:
         super().__init__(options)
         self.run = run
@@ -234,6 +245,7 @@ class PluginClient(CustomClient):
         o, run = self.options, self.run.context
         ctx = OperationContext(o.client_id, seq, run.namespace, run.backend, token, o.race_window_s)
         accepted = self.run.plugin.operation(self.conn, ctx)
+        # `is False`, not falsiness: an operation that returns nothing (None) succeeded.
         return Outcome.REJECTED if accepted is False else Outcome.OK
 
     def close(self) -> None:

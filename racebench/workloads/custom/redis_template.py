@@ -38,6 +38,7 @@ from racebench.workloads.custom.base import (
     CustomRun,
     generic_strategies,
     history_figures,
+    pause_points,
 )
 from racebench.workloads.custom.expressions import Expression, ExpressionError, parse_expression
 from racebench.workloads.custom.params import RESERVED_NAMES, draw_params, namespaced, parse_params
@@ -48,11 +49,15 @@ _READ_COMMANDS = frozenset(
     {"GET", "MGET", "EXISTS", "HGET", "HGETALL", "HMGET", "LLEN", "LRANGE", "SCARD", "SISMEMBER",
      "SMEMBERS", "ZCARD", "ZSCORE", "ZRANGE", "TTL", "PTTL", "STRLEN", "TYPE"}
 )  # fmt: skip
+# Redis replies to GET with bytes even for a counter; a whole number binds as an int so that
+# `:count < 10` compares numbers, not strings ("9" < "10" is false).
 _INTEGER = re.compile(r"^-?\d+$")
+# What an invariant may read besides its reply: the run's operation counts.
 FIGURE_NAMES = frozenset({"ok", "rejected", "unknown", "operations"})
 
 
 class _Strict(BaseModel):
+    # extra="forbid": a misspelt key in a template is an error, never a silently ignored step.
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
@@ -93,6 +98,7 @@ class RedisInvariant(_Strict):
 
 
 def _expression(where: str, text: str, bound: set[str]) -> Expression:
+    """Parse an expression and check, at load time, that it reads only names bound so far."""
     try:
         expression = parse_expression(text)
     except ExpressionError as exc:
@@ -107,6 +113,7 @@ def _expression(where: str, text: str, bound: set[str]) -> Expression:
 
 
 def _check_args(where: str, args: list[Arg], bound: set[str]) -> None:
+    """Check a command's `{{key:..}}` placeholders and `=` expressions before any client runs."""
     for i, arg in enumerate(args):
         if isinstance(arg, str):
             try:
@@ -134,6 +141,7 @@ class RedisTemplateWorkload(_Strict):
 
     @property
     def steps(self) -> list[RedisStep]:
+        """The operation's steps, a bare command list read as a step without options."""
         return [RedisStep(command=s) if isinstance(s, list) else s for s in self.operation]
 
     @model_validator(mode="after")
@@ -144,6 +152,7 @@ class RedisTemplateWorkload(_Strict):
             raise ValueError(f"params: {exc}") from None
         for i, command in enumerate(self.setup):
             _check_args(f"setup[{i}]", command, set())
+        # Names become bound in step order, so a step cannot read a reply bound after it.
         bound = set(self.params) | RESERVED_NAMES
         for i, step in enumerate(self.steps):
             where = f"operation[{i}]"
@@ -153,6 +162,7 @@ class RedisTemplateWorkload(_Strict):
             if step.bind is not None:
                 bound.add(step.bind)
         for i, invariant in enumerate(self.invariants):
+            # Invariants run after the race, where no step's reply is bound any more.
             figures = set(FIGURE_NAMES)
             _check_args(f"invariants[{i}].command", invariant.command, figures)
             if invariant.holds is not None:
@@ -163,6 +173,8 @@ class RedisTemplateWorkload(_Strict):
         return generic_strategies(self.type, self.claims_safe)
 
     def validate_run(self, fencing: bool, strategy: str) -> str | None:
+        # Fencing without the token in a command would pass the token to nothing, and a
+        # "fenced" run would be an unfenced one under another name.
         texts = [a for s in self.steps for a in (*(s.command or []), *s.args)]
         if fencing and not any(isinstance(a, str) and ":token" in a for a in texts):
             return "guard.fencing: the template must say where the token goes (=:token)"
@@ -211,12 +223,10 @@ class RedisRun(CustomRun):
         self.prefix = f"racebench:{namespace}:"
         self.draws = parse_params(workload.params)
         self.steps: list[_Compiled] = []
-        seen_read = paused = False
-        for step in workload.steps:
-            name = str(step.command[0]).upper() if step.command else "EVAL"
-            reads = name in _READ_COMMANDS
-            pause = seen_read and not reads and not paused
-            paused, seen_read = paused or pause, seen_read or reads
+        # A script counts as a write: Redis runs it whole, so it has no window inside.
+        names = [str(s.command[0]).upper() if s.command else "EVAL" for s in workload.steps]
+        reads = [name in _READ_COMMANDS for name in names]
+        for step, pause in zip(workload.steps, pause_points(reads), strict=True):
             when = parse_expression(step.when) if step.when else None
             self.steps.append(
                 _Compiled(
@@ -231,6 +241,8 @@ class RedisRun(CustomRun):
             )
 
     def _compile(self, args: list[Arg]) -> list[Arg | Expression]:
+        """Expressions parsed once, keys prefixed with the run's namespace (so teardown finds
+        every key by one pattern and parallel runs never share one)."""
         out: list[Arg | Expression] = []
         for arg in args:
             if isinstance(arg, str) and arg.startswith("="):
@@ -255,6 +267,7 @@ class RedisRun(CustomRun):
                 try:
                     client.execute_command(*resolve(self._compile(command), {}))
                 except redis.ResponseError as exc:
+                    # A wrong command is the template's fault: exit 2 naming the step.
                     raise ScenarioError(
                         self.source, f"workload.setup[{i}]", f"Redis refused it: {exc}"
                     ) from None
@@ -288,6 +301,7 @@ class RedisRun(CustomRun):
                     holds = reply == _value(inv.expect)
                     detail = f"result {reply!r}, expected {inv.expect!r}"
                 invariants.append(Invariant(inv.name, holds, detail))
+                # One final-state check: it fails once, however many operations broke it.
                 anomalies[inv.name] = 0 if holds else 1
         finally:
             client.close()
@@ -321,13 +335,8 @@ class RedisTemplateClient(CustomClient):
 
         bound = draw_params(self.run.draws, self.options.client_id, seq)
         bound["token"] = token
-        for step in self.run.steps:
-            if step.when is not None and not step.when.evaluate(bound):
-                if step.skip_when_false:
-                    continue
-                return Outcome.REJECTED
-            if step.pause_before:
-                self.pause()
+
+        def execute(step: _Compiled) -> None:
             try:
                 if step.script is not None:
                     keys = resolve(step.keys, bound)
@@ -336,10 +345,12 @@ class RedisTemplateClient(CustomClient):
                 else:
                     reply = self.client.execute_command(*resolve(step.command, bound))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # The command may have reached Redis before the connection broke.
                 raise UnknownOutcome(str(exc)) from exc
             if step.bind is not None:
                 bound[step.bind] = _value(reply)
-        return Outcome.OK
+
+        return self.run_steps(self.run.steps, bound, execute)
 
     def classify(self, exc: BaseException) -> Outcome:
         return Outcome.UNKNOWN if isinstance(exc, UnknownOutcome) else Outcome.ERROR

@@ -43,6 +43,7 @@ from racebench.workloads.custom.base import (
     describe_rows,
     generic_strategies,
     history_figures,
+    pause_points,
     resolve_url,
 )
 from racebench.workloads.custom.expressions import Expression, ExpressionError, parse_expression
@@ -51,12 +52,16 @@ from racebench.workloads.custom.sql_dialects import DIALECTS, ISOLATION_LEVELS, 
 
 # Quoted text first, so a ':name' inside a string literal or a quoted identifier is left alone.
 _SQL_TOKENS = re.compile(r"""('(?:[^']|'')*'|"[^"]*")|(?<![:\w]):([A-Za-z_]\w*)""")
+# A SELECT binds its columns by their names; `AS name` is how a template names one, so the
+# aliases are what later steps may read (checked at load time, before any client runs).
 _ALIAS = re.compile(r"\bAS\s+([A-Za-z_]\w*)", re.IGNORECASE)
+# Statements that only read: the race window goes before the first statement that is not one.
 _READ = re.compile(r"^\s*(SELECT|WITH|VALUES|TABLE|SHOW)\b", re.IGNORECASE)
 FIGURE_NAMES = frozenset({"ok", "rejected", "unknown", "operations"})
 
 
 class _Strict(BaseModel):
+    # extra="forbid": a misspelt key in a template is an error, never a silently ignored step.
     model_config = ConfigDict(extra="forbid")
 
 
@@ -80,12 +85,15 @@ class SqlInvariant(_Strict):
 
 
 def _parameters(sql: str) -> list[str]:
+    # Lower-cased, as bound column names are: drivers report a column in the server's case
+    # (PostgreSQL folds unquoted names to lower case, MySQL keeps them as written).
     return [m.group(2).lower() for m in _SQL_TOKENS.finditer(sql) if m.group(2)]
 
 
 def _to_driver(sql: str, placeholder: str) -> tuple[str, tuple[str, ...]]:
     """`:name` to the driver's placeholder, with the names in order; `%` escaped for `%s`."""
     names: list[str] = []
+    # psycopg and PyMySQL read every `%` as a placeholder's start, so `LIKE 'a%'` needs `%%`.
     if placeholder == "%s":
         sql = sql.replace("%", "%%")
 
@@ -117,6 +125,7 @@ class SqlTemplateWorkload(_Strict):
 
     @property
     def steps(self) -> list[SqlStep]:
+        """The operation's steps, a bare string read as a step without options."""
         return [SqlStep(sql=s) if isinstance(s, str) else s for s in self.operation]
 
     @model_validator(mode="after")
@@ -137,8 +146,10 @@ class SqlTemplateWorkload(_Strict):
                 except ExpressionError as exc:
                     raise ValueError(f"{where}.when: {exc}") from None
                 _check_bound(f"{where}.when", {n.lower() for n in guard.names}, bound)
+            # Names become bound in step order, so a step cannot read a later step's column.
             if _READ.match(step.sql):
                 bound |= {alias.lower() for alias in _ALIAS.findall(step.sql)}
+        # Invariants run after the race, where only the run's operation counts are bound.
         for i, invariant in enumerate(self.invariants):
             _check_text(f"invariants[{i}].sql", invariant.sql, set(FIGURE_NAMES))
         return self
@@ -177,6 +188,7 @@ class SqlTemplateWorkload(_Strict):
 
 
 def _check_bound(where: str, used: set[str], bound: set[str]) -> None:
+    """Refuse the first name read before anything binds it, listing what is bound there."""
     if unknown := sorted(used - bound):
         raise ValueError(
             f"{where}: :{unknown[0]} is not bound here (bound: "
@@ -186,6 +198,7 @@ def _check_bound(where: str, used: set[str], bound: set[str]) -> None:
 
 
 def _check_text(where: str, sql: str, bound: set[str]) -> None:
+    """Check a statement's `{{table:..}}` placeholders and the `:names` it reads."""
     try:
         namespaced(sql, "table", lambda name: name, set())
     except ValueError as exc:
@@ -224,12 +237,8 @@ class SqlTemplateRun(CustomRun):
 
         self.setup_sql = [compile_sql(s) for s in workload.setup]
         self.steps: list[_Compiled] = []
-        seen_read = paused = False
-        for step in workload.steps:
-            reads = bool(_READ.match(step.sql))
-            pause = seen_read and not reads and not paused
-            paused = paused or pause
-            seen_read = seen_read or reads
+        reads = [bool(_READ.match(step.sql)) for step in workload.steps]
+        for step, pause in zip(workload.steps, pause_points(reads), strict=True):
             sql, names = compile_sql(step.sql)
             when = parse_expression(step.when) if step.when else None
             self.steps.append(
@@ -244,6 +253,7 @@ class SqlTemplateRun(CustomRun):
 
     @contextmanager
     def _admin(self) -> Iterator[Any]:
+        """A short-lived connection of the parent's for setup, checks and teardown."""
         conn = self.dialect.open(self.url)
         try:
             yield conn.cursor()
@@ -262,6 +272,7 @@ class SqlTemplateRun(CustomRun):
         try:
             cur.execute(sql, params)
         except self.dialect.driver_error as exc:
+            # The first line only: drivers add DETAIL/HINT lines, and errors stay one line.
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ScenarioError(self.source, field, f"the server refused it: {message}") from None
 
@@ -282,6 +293,8 @@ class SqlTemplateRun(CustomRun):
         with self._admin() as cur:
             for i, (inv, sql, names) in enumerate(self.invariants):
                 rows = self._query(cur, sql, names, figures, i)
+                # Offending rows count one anomaly each (a seat per row, say); a `true` query
+                # is one judgement over the final state and fails once.
                 if inv.holds_when == "true":
                     holds = len(rows) == 1 and len(rows[0]) == 1 and bool(rows[0][0])
                     detail = f"returned {describe_rows(rows) or 'no rows'}"
@@ -300,6 +313,7 @@ class SqlTemplateRun(CustomRun):
             cur.execute(sql)
 
     def teardown(self) -> None:
+        # A temporary sqlite database goes with its directory: no tables to drop first.
         try:
             if self._temp_dir is None:
                 with self._admin() as cur:
@@ -338,13 +352,8 @@ class SqlTemplateClient(CustomClient):
     def run_operation(self, seq: int, token: int | None) -> Outcome:
         bound = draw_params(self.run.draws, self.options.client_id, seq)
         bound["token"] = token
-        for step in self.run.steps:
-            if step.when is not None and not step.when.evaluate(bound):
-                if step.skip_when_false:
-                    continue
-                return Outcome.REJECTED
-            if step.pause_before:
-                self.pause()
+
+        def execute(step: _Compiled) -> Outcome | None:
             cur = self._execute(step.sql, tuple(bound[n] for n in step.names))
             if cur.description:
                 row = cur.fetchone()
@@ -355,11 +364,15 @@ class SqlTemplateClient(CustomClient):
                 if step.on_no_rows == "stale":
                     raise StaleToken
                 return Outcome.REJECTED
-        return Outcome.OK
+            return None
+
+        return self.run_steps(self.run.steps, bound, execute)
 
     def step(self, strategy: str, seq: int) -> StepResult:
         """The operation in one transaction at `strategy`'s level, retried on conflicts."""
         begin = self.dialect.begin_statements(strategy)
+        # A conflict is the server keeping its promise, so the whole transaction is retried
+        # from BEGIN with backoff; past the retries the operation counts as CONFLICT.
         for attempt in range(self.options.retries + 1):
             try:
                 for sql in begin:
@@ -382,6 +395,8 @@ class SqlTemplateClient(CustomClient):
             self.cur.execute("ROLLBACK")
 
     def classify(self, exc: BaseException) -> Outcome:
+        # Order matters: a constraint refusal or a lock timeout is a definite answer even on
+        # a connection that broke afterwards; only a lost answer is UNKNOWN.
         if isinstance(exc, RacebenchError):
             return Outcome.ERROR
         if self.dialect.refused_by_constraint(exc):
@@ -395,6 +410,8 @@ class SqlTemplateClient(CustomClient):
         return Outcome.ERROR
 
     def recover(self) -> None:
+        # A client that could not reconnect is `_dead`: its failures are ERROR (the server
+        # never got the statement), not UNKNOWN, and each recover tries to connect again.
         if self._dead or self.dialect.broken(self.conn):
             with suppress(Exception):
                 self.conn.close()
