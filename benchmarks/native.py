@@ -68,8 +68,8 @@ def racebench_ops(
         execution,
     )
     [run] = execution.runs
-    assert run["operations"]["errors"] == 0, run["errors_sample"]
-    return run["throughput_ops_s"]
+    assert run.operations.errors == 0, run.errors_sample
+    return run.throughput_ops_s
 
 
 def _load() -> str:
@@ -180,9 +180,9 @@ def startup(clients: int, workers: int | None) -> tuple[float, float, float]:
     data = _scenario("redis", "likes", clients, clients * 2, workers)
     execute(expand(data, "native"), ExecutionOptions(), execution)
     [run] = execution.runs
-    load = run["load"]
+    assert run.load is not None and run.load.ready_s is not None
     parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return load["ready_s"], sum(load["worker_max_rss_mb"]), parent
+    return run.load.ready_s, sum(run.load.worker_max_rss_mb), parent
 
 
 def main() -> None:

@@ -77,8 +77,8 @@ def racebench_throughput(backend: str, clients: int, operations: int, url: str |
     execution = Execution()
     execute(specs, ExecutionOptions(), execution)
     [run] = execution.runs
-    assert run["operations"]["errors"] == 0, run["errors_sample"]
-    return run["throughput_ops_s"]
+    assert run.operations.errors == 0, run.errors_sample
+    return run.throughput_ops_s
 
 
 def measure_overhead(args: argparse.Namespace) -> None:
@@ -109,7 +109,7 @@ def measure_memory(operations: int) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     [run] = execution.runs
     print(
-        f"recorded {run['operations']['attempted']:,} operations in {elapsed:.1f}s; "
+        f"recorded {run.operations.attempted:,} operations in {elapsed:.1f}s; "
         f"parent peak RSS {peak:.0f} MB (before the run {before:.0f} MB)"
     )
 

@@ -1,0 +1,27 @@
+"""The benchmark scripts read racebench's typed results: a tiny run of racebench's side of
+each keeps them working (their figures come from real runs, never from this test)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_native_benchmark_runs_racebench_and_times_start_up(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import native
+
+    monkeypatch.setitem(native.URLS, "redis", redis_url)
+    assert native.racebench_ops("redis", "likes", 2, 200, 1) > 0
+    ready_s, workers_rss_mb, parent_rss_mb = native.startup(4, 1)
+    assert ready_s >= 0 and workers_rss_mb > 0 and parent_rss_mb > 0
+
+
+def test_overhead_benchmark_runs_racebench_and_measures_memory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import overhead
+
+    assert overhead.racebench_throughput("sqlite", 2, 400, None) > 0
+    overhead.measure_memory(2_000)
+    assert "recorded 2,000 operations" in capsys.readouterr().out
