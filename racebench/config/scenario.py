@@ -89,7 +89,15 @@ def plugin_models(group: str) -> dict[str, Any]:
         # `backend` may be left out for the default store; `kind` and `service` are required.
         default = name if group == STORE_GROUP and name == DEFAULT_BACKEND else ...
         fields: Any = {key: (Literal[name], default)}
-        models[name] = create_model(title, __base__=model, __doc__=doc, **fields)
+        made = create_model(title, __base__=model, __doc__=doc, **fields)
+        # Picklable by reference, as a class defined here would be: stdlib pickle finds a
+        # class by its module and qualified name, and a run's spec (which holds these
+        # models) is pickled for spawned workers and the tests (Dask's cloudpickle would
+        # copy the class by value instead).
+        made.__module__ = __name__
+        made.__qualname__ = f"_{key}_{name}".replace(".", "_")
+        globals()[made.__qualname__] = made
+        models[name] = made
     return models
 
 
