@@ -72,8 +72,8 @@ def test_which_sql_clients_run_on_the_event_loop() -> None:
     assert execution_model(PostgresStore, "atomic", 8, "postgresql://db.example/x") == "thread"
     remote = "postgresql://db.example/x?sslmode=disable"
     assert execution_model(PostgresStore, "atomic", 8, remote) == "asyncio"
-    assert execution_model(MysqlStore, "atomic", 8) == "thread"
-    assert execution_model(MysqlStore, "atomic", 64) == "asyncio"
+    assert execution_model(MysqlStore, "atomic", 8) == "asyncio"
+    assert execution_model(MysqlStore, "for_update", 64) == "thread"
     assert execution_model(MysqlStore, "atomic", 64, "mysql://root@db.example/test") == "thread"
 
 

@@ -283,10 +283,10 @@ class MysqlStore(SqlStore):
 
     async_strategies = frozenset({"none", "crdt", "atomic"})
     async_driver = "lean COM_QUERY after a PyMySQL login (racebench.stores.mysql_lean)"
-    # Measured here (stock atomic, 16 clients on 2 workers, a busy machine): threads with a
-    # lean atomic statement 0.9x mysqlslap, the same statement on one event loop per worker
-    # 0.5x (a descheduled loop stalls all its clients). The loop is for thousands of clients.
-    async_from_clients_per_worker = 64
+    # On the loop at any client count: with the atomic statement run from the protocol's
+    # reply callbacks (racebench.stores.sql_lean), measured here at 16 clients on 2 workers,
+    # the loop reached 0.93x mysqlslap on a quiet machine and 0.82x beside a CPU hog, where
+    # a thread per client with the same lean statement gave 0.77x both times.
 
     @classmethod
     def loop_supports(cls, url: str | None) -> bool:

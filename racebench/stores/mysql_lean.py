@@ -9,12 +9,14 @@ statement (argument escaping, packet objects, a buffered reader, result metadata
 statement. Here a statement costs one pre-encoded COM_QUERY write (the same text protocol
 statement mysqlslap sends) and a parse of the reply's first byte and row count.
 
-Two ways to run it: below 64 clients per worker, the blocking client on its own thread
-sends the atomic statement this way on its PyMySQL socket (`MysqlClient._rowcount`, with
-this module's parser driven by `BlockingReplies`); from 64, `LeanMysqlClient` runs on the
-worker's loop. PyMySQL still opens and authenticates each connection (every auth plugin,
+On the worker's loop at any client count, `LeanMysqlClient` runs the statement, and the
+atomic counter statement runs from the protocol's reply callback
+(racebench.stores.sql_lean.LeanSqlClient.callback_loop); docs/engine.md has the figures
+against threads. PyMySQL still opens and authenticates each connection (every auth plugin,
 the URL rules of racebench.stores.mysql), off the loop; its socket is then detached and
-handed to the loop. TLS sessions stay on PyMySQL threads (`MysqlStore.loop_supports`).
+handed to the loop. TLS sessions stay on PyMySQL threads (`MysqlStore.loop_supports`),
+where the blocking client sends the atomic statement the same lean way on its PyMySQL
+socket (`MysqlClient._rowcount`, with this module's parser driven by `BlockingReplies`).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class LeanMysqlClient(LeanSqlClient):
     async def _open(self) -> LeanProtocol:
         loop = asyncio.get_running_loop()
         conn = await loop.run_in_executor(None, open_connection, self.url)
+        self.session_id = conn.thread_id()
         # Detached, PyMySQL's socket object no longer owns the descriptor: the transport does.
         sock = socket.socket(fileno=conn._sock.detach())
         conn._sock = conn._rfile = None

@@ -143,6 +143,7 @@ class LeanPostgresClient(LeanSqlClient):
             raise
         await self._close_session()
         self._conn, self._prepared = conn, set()
+        self.session_id = conn.pgconn.backend_pid
         return protocol
 
     def _encode(self, sql: str, params: tuple[int, ...]) -> bytes:
@@ -157,6 +158,10 @@ class LeanPostgresClient(LeanSqlClient):
         if sql in self._prepared:
             return bind
         return parse_message(self._names[sql], sql) + bind
+
+    def _ready_payload(self, sql: str, params: tuple[int, ...]) -> bytes | None:
+        # Bind/Execute/Sync alone: the statement must already be prepared in this session.
+        return self._encode(sql, params) if sql in self._prepared else None
 
     def _sent(self, sql: str) -> None:
         protocol = self.protocol

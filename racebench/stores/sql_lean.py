@@ -22,7 +22,7 @@ from abc import abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
@@ -36,7 +36,11 @@ from racebench.stores.base import (
 )
 from racebench.stores.sql import LockWaitTimeout
 from racebench.stores.sql_statements import SqlStatementTexts
+from racebench.util.redact import redact_text
 from racebench.workloads.counters import CounterPlan, LedgerPlan
+
+if TYPE_CHECKING:
+    from racebench.guards import CallbackLoop, OperationSink
 
 Reply = tuple[int, bytes | None]
 
@@ -70,6 +74,10 @@ class LeanProtocol(asyncio.Protocol):
         self._write: Callable[[bytes], None] | None = None
         self._transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        # Set while a callback loop owns the connection (LeanSqlClient.callback_loop): each
+        # reply goes to `on_reply` and a lost connection to `on_lost`, instead of to waiters.
+        self.on_reply: Callable[[Reply | None, Exception | None], None] | None = None
+        self.on_lost: Callable[[Exception], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -84,8 +92,13 @@ class LeanProtocol(asyncio.Protocol):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(self.lost)
+        if self.on_lost is not None:
+            self.on_lost(self.lost)
 
     def _resolve(self, reply: Reply | None, error: Exception | None = None) -> None:
+        if (on_reply := self.on_reply) is not None:
+            on_reply(reply, error)
+            return
         if not self._waiters:
             return  # unasked (a server closing a killed session says why): connection_lost follows
         waiter = self._waiters.popleft()
@@ -114,10 +127,8 @@ class LeanProtocol(asyncio.Protocol):
 class BlockingReplies:
     """A protocol's parser driven by a blocking socket, on a client's own thread.
 
-    Below a few dozen clients per worker, a thread per client blocked in recv() reaches the
-    server's pace better than one event loop: on a busy machine the scheduler wakes each
-    thread on its own, as it does the C tools' threads, while a descheduled loop stalls all
-    its clients at once (docs/engine.md has the figures).
+    For a session that stays on a thread (TLS, which the loop's lean clients do not speak):
+    its hot statement skips the driver's per-statement Python all the same.
     """
 
     def __init__(self, protocol: LeanProtocol) -> None:
@@ -164,6 +175,9 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
         )
         self.protocol: LeanProtocol | None = None
         self._must_reconnect = False
+        # The server's id of the current session (PostgreSQL backend pid, MySQL connection
+        # id): what pg_terminate_backend or KILL name, what the server's own views show.
+        self.session_id: int | None = None
 
     @abstractmethod
     async def _open(self) -> LeanProtocol:
@@ -225,20 +239,24 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
     async def write_slot(self, value: int) -> None:
         await self._run(self.sql_write_slot, (value, self.options.client_id))
 
+    def _counter_statement(self, plan: CounterPlan) -> tuple[str, tuple[int, ...]]:
+        """The atomic counter statement and its parameters (constant for a client)."""
+        if plan.floor is None:
+            return f"UPDATE {self.counter} SET value = value + %s WHERE id = 1", (plan.delta,)
+        sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1 AND value + %s >= %s"
+        return sql, (plan.delta, plan.delta, plan.floor)
+
+    def _ready_payload(self, sql: str, params: tuple[int, ...]) -> bytes | None:
+        """The messages that run `sql` as they are sent once the session is ready for it,
+        or None while it is not (PostgreSQL: not yet prepared in this session)."""
+        return self._encode(sql, params)
+
     def step_for(
         self, strategy: str, plan: CounterPlan | LedgerPlan
     ) -> Callable[[int], Awaitable[StepResult]]:
         assert strategy == "atomic"
         if isinstance(plan, CounterPlan):
-            if plan.floor is None:
-                sql = f"UPDATE {self.counter} SET value = value + %s WHERE id = 1"
-                params: tuple[int, ...] = (plan.delta,)
-            else:
-                sql = (
-                    f"UPDATE {self.counter} SET value = value + %s "
-                    "WHERE id = 1 AND value + %s >= %s"
-                )
-                params = (plan.delta, plan.delta, plan.floor)
+            sql, params = self._counter_statement(plan)
             run = self._run
 
             async def counter_once() -> Outcome:
@@ -261,6 +279,77 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
             return result if result.outcome != Outcome.OK else OK_STEP
 
         return withdraw
+
+    def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
+        """likes and stock atomic: one constant statement per operation, run from the
+        protocol's reply callback, as the C tools run theirs.
+
+        Measured on this 2-core machine (issue 10, docs/engine.md): awaiting a future per
+        statement in a task costs the worker about as much CPU as the server spends on the
+        statement's round trip, and the two share the cores. Here an operation is one
+        callback: record, write the same pre-encoded messages again.
+
+        The loop owns the connection until the sink says the run is over (True), or hands it
+        back (False): while the session is not ready for the statement (PostgreSQL prepares
+        it on the general path's first run), on an error reply (nothing was written: a
+        deadlock, a lock wait timeout; the worker's general path sends it again, retrying
+        and recording as it always does, and the failed attempt is counted in
+        `retry_codes`), or when the server is closing the session or the connection was
+        lost, after recording the operation in flight as UNKNOWN (it may have committed).
+        """
+        if strategy != "atomic" or not isinstance(plan, CounterPlan):
+            return None
+        sql, params = self._counter_statement(plan)
+        ok, rejected, unknown = int(Outcome.OK), int(Outcome.REJECTED), int(Outcome.UNKNOWN)
+
+        async def run(sink: OperationSink) -> bool:
+            protocol = self.protocol
+            if protocol is None or protocol._write is None or self._must_reconnect:
+                return False  # not connected: the general path reconnects
+            payload = self._ready_payload(sql, params)
+            if payload is None or protocol._waiters:
+                return False
+            start = sink.first()
+            if not start:
+                return True
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            write, complete = protocol._write, sink.complete
+
+            def on_reply(reply: Reply | None, error: Exception | None) -> None:
+                nonlocal start
+                if done.done():
+                    return
+                if error is not None:
+                    code = getattr(error, "code", "")
+                    if code in self.closing_codes:
+                        self._must_reconnect = True
+                        lost(error)
+                        return
+                    if code in self.conflict_codes or code in self.lock_wait_codes:
+                        self.retry_codes[code] += 1
+                    done.set_result(False)
+                    return
+                start = complete(start, ok if cast(Reply, reply)[0] else rejected)
+                if start:
+                    write(payload)
+                else:
+                    done.set_result(True)
+
+            def lost(exc: Exception) -> None:
+                if done.done():
+                    return
+                message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+                complete(start, unknown, 0, message)
+                done.set_result(False)
+
+            protocol.on_reply, protocol.on_lost = on_reply, lost
+            try:
+                write(payload)
+                return await done
+            finally:
+                protocol.on_reply = protocol.on_lost = None
+
+        return run
 
     def classify(self, exc: BaseException) -> Outcome:
         if isinstance(exc, LockWaitTimeout):
