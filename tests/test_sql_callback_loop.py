@@ -174,6 +174,8 @@ def test_each_statement_is_recorded_once_with_its_outcome(request, backend: str)
         ok, rejected = int(Outcome.OK), int(Outcome.REJECTED)
         assert [o for o, _ in sink.records] == [ok] * 24 + [rejected] * 6
         assert admin.value() == 0
+        # Parsed once each, then looked up: the OK reply and the REJECTED one.
+        assert sorted(client.protocol._known.values()) == [(0, None), (1, None)]
 
     asyncio.run(_with_client(backend, _url(request, backend), 25, body))
 
@@ -247,3 +249,37 @@ def test_a_run_sells_exactly_the_stock(request, backend: str) -> None:
     assert run["operations"]["ok"] == 700 and run["operations"]["rejected"] == 300
     assert run["anomalies"] == {"lost_updates": 0, "oversold_units": 0}
     assert run["verdict"] == "safe"
+
+
+# One reply of each server's hot statement, as the server sends it: PostgreSQL's
+# BindComplete, CommandComplete "UPDATE 1" and ReadyForQuery; MySQL's OK packet (1 row).
+REPLIES = {
+    "postgres": b"2\x00\x00\x00\x04C\x00\x00\x00\x0dUPDATE 1\x00Z\x00\x00\x00\x05I",
+    "mysql": b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reply_split_across_reads_is_parsed_and_not_remembered(backend: str) -> None:
+    """Only bytes that were exactly one reply are remembered; a reply that came in two
+    reads is framed as usual, and the next whole one is parsed, then looked up."""
+    from racebench.stores.mysql_lean import MysqlProtocol
+    from racebench.stores.postgres_lean import PostgresProtocol
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = {"postgres": PostgresProtocol, "mysql": MysqlProtocol}[backend](loop)
+        replies: list = []
+        protocol.on_reply = lambda reply, error: replies.append((reply, error))
+        reply = REPLIES[backend]
+        protocol.fresh = True
+        protocol.data_received(reply[:6])
+        protocol.data_received(reply[6:])
+        assert replies == [((1, None), None)] and protocol._known == {}
+        for _ in range(2):
+            protocol.fresh = True
+            protocol.data_received(reply)
+        assert replies[1:] == [((1, None), None)] * 2
+        assert protocol._known == {reply: (1, None)}
+    finally:
+        loop.close()

@@ -66,7 +66,7 @@ class MysqlProtocol(LeanProtocol):
         self._eofs = -1  # -1: between replies; 0 or 1: EOF packets seen in a result set
         self._row: bytes | None = None
 
-    def data_received(self, data: bytes) -> None:
+    def _frame(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         start = 0

@@ -69,7 +69,7 @@ class PostgresProtocol(LeanProtocol):
         self._error: ServerError | None = None
         self.parse_complete = False  # the last reply included a ParseComplete
 
-    def data_received(self, data: bytes) -> None:
+    def _frame(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         start, end = 0, len(buffer)
