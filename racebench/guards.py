@@ -286,10 +286,18 @@ def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Oper
     """`step` as an Operation: an exception becomes an outcome the client classifies; the
     values the step left on the client go into the record (and are reset for the next)."""
 
+    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
+    rejected: OpResult = (Outcome.REJECTED, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
+
     def operation(seq: int) -> OpResult:
         try:
             r = step(seq)
             read, written = client.read_value, client.written_value
+            if read == written == NO_VALUE:  # an atomic statement: no values, no tuple to build
+                if r is OK_STEP:
+                    return ok
+                if r is REJECTED_STEP:
+                    return rejected
             client.read_value = client.written_value = NO_VALUE
             return r.outcome, r.retries, r.cs_start, r.cs_end, r.token, read, written, None
         except Exception as exc:

@@ -347,17 +347,48 @@ class _Worker:
 
     def blocking_closed_loop(self, slot: _ClientSlot, client: OpenedClient) -> None:
         """The closed loop of a blocking driver, on the client's own thread: no per-operation
-        hop between the loop and the thread, so a blocking store runs at its native pace."""
+        hop between the loop and the thread, so a blocking store runs at its native pace.
+
+        As in `closed_loop`, the recording is inlined (an embedded SQLite statement takes a
+        few microseconds, so each method call around it showed in benchmarks/overhead.py),
+        and the shared stop flag, a read through ctypes, is looked at once a millisecond.
+        """
         operation = client.blocking_operation
         assert operation is not None
-        inflight = self.control.probe.inflight
-        cid = slot.client
-        monotonic_ns = time.monotonic_ns
-        while slot.seq < slot.quota and not self._over():
-            start = inflight[cid] = monotonic_ns()
-            result = operation(slot.seq)
+        control = self.control
+        inflight, add_done, stopping = control.probe.inflight, control.add_done, control.stopping
+        cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
+        monotonic_ns, pack, size = time.monotonic_ns, RECORD.pack_into, RECORD.size
+        recorder = slot.recorder
+        buffer, offset, seq = recorder.buffer, slot.offset, slot.seq
+        look_at_stop = 0
+        while seq < quota and not self.stop:
+            start = monotonic_ns()
+            if start >= deadline:
+                self.stop = True
+                break
+            if start >= look_at_stop:
+                if stopping():
+                    self.stop = True
+                    break
+                look_at_stop = start + 1_000_000
+            inflight[cid] = start
+            outcome, retries, cs_start, cs_end, token, read, written, message = operation(seq)
+            end = monotonic_ns()
             inflight[cid] = 0
-            self._record(slot, start, start, result)
+            error_index = -1
+            if message is not None:
+                error_index = slot.messages.setdefault(message, len(slot.messages))
+                if outcome == Outcome.ERROR:
+                    control.add_error(cid)
+            pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
+                 error_index, start, read, written)  # fmt: skip
+            offset += size
+            seq += 1
+            slot.offset, slot.seq = offset, seq
+            add_done(cid, seq)
+            if offset == recorder.capacity_bytes:
+                buffer = recorder.grow()
 
     async def open_loop_client(
         self, slot: _ClientSlot, client: OpenedClient, due: asyncio.Queue[int | None]
