@@ -12,6 +12,7 @@ is of the medians of at least 3 runs per side.
 
     python benchmarks/native.py --backend redis --clients 16 --clients 256 [--trials 3]
         [--operations 200000] [--workers 2]
+    python benchmarks/native.py --backend postgres --clients 16 --operations 150000  # 15,000 a run
     python benchmarks/native.py --startup 8000   # Redis clients: ready time and memory
 
 Each figure is printed with the 1-minute load average when it was taken: on a shared machine
@@ -189,7 +190,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", action="append", choices=list(PAIRS))
     parser.add_argument("--clients", action="append", type=int)
-    parser.add_argument("--operations", type=int, default=100_000)
+    parser.add_argument(
+        "--operations",
+        type=int,
+        default=100_000,
+        help="operations a run on Redis; a tenth of it on PostgreSQL and MySQL",
+    )
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--startup", type=int, metavar="CLIENTS", help="time Redis start-up")
