@@ -153,6 +153,45 @@ def test_client_bound_when_a_worker_saturates_its_core() -> None:
     assert calm["client_bound"] is False
 
 
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_loop_lag_measures_a_busy_loop_not_an_idle_one(tmp_path: Path, loop_kind) -> None:
+    """On an idle loop the sampler measures (next to) nothing, though both loops' timers
+    fire up to a millisecond late for their resolution; on a loop that a computing callback
+    holds for 30 ms it measures that."""
+    import asyncio
+    import multiprocessing as mp
+
+    from racebench.engine.runner import LocalControl
+    from racebench.engine.worker import WorkerSpec, _Worker, new_event_loop
+
+    def lag_ms(block_s: float, percentile: float) -> float:
+        loop = new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+        worker = _Worker(
+            WorkerSpec(0, (), None, (), tmp_path), LocalControl(mp.get_context("fork"), 1, 1)
+        )
+
+        def hold() -> None:
+            until = time.monotonic() + block_s
+            while time.monotonic() < until:  # a callback computing: the loop is saturated
+                pass
+            loop.call_later(0.05, hold)
+
+        worker.sample_lag(loop)
+        if block_s:
+            loop.call_later(0.05, hold)
+        loop.run_until_complete(asyncio.sleep(0.6))
+        assert worker.lag_timer is not None
+        worker.lag_timer.cancel()
+        loop.close()
+        histogram = worker.lag_histogram()
+        assert histogram.get_total_count() >= 20
+        return histogram.get_value_at_percentile(percentile) / 1000
+
+    # The median: an idle virtual CPU's wake-ups put a few samples in the milliseconds.
+    assert lag_ms(0, 50) < 0.2
+    assert lag_ms(0.03, 99) >= 20
+
+
 def _server_pause_run(redis_url: str, rate: str | None) -> dict:
     lock = {"service": "redis_lock", "url": redis_url, "ttl_ms": 5000}
     scenario = {
