@@ -382,10 +382,15 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
             try:
                 protocol.fresh = True
                 write(payload)
-                return await done
+                over = await done
             finally:
                 protocol.on_reply = protocol.on_lost = None
                 protocol.fresh = False
+            if protocol.lost is not None or self._must_reconnect:
+                # As the general path does after an unknown outcome: its next operation then
+                # runs on a new session instead of failing as "not connected".
+                await self.recover()
+            return over
 
         return run
 
