@@ -330,7 +330,8 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
         deadlock, a lock wait timeout; the worker's general path sends it again, retrying
         and recording as it always does, and the failed attempt is counted in
         `retry_codes`), or when the server is closing the session or the connection was
-        lost, after recording the operation in flight as UNKNOWN (it may have committed).
+        lost, after recording the operation in flight as UNKNOWN (it may have committed) and
+        reconnecting.
         """
         if strategy != "atomic" or not isinstance(plan, CounterPlan):
             return None
