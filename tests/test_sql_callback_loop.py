@@ -233,6 +233,35 @@ def test_a_killed_session_is_unknown_and_the_client_reconnects(request, backend:
     asyncio.run(_with_client(backend, _url(request, backend), 100, body))
 
 
+def test_a_lock_wait_timeout_is_recorded_and_the_loop_goes_on(postgres_url, monkeypatch) -> None:
+    """PostgreSQL's lock_timeout (55P03) while another session holds the row: the statement
+    wrote nothing and is recorded LOCK_TIMEOUT, with the general path's message; the loop
+    does not hand back. (MySQL's 1205 is a retried conflict, as on the general path.)"""
+    import racebench.stores.postgres_lean as postgres_lean
+
+    monkeypatch.setattr(postgres_lean, "LOCK_WAIT_S", 0.2)
+
+    async def body(client, loop_fn, admin: Admin) -> None:
+        plan = _spec("postgres", postgres_url, 100).scenario.workload.plan()
+        await client.step_for("atomic", plan)(0)
+
+        def on_op(n: int) -> None:
+            if n == 3:  # hold the row: the next statement waits 200 ms, then gives up
+                admin.execute("BEGIN")
+                admin.execute(f"SELECT value FROM {admin.table} WHERE id = 1 FOR UPDATE")
+            elif n == 4:
+                admin.execute("COMMIT")
+
+        sink = ListSink(quota=8, on_op=on_op)
+        assert await loop_fn(sink) is True
+        ok = int(Outcome.OK)
+        assert [o for o, _ in sink.records] == [ok] * 3 + [int(Outcome.LOCK_TIMEOUT)] + [ok] * 4
+        assert sink.records[3][1] == "LockWaitTimeout: 55P03"
+        assert admin.value() == 100 - 1 - 7
+
+    asyncio.run(_with_client("postgres", postgres_url, 100, body))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_run_sells_exactly_the_stock(request, backend: str) -> None:
     """End to end on 2 workers: 16 clients, 1,000 sales for 700 units."""

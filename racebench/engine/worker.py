@@ -39,9 +39,9 @@ from racebench.history import NO_VALUE, RECORD, RECORD_DTYPE, Outcome, Recorder
 # An operation that started more than this after its intended start counts as late.
 LATE_NS = 1_000_000
 # How often the lag sampler wakes: a due timer that fires late measures the loop's backlog.
-# Each wake-up of a loop that waits on the server is a context switch: at 5 ms they were
-# half of a PostgreSQL worker's switches at 16 clients (0.43 switches per operation with
-# them, 0.28 without; pgbench 0.22), and those switches cost the server CPU it shares.
+# Each wake-up of a loop that waits on the server is a context switch, and each sample cost
+# Python time (at 5 ms, with hdrh per sample, 11% of a PostgreSQL worker's Python time at
+# 16 clients in py-spy): every 10 ms, cheaply, is plenty for a p99 over a run.
 _LAG_SAMPLE_S = 0.01
 # Connections opened at once while a worker starts: far below the server's listen backlog
 # (Redis' tcp-backlog is 511), so 8,000 clients connect without SYN retransmits.

@@ -319,16 +319,16 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
         """likes and stock atomic: one constant statement per operation, run from the
         protocol's reply callback, as the C tools run theirs.
 
-        Measured on this 2-core machine (issue 10, docs/engine.md): awaiting a future per
-        statement in a task costs the worker about as much CPU as the server spends on the
-        statement's round trip, and the two share the cores. Here an operation is one
-        callback: record, write the same pre-encoded messages again.
+        The general path awaits a future per statement in a task; here an operation is one
+        callback: record, write the same pre-encoded messages again (figures against pgbench
+        and mysqlslap, before and after: docs/engine.md).
 
-        The loop owns the connection until the sink says the run is over (True), or hands it
-        back (False): while the session is not ready for the statement (PostgreSQL prepares
-        it on the general path's first run), on an error reply (nothing was written: a
-        deadlock, a lock wait timeout; the worker's general path sends it again, retrying
-        and recording as it always does, and the failed attempt is counted in
+        A lock wait timeout is recorded as the general path records it (LOCK_TIMEOUT, nothing
+        written) and the loop goes on. The loop owns the connection until the sink says the
+        run is over (True), or hands it back (False): while the session is not ready for the
+        statement (PostgreSQL prepares it on the general path's first run), on another error
+        reply (nothing was written: a refusal, a deadlock; the worker's general path sends it
+        again, retrying and recording as it always does, and the failed attempt is counted in
         `retry_codes`), or when the server is closing the session or the connection was
         lost, after recording the operation in flight as UNKNOWN (it may have committed) and
         reconnecting.
@@ -337,6 +337,7 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
             return None
         sql, params = self._counter_statement(plan)
         ok, rejected, unknown = int(Outcome.OK), int(Outcome.REJECTED), int(Outcome.UNKNOWN)
+        lock_timeout = int(Outcome.LOCK_TIMEOUT)
 
         async def run(sink: OperationSink) -> bool:
             protocol = self.protocol
@@ -355,17 +356,21 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
                 nonlocal start
                 if done.done():
                     return
-                if error is not None:
+                if error is None:
+                    start = complete(start, ok if cast(Reply, reply)[0] else rejected)
+                else:
                     code = getattr(error, "code", "")
                     if code in self.closing_codes:
                         self._must_reconnect = True
                         lost(error)
                         return
-                    if code in self.conflict_codes or code in self.lock_wait_codes:
-                        self.retry_codes[code] += 1
-                    done.set_result(False)
-                    return
-                start = complete(start, ok if cast(Reply, reply)[0] else rejected)
+                    if code not in self.lock_wait_codes:
+                        if code in self.conflict_codes:
+                            self.retry_codes[code] += 1
+                        done.set_result(False)
+                        return
+                    # The message the general path gives its LockWaitTimeout.
+                    start = complete(start, lock_timeout, 0, f"LockWaitTimeout: {code}")
                 if start:
                     protocol.fresh = True
                     write(payload)
