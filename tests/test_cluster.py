@@ -4,6 +4,7 @@ locally, one timeline across clocks, a lost worker, and the refusals."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -304,3 +305,11 @@ def test_a_killed_dask_worker_leaves_unknown_operations_and_a_completed_run(
     assert run["operations"]["unknown"] >= 1
     assert run["operations"]["ok"] > 20
     assert run["verdict"] == "safe"
+    # The killed Dask worker could not remove its work directory; it names its owner, so
+    # `racebench clean` on this host sees the owner dead and removes it (here, the test).
+    from racebench.util.ownership import Owner, temporary_leftovers
+
+    left = [t for t in temporary_leftovers([]) if t.pid == victim_pid]
+    assert left and all(t.owner is Owner.DEAD for t in left)
+    for leftover in left:
+        shutil.rmtree(leftover.namespace, ignore_errors=True)

@@ -34,6 +34,7 @@ from racebench.engine.runner import LocalControl, record_inflight_as_unknown
 from racebench.engine.worker import WorkerOutput, WorkerSpec, run_worker, worker_process_main
 from racebench.errors import ExitStatus, RacebenchError
 from racebench.history import RECORD_DTYPE
+from racebench.util.ownership import temp_prefix
 
 # How often a remote worker ships its new records and polls the stop flag.
 SHIP_EVERY_S = 0.2
@@ -319,7 +320,9 @@ def worker_task(spec: WorkerSpec, run: str, clients: int) -> WorkerOutput | dict
     names = TaskNames(run)
     if names.event("go").is_set():
         return {"refused": "the run had already started (a re-run after a lost worker)"}
-    workdir = Path(tempfile.mkdtemp(prefix="racebench-run-"))
+    # Named after this Dask worker's process: if it is killed (a lost host), `clean` on
+    # its host sees the owner dead and removes what the finally below could not.
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run")))
     spec = replace(spec, workdir=workdir, return_records=False)
     control = _TaskControl(spec, names, clients)
     _HOSTED[run] = _Hosted(control.probe, {})
@@ -430,7 +433,9 @@ def clients_task(
     names = TaskNames(run)
     if names.event("go").is_set():
         return {"refused": "the run had already started (a re-run after a lost worker)"}
-    workdir = Path(tempfile.mkdtemp(prefix="racebench-run-"))
+    # Named after this Dask worker's process: if it is killed (a lost host), `clean` on
+    # its host sees the owner dead and removes what the finally below could not.
+    workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run")))
     specs = [replace(s, workdir=workdir, return_records=False) for s in specs]
     children = _Children(specs, clients)
     control = children.control
