@@ -255,6 +255,12 @@ def test_a_pid_file_naming_another_process_is_refused_before_anything_is_signall
     stale = tmp_path / "stale.pid"
     stale.write_text(f"{os.getpid()}\n")
     missing = {"url": redis_url, "pid_file": str(tmp_path / "missing.pid")}
+    from racebench.util.ownership import Owner, temporary_leftovers
+
+    def dead_leftovers() -> set[str]:
+        return {t.namespace for t in temporary_leftovers([]) if t.owner is Owner.DEAD}
+
+    before = dead_leftovers()
     for entry, needle in [
         ({"url": redis_url, "pid_file": str(stale)}, "does not listen on port"),
         (missing, "cannot read"),
@@ -263,6 +269,9 @@ def test_a_pid_file_naming_another_process_is_refused_before_anything_is_signall
         out = tmp_path / "out.json"
         done = run_cli("run", str(write_scenario(scenario)), "--quiet", "--output", str(out))
         _one_line_error(done, 3, "guard.lock.servers[0].pid_file: ", needle)
+    # Refused while its faults were prepared: the run had made no work directory yet (it
+    # used to leave an empty one behind).
+    assert dead_leftovers() - before == set()
 
 
 def test_a_retitled_server_is_refused_unless_its_start_command_is_given(

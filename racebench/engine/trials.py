@@ -318,11 +318,13 @@ def run_trial(
     if lock_service is not None:
         environment["lock"] = _check_lock_reachable(spec, lock_service)
     check_connection_limit(spec, store, lock_service)
+    # The fault nemesis validates the faults against this store (one line, exit 2): before
+    # the work directory exists, or a refused run would leave it behind.
+    routes = ProxyRoutes(spec, store, lock_service)
+    nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     custom = start_custom(spec, store, namespace)
     plan = None if is_custom(s.workload) else s.workload.plan()
     workdir = Path(tempfile.mkdtemp(prefix=temp_prefix("run"), dir=_records_dir()))
-    routes = ProxyRoutes(spec, store, lock_service)
-    nemesis = FaultNemesis(spec, lock_service, routes) if s.faults else None
     try:
         if custom is not None:
             custom.setup()
