@@ -28,7 +28,7 @@ from racebench.stores.base import (
     StoreClient,
     StrategySpec,
 )
-from racebench.util.redact import redact_text
+from racebench.util.redact import operation_message
 from racebench.workloads.counters import CounterPlan, LedgerPlan, Plan
 from racebench.workloads.rows import BookingPlan, TransferPlan
 
@@ -306,7 +306,7 @@ def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Oper
             client.read_value = client.written_value = NO_VALUE
             outcome = client.classify(exc)
             client.recover()
-            message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            message = operation_message(exc)
             return outcome, 0, 0, 0, 0, read, NO_VALUE, message
 
     return operation
@@ -374,7 +374,7 @@ def build_async_operation(plan: Plan, strategy: str, client: AsyncStoreClient) -
             client.read_value = client.written_value = NO_VALUE
             outcome = client.classify(exc)
             await client.recover()
-            message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            message = operation_message(exc)
             return outcome, 0, 0, 0, 0, read, NO_VALUE, message
 
     return operation

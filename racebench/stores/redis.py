@@ -134,6 +134,18 @@ def delete_matching(client: redis.Redis, pattern: str) -> None:
         client.delete(*keys)
 
 
+# Each strategy Redis runs natively, by the client method that builds its step (the
+# blocking RedisClient and the asyncio AsyncRedisClient share the names).
+COUNTER_STEPS: Mapping[str, str] = {
+    "atomic": "_counter_atomic_step",
+    "optimistic": "_counter_watch_step",
+}
+LEDGER_STEPS: Mapping[str, str] = {
+    "atomic": "_ledger_atomic_step",
+    "optimistic": "_ledger_watch_step",
+}
+
+
 @dataclass(frozen=True)
 class RedisKeys:
     """The keys of one namespace; `fence` holds the newest fencing token of the resource;
@@ -280,15 +292,10 @@ class RedisClient(RedisTransfer):
     def _ledger_watch_step(self, strategy: str, plan: LedgerPlan, seq: int) -> StepResult:
         return self.retrying(lambda: self._ledger_watch(plan, seq))
 
-    # RedisStore.strategies, each run by (transfer: RedisTransfer.row_steps):
-    counter_steps: ClassVar[Mapping[str, str]] = {
-        "atomic": "_counter_atomic_step",
-        "optimistic": "_counter_watch_step",
-    }
-    ledger_steps: ClassVar[Mapping[str, str]] = {
-        "atomic": "_ledger_atomic_step",
-        "optimistic": "_ledger_watch_step",
-    }
+    # RedisStore.strategies (transfer: RedisTransfer.row_steps); the asyncio client names its
+    # methods alike.
+    counter_steps: ClassVar[Mapping[str, str]] = COUNTER_STEPS
+    ledger_steps: ClassVar[Mapping[str, str]] = LEDGER_STEPS
 
     def _ledger_watch(self, plan: LedgerPlan, seq: int) -> Outcome:
         import redis
@@ -429,15 +436,9 @@ class AsyncRedisClient(AsyncStoreClient):
     ) -> Callable[[int], Awaitable[StepResult]]:
         return lambda seq: self.retrying(lambda: self._ledger_watch(plan, seq))
 
-    # RedisStore.strategies on the loop, each built by:
-    counter_steps: ClassVar[Mapping[str, str]] = {
-        "atomic": "_counter_atomic_step",
-        "optimistic": "_counter_watch_step",
-    }
-    ledger_steps: ClassVar[Mapping[str, str]] = {
-        "atomic": "_ledger_atomic_step",
-        "optimistic": "_ledger_watch_step",
-    }
+    # RedisStore.strategies on the loop, by the same method names as RedisClient's.
+    counter_steps: ClassVar[Mapping[str, str]] = COUNTER_STEPS
+    ledger_steps: ClassVar[Mapping[str, str]] = LEDGER_STEPS
 
     def callback_loop(self, strategy: str, plan: CounterPlan | LedgerPlan) -> CallbackLoop | None:
         # likes (INCRBY) and stock (the floor script) atomic: one fixed command per operation,

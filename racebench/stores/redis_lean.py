@@ -36,7 +36,7 @@ import hiredis
 
 from racebench.errors import BackendUnavailable
 from racebench.history import Outcome
-from racebench.util.redact import redact_text
+from racebench.util.redact import operation_message, redact_text
 
 if TYPE_CHECKING:
     from racebench.guards import CallbackLoop, OperationSink
@@ -270,7 +270,7 @@ def callback_loop(conn: LeanRedis, payload: bytes, counted: bool) -> CallbackLoo
         def on_lost(exc: Exception) -> None:
             if done.done():
                 return
-            message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            message = operation_message(exc)
             complete(start, unknown, 0, message)
             done.set_result(False)
 

@@ -36,7 +36,7 @@ from racebench.stores.base import (
 )
 from racebench.stores.sql import LockWaitTimeout
 from racebench.stores.sql_statements import SqlStatementTexts
-from racebench.util.redact import redact_text
+from racebench.util.redact import operation_message
 from racebench.workloads.counters import CounterPlan, LedgerPlan
 
 if TYPE_CHECKING:
@@ -369,8 +369,8 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
                             self.retry_codes[code] += 1
                         done.set_result(False)
                         return
-                    # The message the general path gives its LockWaitTimeout.
-                    start = complete(start, lock_timeout, 0, f"LockWaitTimeout: {code}")
+                    message = operation_message(LockWaitTimeout(code))  # the general path's
+                    start = complete(start, lock_timeout, 0, message)
                 if start:
                     protocol.fresh = True
                     write(payload)
@@ -380,7 +380,7 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
             def lost(exc: Exception) -> None:
                 if done.done():
                     return
-                message = redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+                message = operation_message(exc)
                 complete(start, unknown, 0, message)
                 done.set_result(False)
 
@@ -392,10 +392,9 @@ class LeanSqlClient(SqlStatementTexts, AsyncStoreClient):
             finally:
                 protocol.on_reply = protocol.on_lost = None
                 protocol.fresh = False
-            if protocol.lost is not None or self._must_reconnect:
-                # As the general path does after an unknown outcome: its next operation then
-                # runs on a new session instead of failing as "not connected".
-                await self.recover()
+            # As the general path does after a failure (a no-op on a sound connection): after
+            # a lost session, its next operation runs on a new one, not "not connected".
+            await self.recover()
             return over
 
         return run

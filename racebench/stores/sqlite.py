@@ -124,19 +124,6 @@ class SqliteClient(RowOperations):
                 raise StaleToken
             self._insert(amount, seq)
 
-    def native_step(self, strategy: str, plan: Plan | RowPlan) -> Callable[[int], StepResult]:
-        if strategy == "atomic" and isinstance(plan, CounterPlan):
-            # One statement is the whole operation, and an embedded one takes a few µs: the
-            # step is that statement alone, its parameters built once (benchmarks/overhead.py
-            # measures what each call layer around it costs).
-            sql, params = self.atomic_counter_sql, (plan.delta, plan.floor, plan.delta, plan.floor)
-
-            def atomic(seq: int) -> StepResult:
-                return OK_STEP if self.conn.execute(sql, params).rowcount else REJECTED_STEP
-
-            return atomic
-        return super().native_step(strategy, plan)
-
     def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> StepResult:
         cur = self.conn.execute(
             self.atomic_counter_sql, (plan.delta, plan.floor, plan.delta, plan.floor)

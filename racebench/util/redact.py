@@ -52,6 +52,13 @@ def redact_text(text: str) -> str:
     return _KEYWORD_PASSWORD.sub(rf"\g<head>{MASK}", text)
 
 
+def operation_message(exc: BaseException) -> str:
+    """What a run records of an operation that failed with `exc`: its type and the first
+    line of its text, passwords masked, at most 300 characters. Every path that records an
+    operation (the general loops, the callback loops) says the same thing of the same error."""
+    return redact_text(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+
+
 def redact(value: Any) -> Any:
     """Return a copy of a JSON-like value with passwords and secret-named keys masked."""
     if isinstance(value, str):
