@@ -171,8 +171,10 @@ def test_loop_lag_measures_a_busy_loop_not_an_idle_one(tmp_path: Path, loop_kind
         )
 
         def hold() -> None:
-            until = time.monotonic() + block_s
-            while time.monotonic() < until:  # a callback computing: the loop is saturated
+            # A callback computing for block_s of CPU (not of wall time: beside other busy
+            # processes, that is what the sampler counts of a late timer).
+            until = time.thread_time() + block_s
+            while time.thread_time() < until:
                 pass
             loop.call_later(0.05, hold)
 
@@ -189,7 +191,8 @@ def test_loop_lag_measures_a_busy_loop_not_an_idle_one(tmp_path: Path, loop_kind
 
     # The median: an idle virtual CPU's wake-ups put a few samples in the milliseconds.
     assert lag_ms(0, 50) < 0.2
-    assert lag_ms(0.03, 99) >= 20
+    # A late timer counts only the CPU the loop spent beyond the 10 ms period: 20 of 30 ms.
+    assert lag_ms(0.03, 99) >= 15
 
 
 def _server_pause_run(redis_url: str, rate: str | None) -> dict:
