@@ -96,3 +96,46 @@ def test_evidence_rule(
     counts: dict[str, int], limit: float | None, faults: bool, reason: str | None
 ) -> None:
     assert missing_evidence({**OPS, **counts}, limit, faults) == reason
+
+
+def test_a_final_state_the_history_does_not_explain_is_inconclusive_not_safe(
+    tmp_path: Path,
+) -> None:
+    # Another writer adds to the counter mid-run: every recorded operation is fine, yet the
+    # final state holds writes no operation made. No anomaly can be counted from that, and
+    # "safe" would vouch for a history that does not explain what happened.
+    import sqlite3
+
+    from racebench.config.scenario import expand
+    from racebench.engine.trials import Execution, ExecutionOptions, execute
+
+    database = tmp_path / "shared.db"
+    outside: list[int] = []
+
+    def write_beside_the_clients(done: int, errors: int) -> None:
+        if done and not outside:
+            conn = sqlite3.connect(database, timeout=30.0, isolation_level=None)
+            [(table,)] = conn.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'racebench%counter'"
+            ).fetchall()
+            conn.execute(f"UPDATE {table} SET value = value + 1000 WHERE id = 1")
+            conn.close()
+            outside.append(1000)
+
+    scenario = {
+        "name": "outside-writer",
+        "workload": {"type": "likes"},
+        "store": {"backend": "sqlite", "url": str(database)},
+        "guard": {"strategy": "atomic"},
+        "clients": 2,
+        "duration": "1s",
+    }
+    execution = Execution()
+    options = ExecutionOptions(progress=lambda spec, trial: write_beside_the_clients)
+    execute(expand(scenario, "outside.yaml"), options, execution)
+    run = execution.runs[0].model_dump()
+    assert outside
+    assert sum(run["anomalies"].values()) == 0
+    assert run["verdict"] == "inconclusive" and run["passed"] is False
+    assert run["evidence_missing"].startswith("the history does not explain the final state")
+    assert "Dask" not in run["evidence_missing"]

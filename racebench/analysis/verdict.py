@@ -263,6 +263,29 @@ def missing_evidence(
     return None
 
 
+def unexplained_state(
+    invariants: list[dict[str, Any]], anomalies: dict[str, int], lost_hosts: list[str]
+) -> str | None:
+    """Why the history cannot stand behind the final state, or None.
+
+    An invariant broken while no anomaly was counted means the final state holds writes the
+    history does not show (a Dask worker lost before it shipped its last operations; another
+    writer on the same keys): the history explains neither "safe" nor an anomaly.
+    """
+    if any(anomalies.values()):
+        return None
+    broken = next((i for i in invariants if not i["holds"]), None)
+    if broken is None:
+        return None
+    why = f"the history does not explain the final state ({broken['name']}: {broken['detail']})"
+    if lost_hosts:
+        why += (
+            f"; Dask worker {', '.join(sorted(set(lost_hosts)))} was lost: what its clients"
+            " did after their last shipment is not in the history"
+        )
+    return why
+
+
 def cluster_overlaps(
     cluster: dict[str, Any], client: np.ndarray, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[int, int]:
@@ -460,9 +483,15 @@ def summarize_run(
             for t in trials
         ],
     }
+    lost_hosts = [
+        w["address"]
+        for t in trials
+        for w in t.load.get("cluster", {}).get("workers", [])
+        if w["lost"]
+    ]
     run["evidence_missing"] = missing_evidence(
         operations, s.expect.max_error_rate, faults_injected=bool(s.faults)
-    )
+    ) or unexplained_state(invariants, anomalies, lost_hosts)
     run["verdict"] = decide_verdict(
         anomalies,
         trials[0].claims_data_safety,
