@@ -286,11 +286,16 @@ class _Collector:
 
     workdir: Path
     placed: list[ClusterWorker]
+    # Client -> its operation count (None: until the run stops).
+    quotas: dict[int, int | None] = field(default_factory=dict)
     counts: Counter[int] = field(default_factory=Counter)
     inflight: dict[int, int] = field(default_factory=dict)
+    # Worker -> when its last batch arrived (coordinator's clock).
+    last_batch: dict[int, int] = field(default_factory=dict)
 
     def take(self, item: tuple[int, dict[int, bytes], dict[int, int]]) -> None:
         worker, batch, inflight = item
+        self.last_batch[worker] = time.monotonic_ns()
         offset = self.placed[worker].clock.offset_ns
         for client, raw in batch.items():
             data = np.frombuffer(raw, RECORD_DTYPE).copy()
@@ -307,15 +312,26 @@ class _Collector:
             else:
                 self.inflight.pop(client, None)
 
-    def record_lost(self, worker: ClusterWorker) -> None:
-        """A lost worker's in-flight operations may or may not have happened: unknown."""
+    def record_lost(self, index: int, started: int) -> None:
+        """A lost worker's clients may have had an operation in flight: unknown.
+
+        Its in-flight start as of the last batch when it was busy then; otherwise (between
+        two operations, or lost before its first batch) it may have started one after
+        (`started` or the last batch on): unknown from then, unless it had done its quota.
+        What a client completed after its last batch is not in the history at all; a final
+        state that the history then fails to explain makes the run inconclusive
+        (racebench.analysis.verdict.unexplained_state).
+        """
         now = time.monotonic_ns()
-        for client in worker.clients:
+        since = self.last_batch.get(index, started)
+        for client in self.placed[index].clients:
             start = self.inflight.pop(client, 0)
-            if start:
-                path = self.workdir / f"client-{client}.bin"
-                append_record(path, self.counts[client], start, now)
-                self.counts[client] += 1
+            quota = self.quotas.get(client)
+            if not start and quota is not None and self.counts[client] >= quota:
+                continue
+            path = self.workdir / f"client-{client}.bin"
+            append_record(path, self.counts[client], start or since, now)
+            self.counts[client] += 1
 
 
 def run_clients_on_cluster(
@@ -356,7 +372,8 @@ def run_clients_on_cluster(
     for i in range(clients):
         (workdir / f"client-{i}.bin").touch()
     futures = _submit(session, names, specs, placed, clients, own_processes)
-    collector = _Collector(workdir, placed)
+    quotas = {c: q for spec in specs for c, q in zip(spec.clients, spec.quotas, strict=True)}
+    collector = _Collector(workdir, placed, quotas)
     interrupted = False
     t0 = time.monotonic_ns()
     try:
@@ -375,7 +392,7 @@ def run_clients_on_cluster(
                 nemesis.stop()  # first: no client stays stopped
         finally:
             names.event("stop").set()
-            outputs = _finish(session, names, futures, placed, collector)
+            outputs = _finish(session, names, futures, placed, collector, t0)
     retry_codes: Counter[str] = Counter()
     errors: dict[int, list[str]] = {}
     for output in outputs:
@@ -500,6 +517,7 @@ def _finish(
     futures: list[Any],
     placed: list[ClusterWorker],
     collector: _Collector,
+    started: int,
 ) -> list[WorkerOutput]:
     """Wait for the tasks to end after the stop flag, take the last records, mark losses."""
     deadline = time.monotonic() + _STOP_GRACE_S
@@ -524,9 +542,9 @@ def _finish(
     # The last batches first: a lost worker's in-flight operation is only the one after
     # everything it shipped.
     _drain(names, collector)
-    for worker in placed:
+    for index, worker in enumerate(placed):
         if worker.lost:
-            collector.record_lost(worker)
+            collector.record_lost(index, started)
     # Named queues and variables live on the scheduler until deleted; a session reused
     # across trials would otherwise accumulate them.
     for what in ("ready", "records"):
