@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 OpResult = tuple[int, int, int, int, int, int, int, str | None]
 AnyPlan = Plan | BookingPlan | TransferPlan
 Operation = Callable[[int], OpResult]
+# What an operation returns when it left nothing but its outcome: the same tuple each time,
+# so that the blocking loop can tell it by identity and record it with TIMES_RECORD.
+OK_RESULT: OpResult = (Outcome.OK, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
+REJECTED_RESULT: OpResult = (Outcome.REJECTED, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
 AsyncOperation = Callable[[int], Awaitable[OpResult]]
 
 
@@ -286,8 +290,7 @@ def as_operation(step: Callable[[int], StepResult], client: _Classifier) -> Oper
     """`step` as an Operation: an exception becomes an outcome the client classifies; the
     values the step left on the client go into the record (and are reset for the next)."""
 
-    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
-    rejected: OpResult = (Outcome.REJECTED, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
+    ok, rejected = OK_RESULT, REJECTED_RESULT
 
     def operation(seq: int) -> OpResult:
         try:
@@ -359,7 +362,7 @@ def _async_step(
 def build_async_operation(plan: Plan, strategy: str, client: AsyncStoreClient) -> AsyncOperation:
     """The async twin of `build_operation`, for a store client with an asyncio API."""
     step = _async_step(plan, strategy, client)
-    ok: OpResult = (Outcome.OK, 0, 0, 0, 0, NO_VALUE, NO_VALUE, None)
+    ok = OK_RESULT
 
     async def operation(seq: int) -> OpResult:
         try:

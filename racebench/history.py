@@ -61,6 +61,21 @@ assert RECORD_DTYPE.itemsize == RECORD.size
 # statement whose server does not return the value). Stored values are bounded far below it
 # (each store's `max_integer`, checked before a run).
 NO_VALUE = -(2**63)
+# The same record for an operation that left nothing but its times and outcome (an atomic
+# statement applied or refused, no retry, no message): start, end, the constant middle
+# (critical section, token, outcome, retries, error index), intended (= start), the
+# constant values. Two byte strings instead of eight integers halve the packing, which
+# showed against an embedded SQLite statement (benchmarks/overhead.py).
+TIMES_RECORD = struct.Struct("<qq32sq16s")
+assert TIMES_RECORD.size == RECORD.size
+
+
+def constant_parts(outcome: int) -> tuple[bytes, bytes]:
+    """The middle and tail of TIMES_RECORD for an operation that ended in `outcome`."""
+    record = RECORD.pack(0, 0, 0, 0, 0, outcome, 0, -1, 0, NO_VALUE, NO_VALUE)
+    return record[16:48], record[56:]
+
+
 _SEGMENT_RECORDS = 65536
 # The first segment is small, so that thousands of clients of one worker map little memory.
 _FIRST_SEGMENT_RECORDS = 1024

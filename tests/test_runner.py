@@ -48,3 +48,30 @@ def test_duration_stops_the_run_and_counts_every_operation() -> None:
     run = until_shown(attempt, lambda run: run["anomalies"]["lost_updates"] > 0)
     assert run["operations"]["attempted"] > 20
     assert run["anomalies"]["lost_updates"] > 0
+
+
+def test_an_outcome_only_record_is_the_full_record_byte_for_byte() -> None:
+    # The blocking loop packs an atomic statement's record as TIMES_RECORD; the history
+    # reader knows only RECORD: the two must agree to the byte.
+    from racebench.history import NO_VALUE, TIMES_RECORD, Outcome, constant_parts
+
+    start, end = 1_234_567_890_123, 1_234_567_905_456
+    for outcome in (Outcome.OK, Outcome.REJECTED):
+        middle, tail = constant_parts(outcome)
+        packed = TIMES_RECORD.pack(start, end, middle, start, tail)
+        assert packed == RECORD.pack(start, end, 0, 0, 0, outcome, 0, -1, start, NO_VALUE, NO_VALUE)
+
+
+def test_a_sold_out_stock_records_each_sale_and_refusal_on_the_blocking_loop() -> None:
+    [run] = run_scenario_data(
+        {
+            "name": "sold-out",
+            "workload": {"type": "stock", "initial": 50},
+            "guard": {"strategy": "atomic"},
+            "clients": 2,
+            "operations": 400,
+        }
+    )
+    assert run["operations"]["ok"] == 50
+    assert run["operations"]["rejected"] == 350
+    assert run["verdict"] == "safe"

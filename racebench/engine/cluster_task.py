@@ -273,9 +273,9 @@ class _TaskControl:
     def __init__(self, spec: WorkerSpec, names: TaskNames, clients: int) -> None:
         self.names = names
         self.probe = _Probe(clients)
-        self.counts: dict[int, int] = dict.fromkeys(spec.clients, 0)
+        self.done: dict[int, int] = dict.fromkeys(spec.clients, 0)
         self._stop = False
-        shipper = _Shipper(spec, self.counts, self.probe, names.queue("records"), _worker_skew())
+        shipper = _Shipper(spec, self.done, self.probe, names.queue("records"), _worker_skew())
         self.shipping = _ShipLoop(names, [shipper], self._set_stop)
 
     def _set_stop(self) -> None:
@@ -298,9 +298,6 @@ class _TaskControl:
 
     def stopping(self) -> bool:
         return self._stop
-
-    def add_done(self, client: int, count: int) -> None:
-        self.counts[client] = count
 
     def add_error(self, client: int) -> None:
         """Errors are counted from the records on the coordinator."""

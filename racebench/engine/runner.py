@@ -101,9 +101,6 @@ class LocalControl:
     def stopping(self) -> bool:
         return bool(self.stop.value)
 
-    def add_done(self, client: int, count: int) -> None:
-        self.done[client] = count
-
     def add_error(self, client: int) -> None:
         self.errors[client] += 1
 

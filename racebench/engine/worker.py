@@ -33,8 +33,16 @@ from hdrh.histogram import HdrHistogram
 
 from racebench.analysis.metrics import new_histogram
 from racebench.errors import ExitStatus, RacebenchError
-from racebench.guards import OpenedClient, OpResult
-from racebench.history import NO_VALUE, RECORD, RECORD_DTYPE, Outcome, Recorder
+from racebench.guards import OK_RESULT, REJECTED_RESULT, OpenedClient, OpResult
+from racebench.history import (
+    NO_VALUE,
+    RECORD,
+    RECORD_DTYPE,
+    TIMES_RECORD,
+    Outcome,
+    Recorder,
+    constant_parts,
+)
 
 # An operation that started more than this after its intended start counts as late.
 LATE_NS = 1_000_000
@@ -101,6 +109,9 @@ class WorkerControl(Protocol):
     """The start barrier and the shared state between a worker and whoever runs it."""
 
     probe: Any  # racebench.engine.runner.Probe: per-client integers the nemesis watches
+    # Client -> how many valid records it has written (progress, and what survives a kill):
+    # the loops write it in place, an item assignment rather than a method call per record.
+    done: Any
 
     def ready(self, worker: int) -> None:
         """Every client of `worker` is connected."""
@@ -110,9 +121,6 @@ class WorkerControl(Protocol):
 
     def stopping(self) -> bool:
         """Whether the run was told to stop (Ctrl-C, a failed sibling)."""
-
-    def add_done(self, client: int, count: int) -> None:
-        """Client `client` has `count` valid records (progress, and what survives a kill)."""
 
     def add_error(self, client: int) -> None:
         """One more operation of `client` ended in an error (progress display)."""
@@ -180,11 +188,11 @@ class _Sink:
     """One client's `OperationSink` (racebench.guards): what `closed_loop` does around each
     operation, for a loop run from the driver's reply callbacks instead of a task."""
 
-    __slots__ = ("add_done", "cid", "control", "deadline", "inflight", "slot", "worker")
+    __slots__ = ("cid", "control", "deadline", "done", "inflight", "slot", "worker")
 
     def __init__(self, worker: _Worker, slot: _ClientSlot) -> None:
         self.worker, self.slot, self.control = worker, slot, worker.control
-        self.inflight, self.add_done = worker.control.probe.inflight, worker.control.add_done
+        self.inflight, self.done = worker.control.probe.inflight, worker.control.done
         self.cid = slot.client
         self.deadline = worker.deadline or 2**62
 
@@ -220,7 +228,7 @@ class _Sink:
         offset += RECORD.size
         seq = slot.seq = slot.seq + 1
         slot.offset = offset
-        self.add_done(cid, seq)
+        self.done[cid] = seq
         if offset == recorder.capacity_bytes:
             recorder.grow()
         if seq >= slot.quota or self.worker.stop:
@@ -281,7 +289,7 @@ class _Worker:
         )
         slot.offset += RECORD.size
         slot.seq += 1
-        self.control.add_done(slot.client, slot.seq)
+        self.control.done[slot.client] = slot.seq
         if slot.offset == slot.recorder.capacity_bytes:
             slot.recorder.grow()
 
@@ -320,7 +328,7 @@ class _Worker:
         """
         operation = client.operation
         control = self.control
-        inflight, add_done = control.probe.inflight, control.add_done
+        inflight, done = control.probe.inflight, control.done
         cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
         if limit is not None:
             quota = min(quota, slot.seq + limit)
@@ -346,7 +354,7 @@ class _Worker:
             offset += size
             seq += 1
             slot.offset, slot.seq = offset, seq
-            add_done(cid, seq)
+            done[cid] = seq
             if offset == recorder.capacity_bytes:
                 buffer = recorder.grow()
 
@@ -354,46 +362,66 @@ class _Worker:
         """The closed loop of a blocking driver, on the client's own thread: no per-operation
         hop between the loop and the thread, so a blocking store runs at its native pace.
 
-        As in `closed_loop`, the recording is inlined (an embedded SQLite statement takes a
-        few microseconds, so each method call around it showed in benchmarks/overhead.py),
-        and the shared stop flag, a read through ctypes, is looked at once a millisecond.
+        An embedded SQLite statement takes ~15 µs, so every line here shows in
+        benchmarks/overhead.py: the recording is inlined, an operation that left only its
+        outcome (`OK_RESULT`, `REJECTED_RESULT`: the same tuple each time) is packed as
+        TIMES_RECORD, anything else by `_pack_result`; the deadline, the worker's and the
+        shared stop flag (a read through ctypes) are looked at once a millisecond; the slot's
+        position is written back when the loop ends (nothing reads it meanwhile: the parent
+        reads `done`).
         """
         operation = client.blocking_operation
         assert operation is not None
         control = self.control
-        inflight, add_done, stopping = control.probe.inflight, control.add_done, control.stopping
+        inflight, done, stopping = control.probe.inflight, control.done, control.stopping
         cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
-        monotonic_ns, pack, size = time.monotonic_ns, RECORD.pack_into, RECORD.size
+        monotonic_ns, size = time.monotonic_ns, RECORD.size
+        pack_times, ok_result, rejected_result = TIMES_RECORD.pack_into, OK_RESULT, REJECTED_RESULT
+        ok_middle, tail = constant_parts(Outcome.OK)
+        rejected_middle, _ = constant_parts(Outcome.REJECTED)
         recorder = slot.recorder
-        buffer, offset, seq = recorder.buffer, slot.offset, slot.seq
-        look_at_stop = 0
-        while seq < quota and not self.stop:
-            start = monotonic_ns()
-            if start >= deadline:
-                self.stop = True
-                break
-            if start >= look_at_stop:
-                if stopping():
-                    self.stop = True
-                    break
-                look_at_stop = start + 1_000_000
-            inflight[cid] = start
-            outcome, retries, cs_start, cs_end, token, read, written, message = operation(seq)
-            end = monotonic_ns()
-            inflight[cid] = 0
-            error_index = -1
-            if message is not None:
-                error_index = slot.messages.setdefault(message, len(slot.messages))
-                if outcome == Outcome.ERROR:
-                    control.add_error(cid)
-            pack(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
-                 error_index, start, read, written)  # fmt: skip
-            offset += size
-            seq += 1
+        buffer, capacity = recorder.buffer, recorder.capacity_bytes
+        offset, seq = slot.offset, slot.seq
+        next_check = 0
+        try:
+            while seq < quota:
+                start = monotonic_ns()
+                if start >= next_check:
+                    if start >= deadline or self.stop or stopping():
+                        self.stop = True
+                        break
+                    next_check = min(start + 1_000_000, deadline)
+                inflight[cid] = start
+                result = operation(seq)
+                end = monotonic_ns()
+                inflight[cid] = 0
+                if result is ok_result:
+                    pack_times(buffer, offset, start, end, ok_middle, start, tail)
+                elif result is rejected_result:
+                    pack_times(buffer, offset, start, end, rejected_middle, start, tail)
+                else:
+                    self._pack_result(slot, buffer, offset, start, end, result)
+                offset += size
+                seq += 1
+                done[cid] = seq
+                if offset == capacity:
+                    buffer = recorder.grow()
+                    capacity = recorder.capacity_bytes
+        finally:
             slot.offset, slot.seq = offset, seq
-            add_done(cid, seq)
-            if offset == recorder.capacity_bytes:
-                buffer = recorder.grow()
+
+    def _pack_result(
+        self, slot: _ClientSlot, buffer: Any, offset: int, start: int, end: int, result: OpResult
+    ) -> None:
+        """Pack the record of any operation (the blocking loop's rarer path)."""
+        outcome, retries, cs_start, cs_end, token, read, written, message = result
+        error_index = -1
+        if message is not None:
+            error_index = slot.messages.setdefault(message, len(slot.messages))
+            if outcome == Outcome.ERROR:
+                self.control.add_error(slot.client)
+        RECORD.pack_into(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
+                         error_index, start, read, written)  # fmt: skip
 
     async def open_loop_client(
         self, slot: _ClientSlot, client: OpenedClient, due: asyncio.Queue[int | None]
