@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from racebench.history import NO_VALUE, Outcome
 from racebench.util.ownership import MIN_LEFTOVER_TTL_S
@@ -23,6 +23,8 @@ from racebench.util.plugin_config import StoreConfig
 from racebench.util.plugin_info import PluginInfo
 from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.rows import RowPlan
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from racebench.guards import CallbackLoop
@@ -183,9 +185,13 @@ class StoreClient(ABC):
 
     def native_step(self, strategy: str, plan: Plan | RowPlan) -> Callable[[int], StepResult]:
         """The step (seq -> StepResult) of a store-native `strategy` for `plan`'s shape: one
-        lookup in the client's tables, made once per client, not per operation."""
+        lookup in the client's tables, made once per client, not per operation. A counter
+        method marked `@step_factory` is called here once and returns the step itself."""
         if isinstance(plan, CounterPlan):
             counter = getattr(self, _step_method(self.counter_steps, strategy))
+            if getattr(counter, "step_factory", False):
+                step: Callable[[int], StepResult] = counter(strategy, plan)
+                return step
             return lambda seq: counter(strategy, plan)
         if isinstance(plan, LedgerPlan):
             ledger = getattr(self, _step_method(self.ledger_steps, strategy))
@@ -230,6 +236,16 @@ class StoreClient(ABC):
 
     def close(self) -> None:
         """Close the connection."""
+
+
+def step_factory(method: _F) -> _F:
+    """Mark a blocking client's counter step method as a factory: `native_step` calls it once
+    per client with (strategy, plan), and the callable it returns (seq -> StepResult) runs
+    each operation, as the asyncio clients' step methods do. For a statement that takes
+    microseconds (embedded SQLite), where a call layer and an argument tuple per operation
+    showed in benchmarks/overhead.py."""
+    method.step_factory = True  # type: ignore[attr-defined]
+    return method
 
 
 def _step_method(steps: Mapping[str, str], strategy: str) -> str:

@@ -29,6 +29,7 @@ from racebench.stores.base import (
     Store,
     StoreClient,
     StrategySpec,
+    step_factory,
 )
 from racebench.stores.sql import CONSTRAINT_STRATEGY
 from racebench.stores.sql_rows import RowOperations, create_row_tables, read_row_final
@@ -124,11 +125,16 @@ class SqliteClient(RowOperations):
                 raise StaleToken
             self._insert(amount, seq)
 
-    def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> StepResult:
-        cur = self.conn.execute(
-            self.atomic_counter_sql, (plan.delta, plan.floor, plan.delta, plan.floor)
-        )
-        return OK_STEP if cur.rowcount else REJECTED_STEP
+    @step_factory
+    def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> Callable[[int], StepResult]:
+        # The statement is the whole operation: bound once (recover() keeps the connection).
+        execute, sql = self.conn.execute, self.atomic_counter_sql
+        params = (plan.delta, plan.floor, plan.delta, plan.floor)
+
+        def atomic(seq: int) -> StepResult:
+            return OK_STEP if execute(sql, params).rowcount else REJECTED_STEP
+
+        return atomic
 
     def _counter_cas_step(self, strategy: str, plan: CounterPlan) -> StepResult:
         return self.retrying(lambda: self._counter_cas(plan))
