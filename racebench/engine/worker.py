@@ -266,27 +266,7 @@ class _Worker:
 
     def _record(self, slot: _ClientSlot, intended: int, start: int, result: OpResult) -> None:
         end = time.monotonic_ns()
-        outcome, retries, cs_start, cs_end, token, read, written, message = result
-        error_index = -1
-        if message is not None:
-            error_index = slot.messages.setdefault(message, len(slot.messages))
-            if outcome == Outcome.ERROR:
-                self.control.add_error(slot.client)
-        RECORD.pack_into(
-            slot.recorder.buffer,
-            slot.offset,
-            start,
-            end,
-            cs_start,
-            cs_end,
-            token,
-            outcome,
-            retries,
-            error_index,
-            intended,
-            read,
-            written,
-        )
+        self._pack_result(slot, slot.recorder.buffer, slot.offset, intended, start, end, result)
         slot.offset += RECORD.size
         slot.seq += 1
         self.control.done[slot.client] = slot.seq
@@ -399,7 +379,7 @@ class _Worker:
                 elif result is rejected_result:
                     pack_times(buffer, offset, start, end, rejected_middle, start, tail)
                 else:
-                    self._pack_result(slot, buffer, offset, start, end, result)
+                    self._pack_result(slot, buffer, offset, start, start, end, result)
                 offset += size
                 seq += 1
                 done[cid] = seq
@@ -413,9 +393,17 @@ class _Worker:
             slot.offset, slot.seq = offset, seq
 
     def _pack_result(
-        self, slot: _ClientSlot, buffer: Any, offset: int, start: int, end: int, result: OpResult
+        self,
+        slot: _ClientSlot,
+        buffer: Any,
+        offset: int,
+        intended: int,
+        start: int,
+        end: int,
+        result: OpResult,
     ) -> None:
-        """Pack the record of any operation (the blocking loop's rarer path)."""
+        """Pack the record of any operation at `offset` (the open loop's, and the blocking
+        loop's rarer path)."""
         outcome, retries, cs_start, cs_end, token, read, written, message = result
         error_index = -1
         if message is not None:
@@ -423,7 +411,7 @@ class _Worker:
             if outcome == Outcome.ERROR:
                 self.control.add_error(slot.client)
         RECORD.pack_into(buffer, offset, start, end, cs_start, cs_end, token, outcome, retries,
-                         error_index, start, read, written)  # fmt: skip
+                         error_index, intended, read, written)  # fmt: skip
 
     async def open_loop_client(
         self, slot: _ClientSlot, client: OpenedClient, due: asyncio.Queue[int | None]
