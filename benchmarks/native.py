@@ -8,7 +8,8 @@
 - mysql: `mysqlslap --query` with the same UPDATE against racebench's stock/atomic.
 
 Runs alternate A B B A (the machine drifts; neither side always goes first), and the ratio
-is of the medians of at least 3 runs per side.
+is of the medians of at least 3 runs per side; the per-pair ratios' median and quartiles are
+printed beside it (benchmarks/pairs.py).
 
     python benchmarks/native.py --backend redis --clients 16 --clients 256 [--trials 3]
         [--operations 200000] [--workers 2]
@@ -34,6 +35,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.pairs import pairwise
 from racebench.config.scenario import expand
 from racebench.engine.trials import Execution, ExecutionOptions, execute, make_store
 
@@ -232,7 +234,7 @@ def main() -> None:
                     f"{backend} clients={clients} {label}: racebench {median:,.0f} ops/s, "
                     f"native {base:,.0f} ops/s, ratio {median / base:.2f}x  "
                     f"(racebench {[round(v) for v in ours]}, native {[round(v) for v in native]},"
-                    f" load {loads})",
+                    f" load {loads})\n    {pairwise(ours, native)}",
                     flush=True,
                 )
 

@@ -3,7 +3,8 @@
 For each backend: (a) N forked processes run `benchmarks/bare_<backend>.py`'s loop (the same
 statements as racebench's strategy, nothing else) after a common start; (b) racebench runs
 the stock workload with that strategy, the same client count and operation count. Trials are
-interleaved and medians compared, since single timings here vary by up to 2x. Target:
+interleaved (A B B A) and medians compared, since single timings here vary by up to 2x; the
+per-pair ratios' median and quartiles are printed too (benchmarks/pairs.py). Target:
 racebench >= 0.95x the bare loop.
 
     python benchmarks/overhead.py [--backend sqlite --backend postgres ...] [--clients 4]
@@ -25,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.pairs import pairwise
 from racebench.config.scenario import expand
 from racebench.engine.trials import Execution, ExecutionOptions, execute, make_store
 
@@ -87,14 +89,19 @@ def measure_overhead(args: argparse.Namespace) -> None:
     for backend in args.backend:
         url = dict(u.split("=", 1) for u in args.url).get(backend)
         bare, bench = [], []
-        for _ in range(args.trials):  # interleaved, so drift hits both sides alike
-            bare.append(bare_throughput(backend, args.clients, args.operations, url))
-            bench.append(racebench_throughput(backend, args.clients, args.operations, url))
+        for trial in range(args.trials):  # A B B A, so drift hits both sides alike
+            sides = ["bare", "racebench"] if trial % 2 == 0 else ["racebench", "bare"]
+            for side in sides:
+                if side == "bare":
+                    bare.append(bare_throughput(backend, args.clients, args.operations, url))
+                else:
+                    bench.append(racebench_throughput(backend, args.clients, args.operations, url))
         b, r = statistics.median(bare), statistics.median(bench)
         strategy = importlib.import_module(f"benchmarks.bare_{backend}").STRATEGY
         print(f"{backend:<10} {strategy:<10} {b:>12,.0f} {r:>12,.0f} {r / b:>7.2f}")
         trials = f"bare {[round(x) for x in bare]}, racebench {[round(x) for x in bench]}"
         print(f"{'':<21} trials: {trials}")
+        print(f"{'':<21} {pairwise(bench, bare)}")
 
 
 def measure_memory(operations: int) -> None:

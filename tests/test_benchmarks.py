@@ -25,3 +25,13 @@ def test_overhead_benchmark_runs_racebench_and_measures_memory(
     assert overhead.racebench_throughput("sqlite", 2, 400, None) > 0
     overhead.measure_memory(2_000)
     assert "recorded 2,000 operations" in capsys.readouterr().out
+
+
+def test_pairwise_summary_reads_each_pair_as_its_own_ratio() -> None:
+    from benchmarks.pairs import pairwise
+
+    # Medians 100 vs 100 (1.00x); per pair 0.90, 0.95, 1.00 and 2.00.
+    line = pairwise([90, 95, 100, 200], [100, 100, 100, 100])
+    assert line.startswith("pairwise ratio median 0.97x (quartiles 0.94-1.25;")
+    assert "racebench ahead in 1 of 4 pairs" in line
+    assert "0.90-1.05" in pairwise([90, 105], [100, 100])
