@@ -139,3 +139,45 @@ def test_a_final_state_the_history_does_not_explain_is_inconclusive_not_safe(
     assert run["verdict"] == "inconclusive" and run["passed"] is False
     assert run["evidence_missing"].startswith("the history does not explain the final state")
     assert "Dask" not in run["evidence_missing"]
+
+
+def test_a_table_dropped_from_outside_mid_run_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    # Each operation after the drop fails (recorded as an error, by the blocking loop's
+    # direct step); the final state cannot be read: the store's failure, not an internal one.
+    import sqlite3
+
+    import pytest
+
+    from racebench.config.scenario import expand
+    from racebench.engine.trials import Execution, ExecutionOptions, execute
+    from racebench.errors import BackendUnavailable, ExitStatus
+
+    database = tmp_path / "dropped.db"
+    dropped: list[str] = []
+
+    def drop_the_table(done: int, errors: int) -> None:
+        if done and not dropped:
+            conn = sqlite3.connect(database, timeout=30.0, isolation_level=None)
+            [(table,)] = conn.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'racebench%counter'"
+            ).fetchall()
+            conn.execute(f"DROP TABLE {table}")
+            conn.close()
+            dropped.append(table)
+
+    scenario = {
+        "name": "dropped",
+        "workload": {"type": "stock", "initial": 10**9},
+        "store": {"backend": "sqlite", "url": str(database)},
+        "guard": {"strategy": "atomic"},
+        "clients": 2,
+        "duration": "1s",
+    }
+    options = ExecutionOptions(progress=lambda spec, trial: drop_the_table)
+    with pytest.raises(BackendUnavailable) as raised:
+        execute(expand(scenario, "dropped.yaml"), options, Execution())
+    assert dropped
+    assert raised.value.exit_status == ExitStatus.BACKEND_UNAVAILABLE
+    message = str(raised.value)
+    assert message.startswith("sqlite: cannot read the final state after the run: no such table")
+    assert "\n" not in message

@@ -75,3 +75,40 @@ def test_a_sold_out_stock_records_each_sale_and_refusal_on_the_blocking_loop() -
     assert run["operations"]["ok"] == 50
     assert run["operations"]["rejected"] == 350
     assert run["verdict"] == "safe"
+
+
+def test_a_direct_step_fails_as_its_operation_does_on_a_real_sqlite_file() -> None:
+    # The blocking loop calls an outcome-only step itself (no Operation frame around it) and
+    # turns its exception into a result by DirectStep.failed: it must be what the Operation
+    # would have returned.
+    import sqlite3
+
+    from racebench.guards import OK_RESULT, build_operation, direct_step
+    from racebench.history import NO_VALUE, Outcome
+    from racebench.plugins.registry import store_class
+    from racebench.stores.base import OK_STEP, ClientOptions
+    from racebench.workloads.counters import CounterPlan
+    from tests.conftest import unique_namespace
+
+    store = store_class("sqlite")("", unique_namespace("direct"))
+    plan = CounterPlan(delta=-1, floor=0, initial=10)
+    store.setup(plan, clients=1)
+    client = store.connect(ClientOptions(0, 0, 0, 0, client_id=0, clients=1))
+    try:
+        operation = build_operation(plan, "atomic", client, None, False)
+        direct = direct_step(operation)
+        assert direct is not None
+        assert direct.step(0) is OK_STEP and operation(1) is OK_RESULT
+        with sqlite3.connect(store.path) as outside:
+            outside.execute(f"DROP TABLE {store.namespace}_counter")
+        try:
+            direct.step(2)
+        except Exception as exc:  # what the blocking loop catches
+            via_direct = direct.failed(exc)
+        via_operation = operation(3)
+        assert via_direct == via_operation
+        assert via_direct[0] == Outcome.ERROR and via_direct[5:7] == (NO_VALUE, NO_VALUE)
+        assert "no such table" in str(via_direct[7])
+    finally:
+        client.close()
+        store.teardown()

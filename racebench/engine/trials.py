@@ -46,9 +46,11 @@ from racebench.result_model import RunEntry
 from racebench.stores.base import ROW_WORKLOADS, ClientOptions, Store
 from racebench.util.interrupts import first_interrupt_only
 from racebench.util.ownership import leftover_ttl_s, new_namespace, temp_file_prefix, temp_prefix
-from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan
+from racebench.util.redact import redact_text
+from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Plan
 from racebench.workloads.custom.base import CustomClient, CustomRun
 from racebench.workloads.custom.operation import build_custom_operation
+from racebench.workloads.rows import RowPlan
 
 # Called once per trial with the run's label, its trial number and the expected op count.
 ProgressFactory = Callable[[RunSpec, int], ProgressCallback | None]
@@ -71,6 +73,20 @@ class Execution:
     runs: list[RunEntry] = field(default_factory=list)
     interrupted: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_final(store: Store, plan: Plan | RowPlan, backend: str) -> FinalState:
+    """The store's state after the run; a failure to read it is the store's, not racebench's
+    (a table dropped from outside during the run, a server gone since): one line, exit 3."""
+    try:
+        return store.read_final(plan)
+    except RacebenchError:
+        raise
+    except Exception as exc:
+        raise BackendUnavailable(
+            f"{backend}: cannot read the final state after the run: "
+            f"{redact_text(str(exc))} (was the store changed from outside during the run?)"
+        ) from None
 
 
 def make_store(spec: RunSpec, namespace: str) -> Store:
@@ -374,7 +390,7 @@ def run_trial(
         history = RunHistory.load([(c.path, c.count, c.errors) for c in result.clients])
         # A custom workload checks its own state; a built-in one checks the store's.
         check = custom.check(history) if custom is not None else None
-        final = store.read_final(plan) if plan is not None else FinalState()
+        final = _read_final(store, plan, s.store.backend) if plan is not None else FinalState()
         if options.history is not None:
             base: dict[str, EdnValue] = {"run": spec.label, "trial": trial}
             kind = s.workload.operation_kind

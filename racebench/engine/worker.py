@@ -33,7 +33,14 @@ from hdrh.histogram import HdrHistogram
 
 from racebench.analysis.metrics import new_histogram
 from racebench.errors import ExitStatus, RacebenchError
-from racebench.guards import OK_RESULT, REJECTED_RESULT, OpenedClient, OpResult
+from racebench.guards import (
+    OK_RESULT,
+    REJECTED_RESULT,
+    OpenedClient,
+    OpResult,
+    direct_step,
+    step_op_result,
+)
 from racebench.history import (
     NO_VALUE,
     RECORD,
@@ -43,6 +50,7 @@ from racebench.history import (
     Recorder,
     constant_parts,
 )
+from racebench.stores.base import OK_STEP, REJECTED_STEP, StepResult
 
 # An operation that started more than this after its intended start counts as late.
 LATE_NS = 1_000_000
@@ -159,6 +167,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 # How late a timer may fire on an idle loop for its clock alone: libuv (uvloop) keeps timers
 # in whole milliseconds, and asyncio's epoll selector rounds its timeout up to one.
 _TIMER_RESOLUTION_NS = 1_000_000
+
+
+def _unused(exc: Exception) -> OpResult:
+    raise AssertionError("an Operation returns its failures; it does not raise them") from exc
 
 
 def _raise_fd_limit(clients: int) -> None:
@@ -343,20 +355,30 @@ class _Worker:
         hop between the loop and the thread, so a blocking store runs at its native pace.
 
         An embedded SQLite statement takes ~15 µs, so every line here shows in
-        benchmarks/overhead.py: the recording is inlined, an operation that left only its
-        outcome (`OK_RESULT`, `REJECTED_RESULT`: the same tuple each time) is packed as
-        TIMES_RECORD, anything else by `_pack_result`; the deadline, the worker's and the
-        shared stop flag (a read through ctypes) are looked at once a millisecond; the slot's
-        position is written back when the loop ends (nothing reads it meanwhile: the parent
-        reads `done`).
+        benchmarks/overhead.py: the recording is inlined; a step that leaves only its outcome
+        (`DirectStep`) is called directly, without the Operation around it, and its
+        `OK_STEP` / `REJECTED_STEP` are told by identity, as are an Operation's `OK_RESULT` /
+        `REJECTED_RESULT` (the same object each time), and packed as TIMES_RECORD; anything
+        else by `_pack_result`; the deadline, the worker's and the shared stop flag (a read
+        through ctypes) are looked at once a millisecond; the slot's position is written back
+        when the loop ends (nothing reads it meanwhile: the parent reads `done`).
         """
         operation = client.blocking_operation
         assert operation is not None
+        direct = direct_step(operation)
+        call: Callable[[int], object]
+        failed: Callable[[Exception], OpResult]
+        ok_mark: object
+        rejected_mark: object
+        if direct is None:  # an Operation returns its failures as results: `failed` is unused
+            call, failed, ok_mark, rejected_mark = operation, _unused, OK_RESULT, REJECTED_RESULT
+        else:
+            call, failed = direct.step, direct.failed
+            ok_mark, rejected_mark = OK_STEP, REJECTED_STEP
         control = self.control
         inflight, done, stopping = control.probe.inflight, control.done, control.stopping
         cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
-        monotonic_ns, size = time.monotonic_ns, RECORD.size
-        pack_times, ok_result, rejected_result = TIMES_RECORD.pack_into, OK_RESULT, REJECTED_RESULT
+        monotonic_ns, size, pack_times = time.monotonic_ns, RECORD.size, TIMES_RECORD.pack_into
         ok_middle, tail = constant_parts(Outcome.OK)
         rejected_middle, _ = constant_parts(Outcome.REJECTED)
         recorder = slot.recorder
@@ -372,13 +394,18 @@ class _Worker:
                         break
                     next_check = min(start + 1_000_000, deadline)
                 inflight[cid] = start
-                result = operation(seq)
+                try:
+                    result = call(seq)
+                except Exception as exc:  # only a direct step raises: an Operation returns it
+                    result = failed(exc)
                 end = monotonic_ns()
-                if result is ok_result:
+                if result is ok_mark:
                     pack_times(buffer, offset, start, end, ok_middle, start, tail)
-                elif result is rejected_result:
+                elif result is rejected_mark:
                     pack_times(buffer, offset, start, end, rejected_middle, start, tail)
                 else:
+                    if isinstance(result, StepResult):  # a direct step's rarer outcome
+                        result = step_op_result(result)
                     self._pack_result(slot, buffer, offset, start, start, end, result)
                 offset += size
                 seq += 1

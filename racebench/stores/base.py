@@ -25,6 +25,7 @@ from racebench.workloads.counters import CounterPlan, FinalState, LedgerPlan, Pl
 from racebench.workloads.rows import RowPlan
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_S = TypeVar("_S", bound=Callable[[int], "StepResult"])
 
 if TYPE_CHECKING:
     from racebench.guards import CallbackLoop
@@ -246,6 +247,15 @@ def step_factory(method: _F) -> _F:
     showed in benchmarks/overhead.py."""
     method.step_factory = True  # type: ignore[attr-defined]
     return method
+
+
+def outcome_only(step: _S) -> _S:
+    """Mark a step (seq -> StepResult) that returns only OK_STEP or REJECTED_STEP and leaves
+    no values on the client (`read_value`, `written_value`): a blocking loop may then call it
+    directly, without the Operation wrapper (racebench.guards.DirectStep). An exception it
+    raises is classified by the client as any step's is."""
+    step.outcome_only = True  # type: ignore[attr-defined]
+    return step
 
 
 def _step_method(steps: Mapping[str, str], strategy: str) -> str:

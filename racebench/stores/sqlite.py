@@ -29,6 +29,7 @@ from racebench.stores.base import (
     Store,
     StoreClient,
     StrategySpec,
+    outcome_only,
     step_factory,
 )
 from racebench.stores.sql import CONSTRAINT_STRATEGY
@@ -131,6 +132,7 @@ class SqliteClient(RowOperations):
         execute, sql = self.conn.execute, self.atomic_counter_sql
         params = (plan.delta, plan.floor, plan.delta, plan.floor)
 
+        @outcome_only
         def atomic(seq: int) -> StepResult:
             return OK_STEP if execute(sql, params).rowcount else REJECTED_STEP
 
