@@ -556,3 +556,52 @@ def test_file_lock_refusal_lists_the_faults_it_supports() -> None:
     }
     with pytest.raises(ScenarioError, match=r"\(faults it supports: kill_client, pause_client\)"):
         expand(raw, "f.yaml")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 64 KiB tmpfs filled to the last byte (root only: CI runs as root)."""
+    import contextlib
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "full"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        # ENOSPC ends the loop: the disk is full.
+        with open(mount / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_result_that_meets_a_full_disk_is_one_line_and_leaves_nothing(
+    full_disk: Path, write_scenario
+) -> None:
+    # The path passes the check before the run (a directory that exists, a file that does
+    # not); the disk is full when the result is written after it.
+    path = write_scenario({"workload": {"type": "likes"}, "operations": 200})
+    target = full_disk / "result.json"
+    proc = run_cli("run", str(path), "-o", str(target), "-q", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert _one_line(proc) == f"racebench: {target}: cannot write: No space left on device"
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_a_history_that_meets_a_full_disk_is_one_line_and_not_half_kept(
+    full_disk: Path, write_scenario, tmp_path: Path
+) -> None:
+    path = write_scenario({"workload": {"type": "likes"}, "operations": 5000})
+    history = full_disk / "history.jsonl"
+    proc = run_cli(
+        "run", str(path), "-o", str(tmp_path / "r.json"), "--history", str(history), "-q",
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert _one_line(proc) == f"racebench: {history}: cannot write: No space left on device"
+    # Half a history would pass for the run's whole story: none is kept.
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
 import os
 import shutil
 import sys
@@ -11,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from hdrh.histogram import HdrHistogram
 
@@ -20,7 +21,7 @@ from racebench.config.scenario import RunSpec, Scenario
 from racebench.engine.cluster import ClusterOptions, check_transport, run_clients_on_cluster
 from racebench.engine.runner import default_workers, run_clients
 from racebench.engine.worker import RateSpec
-from racebench.errors import BackendUnavailable, RacebenchError, ScenarioError
+from racebench.errors import BackendUnavailable, OutputPathError, RacebenchError, ScenarioError
 from racebench.faults.nemesis import FaultNemesis, ProxyRoutes, signals_clients
 from racebench.guards import (
     OpenedClient,
@@ -524,7 +525,8 @@ def _run_files(
             started = dt.datetime.now(dt.UTC)
             execution = Execution()
             options = ExecutionOptions(
-                history=history_out.stream if history_out else None,
+                # The writers only call write(): a text stream in all but its declared type.
+                history=cast(IO[str], history_out.stream) if history_out else None,
                 history_format=history_format,
                 progress=progress,
                 clusters=clusters,
@@ -580,8 +582,43 @@ class _AtomicText:
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
         os.fchmod(fd, new_file_mode())
-        self.stream = os.fdopen(fd, "w")
+        self.stream = _FailingClearly(os.fdopen(fd, "w"), path)
 
     def commit(self) -> None:
-        self.stream.close()
+        """Rename the file into place; one that could not be written whole (a full disk) is
+        removed instead: half a history would pass for the run's whole story."""
+        try:
+            self.stream.close()
+        except OutputPathError:
+            Path(self.tmp).unlink(missing_ok=True)
+            raise
+        if self.stream.failed:
+            Path(self.tmp).unlink(missing_ok=True)
+            return
         os.replace(self.tmp, self.path)
+
+
+class _FailingClearly(io.TextIOBase):
+    """A text stream whose write failure (ENOSPC, EDQUOT, EIO) is one line naming the file,
+    not an internal error; it remembers that it failed."""
+
+    def __init__(self, stream: IO[str], path: Path) -> None:
+        self._stream, self._path, self.failed = stream, path, False
+
+    def _failure(self, exc: OSError) -> OutputPathError:
+        self.failed = True
+        return OutputPathError(f"{self._path}: cannot write: {exc.strerror or exc}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise self._failure(exc) from None
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except OSError as exc:
+            raise self._failure(exc) from None
+        finally:
+            super().close()

@@ -143,8 +143,11 @@ def write_text_atomically(path: Path, text: str) -> None:
     The file gets the mode a plain `open()` would give (0666 less the umask), not mkstemp's
     0600: results are shared artefacts, and they hold no secret.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as out:
@@ -152,8 +155,10 @@ def write_text_atomically(path: Path, text: str) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a quota, a vanished directory
+            raise OutputPathError(f"{path}: cannot write: {exc.strerror or exc}") from None
         raise
 
 
