@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -36,12 +37,24 @@ class _Context:
     debug = False
 
 
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
+)
+
+
 def _fail(error: BaseException, debug: bool) -> int:
     """Print one line for a user error (a traceback only with --debug); return the exit code."""
     if debug:
         stderr.print(redact_text(traceback.format_exc()), markup=False, highlight=False)
     if isinstance(error, RacebenchError):
         message, status = str(error), error.exit_status
+    elif isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+        # The machine's, not racebench's: a full disk or /dev/shm (multiprocessing's locks,
+        # the clients' records), a quota, a read-only file system, no file descriptors left.
+        where = f": {error.filename}" if error.filename else ""
+        message = f"{error.strerror}{where} (racebench keeps its clients' records and locks "
+        message += "in /dev/shm when the system has it, else in the temporary directory)"
+        status = ExitStatus.USAGE
     else:
         message, status = f"internal error: {type(error).__name__}: {error}", ExitStatus.USAGE
         if not debug:

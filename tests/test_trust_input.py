@@ -605,3 +605,30 @@ def test_a_history_that_meets_a_full_disk_is_one_line_and_not_half_kept(
     assert _one_line(proc) == f"racebench: {history}: cannot write: No space left on device"
     # Half a history would pass for the run's whole story: none is kept.
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_a_full_dev_shm_is_one_line_not_an_internal_error(write_scenario, tmp_path: Path) -> None:
+    # In a mount namespace of its own, so the servers' /dev/shm is not touched: a 64 KiB
+    # /dev/shm filled to the last byte, where multiprocessing's locks and the records live.
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1)")
+    path = write_scenario({"workload": {"type": "likes"}, "operations": 200})
+    racebench = Path(sys.executable).with_name("racebench")
+    script = (
+        "set -e; mount -t tmpfs -o size=64k tmpfs /dev/shm; "
+        "(cat /dev/zero > /dev/shm/filler) 2>/dev/null || true; "
+        f"exec {racebench} run {path} -o {tmp_path / 'r.json'} -q"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert _one_line(proc).startswith("racebench: No space left on device (racebench keeps")
+    assert not (tmp_path / "r.json").exists()
