@@ -33,7 +33,13 @@ from racebench.guards import (
 from racebench.history import RunHistory
 from racebench.locks.base import LockService
 from racebench.output.history_edn import EdnValue, write_jepsen_edn
-from racebench.output.results import build_document, default_path, new_file_mode, write_atomically
+from racebench.output.results import (
+    build_document,
+    cannot_write,
+    default_path,
+    new_file_mode,
+    write_atomically,
+)
 from racebench.plugins.entry_points import fault_class
 from racebench.plugins.registry import (
     drivers_of,
@@ -607,7 +613,7 @@ class _FailingClearly(io.TextIOBase):
 
     def _failure(self, exc: OSError) -> OutputPathError:
         self.failed = True
-        return OutputPathError(f"{self._path}: cannot write: {exc.strerror or exc}")
+        return cannot_write(self._path, exc)
 
     def write(self, text: str) -> int:
         try:

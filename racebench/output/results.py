@@ -147,7 +147,7 @@ def write_text_atomically(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=path.parent)
     except OSError as exc:
-        raise OutputPathError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise cannot_write(path, exc) from None
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as out:
@@ -158,8 +158,13 @@ def write_text_atomically(path: Path, text: str) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):  # a full disk, a quota, a vanished directory
-            raise OutputPathError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            raise cannot_write(path, exc) from None
         raise
+
+
+def cannot_write(path: Path, exc: OSError) -> OutputPathError:
+    """A write to an output file failed after its path was checked (a full disk, a quota)."""
+    return OutputPathError(f"{path}: cannot write: {exc.strerror or exc}")
 
 
 def new_file_mode() -> int:
