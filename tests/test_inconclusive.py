@@ -98,13 +98,28 @@ def test_evidence_rule(
     assert missing_evidence({**OPS, **counts}, limit, faults) == reason
 
 
+def _change_the_counter_table(database: Path, statement: str) -> str:
+    """Run `statement` (its {} the run's counter table) on the run's SQLite file from
+    another connection, as a writer outside racebench would; return the table's name."""
+    import sqlite3
+
+    conn = sqlite3.connect(database, timeout=30.0, isolation_level=None)
+    try:
+        [(table,)] = conn.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'racebench%counter'"
+        ).fetchall()
+        conn.execute(statement.format(table))
+    finally:
+        conn.close()
+    return str(table)
+
+
 def test_a_final_state_the_history_does_not_explain_is_inconclusive_not_safe(
     tmp_path: Path,
 ) -> None:
     # Another writer adds to the counter mid-run: every recorded operation is fine, yet the
     # final state holds writes no operation made. No anomaly can be counted from that, and
     # "safe" would vouch for a history that does not explain what happened.
-    import sqlite3
 
     from racebench.config.scenario import expand
     from racebench.engine.trials import Execution, ExecutionOptions, execute
@@ -114,12 +129,7 @@ def test_a_final_state_the_history_does_not_explain_is_inconclusive_not_safe(
 
     def write_beside_the_clients(done: int, errors: int) -> None:
         if done and not outside:
-            conn = sqlite3.connect(database, timeout=30.0, isolation_level=None)
-            [(table,)] = conn.execute(
-                "SELECT name FROM sqlite_master WHERE name LIKE 'racebench%counter'"
-            ).fetchall()
-            conn.execute(f"UPDATE {table} SET value = value + 1000 WHERE id = 1")
-            conn.close()
+            _change_the_counter_table(database, "UPDATE {} SET value = value + 1000 WHERE id = 1")
             outside.append(1000)
 
     scenario = {
@@ -144,7 +154,6 @@ def test_a_final_state_the_history_does_not_explain_is_inconclusive_not_safe(
 def test_a_table_dropped_from_outside_mid_run_is_one_line_and_exit_3(tmp_path: Path) -> None:
     # Each operation after the drop fails (recorded as an error, by the blocking loop's
     # direct step); the final state cannot be read: the store's failure, not an internal one.
-    import sqlite3
 
     import pytest
 
@@ -157,13 +166,7 @@ def test_a_table_dropped_from_outside_mid_run_is_one_line_and_exit_3(tmp_path: P
 
     def drop_the_table(done: int, errors: int) -> None:
         if done and not dropped:
-            conn = sqlite3.connect(database, timeout=30.0, isolation_level=None)
-            [(table,)] = conn.execute(
-                "SELECT name FROM sqlite_master WHERE name LIKE 'racebench%counter'"
-            ).fetchall()
-            conn.execute(f"DROP TABLE {table}")
-            conn.close()
-            dropped.append(table)
+            dropped.append(_change_the_counter_table(database, "DROP TABLE {}"))
 
     scenario = {
         "name": "dropped",
