@@ -72,8 +72,18 @@ assert TIMES_RECORD.size == RECORD.size
 
 def constant_parts(outcome: int) -> tuple[bytes, bytes]:
     """The middle and tail of TIMES_RECORD for an operation that ended in `outcome`."""
-    record = RECORD.pack(0, 0, 0, 0, 0, outcome, 0, -1, 0, NO_VALUE, NO_VALUE)
+    record = outcome_record(outcome)
     return record[16:48], record[56:]
+
+
+def outcome_record(outcome: int) -> bytes:
+    """The whole record of an operation that ended in `outcome` and left nothing but its
+    times, with 0 for them: the C loop copies it and writes the times at TIMES_AT."""
+    return RECORD.pack(0, 0, 0, 0, 0, outcome, 0, -1, 0, NO_VALUE, NO_VALUE)
+
+
+# Where TIMES_RECORD's start, end and intended start lie in a record.
+TIMES_AT = (0, 8, 48)
 
 
 _SEGMENT_RECORDS = 65536

@@ -45,12 +45,19 @@ from racebench.history import (
     NO_VALUE,
     RECORD,
     RECORD_DTYPE,
+    TIMES_AT,
     TIMES_RECORD,
     Outcome,
     Recorder,
     constant_parts,
+    outcome_record,
 )
 from racebench.stores.base import OK_STEP, REJECTED_STEP, StepResult
+
+try:  # the blocking loop's fast path, built at install time where a compiler was found
+    from racebench.engine import _blocking_loop
+except ImportError:  # pragma: no cover - the Python loop writes the same records
+    _blocking_loop = None  # type: ignore[assignment, unused-ignore]
 
 # An operation that started more than this after its intended start counts as late.
 LATE_NS = 1_000_000
@@ -167,6 +174,33 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 # How late a timer may fire on an idle loop for its clock alone: libuv (uvloop) keeps timers
 # in whole milliseconds, and asyncio's epoll selector rounds its timeout up to one.
 _TIMER_RESOLUTION_NS = 1_000_000
+
+
+@dataclass(slots=True)
+class _BlockingLoop:
+    """What a blocking loop calls and how it tells the outcome; where it got to."""
+
+    call: Callable[[int], object]  # seq -> a mark or a result
+    failed: Callable[[Exception], OpResult]  # what `call` raised, as its result
+    ok_mark: object  # the object `call` returns for a plain OK (told by identity)
+    rejected_mark: object
+    # (execute, args): `call` is `execute(*args)` told by rowcount (stores.base.rowcount_step)
+    statement: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+    offset: int = 0
+    seq: int = 0
+
+
+# Why _blocking_loop.run returned (racebench/engine/_blocking_loop.c).
+_C_FULL, _C_OTHER, _C_RAISED = 1, 3, 4
+
+
+def _int64_arrays(*counters: object) -> bool:
+    """The C loop writes the shared counters through the buffer protocol: arrays of int64
+    (a RawArray, an array('q')); anything else takes the Python loop."""
+    try:
+        return all(memoryview(c).itemsize == 8 for c in counters)  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
 def _unused(exc: Exception) -> OpResult:
@@ -354,27 +388,81 @@ class _Worker:
         """The closed loop of a blocking driver, on the client's own thread: no per-operation
         hop between the loop and the thread, so a blocking store runs at its native pace.
 
-        An embedded SQLite statement takes ~15 µs, so every line here shows in
-        benchmarks/overhead.py: the recording is inlined; a step that leaves only its outcome
-        (`DirectStep`) is called directly, without the Operation around it, and its
-        `OK_STEP` / `REJECTED_STEP` are told by identity, as are an Operation's `OK_RESULT` /
-        `REJECTED_RESULT` (the same object each time), and packed as TIMES_RECORD; anything
-        else by `_pack_result`; the deadline, the worker's and the shared stop flag (a read
-        through ctypes) are looked at once a millisecond; the slot's position is written back
-        when the loop ends (nothing reads it meanwhile: the parent reads `done`).
+        An embedded SQLite statement takes ~6.5 µs, so every line here shows in
+        benchmarks/overhead.py. A step that leaves only its outcome (`DirectStep`) is called
+        directly, without the Operation around it; its `OK_STEP` / `REJECTED_STEP`, like an
+        Operation's `OK_RESULT` / `REJECTED_RESULT` (the same object each time), are told by
+        identity and recorded as a constant record with the times written in; anything else
+        goes through `_pack_result`. The loop itself runs in C (`_blocking_loop`, built at
+        install time) where it can, else in Python (`_python_blocking_loop`): the same
+        records either way.
         """
         operation = client.blocking_operation
         assert operation is not None
         direct = direct_step(operation)
-        call: Callable[[int], object]
-        failed: Callable[[Exception], OpResult]
-        ok_mark: object
-        rejected_mark: object
-        if direct is None:  # an Operation returns its failures as results: `failed` is unused
-            call, failed, ok_mark, rejected_mark = operation, _unused, OK_RESULT, REJECTED_RESULT
-        else:
-            call, failed = direct.step, direct.failed
-            ok_mark, rejected_mark = OK_STEP, REJECTED_STEP
+        loop = _BlockingLoop(operation, _unused, OK_RESULT, REJECTED_RESULT)
+        if direct is not None:
+            statement = getattr(direct.step, "statement", None)
+            loop = _BlockingLoop(direct.step, direct.failed, OK_STEP, REJECTED_STEP, statement)
+        control = self.control
+        in_c = _blocking_loop is not None and _int64_arrays(control.done, control.probe.inflight)
+        try:
+            if in_c:
+                self._c_blocking_loop(slot, loop)
+            else:
+                self._python_blocking_loop(slot, loop)
+        finally:
+            slot.offset, slot.seq = loop.offset, loop.seq
+
+    def _c_blocking_loop(self, slot: _ClientSlot, loop: _BlockingLoop) -> None:
+        """Runs of operations in C between looks at the deadline and the stop flags (once a
+        millisecond, the deadline still exactly), a full segment, and any operation whose
+        result is not a plain mark, which is recorded here."""
+        assert _blocking_loop is not None
+        control = self.control
+        inflight, done, stopping = control.probe.inflight, control.done, control.stopping
+        cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
+        execute, statement_args = loop.statement or (None, ())
+        ok_record, rejected_record = outcome_record(Outcome.OK), outcome_record(Outcome.REJECTED)
+        start_at, end_at, intended_at = TIMES_AT
+        recorder, run, monotonic_ns = slot.recorder, _blocking_loop.run, time.monotonic_ns
+        buffer, offset, seq = recorder.buffer, slot.offset, slot.seq
+        try:
+            while seq < quota:
+                now = monotonic_ns()
+                if now >= deadline or self.stop or stopping():
+                    self.stop = True
+                    break
+                reason, seq, offset, start, end, result = run(
+                    loop.call, execute, statement_args, seq, quota, min(now + 1_000_000, deadline),
+                    buffer, offset, start_at, end_at, intended_at, loop.ok_mark, ok_record,
+                    loop.rejected_mark, rejected_record, inflight, done, cid,
+                )  # fmt: skip
+                if reason == _C_FULL:
+                    buffer = recorder.grow()
+                elif reason in (_C_OTHER, _C_RAISED):
+                    if reason == _C_RAISED:
+                        result = loop.failed(result)
+                    elif isinstance(result, StepResult):  # a direct step's rarer outcome
+                        result = step_op_result(result)
+                    self._pack_result(slot, buffer, offset, start, start, end, result)
+                    offset += RECORD.size
+                    seq += 1
+                    done[cid] = seq
+                    inflight[cid] = 0  # after the record counts: see _python_blocking_loop
+        finally:
+            loop.offset, loop.seq = offset, seq
+
+    def _python_blocking_loop(self, slot: _ClientSlot, loop: _BlockingLoop) -> None:
+        """The blocking loop where the C one is not built (or the counters are not arrays):
+        the recording inlined; the deadline, the worker's and the shared stop flag (a read
+        through ctypes) looked at once a millisecond."""
+        call, failed, ok_mark, rejected_mark = (
+            loop.call,
+            loop.failed,
+            loop.ok_mark,
+            loop.rejected_mark,
+        )
         control = self.control
         inflight, done, stopping = control.probe.inflight, control.done, control.stopping
         cid, quota, deadline = slot.client, slot.quota, self.deadline or 2**62
@@ -385,6 +473,7 @@ class _Worker:
         buffer, capacity = recorder.buffer, recorder.capacity_bytes
         offset, seq = slot.offset, slot.seq
         next_check = 0
+        result: Any
         try:
             while seq < quota:
                 start = monotonic_ns()
@@ -417,7 +506,7 @@ class _Worker:
                     buffer = recorder.grow()
                     capacity = recorder.capacity_bytes
         finally:
-            slot.offset, slot.seq = offset, seq
+            loop.offset, loop.seq = offset, seq
 
     def _pack_result(
         self,

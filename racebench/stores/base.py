@@ -258,6 +258,20 @@ def outcome_only(step: _S) -> _S:
     return step
 
 
+def rowcount_step(execute: Callable[..., Any], *args: Any) -> Callable[[int], StepResult]:
+    """The step that is one statement, `execute(*args)`: OK_STEP when it changed a row,
+    REJECTED_STEP when it changed none (an atomic conditional UPDATE). `outcome_only`, and
+    it says what it runs (`statement`), so that the blocking loop's C path runs the statement
+    itself, without a Python frame per operation (racebench/engine/_blocking_loop.c)."""
+
+    @outcome_only
+    def step(seq: int) -> StepResult:
+        return OK_STEP if execute(*args).rowcount else REJECTED_STEP
+
+    step.statement = (execute, args)  # type: ignore[attr-defined]
+    return step
+
+
 def _step_method(steps: Mapping[str, str], strategy: str) -> str:
     try:
         return steps[strategy]

@@ -29,7 +29,7 @@ from racebench.stores.base import (
     Store,
     StoreClient,
     StrategySpec,
-    outcome_only,
+    rowcount_step,
     step_factory,
 )
 from racebench.stores.sql import CONSTRAINT_STRATEGY
@@ -129,14 +129,8 @@ class SqliteClient(RowOperations):
     @step_factory
     def _counter_atomic_step(self, strategy: str, plan: CounterPlan) -> Callable[[int], StepResult]:
         # The statement is the whole operation: bound once (recover() keeps the connection).
-        execute, sql = self.conn.execute, self.atomic_counter_sql
         params = (plan.delta, plan.floor, plan.delta, plan.floor)
-
-        @outcome_only
-        def atomic(seq: int) -> StepResult:
-            return OK_STEP if execute(sql, params).rowcount else REJECTED_STEP
-
-        return atomic
+        return rowcount_step(self.conn.execute, self.atomic_counter_sql, params)
 
     def _counter_cas_step(self, strategy: str, plan: CounterPlan) -> StepResult:
         return self.retrying(lambda: self._counter_cas(plan))
