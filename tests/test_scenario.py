@@ -116,3 +116,28 @@ def test_bad_store_section_is_one_line(store, field: str, problem: str) -> None:
         expand({"name": "s", "workload": {"type": "stock"}, "store": store}, "s.yaml")
     assert caught.value.field == field
     assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        # A key no backend has: the backend's own keys, so the fix is in the message.
+        (
+            {"store": {"backend": "sqlite", "path": "/tmp/x.db"}},
+            "store.path",
+            "unknown key (known for sqlite: url, proxy, servers)",
+        ),
+        (
+            {"faults": [{"kind": "server_pause", "durration_ms": 100}]},
+            "faults.0.durration_ms",
+            "unknown key (known for server_pause: at, when, client, target, duration_ms)",
+        ),
+        ({"client": 4}, "client", "unknown key (did you mean clients?)"),
+        ({"zzz": 4}, "zzz", "unknown key"),
+    ],
+)
+def test_an_unknown_key_says_what_was_meant(raw: dict, field: str, message: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        expand({"name": "s", "workload": {"type": "stock"}} | raw, "s.yaml")
+    assert caught.value.field == field
+    assert str(caught.value) == f"s.yaml: {field}: {message}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import functools
 import itertools
 import math
@@ -358,6 +359,26 @@ def _owners(group: str, key: str) -> list[str]:
     return owners
 
 
+def _known_keys_hint(loc: list[str], section: tuple[str, str] | None, owner: str) -> str:
+    """What an unknown key could have been: the keys of a backend's, lock service's or fault
+    kind's own section (store.path on sqlite: "known for sqlite: url, ..."), or the scenario's
+    top-level keys that look like it (client: "did you mean clients?")."""
+    if section is not None:
+        group, tag_key = section
+        depth = 2 if group == STORE_GROUP else 3  # store.<key>; guard.lock.<key>, faults.N.<key>
+        if len(loc) != depth or not owner:
+            return ""
+        with contextlib.suppress(PluginLoadError):
+            model = _config_of(group, owner)[0]
+            keys = [k for k in model.model_fields if k != tag_key]
+            return f" (known for {owner}: {', '.join(keys)})" if keys else ""
+        return ""
+    if len(loc) == 1:
+        close = difflib.get_close_matches(loc[0], list(Scenario.model_fields), n=1)
+        return f" (did you mean {close[0]}?)" if close else ""
+    return ""
+
+
 def _union_message(group: str, key: str, error_type: str, tag: Any) -> str:
     """Why a fault's kind or a lock's service picks no member of its union."""
     from racebench.plugins.entry_points import _registered
@@ -401,7 +422,7 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         message = _union_message(group, key, first["type"], first.get("ctx", {}).get("tag"))
         loc.append(key)
     elif first["type"] == "extra_forbidden":
-        message = "unknown key"
+        message = "unknown key" + _known_keys_hint(loc, section, owner)
         if section and (owners := _owners(section[0], loc[-1])):
             message = f"{loc[-1]} is a key of {', '.join(owners)}, not of {owner}"
     elif first["type"] == "union_tag_invalid":
