@@ -422,9 +422,10 @@ def _pydantic_error(source: str, error: ValidationError, context: str) -> Scenar
         message = _union_message(group, key, first["type"], first.get("ctx", {}).get("tag"))
         loc.append(key)
     elif first["type"] == "extra_forbidden":
-        message = "unknown key" + _known_keys_hint(loc, section, owner)
         if section and (owners := _owners(section[0], loc[-1])):
             message = f"{loc[-1]} is a key of {', '.join(owners)}, not of {owner}"
+        else:
+            message = "unknown key" + _known_keys_hint(loc, section, owner)
     elif first["type"] == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag")
         message = f"unknown workload type {tag!r} (known: {', '.join(BUILT_IN_WORKLOADS)})"
