@@ -11,8 +11,8 @@ from __future__ import annotations
 import statistics
 
 
-def pairwise(ours: list[float], theirs: list[float]) -> str:
-    """One line on the per-pair ratios ours[i] / theirs[i]."""
+def pairwise(ours: list[float], theirs: list[float], name: str = "racebench") -> str:
+    """One line on the per-pair ratios ours[i] / theirs[i]; `name` is the side of `ours`."""
     ratios = sorted(o / t for o, t in zip(ours, theirs, strict=True))
     ahead = sum(r > 1 for r in ratios)
     if len(ratios) < 4:
@@ -22,5 +22,5 @@ def pairwise(ours: list[float], theirs: list[float]) -> str:
         spread = f"quartiles {q1:.2f}-{q3:.2f}"
     return (
         f"pairwise ratio median {statistics.median(ratios):.2f}x ({spread}; "
-        f"racebench ahead in {ahead} of {len(ratios)} pairs)"
+        f"{name} ahead in {ahead} of {len(ratios)} pairs)"
     )

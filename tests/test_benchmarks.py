@@ -35,3 +35,23 @@ def test_pairwise_summary_reads_each_pair_as_its_own_ratio() -> None:
     assert line.startswith("pairwise ratio median 0.97x (quartiles 0.94-1.25;")
     assert "racebench ahead in 1 of 4 pairs" in line
     assert "0.90-1.05" in pairwise([90, 105], [100, 100])
+
+
+def test_noise_mode_runs_the_native_tool_against_itself(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import native
+
+    monkeypatch.setitem(native.URLS, "redis", redis_url)
+    monkeypatch.setattr(native, "racebench_ops", _must_not_run)
+    argv = ["native.py", "--backend", "redis", "--clients", "2", "--operations", "300", "--noise"]
+    monkeypatch.setattr("sys.argv", argv)
+    native.main()
+    out = capsys.readouterr().out
+    assert "redis-benchmark -t incr vs itself: native again" in out
+    assert "redis-benchmark EVALSHA vs itself" in out
+    assert "native again ahead in" in out and "racebench" not in out
+
+
+def _must_not_run(*args: object) -> float:
+    raise AssertionError("--noise ran racebench")
