@@ -153,6 +153,27 @@ def test_client_bound_when_a_worker_saturates_its_core() -> None:
     assert calm["client_bound"] is False
 
 
+def test_lag_from_a_busy_host_is_not_blamed_on_the_workers() -> None:
+    """Lag past the line from workers that computed little means the loop was waiting (for a
+    core the server under test held, or on a blocking call): more workers would not help."""
+    from racebench.analysis.metrics import new_histogram
+
+    lag = new_histogram()
+    for value_us in [50] * 90 + [2_500] * 10:
+        lag.record_value(value_us)
+    waiting = WorkerOutput(0, cpu_s=0.2, wall_s=1.0, lag_histogram=lag.encode())
+    figures = load_figures(RunnerResult(0, [], False, workers=1, outputs=[waiting]), None)
+    assert figures["client_bound"] is True
+    reason = figures["client_bound_reason"]
+    assert "with no worker above 20% of a core" in reason
+    assert "for a core other processes held or on a call that blocks it" in reason
+    assert "run the clients on a host of their own" in reason
+    assert "add workers" not in reason
+    computing = WorkerOutput(0, cpu_s=0.7, wall_s=1.0, lag_histogram=lag.encode())
+    figures = load_figures(RunnerResult(0, [], False, workers=1, outputs=[computing]), None)
+    assert figures["client_bound_reason"].endswith("add workers or hosts")
+
+
 @pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
 def test_loop_lag_measures_a_busy_loop_not_an_idle_one(tmp_path: Path, loop_kind) -> None:
     """On an idle loop the sampler measures (next to) nothing, though both loops' timers
