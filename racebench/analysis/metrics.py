@@ -7,6 +7,10 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+# Event-loop lag beyond this at p99 means the loop, not the server, set the pace: the verdict's
+# `client-bound` line, and the lag a worker's sampler asks the reason for (engine.worker).
+LAG_LINE_MS = 1.0
+
 # Latencies are recorded in microseconds, from 1 µs to one hour, 3 significant digits.
 _MAX_US = 3_600_000_000
 

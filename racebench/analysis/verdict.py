@@ -17,6 +17,7 @@ from hdrh.histogram import HdrHistogram
 
 from racebench.analysis.history_sample import sample_history
 from racebench.analysis.metrics import (
+    LAG_LINE_MS,
     latency_summary,
     new_histogram,
     record_durations,
@@ -305,12 +306,47 @@ def cluster_overlaps(
 
 # A worker above this share of one core, or whose loop ran this late at p99, measured itself.
 SATURATED_CPU_SHARE = 0.9
-SATURATED_LAG_P99_MS = 1.0
-# Lag past the line while no worker computed even half the time: the loop was not computing
-# but waiting, either for a core that other processes held (PostgreSQL's backends on the same
-# 2 cores put lag p99 at 1.8-2.1 ms with the workers at 17-18% of a core each) or on a call
-# that blocks it (a user's step calling a blocking driver). More workers would help neither.
+SATURATED_LAG_P99_MS = LAG_LINE_MS
+# Where the kernel does not say what a late loop did (engine.worker.sample_lag), lag past the
+# line while no worker computed even half the time is taken for waiting: for a core that other
+# processes held (PostgreSQL's backends on the same 2 cores put lag p99 at 1.8-2.1 ms with the
+# workers at 17-18% of a core each) or on a call that blocks it. More workers would help neither.
 BUSY_WORKER_SHARE = 0.5
+_SATURATED_ADVICE = "these figures describe racebench, not the server; add workers or hosts"
+# What the loop did in its late samples (the largest part) -> what the reason adds, the advice.
+_LAG_CAUSES = {
+    "computing": ("the loop computing", _SATURATED_ADVICE),
+    "waiting_for_core": (
+        "waiting for a core other processes held",
+        "these latencies include that wait; run the clients on a host of their own",
+    ),
+    "blocked": (
+        "in a call that blocked the loop",
+        "these latencies include that wait; keep blocking calls off the loop",
+    ),
+}
+
+
+def lag_cause(result: RunnerResult, busiest: float) -> tuple[str, str]:
+    """Why the loops ran late: (what the lag reason adds, the advice).
+
+    From what the loops' threads did in their late samples, summed over the workers; where the
+    kernel did not say (no run-queue figures), from the workers' CPU shares."""
+    outputs = [o.lag_parts_us for o in result.outputs if o.lag_parts_us]
+    if outputs and all("waiting_for_core" in parts for parts in outputs):
+        total = {k: sum(parts.get(k, 0) for parts in outputs) for k in _LAG_CAUSES}
+        if sum(total.values()) > 0:
+            cause = max(total, key=lambda k: total[k])
+            what, advice = _LAG_CAUSES[cause]
+            return f", {total[cause] / sum(total.values()):.0%} of it {what}", advice
+    if busiest < BUSY_WORKER_SHARE:
+        return (
+            f" with no worker above {busiest:.0%} of a core: the loop was waiting, for a core "
+            "other processes held or on a call that blocks it",
+            "these latencies include that wait; run the clients on a host of their own "
+            "and keep blocking calls off the loop",
+        )
+    return "", _SATURATED_ADVICE
 
 
 def load_figures(result: RunnerResult, rate: float | None) -> dict[str, Any]:
@@ -322,20 +358,13 @@ def load_figures(result: RunnerResult, rate: float | None) -> dict[str, Any]:
     lag = latency_summary(result.loop_lag())
     reasons = []
     busiest = max(shares, default=0.0)
-    if busiest > SATURATED_CPU_SHARE:
-        reasons.append(f"a worker used {busiest:.0%} of a core")
+    advice = _SATURATED_ADVICE
     if lag["p99"] > SATURATED_LAG_P99_MS:
-        reasons.append(f"event-loop lag p99 {lag['p99']:.1f} ms")
-    advice = "these figures describe racebench, not the server; add workers or hosts"
-    if reasons and busiest < BUSY_WORKER_SHARE:
-        reasons[-1] += (
-            f" with no worker above {busiest:.0%} of a core: the loop was waiting, for a core "
-            "other processes held or on a call that blocks it"
-        )
-        advice = (
-            "these latencies include that wait; run the clients on a host of their own "
-            "and keep blocking calls off the loop"
-        )
+        what, advice = lag_cause(result, busiest)
+        reasons.append(f"event-loop lag p99 {lag['p99']:.1f} ms{what}")
+    if busiest > SATURATED_CPU_SHARE:  # a saturated worker: more of them is the advice
+        reasons.insert(0, f"a worker used {busiest:.0%} of a core")
+        advice = _SATURATED_ADVICE
     figures: dict[str, Any] = {
         "workers": result.workers,
         "ready_s": round(result.ready_s, 3),

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from racebench.analysis.metrics import new_histogram
+from racebench.analysis.metrics import LAG_LINE_MS, new_histogram
 from racebench.errors import ExitStatus, RacebenchError
 from racebench.guards import (
     OK_RESULT,
@@ -109,6 +109,10 @@ class WorkerOutput:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     lag_histogram: bytes = b""  # HDR histogram (µs) of event-loop lag, encoded
+    # What the loop's thread did during the lag samples past LAG_LINE_MS, µs summed:
+    # "computing", "waiting_for_core" (on the run queue; absent where the kernel does not
+    # say) and "blocked" (neither: in a call that blocks, or asleep). See _Worker.sample_lag.
+    lag_parts_us: dict[str, int] = field(default_factory=dict)
     late: int = 0
     dropped: int = 0
     max_rss_mb: float = 0.0
@@ -188,6 +192,39 @@ class _BlockingLoop:
     statement: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
     offset: int = 0
     seq: int = 0
+
+
+class _RunQueueWait:
+    """How long the calling thread has waited on a run queue for a core (ns, so far): the
+    second field of Linux's /proc/thread-self/schedstat. No library reads it (psutil gives a
+    process's CPU times, not its run-queue delay); the file is opened once and re-read with
+    pread (~1.3 µs here)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def of_this_thread(cls) -> _RunQueueWait | None:
+        """None where the kernel does not say (not Linux, or built without schedstats)."""
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            return None
+        reader = cls(fd)
+        try:
+            reader.read()
+        except (OSError, IndexError, ValueError):
+            reader.close()
+            return None
+        return reader
+
+    def read(self) -> int:
+        return int(os.pread(self.fd, 128, 0).split()[1])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 # Why _blocking_loop.run returned (racebench/engine/_blocking_loop.c).
@@ -304,6 +341,8 @@ class _Worker:
         # Event-loop lag samples, µs -> count: a Counter per sample, the HDR histogram once
         # at the end (hdrh's record_value is pure Python, dearer than the sample itself).
         self.lag_us: Counter[int] = Counter()
+        self.lag_parts_us = {"computing": 0, "waiting_for_core": 0, "blocked": 0}
+        self.runqueue_wait: _RunQueueWait | None = None
         self.late = 0
         self.dropped = 0
         # The worker's CPU time and wall time between the start and the end of the run.
@@ -582,12 +621,24 @@ class _Worker:
         `client-bound` line (lag p99 1.9-2.2 ms, workers at 7-15% of a core; the turns
         alone: p99 0.06-0.28 ms).
 
+        A sample past the line also says what the thread did meanwhile (`lag_parts_us`):
+        computed (its CPU time in the turn, and the timer's counted lateness), waited on the
+        run queue for a core (Linux's /proc/thread-self/schedstat), or neither: blocked in a
+        call, or asleep. The verdict names the largest part, so a run slowed by the server's
+        processes on the same cores is not told to add workers. Reading the two clocks at
+        each turn costs ~3 µs per 10 ms sample.
+
         Also reads the shared stop flag for the closed loops, which do not (see closed_loop).
-        `self.lag_timer` holds the pending timer: cancel it to stop.
+        `stop_sampling_lag` stops it.
         """
-        period_ns = int(_LAG_SAMPLE_S * 1e9)
+        period_ns, line_ns = int(_LAG_SAMPLE_S * 1e9), int(LAG_LINE_MS * 1e6)
         samples, stopping, monotonic_ns = self.lag_us, self.control.stopping, time.monotonic_ns
         thread_time_ns = time.thread_time_ns
+        self.runqueue_wait = _RunQueueWait.of_this_thread()
+        waited_ns = self.runqueue_wait.read if self.runqueue_wait else (lambda: 0)
+        parts = self.lag_parts_us
+        if self.runqueue_wait is None:
+            parts.pop("waiting_for_core", None)
         expected = monotonic_ns() + period_ns
         cpu_then = thread_time_ns()
 
@@ -595,14 +646,22 @@ class _Worker:
             loop.call_soon(turn, monotonic_ns())
 
         def turn(fired_ns: int) -> None:
-            loop.call_soon(ran, fired_ns, monotonic_ns())
+            loop.call_soon(ran, fired_ns, monotonic_ns(), thread_time_ns(), waited_ns())
 
-        def ran(fired_ns: int, turn_ns: int) -> None:
+        def ran(fired_ns: int, turn_ns: int, turn_cpu_ns: int, turn_waited_ns: int) -> None:
             nonlocal expected, cpu_then
             now, cpu_now = monotonic_ns(), thread_time_ns()
             late = max(0, fired_ns - expected - _TIMER_RESOLUTION_NS)
             late = min(late, max(0, cpu_now - cpu_then - period_ns))  # the loop's own part
-            samples[max(1, (late + now - turn_ns) // 1000)] += 1
+            lag = late + now - turn_ns
+            samples[max(1, lag // 1000)] += 1
+            if lag > line_ns:
+                computing = late + cpu_now - turn_cpu_ns
+                waiting = waited_ns() - turn_waited_ns
+                parts["computing"] += computing // 1000
+                if "waiting_for_core" in parts:
+                    parts["waiting_for_core"] += waiting // 1000
+                parts["blocked"] += max(0, lag - computing - waiting) // 1000
             cpu_then = cpu_now
             if self.stop or stopping():
                 self.stop = True
@@ -611,6 +670,12 @@ class _Worker:
             self.lag_timer = loop.call_later(_LAG_SAMPLE_S, fired)
 
         self.lag_timer = loop.call_later(_LAG_SAMPLE_S, fired)
+
+    def stop_sampling_lag(self) -> None:
+        if self.lag_timer is not None:
+            self.lag_timer.cancel()
+        if self.runqueue_wait is not None:
+            self.runqueue_wait.close()
 
     def lag_histogram(self) -> HdrHistogram:
         """The lag samples as an HDR histogram (µs)."""
@@ -660,8 +725,7 @@ class _Worker:
             self.cpu_s = time.process_time() - self.cpu0
             self.wall_s = (time.monotonic_ns() - t0) / 1e9
             watcher.cancel()
-            if self.lag_timer is not None:
-                self.lag_timer.cancel()
+            self.stop_sampling_lag()
 
 
 async def _open_all(spec: WorkerSpec, control: WorkerControl) -> dict[int, OpenedClient]:
@@ -732,6 +796,7 @@ def run_worker(spec: WorkerSpec, control: WorkerControl) -> WorkerOutput:
         output.errors[client] = list(slot.messages)
     output.lag_histogram = worker.lag_histogram().encode()
     output.late, output.dropped = worker.late, worker.dropped
+    output.lag_parts_us = dict(worker.lag_parts_us)
     output.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if spec.return_records:
         output.records = {
