@@ -206,11 +206,17 @@ def _late_lag_parts(tmp_path: Path, holder: str, seconds: float) -> dict[str, in
         spin(0.0003)
         loop.call_soon(busy)
 
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
     worker.sample_lag(loop)
     loop.call_soon({"computing": computing, "blocked": blocked, "busy": busy}[holder])
     loop.run_until_complete(asyncio.sleep(seconds))
     worker.stop_sampling_lag()
+    # A sample's callbacks still queued when sampling stopped end without reading the closed
+    # run-queue file (its descriptor may already be another file's).
+    loop.run_until_complete(asyncio.sleep(0.03))
     loop.close()
+    assert not errors, errors
     return worker.lag_parts_us
 
 

@@ -645,11 +645,16 @@ class _Worker:
         def fired() -> None:
             loop.call_soon(turn, monotonic_ns())
 
+        # A sample's callbacks may still be queued when sampling stops (the timer is
+        # cancelled, they are not): they end there, before the run-queue file, closed, is read.
         def turn(fired_ns: int) -> None:
-            loop.call_soon(ran, fired_ns, monotonic_ns(), thread_time_ns(), waited_ns())
+            if self.lag_timer is not None:
+                loop.call_soon(ran, fired_ns, monotonic_ns(), thread_time_ns(), waited_ns())
 
         def ran(fired_ns: int, turn_ns: int, turn_cpu_ns: int, turn_waited_ns: int) -> None:
             nonlocal expected, cpu_then
+            if self.lag_timer is None:
+                return
             now, cpu_now = monotonic_ns(), thread_time_ns()
             late = max(0, fired_ns - expected - _TIMER_RESOLUTION_NS)
             late = min(late, max(0, cpu_now - cpu_then - period_ns))  # the loop's own part
@@ -672,10 +677,13 @@ class _Worker:
         self.lag_timer = loop.call_later(_LAG_SAMPLE_S, fired)
 
     def stop_sampling_lag(self) -> None:
+        """Stop the sampler (a sample under way is dropped) and close its run-queue file."""
         if self.lag_timer is not None:
             self.lag_timer.cancel()
+            self.lag_timer = None
         if self.runqueue_wait is not None:
             self.runqueue_wait.close()
+            self.runqueue_wait = None
 
     def lag_histogram(self) -> HdrHistogram:
         """The lag samples as an HDR histogram (µs)."""
