@@ -308,8 +308,12 @@ def test_the_late_loop_samples_name_the_cause_and_the_advice() -> None:
     assert "80% of it in a call that blocked the loop" in blocked
     assert blocked.endswith("keep blocking calls off the loop")
     computing = reason({"computing": 9_000, "waiting_for_core": 0, "blocked": 1_000})
-    assert "90% of it the loop computing" in computing
+    assert "90% of it the loop computing:" in computing
     assert computing.endswith("add workers or hosts")
+    # A second part of a quarter or more is named too; the largest decides the advice.
+    both = reason({"computing": 5_100, "waiting_for_core": 4_500, "blocked": 400})
+    assert "51% of it the loop computing and 45% waiting for a core other processes held:" in both
+    assert both.endswith("add workers or hosts")
     # A saturated worker asks for more workers whatever the lag was.
     saturated = reason({"computing": 0, "waiting_for_core": 9_000, "blocked": 0}, cpu_s=0.95)
     assert saturated.startswith("a worker used 95% of a core; event-loop lag")

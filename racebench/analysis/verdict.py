@@ -335,10 +335,15 @@ def lag_cause(result: RunnerResult, busiest: float) -> tuple[str, str]:
     outputs = [o.lag_parts_us for o in result.outputs if o.lag_parts_us]
     if outputs and all("waiting_for_core" in parts for parts in outputs):
         total = {k: sum(parts.get(k, 0) for parts in outputs) for k in _LAG_CAUSES}
-        if sum(total.values()) > 0:
-            cause = max(total, key=lambda k: total[k])
-            what, advice = _LAG_CAUSES[cause]
-            return f", {total[cause] / sum(total.values()):.0%} of it {what}", advice
+        whole = sum(total.values())
+        if whole > 0:
+            # The largest part decides the advice; a second one of a quarter or more is
+            # named too, so "51% computing" does not hide 45% waiting for a core.
+            causes = sorted(total, key=lambda k: -total[k])
+            named = [causes[0]] + [k for k in causes[1:] if total[k] >= whole / 4]
+            what = [f"{total[k] / whole:.0%} {_LAG_CAUSES[k][0]}" for k in named]
+            what[0] = what[0].replace("%", "% of it", 1)
+            return ", " + " and ".join(what), _LAG_CAUSES[causes[0]][1]
     if busiest < BUSY_WORKER_SHARE:
         return (
             f" with no worker above {busiest:.0%} of a core: the loop was waiting, for a core "
