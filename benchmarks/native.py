@@ -248,7 +248,8 @@ def main() -> None:
                 if args.noise:
                     label = label.split(" vs ")[1] + " vs itself"
                 print(
-                    f"{backend} clients={clients} {label}: {ours_name} {median:,.0f} ops/s, "
+                    f"{backend} clients={clients} ({ops:,} operations a run) {label}: "
+                    f"{ours_name} {median:,.0f} ops/s, "
                     f"native {base:,.0f} ops/s, ratio {median / base:.2f}x  "
                     f"({ours_name} {[round(v) for v in ours]}, native {[round(v) for v in native]},"
                     f" load {loads})\n    {pairwise(ours, native, ours_name)}",

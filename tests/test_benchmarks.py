@@ -48,7 +48,10 @@ def test_noise_mode_runs_the_native_tool_against_itself(
     monkeypatch.setattr("sys.argv", argv)
     native.main()
     out = capsys.readouterr().out
-    assert "redis-benchmark -t incr vs itself: native again" in out
+    assert (
+        "redis clients=2 (300 operations a run) redis-benchmark -t incr vs itself: native again"
+        in out
+    )
     assert "redis-benchmark EVALSHA vs itself" in out
     assert "native again ahead in" in out and "racebench" not in out
 
