@@ -402,6 +402,34 @@ def test_open_loop_shows_a_stall_that_the_closed_loop_hides(private_redis_url: s
     assert closed["latency_ms"]["p99"] < response["p99"]
 
 
+def test_a_rate_beyond_what_the_loop_can_schedule_still_runs_the_clients(
+    redis_url: str,
+) -> None:
+    """An open loop whose rate no client could keep (a billion a second): the clients run
+    flat out, every operation is late, and what came due but never started counts as
+    dropped; the schedule neither starves the clients nor queues its whole backlog."""
+    [run] = run_scenario_data(
+        {
+            "name": "flood",
+            "workload": {"type": "likes"},
+            "store": {"backend": "redis", "url": redis_url},
+            "guard": {"strategy": "atomic"},
+            "clients": 4,
+            "workers": 1,
+            "duration": "1s",
+            "rate": "1e9/s",
+        }
+    )
+    attempted = run["operations"]["attempted"]
+    assert attempted > 1000, run["operations"]
+    assert run["verdict"] == "safe"
+    open_loop = run["load"]["open_loop"]
+    assert open_loop["late"] >= attempted - 8  # all but the first few started late
+    # Came due in the second: ~1e9, far beyond what ran.
+    assert open_loop["dropped"] > 1000 * attempted
+    assert run["latency_ms"]["p50"] > 100  # counted from when each was due
+
+
 def test_a_run_beyond_the_server_connection_limit_is_refused(
     postgres_url: str, write_scenario
 ) -> None:

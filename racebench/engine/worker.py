@@ -70,6 +70,9 @@ _LAG_SAMPLE_S = 0.01
 # (Redis' tcp-backlog is 511), so 8,000 clients connect without SYN retransmits.
 _CONNECT_CONCURRENCY = 256
 _PARENT_CHECK_S = 0.25
+# Due operations an open loop queues per client before its schedule waits for a client to
+# take one: enough that a client finishing an operation finds the next waiting.
+_OPEN_LOOP_BACKLOG_PER_CLIENT = 2
 
 
 @dataclass(frozen=True)
@@ -588,21 +591,34 @@ class _Worker:
             inflight[cid] = 0  # after the record counts: see blocking_closed_loop
 
     async def schedule(self, rate: RateSpec, due: asyncio.Queue[int | None], t0: int) -> None:
-        """Put intended start times on the queue at the rate, whatever the clients do."""
+        """Put intended start times on the queue at the rate, whatever the clients do.
+
+        The queue is bounded (`_OPEN_LOOP_BACKLOG_PER_CLIENT`): when every client is busy and
+        a backlog of due operations waits, the schedule waits for a client to take one before
+        queueing the next, whose intended start stays where the rate put it (its latency
+        still counts from then). Unbounded, a rate beyond what the loop can even schedule
+        (`--rate 1e9/s`) queued a million starts a second and never yielded to the clients,
+        which started none; and a long overload held its whole backlog in memory.
+        """
         gap_ns = 1e9 / rate.ops_per_s
         poisson = rate.arrival == "poisson"
         next_due = float(t0)
         remaining = sum(s.quota for s in self.slots.values())
         while remaining > 0 and not self._over():
-            remaining -= 1
             now = time.monotonic_ns()
             if next_due > now:
                 await asyncio.sleep((next_due - now) / 1e9)
-            due.put_nowait(int(next_due))
+            await due.put(int(next_due))
+            remaining -= 1
             next_due += random.expovariate(1.0) * gap_ns if poisson else gap_ns
-        # Operations still queued when the run ends were never started: dropped.
+        # Operations still queued when the run ends were never started: the clients count
+        # them dropped. So are those that came due but never got into the full queue (for a
+        # Poisson schedule, the expected number of them).
+        end = min(time.monotonic_ns(), self.deadline or 2**62)
+        if remaining > 0 and next_due <= end:
+            self.dropped += min(remaining, int((end - next_due) // gap_ns) + 1)
         for _ in self.slots:
-            due.put_nowait(None)
+            await due.put(None)
 
     def sample_lag(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start sampling the loop's lag: how long something that became ready (a reply, a
@@ -723,7 +739,8 @@ class _Worker:
         if rate is None:
             loops = [self._run_one(loop, self.slots[c], clients[c]) for c in self.spec.clients]
         else:
-            due: asyncio.Queue[int | None] = asyncio.Queue()
+            backlog = _OPEN_LOOP_BACKLOG_PER_CLIENT * max(1, len(clients))
+            due: asyncio.Queue[int | None] = asyncio.Queue(backlog)
             loops = [self.schedule(rate, due, t0)]
             loops += [self.open_loop_client(self.slots[c], clients[c], due) for c in clients]
         try:
