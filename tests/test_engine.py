@@ -424,7 +424,8 @@ def test_a_rate_beyond_what_the_loop_can_schedule_still_runs_the_clients(
     assert attempted > 1000, run["operations"]
     assert run["verdict"] == "safe"
     open_loop = run["load"]["open_loop"]
-    assert open_loop["late"] >= attempted - 8  # all but the first few started late
+    # All but those of the first millisecond (due at once, started within 1 ms) were late.
+    assert open_loop["late"] >= 0.95 * attempted, (open_loop, attempted)
     # Came due in the second: ~1e9, far beyond what ran.
     assert open_loop["dropped"] > 1000 * attempted
     assert run["latency_ms"]["p50"] > 100  # counted from when each was due
